@@ -1,0 +1,78 @@
+"""Small shared helpers: ``with_args`` factories and buffers whose shape is set on first use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory"]
+
+
+@dataclass(frozen=True)
+class Factory:
+    """A class plus frozen keyword arguments; calling it builds a fresh instance.
+
+    ``Factory.with_args`` adds or replaces arguments and returns a new factory.
+    """
+
+    cls: type
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __call__(self, **override: Any) -> Any:
+        return self.cls(**{**dict(self.kwargs), **override})
+
+    def with_args(self, **kwargs: Any) -> "Factory":
+        merged = {**dict(self.kwargs), **kwargs}
+        return Factory(self.cls, tuple(sorted(merged.items())))
+
+    def arg(self, key: str, default: Any = None) -> Any:
+        """The value of keyword ``key`` (``default`` if not set)."""
+        return dict(self.kwargs).get(key, default)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={_short(v)}" for k, v in self.kwargs)
+        return f"{self.cls.__name__}.with_args({args})"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, type):
+        return v.__name__
+    return repr(v)
+
+
+class WithArgs:
+    """Mixin giving a class the ``Cls.with_args(**kwargs) -> Factory`` constructor."""
+
+    @classmethod
+    def with_args(cls, **kwargs: Any) -> Factory:
+        return Factory(cls, tuple(sorted(kwargs.items())))
+
+
+def as_factory(obj: Any) -> Factory:
+    """Accept a class, a :class:`Factory` or a ``functools.partial`` and return a Factory."""
+    if isinstance(obj, Factory):
+        return obj
+    if isinstance(obj, type):
+        return Factory(obj)
+    func = getattr(obj, "func", None)
+    if isinstance(func, type):  # functools.partial
+        return Factory(func, tuple(sorted(obj.keywords.items())))
+    raise TypeError(f"expected a class or a with_args(...) factory, got {obj!r}")
+
+
+class LazyShapeBuffers(nn.Module):
+    """Module whose buffers take the shape found in a loaded ``state_dict``.
+
+    Per-channel statistics are sized on first observation; a freshly built module must still
+    accept a checkpoint taken after calibration.
+    """
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        for name, buf in list(self._buffers.items()):
+            key = prefix + name
+            if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,119 @@
+"""Hardware / runtime profiles as data.
+
+A :class:`BackendProfile` fixes the defaults a template setter uses: dtypes, symmetry,
+granularity, narrow range, scale rounding (:class:`~fxquant.numerics.ScaleMath`) and where
+activation quantizers are placed (:class:`Placement`).  Setters can still override any op.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
+
+__all__ = ["Placement", "BackendProfile", "PROFILES", "get_profile"]
+
+
+class Placement(enum.Enum):
+    """Where activation quantizers go.
+
+    OUTPUTS: on the output of every quantized op (and on model inputs that feed one), the QDQ
+        layout ONNX Runtime and torch's engines fuse into integer kernels.
+    WEIGHTED_INPUTS: only on the inputs of weighted ops (conv / linear / matmul) and on both
+        inputs of residual adds (TensorRT explicit quantization).
+    """
+
+    OUTPUTS = "outputs"
+    WEIGHTED_INPUTS = "weighted_inputs"
+
+
+@dataclass(frozen=True)
+class BackendProfile:
+    """Quantization defaults of one deployment target.
+
+    Attributes:
+        name: profile name (``generic``, ``x86``, ...).
+        activation_dtype / weight_dtype: default 8-bit dtypes (``reduce_range`` already applied).
+        activation_dtype_16: activation dtype used by the 16-bit templates.
+        activation_symmetric / weight_symmetric: symmetric ranges (zero point fixed).
+        weight_per_channel: per-output-channel weight scales.
+        power_of_two: power-of-two scales everywhere.
+        scale_math: how the runtime divides by the scale.
+        placement: activation quantizer placement.
+    """
+
+    name: str
+    activation_dtype: QDType
+    weight_dtype: QDType
+    activation_dtype_16: QDType = qint16
+    activation_symmetric: bool = True
+    weight_symmetric: bool = True
+    weight_per_channel: bool = True
+    power_of_two: bool = False
+    scale_math: ScaleMath = ScaleMath.DIVIDE
+    placement: Placement = Placement.OUTPUTS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.placement, Placement):
+            raise TypeError(f"BackendProfile.placement must be a Placement, got {self.placement!r}")
+        if not isinstance(self.scale_math, ScaleMath):
+            raise TypeError(f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}")
+
+
+# x86 / fbgemm: activations quint8 with reduce_range (codes 0..127) so that u8*s8 pair sums
+# cannot saturate vpmaddubsw on AVX2 CPUs; weights per-channel qint8; torch kernels multiply by
+# the reciprocal scale.
+_quint8_reduced = QDType(7, False)
+
+PROFILES: dict[str, BackendProfile] = {
+    p.name: p
+    for p in (
+        BackendProfile("generic", activation_dtype=qint8, weight_dtype=qint8),
+        BackendProfile(
+            "x86",
+            activation_dtype=_quint8_reduced,
+            weight_dtype=qint8,
+            activation_symmetric=False,
+            scale_math=ScaleMath.RECIPROCAL,
+        ),
+        BackendProfile(
+            "fbgemm",
+            activation_dtype=_quint8_reduced,
+            weight_dtype=qint8,
+            activation_symmetric=False,
+            scale_math=ScaleMath.RECIPROCAL,
+        ),
+        BackendProfile(
+            "qnnpack",
+            activation_dtype=quint8,
+            weight_dtype=qint8,
+            activation_symmetric=False,
+            weight_per_channel=False,
+            scale_math=ScaleMath.RECIPROCAL,
+        ),
+        # ORT CPU fuses U8S8 (uint8 activations, int8 per-channel weights) into QLinearConv.
+        BackendProfile(
+            "onnxruntime",
+            activation_dtype=quint8,
+            weight_dtype=qint8,
+            activation_symmetric=False,
+        ),
+        BackendProfile(
+            "tensorrt",
+            activation_dtype=qint8,
+            weight_dtype=qint8.narrow(),
+            placement=Placement.WEIGHTED_INPUTS,
+        ),
+    )
+}
+
+
+def get_profile(backend: str | BackendProfile) -> BackendProfile:
+    """Look a profile up by name (a :class:`BackendProfile` is returned as is)."""
+    if isinstance(backend, BackendProfile):
+        return backend
+    try:
+        return PROFILES[backend]
+    except KeyError:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(PROFILES)}") from None

@@ -1,0 +1,13 @@
+"""Fake quantization modules and the state machine that drives them."""
+
+from .fake_quantize import FakeQuantize, LearnableFakeQuantize, QuantizerError
+from .state import FakeQuantState, fake_quantize_state, set_fake_quantize
+
+__all__ = [
+    "FakeQuantize",
+    "LearnableFakeQuantize",
+    "QuantizerError",
+    "FakeQuantState",
+    "set_fake_quantize",
+    "fake_quantize_state",
+]

@@ -1,0 +1,229 @@
+"""FakeQuantize = observer (statistics) + numerics (fake quantization with an STE)."""
+
+from __future__ import annotations
+
+import math as _math
+from typing import Any
+
+import torch
+
+from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory
+from ..numerics import (
+    DEFAULT_EPS,
+    QDType,
+    ScaleMath,
+    fake_quantize_lsq,
+    fake_quantize_ste,
+    granularity_from_axis,
+    qint8,
+)
+from ..observers import FixedScaleObserver, MinMaxObserver, Observer
+from .state import FakeQuantState
+
+__all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError"]
+
+
+class QuantizerError(RuntimeError):
+    """A quantizer was used in a way it cannot serve (e.g. no scale yet)."""
+
+
+class FakeQuantize(LazyShapeBuffers, WithArgs):
+    """Simulated quantization of one tensor.
+
+    Args:
+        observer: observer class or ``Observer.with_args(...)`` factory (statistics only).
+        dtype: quantized dtype; defaults to the fixed observer's dtype, else ``qint8``.
+        symmetric: symmetric (zero point 0 / mid-code) or affine range.
+        ch_axis: ``None`` per tensor, else per channel on this axis.
+        power_of_two: round scales up to powers of two.
+        scale_math: :class:`~fxquant.numerics.ScaleMath` used to divide by the scale.
+        fixed_in_qat: in QAT, keep the scale found by calibration instead of re-observing.
+        is_weight: weight quantizers may observe their (constant) input lazily in VALIDATION.
+
+    ``forward(x)`` returns a tensor of ``x``'s shape; what it does depends on :attr:`state`
+    (see :class:`FakeQuantState`).  Buffers ``scale`` (float32, 0-d or ``[C]``),
+    ``zero_point`` (int32), ``calibrated`` and ``state_code`` hold all state.
+    """
+
+    def __init__(
+        self,
+        observer: Any = MinMaxObserver,
+        dtype: QDType | None = None,
+        symmetric: bool = True,
+        ch_axis: int | None = None,
+        power_of_two: bool = False,
+        scale_math: ScaleMath = ScaleMath.DIVIDE,
+        fixed_in_qat: bool = False,
+        is_weight: bool = False,
+        eps: float = DEFAULT_EPS,
+        **observer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        obs_factory = as_factory(observer)
+        if ch_axis is not None and obs_factory.cls is not FixedScaleObserver:
+            observer_kwargs.setdefault("ch_axis", ch_axis)
+        self.observer: Observer = obs_factory(**observer_kwargs)
+        if dtype is None:
+            dtype = getattr(self.observer, "dtype", None) or qint8
+        if not isinstance(dtype, QDType):
+            raise TypeError(f"FakeQuantize: dtype must be a QDType (e.g. fxquant.qint8), got {dtype!r}")
+        if not isinstance(scale_math, ScaleMath):
+            raise TypeError(f"FakeQuantize: scale_math must be a ScaleMath, got {scale_math!r}")
+        self.dtype = dtype
+        self.symmetric = bool(symmetric)
+        self.ch_axis = ch_axis
+        self.power_of_two = bool(power_of_two)
+        self.scale_math = scale_math
+        self.fixed_in_qat = bool(fixed_in_qat)
+        self.is_weight = bool(is_weight)
+        self.eps = float(eps)
+        self._name = ""
+        self._init_qparams()
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8))
+        self._dirty = False
+
+    # -- storage -----------------------------------------------------------------------------
+    def _init_qparams(self) -> None:
+        shape = (0,) if self.ch_axis is not None else ()
+        self.register_buffer("scale", torch.ones(shape, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
+
+    def _store_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        dev = self.calibrated.device
+        self.scale = scale.to(dev)
+        self.zero_point = zero_point.to(device=dev, dtype=torch.int32)
+
+    # -- naming --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The quantizer's stable name (set by :func:`fxquant.prepare`)."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+        self.observer.name = value
+
+    @property
+    def granularity(self):
+        """:class:`PerTensor` or :class:`PerChannel` (data, not a string)."""
+        return granularity_from_axis(self.ch_axis)
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def state(self) -> FakeQuantState:
+        return FakeQuantState(int(self.state_code))
+
+    def set_state(self, state: FakeQuantState) -> None:
+        """Switch mode; leaving CALIBRATION computes the scale from what was observed."""
+        if self._dirty and state is not FakeQuantState.CALIBRATION:
+            self.update_qparams()
+        self.state_code.fill_(state.value)
+
+    def update_qparams(self) -> None:
+        """Recompute scale / zero point from the observer (no-op if it saw nothing)."""
+        self._dirty = False
+        if not self.observer.has_stats():
+            return
+        s, z = self.observer.calculate_qparams(self.dtype, self.symmetric, self.power_of_two, self.eps)
+        self._store_qparams(s, z)
+        self.calibrated.fill_(True)
+
+    def _observe(self, x: torch.Tensor) -> None:
+        self.observer(x)
+        self._dirty = True
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        if state is FakeQuantState.FLOAT or not x.is_floating_point():
+            return x
+        if state is FakeQuantState.CALIBRATION:
+            self._observe(x)
+            return x
+        if state is FakeQuantState.QAT:
+            if not (self.fixed_in_qat and bool(self.calibrated)):
+                self._observe(x)
+                self.update_qparams()
+        elif self._dirty:
+            self.update_qparams()
+        if not bool(self.calibrated):
+            if self.is_weight:
+                self._observe(x)
+                self.update_qparams()
+            if not bool(self.calibrated):
+                raise QuantizerError(
+                    f"quantizer {self.name or '<unnamed>'!r} has no scale yet: run "
+                    "fxquant.calibrate(model, data) or train in FakeQuantState.QAT first"
+                )
+        return self._fake_quantize(x)
+
+    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_ste(
+            x, self.scale, self.zero_point, self.dtype, self.ch_axis, self.scale_math
+        )
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"name={self.name!r}" if self.name else "",
+            f"dtype={self.dtype}",
+            f"{'symmetric' if self.symmetric else 'affine'}",
+            repr(self.granularity),
+            f"state={self.state.name}",
+        ]
+        if bool(self.calibrated) and self.scale.numel() == 1:
+            parts.append(f"scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}")
+        return ", ".join(p for p in parts if p)
+
+
+class LearnableFakeQuantize(FakeQuantize):
+    """LSQ / LSQ+ quantizer: scale and zero point are ``nn.Parameter``s trained by backprop.
+
+    They are initialised from the observer (calibration, or the first QAT batch); afterwards the
+    observer is off in QAT and gradients move the range.  Zero point is learned only when
+    ``symmetric=False``.  The gradient scale follows LSQ: ``1 / sqrt(numel_per_scale * qmax)``.
+    """
+
+    def _init_qparams(self) -> None:
+        shape = (0,) if self.ch_axis is not None else ()
+        self.scale = torch.nn.Parameter(torch.ones(shape))
+        self.zero_point = torch.nn.Parameter(torch.zeros(shape), requires_grad=not self.symmetric)
+
+    def _store_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        with torch.no_grad():
+            dev = self.calibrated.device
+            if self.scale.shape != scale.shape:
+                self.scale = torch.nn.Parameter(scale.to(dev).clone())
+                self.zero_point = torch.nn.Parameter(
+                    zero_point.to(dev).float(), requires_grad=not self.symmetric
+                )
+            else:
+                self.scale.copy_(scale)
+                self.zero_point.copy_(zero_point.float())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        for name in ("scale", "zero_point"):
+            key = prefix + name
+            p = self._parameters.get(name)
+            if p is not None and key in state_dict and state_dict[key].shape != p.shape:
+                self._parameters[name] = torch.nn.Parameter(
+                    torch.empty_like(state_dict[key], device=p.device), requires_grad=p.requires_grad
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state is FakeQuantState.QAT and bool(self.calibrated):
+            return self._fake_quantize(x)  # learned: no observation
+        return super().forward(x)
+
+    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        per_scale = x.numel() // max(1, self.scale.numel())
+        g = 1.0 / _math.sqrt(max(1, per_scale) * max(1, self.dtype.qmax))
+        scale = self.scale.clamp(min=self.eps)
+        return fake_quantize_lsq(x, scale, self.zero_point, self.dtype, self.ch_axis, self.scale_math, g)
+
+
+def quantizer_factory(obj: Any) -> Factory:
+    """Normalise a FakeQuantize class / factory / partial to a :class:`Factory`."""
+    return as_factory(obj)

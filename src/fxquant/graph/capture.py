@@ -1,0 +1,193 @@
+"""Graph capture: symbolic tracing that never gives up on the whole model.
+
+* Standard ``torch.nn`` modules (and fxquant's quantized modules, eager stubs, user-named leaf
+  modules) are leaves.
+* When tracing a submodule fails (data-dependent control flow, unsupported Python), that smallest
+  enclosing submodule becomes a **float island**: a leaf call in the graph, recorded with the
+  source line where tracing failed.  The rest of the model is traced as usual.
+* Failure in the root ``forward`` itself raises :class:`RootTraceError`; ``prepare`` then falls
+  back to eager capture (see :mod:`fxquant.graph.eager`).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .meta import ValueInfo, set_name_override, set_value_info
+from .patterns import is_stub
+
+__all__ = ["Island", "RootTraceError", "capture", "trace_failure_site", "propagate_values"]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_FXQ_DIR = os.path.dirname(os.path.dirname(__file__))
+
+
+@dataclass(frozen=True, eq=False)
+class Island:
+    """A submodule kept in float because it could not be traced.
+
+    Attributes:
+        name: module path.
+        reason: exception type and message.
+        source: ``file:line: code`` of the user line where tracing failed.
+    """
+
+    name: str
+    reason: str
+    source: str
+    example_args: Any = None
+
+
+class RootTraceError(RuntimeError):
+    """The model's own ``forward`` could not be traced."""
+
+    def __init__(self, reason: str, source: str) -> None:
+        super().__init__(f"{reason} (at {source})")
+        self.reason = reason
+        self.source = source
+
+
+def trace_failure_site(exc: BaseException) -> str:
+    """``file:line: code`` of the innermost user frame (not torch / fxquant) in ``exc``'s trace."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        fname = os.path.abspath(fr.filename)
+        if not fname.startswith(_TORCH_DIR) and not fname.startswith(_FXQ_DIR):
+            return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
+    fr = frames[-1] if frames else None
+    return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}" if fr else "<unknown>"
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}"
+
+
+def _is_container(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_names: frozenset[str]) -> None:
+        super().__init__()
+        self.leaf_names = leaf_names
+        self.islands: dict[str, Island] = {}
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or qualname in self.islands:
+            return True
+        if is_stub(m) is not None:
+            return True
+        mod = type(m).__module__
+        if mod.startswith("fxquant.nn"):
+            return True
+        return mod.startswith("torch.nn.modules") and not _is_container(m)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        qualname = self.path_of_module(m)
+        if self.is_leaf_module(m, qualname):
+            return super().call_module(m, forward, args, kwargs)
+        mark = next(iter(reversed(self.graph.nodes)), None)  # last node before this call
+        saved_stack = collections.OrderedDict(self.module_stack)
+        saved_calls = dict(self.num_calls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure makes a float island
+            self._rollback(mark)
+            self.module_stack.clear()
+            self.module_stack.update(saved_stack)
+            self.num_calls = saved_calls
+            self.islands[qualname] = Island(qualname, _reason(exc), trace_failure_site(exc))
+            return super().call_module(m, forward, args, kwargs)
+
+    def _rollback(self, mark: fx.Node | None) -> None:
+        nodes = list(self.graph.nodes)
+        idx = nodes.index(mark) + 1 if mark is not None else 0
+        for n in reversed(nodes[idx:]):
+            for u in list(n.users):
+                if u not in nodes[idx:]:
+                    raise RuntimeError(f"cannot roll back partial trace at {n}")
+            self.graph.erase_node(n)
+
+
+def _absorb_float_functional(gm: fx.GraphModule) -> None:
+    """``ff.add(x, y)`` traces to ``torch.add`` + ``ff.activation_post_process``: name the op
+    after the FloatFunctional module and drop the identity."""
+    calls: dict[str, int] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not node.target.endswith(".activation_post_process"):
+            continue
+        owner = node.target.rsplit(".", 1)[0]
+        try:
+            owner_mod = gm.get_submodule(owner)
+        except AttributeError:
+            continue
+        if type(owner_mod).__name__ not in ("FloatFunctional", "QFunctional"):
+            continue
+        src = node.args[0]
+        k = calls.get(owner, 0)
+        calls[owner] = k + 1
+        if isinstance(src, fx.Node):
+            set_name_override(src, owner if k == 0 else f"{owner}_{k}")
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+
+
+def propagate_values(
+    gm: fx.GraphModule, example_inputs: tuple[Any, ...], keep_args: frozenset[str] = frozenset()
+) -> dict[str, tuple[Any, ...]]:
+    """Run the example inputs through ``gm`` and record a :class:`ValueInfo` on every node.
+
+    Returns the positional arguments of the first call of each module path in ``keep_args``.
+    """
+    kept: dict[str, tuple[Any, ...]] = {}
+
+    class _Recorder(fx.Interpreter):
+        def call_module(self, target, args, kwargs):  # type: ignore[override]
+            if target in keep_args and target not in kept:
+                kept[target] = tuple(args)
+            return super().call_module(target, args, kwargs)
+
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            set_value_info(n, ValueInfo.of(out))
+            return out
+
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            _Recorder(gm).run(*example_inputs)
+    finally:
+        gm.train(was_training)
+    return kept
+
+
+def capture(
+    model: nn.Module, example_inputs: tuple[Any, ...], leaf_names: frozenset[str] = frozenset()
+) -> tuple[fx.GraphModule, dict[str, Island]]:
+    """Trace ``model`` (islands for untraceable submodules) and annotate values.
+
+    Raises :class:`RootTraceError` when the root ``forward`` cannot be traced.
+    """
+    tracer = _Tracer(leaf_names)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001
+        raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    _absorb_float_functional(gm)
+    gm.recompile()
+    island_args = propagate_values(gm, example_inputs, frozenset(tracer.islands))
+    for name, isl in tracer.islands.items():
+        object.__setattr__(isl, "example_args", island_args.get(name))
+    return gm, tracer.islands

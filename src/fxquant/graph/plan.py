@@ -1,0 +1,150 @@
+"""Placement planning: which values get which quantizer (pure analysis, no graph edits).
+
+Rules (OUTPUTS placement, the default):
+
+* WEIGHTED / COMPUTE ops need quantized float-tensor inputs and get an output quantizer;
+* an ACTIVATION (relu) that is the only user of a WEIGHTED / COMPUTE op is fused: the producer's
+  output quantizer moves after the activation (conv -> relu has no quantizer in between);
+* SHARE ops (view, permute, max pool ...) never requantize: a quantized input stays quantized;
+* a needed input that is not yet quantized is quantized at its *root*: the first producer that
+  is not a SHARE op (walking back through reshapes), once, for all consumers;
+* QuantStub outputs are quantized; DeQuantStub and FLOAT ops produce float.
+
+WEIGHTED_INPUTS placement (TensorRT) quantizes only what weighted ops, residual adds and matmuls
+consume (at its root, after relu), and no other outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.fx as fx
+
+from .._utils import Factory
+from ..backends import Placement
+from ..qconfig import OpKind, QConfig
+from .meta import is_float_tensor
+from .patterns import WEIGHT_ARG, function_name
+
+__all__ = ["ValueQuant", "Plan", "plan_placement", "data_inputs"]
+
+_TRT_INPUT_OPS = frozenset({"add", "sub", "matmul", "bmm"})
+
+
+@dataclass(frozen=True)
+class ValueQuant:
+    """Quantize the output value of ``node`` with ``factory``, owned by op ``owner``."""
+
+    factory: Factory
+    owner: str
+
+
+@dataclass
+class Plan:
+    """Result of planning.
+
+    Attributes:
+        outputs: node -> quantizer for its output value.
+        inputs: (consumer node, input node, index) -> explicit per-edge input quantizer.
+        fused: producer node -> activation node it was fused into.
+    """
+
+    outputs: dict[fx.Node, ValueQuant] = field(default_factory=dict)
+    inputs: dict[tuple[fx.Node, fx.Node, int], ValueQuant] = field(default_factory=dict)
+    fused: dict[fx.Node, fx.Node] = field(default_factory=dict)
+
+
+def data_inputs(node: fx.Node) -> list[fx.Node]:
+    """Float-tensor inputs of ``node`` that carry activations (not the weight / bias args)."""
+    skip: set[fx.Node] = set()
+    if node.op == "call_function" and node.target in WEIGHT_ARG:
+        for a in list(node.args[WEIGHT_ARG[node.target]:]) + list(node.kwargs.values()):
+            if isinstance(a, fx.Node):
+                skip.add(a)
+    return [n for n in node.all_input_nodes if n not in skip and is_float_tensor(n)]
+
+
+def _root(v: fx.Node, kinds: dict[fx.Node, OpKind]) -> fx.Node:
+    while kinds.get(v) is OpKind.SHARE:
+        ins = [n for n in v.all_input_nodes if is_float_tensor(n)]
+        if len(ins) != 1:
+            break
+        v = ins[0]
+    return v
+
+
+def plan_placement(
+    gm: fx.GraphModule,
+    names: dict[fx.Node, str],
+    kinds: dict[fx.Node, OpKind],
+    qconfigs: dict[fx.Node, QConfig | None],
+    placement: Placement,
+) -> Plan:
+    """Decide every activation quantizer of the graph (weights are handled by the caller)."""
+    plan = Plan()
+
+    def active(n: fx.Node) -> QConfig | None:
+        q = qconfigs.get(n)
+        return None if q is None or q.is_float else q
+
+    # fusion: producer -> relu
+    if placement is Placement.OUTPUTS:
+        for n in gm.graph.nodes:
+            if kinds.get(n) is not OpKind.ACTIVATION or not n.args:
+                continue
+            p = n.args[0]
+            if (
+                isinstance(p, fx.Node)
+                and kinds.get(p) in (OpKind.WEIGHTED, OpKind.COMPUTE)
+                and len(p.users) == 1
+                and active(p) is not None
+                and active(p).output is not None
+            ):
+                plan.fused[p] = n
+
+    def mark(v: fx.Node, factory: Factory | None, owner: str) -> None:
+        if factory is not None and v not in plan.outputs and is_float_tensor(v):
+            plan.outputs[v] = ValueQuant(factory, owner)
+
+    def require(v: fx.Node, consumer_q: QConfig) -> None:
+        r = _root(v, kinds)
+        if r in plan.outputs:
+            return
+        rq = active(r)
+        factory = rq.output if rq is not None and rq.output is not None else None
+        if factory is None:
+            factory = consumer_q.input or consumer_q.output
+        mark(r, factory, names.get(r, r.name))
+
+    fused_acts = {a: p for p, a in plan.fused.items()}
+    for n in gm.graph.nodes:
+        q = active(n)
+        kind = kinds.get(n)
+        if q is None or kind is None:
+            continue
+        name = names[n]
+        if q.input is not None:
+            for i, v in enumerate(data_inputs(n)):
+                plan.inputs[(n, v, i)] = ValueQuant(q.input, f"{name}.input_{i}")
+        if kind is OpKind.QUANT_STUB:
+            mark(n, q.output, name)
+            continue
+        if kind is OpKind.ACTIVATION and n in fused_acts:
+            pq = active(fused_acts[n])
+            mark(n, pq.output if pq is not None else q.output, name)
+            continue
+        if kind not in (OpKind.WEIGHTED, OpKind.COMPUTE, OpKind.ACTIVATION):
+            continue
+        if placement is Placement.OUTPUTS:
+            if q.input is None:
+                for v in data_inputs(n):
+                    require(v, q)
+            if n not in plan.fused:
+                mark(n, q.output, name)
+        else:  # WEIGHTED_INPUTS
+            base = function_name(n.target) if n.op != "call_module" else ""
+            if kind is OpKind.WEIGHTED or base in _TRT_INPUT_OPS:
+                if q.input is None:
+                    for v in data_inputs(n):
+                        require(v, q)
+    return plan

@@ -1,0 +1,66 @@
+"""What prepare did, kept on the prepared model for :func:`fxquant.summary` and later stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..backends import BackendProfile
+from ..qconfig import OpKind, QConfig
+from .capture import Island
+
+__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report"]
+
+REPORT_KEY = "fxquant"
+
+
+@dataclass
+class OpRecord:
+    """One op of the prepared model.
+
+    Attributes:
+        name: stable op name.
+        op_type: module class or function name.
+        kind: :class:`OpKind`.
+        qconfig: the resolved QConfig (``None``: no setter had an opinion).
+        quantizers: role (``output``, ``weight``, ``input_0`` ...) -> module path of its quantizer.
+        float_reason: why the op's result stays float (``None`` when it is quantized or shares
+            its input's quantization).
+        is_tensor_op: False for ops on Python values / integer tensors (not listed in coverage).
+        folded: name of the BatchNorm folded into this conv, if any.
+    """
+
+    name: str
+    op_type: str
+    kind: OpKind
+    qconfig: QConfig | None = None
+    quantizers: dict[str, str] = field(default_factory=dict)
+    float_reason: str | None = None
+    is_tensor_op: bool = True
+    folded: str | None = None
+
+
+@dataclass
+class PrepareReport:
+    """Everything :func:`fxquant.prepare` decided."""
+
+    profile: BackendProfile
+    ops: dict[str, OpRecord] = field(default_factory=dict)
+    islands: dict[str, Island] = field(default_factory=dict)
+    capture_mode: str = "fx"  # "fx" or "eager" (root forward untraceable)
+    root_failure: str | None = None
+    num_inputs: int = 1
+
+
+def get_report(model: nn.Module) -> PrepareReport:
+    """The :class:`PrepareReport` of a prepared model; clear error for other modules."""
+    meta = getattr(model, "meta", None)
+    rep = meta.get(REPORT_KEY) if isinstance(meta, dict) else None
+    if rep is None:
+        rep = getattr(model, "_fxquant_report", None)
+    if rep is None:
+        raise TypeError(
+            f"{type(model).__name__} is not a model returned by fxquant.prepare(); prepare it first"
+        )
+    return rep

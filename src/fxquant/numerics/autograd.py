@@ -1,0 +1,113 @@
+"""Differentiable fake quantization.
+
+* :func:`fake_quantize_ste` — straight-through estimator: the gradient w.r.t. ``x`` passes
+  unchanged where the unclamped code lies in ``[qmin, qmax]`` and is zero where it clips
+  (the same mask as ``torch.fake_quantize_per_tensor_affine``).
+* :func:`fake_quantize_lsq` — LSQ / LSQ+ learnable step size and zero point. The closed-form
+  backward equals autograd through ``(clamp(round_ste(x/s) + round_ste(zp)) - round_ste(zp)) * s``
+  with ``s`` and ``zp`` gradients scaled by ``grad_factor``:
+
+  - d/dx  = 1 inside the range, 0 outside;
+  - d/ds  = round(x/s) - x/s inside, ``qmin - zp`` below, ``qmax - zp`` above;
+  - d/dzp = 0 inside, ``-s`` outside.
+
+``scale`` / ``zero_point`` are 0-d or 1-d along ``axis`` (per channel); their gradients have the
+parameters' shapes.  ``zero_point`` of LSQ is a float tensor rounded (and clamped) in forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .affine import ScaleMath, _scaled, broadcast_param, fake_quantize
+from .dtypes import QDType
+
+__all__ = ["fake_quantize_ste", "fake_quantize_lsq"]
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, dtype, axis, math):  # type: ignore[override]
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.meta = (dtype, axis, math)
+        return fake_quantize(x, scale, zero_point, dtype, axis, math)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale, zero_point = ctx.saved_tensors
+        dtype, axis, math = ctx.meta
+        s = broadcast_param(scale.to(x.dtype), x, axis)
+        z = broadcast_param(zero_point.to(x.dtype), x, axis)
+        q = torch.round(_scaled(x, s, math)).add_(z)
+        mask = (q >= dtype.qmin) & (q <= dtype.qmax)
+        return grad * mask, None, None, None, None, None
+
+
+def fake_quantize_ste(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+) -> torch.Tensor:
+    """Fake quantization whose backward is the clipped straight-through estimator."""
+    if not x.requires_grad:
+        return fake_quantize(x, scale, zero_point, dtype, axis, math)
+    return _FakeQuantizeSTE.apply(x, scale, zero_point, dtype, axis, math)
+
+
+def _reduce_to(g: torch.Tensor, like: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if like.dim() == 0 or axis is None:
+        return g.sum().reshape(like.shape)
+    axis = axis % g.dim()
+    dims = [d for d in range(g.dim()) if d != axis]
+    if dims:  # sum(dim=[]) would reduce *all* dims (1-d input, one element per channel)
+        g = g.sum(dim=dims)
+    return g.reshape(like.shape)
+
+
+class _FakeQuantizeLSQ(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, dtype, axis, math, grad_factor):  # type: ignore[override]
+        zp = torch.round(zero_point).clamp(dtype.qmin, dtype.qmax)
+        s = broadcast_param(scale.to(x.dtype), x, axis)
+        z = broadcast_param(zp.to(x.dtype), x, axis)
+        v = _scaled(x, s, math)
+        r = torch.round(v)
+        q = r + z
+        out = (q.clamp(dtype.qmin, dtype.qmax) - z) * s
+        ctx.save_for_backward(v, r, q, s, z, scale, zero_point)
+        ctx.meta = (dtype, axis, grad_factor)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        v, r, q, s, z, scale, zero_point = ctx.saved_tensors
+        dtype, axis, grad_factor = ctx.meta
+        below = q < dtype.qmin
+        above = q > dtype.qmax
+        inside = ~(below | above)
+        gx = grad * inside
+        ds = torch.where(below, dtype.qmin - z, torch.where(above, dtype.qmax - z, r - v))
+        gs = _reduce_to(grad * ds, scale, axis) * grad_factor
+        dz = torch.where(inside, torch.zeros_like(s), -s).expand_as(grad)
+        gz = _reduce_to(grad * dz, zero_point, axis) * grad_factor
+        return gx, gs.to(scale.dtype), gz.to(zero_point.dtype), None, None, None, None
+
+
+def fake_quantize_lsq(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """LSQ fake quantization with gradients for ``x``, ``scale`` and ``zero_point``.
+
+    ``grad_factor`` multiplies the scale / zero-point gradients (LSQ uses
+    ``1 / sqrt(numel * qmax)``).
+    """
+    return _FakeQuantizeLSQ.apply(x, scale, zero_point, dtype, axis, math, float(grad_factor))

@@ -1,0 +1,93 @@
+"""Quantized integer dtypes as small frozen objects.
+
+A :class:`QDType` is described by its bit width, signedness and whether it uses the
+*narrow* (symmetric) range.  ``qmin``/``qmax`` are derived here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = [
+    "QDType",
+    "qint4",
+    "quint4",
+    "qint8",
+    "quint8",
+    "qint16",
+    "quint16",
+    "qint32",
+    "dtype_by_name",
+]
+
+
+@dataclass(frozen=True)
+class QDType:
+    """An integer quantization grid.
+
+    Attributes:
+        bits: bit width (2..32).
+        signed: two's complement signed when True, unsigned otherwise.
+        narrow_range: drop the most negative code of a signed type (int8 -> [-127, 127]) or
+            the zero code of an unsigned one ([1, 255]), as TensorRT / NVIDIA use for weights.
+
+    >>> qint8.qmin, qint8.qmax, qint8.narrow().qmin
+    (-128, 127, -127)
+    """
+
+    bits: int
+    signed: bool
+    narrow_range: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 32:
+            raise ValueError(f"QDType.bits must be an int in [2, 32], got {self.bits!r}")
+
+    @property
+    def qmin(self) -> int:
+        """Smallest integer code."""
+        base = -(1 << (self.bits - 1)) if self.signed else 0
+        return base + 1 if self.narrow_range else base
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer code."""
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def levels(self) -> int:
+        """Number of representable codes, ``qmax - qmin + 1``."""
+        return self.qmax - self.qmin + 1
+
+    @property
+    def name(self) -> str:
+        """Canonical name, e.g. ``qint8`` or ``qint8_narrow``."""
+        base = f"{'q' if self.signed else 'qu'}int{self.bits}"
+        return base + ("_narrow" if self.narrow_range else "")
+
+    def narrow(self, on: bool = True) -> "QDType":
+        """The same dtype with ``narrow_range`` set to ``on``."""
+        return replace(self, narrow_range=on)
+
+    def __repr__(self) -> str:  # short, used in tables and error messages
+        return self.name
+
+
+qint4 = QDType(4, True)
+quint4 = QDType(4, False)
+qint8 = QDType(8, True)
+quint8 = QDType(8, False)
+qint16 = QDType(16, True)
+quint16 = QDType(16, False)
+qint32 = QDType(32, True)
+
+_BY_NAME = {d.name: d for d in (qint4, quint4, qint8, quint8, qint16, quint16, qint32)}
+
+
+def dtype_by_name(name: str) -> QDType:
+    """Parse ``qint8`` / ``quint8_narrow`` ... back into a :class:`QDType`."""
+    narrow = name.endswith("_narrow")
+    base = name[: -len("_narrow")] if narrow else name
+    if base not in _BY_NAME:
+        raise ValueError(f"unknown quantized dtype {name!r}; valid: {sorted(_BY_NAME)}")
+    return _BY_NAME[base].narrow(narrow)

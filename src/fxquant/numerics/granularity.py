@@ -1,0 +1,37 @@
+"""Quantization granularity as data: one scale for the tensor, or one per channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = ["PerTensor", "PerChannel", "Granularity", "granularity_from_axis"]
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """A single (scale, zero_point) pair for the whole tensor."""
+
+    def __repr__(self) -> str:
+        return "per_tensor"
+
+
+@dataclass(frozen=True)
+class PerChannel:
+    """One (scale, zero_point) pair per slice along ``axis``.
+
+    Conv / Linear weights use axis 0 (output channels); ConvTranspose weights axis 1.
+    """
+
+    axis: int = 0
+
+    def __repr__(self) -> str:
+        return f"per_channel(axis={self.axis})"
+
+
+Granularity = Union[PerTensor, PerChannel]
+
+
+def granularity_from_axis(ch_axis: int | None) -> Granularity:
+    """``None`` -> :class:`PerTensor`, an int -> :class:`PerChannel` on that axis."""
+    return PerTensor() if ch_axis is None else PerChannel(int(ch_axis))

@@ -1,0 +1,20 @@
+"""Observers: statistics only (min/max, moving average, histograms, fixed scales)."""
+
+from ..numerics.range_search import RangeMethod
+from .base import Observer, ObserverError, channel_view
+from .fixed import FixedScaleObserver
+from .histogram import HistogramObserver, MSEObserver, PercentileObserver
+from .minmax import MinMaxObserver, MovingAverageMinMaxObserver
+
+__all__ = [
+    "Observer",
+    "ObserverError",
+    "channel_view",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "FixedScaleObserver",
+    "HistogramObserver",
+    "PercentileObserver",
+    "MSEObserver",
+    "RangeMethod",
+]

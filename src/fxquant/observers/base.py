@@ -1,0 +1,80 @@
+"""Observer base class: statistics only, all state in buffers."""
+
+from __future__ import annotations
+
+import torch
+
+from .._utils import LazyShapeBuffers, WithArgs
+from ..numerics import DEFAULT_EPS, QDType, choose_qparams
+
+__all__ = ["Observer", "ObserverError", "channel_view"]
+
+
+class ObserverError(ValueError):
+    """Bad observed data (NaN / Inf) or a request that the observer cannot answer."""
+
+
+def channel_view(x: torch.Tensor, ch_axis: int | None) -> torch.Tensor:
+    """``x`` as a 2-d ``[channels, rest]`` view (per channel) or a 1-d flat view (per tensor)."""
+    if ch_axis is None:
+        return x.reshape(-1)
+    return x.movedim(ch_axis % x.dim(), 0).reshape(x.shape[ch_axis], -1)
+
+
+class Observer(LazyShapeBuffers, WithArgs):
+    """Collects statistics of the tensors passed through ``forward`` (which returns its input).
+
+    Args:
+        ch_axis: ``None`` for per-tensor statistics, else the channel axis.
+
+    ``name`` is set by :func:`fxquant.prepare` to the quantizer's name and is used in errors.
+    Subclasses implement ``_observe(x)``, ``has_stats()`` and ``compute_range(dtype, symmetric)``.
+    Empty tensors leave the statistics untouched; NaN / Inf raise :class:`ObserverError`.
+    """
+
+    def __init__(self, ch_axis: int | None = None) -> None:
+        super().__init__()
+        self.ch_axis = ch_axis
+        self.name = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:
+            return x
+        with torch.no_grad():
+            self._observe(x.detach())
+        return x
+
+    def _observe(self, x: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _observe")
+
+    def has_stats(self) -> bool:
+        """True once at least one non-empty tensor was observed."""
+        raise NotImplementedError(f"{type(self).__name__} must implement has_stats")
+
+    def compute_range(self, dtype: QDType, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipping range ``(min, max)`` (0-d or per-channel 1-d tensors) for ``dtype``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_range")
+
+    def calculate_qparams(
+        self, dtype: QDType, symmetric: bool, power_of_two: bool = False, eps: float = DEFAULT_EPS
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale float32, zero_point int32)`` for the observed range."""
+        if not self.has_stats():
+            raise ObserverError(
+                f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}) has observed no "
+                "data yet: run fxquant.calibrate(...) (or a QAT step) before using its scale"
+            )
+        lo, hi = self.compute_range(dtype, symmetric)
+        return choose_qparams(lo, hi, dtype, symmetric, power_of_two, eps)
+
+    def _check_finite(self, *values: torch.Tensor) -> None:
+        for v in values:
+            if not bool(torch.isfinite(v).all()):
+                raise ObserverError(
+                    f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}) observed "
+                    "NaN or Inf values; check the model / data feeding this tensor, or exclude "
+                    "it from quantization"
+                )
+
+    def extra_repr(self) -> str:
+        return f"ch_axis={self.ch_axis}"

@@ -1,0 +1,204 @@
+"""Histogram observers: a streaming histogram, then a percentile / MSE / entropy range search.
+
+The histogram has a fixed number of bins (a power of two) over ``[-R, R)``, where ``R`` is the
+smallest power of two strictly above every ``|x|`` seen so far.  Value ``x`` falls in bin
+``floor(x * (bins / 2) / R) + bins / 2``: multiplying by a power of two is exact in floating
+point, so the index is exact.  When a batch exceeds ``R``, ``R`` grows by ``f = 2**d`` and old
+bin ``k`` (counted from the centre) moves to ``floor(k / f)`` -- exactly the bin its values would
+have gone to had ``R`` been that large from the start.  The histogram (and so the range) is
+therefore a function of the multiset of observed values only: bit-identical whatever the batch
+size, split or order, with memory bounded by ``bins``.
+
+``R`` is strictly above ``max|x|`` (``2**(floor(log2 max|x|) + 1)``) rather than
+``2**ceil(log2 max|x|)``: a value equal to ``R`` would need a closed last bin, and that bin would
+merge inconsistently on growth.  The data thus always covers more than half of the magnitude
+range (``R / 2 <= max|x| < R``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..numerics import QDType
+from ..numerics.range_search import RangeMethod, search_range
+from .base import Observer, ObserverError, channel_view
+
+__all__ = ["HistogramObserver", "PercentileObserver", "MSEObserver"]
+
+# log2(R) never goes below this: data with max|x| < 2**-100 lands in the two centre bins.
+# It also keeps the scale factor 2**(log2(bins / 2) - log2 R) a normal float32.
+_MIN_EXP = -100
+
+
+class HistogramObserver(Observer):
+    """Streaming fixed-bin histogram; the range comes from :func:`fxquant.numerics.range_search`.
+
+    Args:
+        method: a :class:`RangeMethod` (or its string value): ``"entropy"`` (TensorRT KL
+            calibration), ``"mse"`` or ``"percentile"``.
+        bins: number of bins over ``[-R, R)``; a power of two, at least 16.  Symmetric
+            searches see ``bins / 2`` magnitude bins, of which the data fills more than half.
+        percentile: used by the percentile method, in ``(0, 100]``.
+        ch_axis: ``None`` per tensor, else the channel axis (one histogram and ``R`` per channel).
+
+    Buffers: ``hist`` (int64 ``[bins]`` or ``[C, bins]``), ``range_exp`` (int64 ``log2 R``, 0-d or
+    ``[C]``), ``min_val`` / ``max_val`` (float32 exact data range).  The returned range is clipped
+    to ``[min_val, max_val]``.
+    """
+
+    def __init__(
+        self,
+        method: RangeMethod | str = RangeMethod.ENTROPY,
+        bins: int = 2048,
+        percentile: float = 99.99,
+        ch_axis: int | None = None,
+    ) -> None:
+        super().__init__(ch_axis)
+        self.method = RangeMethod.parse(method)
+        if not isinstance(bins, int) or bins < 16 or bins & (bins - 1):
+            raise ValueError(f"bins must be a power of two >= 16, got {bins!r}")
+        if not 0.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        self.bins = bins
+        self.percentile = float(percentile)
+        per_channel = ch_axis is not None
+        self.register_buffer(
+            "hist", torch.zeros((0, bins) if per_channel else (bins,), dtype=torch.int64)
+        )
+        shape = (0,) if per_channel else ()
+        self.register_buffer("range_exp", torch.full(shape, _MIN_EXP, dtype=torch.int64))
+        self.register_buffer("min_val", torch.full(shape, float("inf")))
+        self.register_buffer("max_val", torch.full(shape, float("-inf")))
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # exact widening
+        v = channel_view(x, self.ch_axis)
+        if self.ch_axis is None:
+            v = v[None]  # one row
+        lo, hi = torch.aminmax(v, dim=1)
+        self._check_finite(lo, hi)
+        if self.ch_axis is not None and self.hist.shape[0] != v.shape[0]:
+            if self.hist.shape[0] != 0:
+                raise ObserverError(
+                    f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}) saw "
+                    f"{v.shape[0]} channels on axis {self.ch_axis}, previously "
+                    f"{self.hist.shape[0]}"
+                )
+            self._init_channels(v.shape[0], v.device)
+        exp = self._rows(self.range_exp)
+        new_exp = torch.maximum(exp, _exponent_above(torch.maximum(-lo, hi)))
+        hist = self._rows(self.hist)
+        if bool((new_exp > exp).any()):
+            hist = _regrid(hist, new_exp - exp)
+        hist = hist + _bin_counts(v, new_exp, self.bins)
+        self._store(hist, new_exp, lo.float(), hi.float())
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.ch_axis is not None else t[None]
+
+    def _init_channels(self, c: int, device: torch.device) -> None:
+        self.hist = torch.zeros(c, self.bins, dtype=torch.int64, device=device)
+        self.range_exp = torch.full((c,), _MIN_EXP, dtype=torch.int64, device=device)
+        self.min_val = torch.full((c,), float("inf"), device=device)
+        self.max_val = torch.full((c,), float("-inf"), device=device)
+
+    def _store(self, hist, exp, lo, hi) -> None:
+        if self.ch_axis is None:
+            hist, exp, lo, hi = hist[0], exp[0], lo[0], hi[0]
+        self.hist.copy_(hist)
+        self.range_exp.copy_(exp)
+        torch.minimum(self.min_val, lo, out=self.min_val)
+        torch.maximum(self.max_val, hi, out=self.max_val)
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def has_stats(self) -> bool:
+        return self.min_val.numel() > 0 and bool((self.min_val <= self.max_val).all())
+
+    def histogram(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(counts, lo, width)`` of the current histogram (float64 ``lo`` / ``width``)."""
+        r = _pow2(self.range_exp)
+        return self.hist, -r, 2.0 * r / self.bins
+
+    def compute_range(self, dtype: QDType, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        counts, lo, width = self.histogram()
+        r_lo, r_hi = search_range(
+            self.method, counts, lo, width, dtype, symmetric, percentile=self.percentile
+        )
+        r_lo = torch.maximum(r_lo, self.min_val.double())
+        r_hi = torch.minimum(r_hi, self.max_val.double())
+        r_lo = torch.minimum(r_lo, r_hi)  # a range inside one bin may end below min_val
+        return r_lo.float(), r_hi.float()
+
+    def reset(self) -> None:
+        """Forget everything observed."""
+        self.hist.zero_()
+        self.range_exp.fill_(_MIN_EXP)
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method.value}, bins={self.bins}, percentile={self.percentile}, "
+            f"ch_axis={self.ch_axis}"
+        )
+
+
+class PercentileObserver(HistogramObserver):
+    """:class:`HistogramObserver` clipping at a percentile of the data."""
+
+    def __init__(
+        self, percentile: float = 99.99, bins: int = 2048, ch_axis: int | None = None
+    ) -> None:
+        super().__init__(RangeMethod.PERCENTILE, bins, percentile, ch_axis)
+
+
+class MSEObserver(HistogramObserver):
+    """:class:`HistogramObserver` minimising the expected fake-quantization MSE."""
+
+    def __init__(self, bins: int = 2048, ch_axis: int | None = None) -> None:
+        super().__init__(RangeMethod.MSE, bins, ch_axis=ch_axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact binning
+
+
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    """``2.0**e`` in float64 (exact for integer ``e``)."""
+    return torch.exp2(e.to(torch.float64))
+
+
+def _exponent_above(amax: torch.Tensor) -> torch.Tensor:
+    """Smallest ``e >= _MIN_EXP`` with ``amax < 2**e`` (int64)."""
+    _, e = torch.frexp(amax)  # amax = m * 2**e, m in [0.5, 1): amax < 2**e
+    e = e.to(torch.int64)
+    return torch.where(amax > 0, e, _MIN_EXP).clamp(min=_MIN_EXP)
+
+
+def _regrid(hist: torch.Tensor, grow: torch.Tensor) -> torch.Tensor:
+    """Merge each row's bins for ``R`` grown by ``2**grow`` (int64 ``[C]``, ``>= 0``)."""
+    bins = hist.shape[1]
+    half = bins // 2
+    k = torch.arange(-half, half, device=hist.device)
+    # beyond a factor bins/2 every bin lands in one of the two centre bins
+    shift = grow.clamp(max=half.bit_length() - 1)[:, None]
+    target = torch.bitwise_right_shift(k[None, :], shift) + half  # floor(k / 2**shift)
+    return torch.zeros_like(hist).scatter_add_(1, target, hist)
+
+
+def _bin_counts(v: torch.Tensor, exp: torch.Tensor, bins: int) -> torch.Tensor:
+    """Exact per-row histogram of ``v`` ``[C, n]`` over ``[-2**exp, 2**exp)`` (int64 ``[C, bins]``)."""
+    half = bins // 2
+    c = v.shape[0]
+    shift = (half.bit_length() - 1) - exp  # x * 2**shift lies in [-half, half)
+    factor = _pow2(shift)[:, None].to(v.dtype)  # exact: a normal float32 by _MIN_EXP
+    scaled = torch.floor(v * factor)
+    # a negative value so small that x * 2**shift underflows to -0.0 still belongs to bin -1
+    scaled = torch.where((scaled == 0) & (v < 0), -1.0, scaled)
+    idx = scaled.to(torch.int64) + half
+    idx = idx + torch.arange(c, device=v.device)[:, None] * bins
+    return torch.bincount(idx.reshape(-1), minlength=c * bins).reshape(c, bins)

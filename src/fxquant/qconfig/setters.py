@@ -1,0 +1,141 @@
+"""Qconfig setters and how several of them combine.
+
+Precedence (the one place it is defined; tested in tests/qconfig/test_setters.py):
+
+1. ``qconfig_setter`` may be one setter or a tuple of setters.  For each op the setters are asked
+   in order and **the first one with an opinion (not ``None``) decides the op's whole QConfig**;
+   earlier setters win.
+2. Inside :class:`ModuleNameQconfigSetter`, an exact op name beats a module prefix, and a longer
+   prefix beats a shorter one (``"backbone.layer1"`` beats ``"backbone"``).
+3. An op no setter has an opinion on stays in float (reported by :func:`fxquant.summary`).
+4. A fused conv -> relu output uses the qconfig of the conv (the pattern's root).
+
+A setter is any object with ``__call__(op: OpInfo, ctx: SetterContext) -> QConfig | None``.
+A bare :class:`QConfig` may be used as a setter that applies to every op.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, Union
+
+from .opinfo import OpInfo, SetterContext
+from .qconfig import QConfig
+
+__all__ = [
+    "QconfigSetter",
+    "ModuleNameQconfigSetter",
+    "SetterArg",
+    "as_setter_tuple",
+    "resolve_qconfig",
+    "validate_setters",
+    "UnknownOpNameError",
+]
+
+
+class QconfigSetter(Protocol):
+    """Anything that maps an op to a QConfig (or ``None`` for "no opinion")."""
+
+    def __call__(self, op: OpInfo, ctx: SetterContext) -> QConfig | None: ...
+
+
+SetterArg = Union[QconfigSetter, QConfig, Iterable[Any]]
+
+
+class UnknownOpNameError(KeyError):
+    """A name given to a setter matches no op of the model."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class _GlobalSetter:
+    def __init__(self, qconfig: QConfig) -> None:
+        self.qconfig = qconfig
+
+    def __call__(self, op: OpInfo, ctx: SetterContext) -> QConfig | None:
+        return self.qconfig
+
+    def __repr__(self) -> str:
+        return f"GlobalQconfigSetter({self.qconfig!r})"
+
+
+class ModuleNameQconfigSetter:
+    """Override the qconfig of ops by name.
+
+    Keys are op names as :func:`fxquant.summary` prints them (``"linear2"``, ``"relu_1"``,
+    ``"_generated_add_0"``, ``"layer1._generated_add_0"``) or module paths, which then apply to
+    every op inside that module.  Values are :class:`QConfig` (``fxquant.qconfig.FLOAT`` keeps
+    the op float).  A key that matches no op raises :class:`UnknownOpNameError` at prepare time,
+    listing the closest valid names.
+    """
+
+    def __init__(self, qconfigs: Mapping[str, QConfig]) -> None:
+        for k, v in qconfigs.items():
+            if not isinstance(v, QConfig):
+                raise TypeError(f"ModuleNameQconfigSetter[{k!r}] must be a QConfig, got {v!r}")
+        self.qconfigs = dict(qconfigs)
+
+    def _match(self, name: str) -> str | None:
+        if name in self.qconfigs:
+            return name
+        best = None
+        for key in self.qconfigs:
+            if name.startswith(key + ".") and (best is None or len(key) > len(best)):
+                best = key
+        return best
+
+    def __call__(self, op: OpInfo, ctx: SetterContext) -> QConfig | None:
+        key = self._match(op.name)
+        return None if key is None else self.qconfigs[key]
+
+    def validate(self, op_names: Iterable[str]) -> None:
+        """Raise :class:`UnknownOpNameError` for keys that match no op."""
+        names = list(op_names)
+        for key in self.qconfigs:
+            if any(n == key or n.startswith(key + ".") for n in names):
+                continue
+            close = difflib.get_close_matches(key, names, n=5, cutoff=0.4)
+            hint = f" closest valid names: {close}" if close else f" valid names include: {names[:8]}"
+            raise UnknownOpNameError(
+                f"ModuleNameQconfigSetter: {key!r} is not an op or module of the model;{hint}. "
+                "See fxquant.summary(prepared_model) for every op name."
+            )
+
+    def __repr__(self) -> str:
+        return f"ModuleNameQconfigSetter({sorted(self.qconfigs)})"
+
+
+def as_setter_tuple(arg: SetterArg) -> tuple[QconfigSetter, ...]:
+    """Normalise one setter, a QConfig, a ``{name: QConfig}`` dict or a sequence of them."""
+    if isinstance(arg, QConfig):
+        return (_GlobalSetter(arg),)
+    if isinstance(arg, Mapping):
+        return (ModuleNameQconfigSetter(arg),)
+    if callable(arg):
+        return (arg,)
+    out: list[QconfigSetter] = []
+    for item in arg:
+        out.extend(as_setter_tuple(item))
+    return tuple(out)
+
+
+def resolve_qconfig(
+    setters: tuple[QconfigSetter, ...], op: OpInfo, ctx: SetterContext
+) -> QConfig | None:
+    """The first opinion among ``setters`` (earlier wins), or ``None``."""
+    for s in setters:
+        q = s(op, ctx)
+        if q is not None:
+            return q
+    return None
+
+
+def validate_setters(setters: tuple[QconfigSetter, ...], op_names: Iterable[str]) -> None:
+    """Let every setter that can check its names do so."""
+    names = list(op_names)
+    for s in setters:
+        check = getattr(s, "validate", None)
+        if check is not None:
+            check(names)
