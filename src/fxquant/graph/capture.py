@@ -118,7 +118,7 @@ class _Tracer(fx.Tracer):
             self.graph.erase_node(n)
 
 
-def _absorb_float_functional(gm: fx.GraphModule) -> None:
+def _absorb_float_functional(gm: fx.GraphModule, root: nn.Module) -> None:
     """``ff.add(x, y)`` traces to ``torch.add`` + ``ff.activation_post_process``: name the op
     after the FloatFunctional module and drop the identity."""
     calls: dict[str, int] = {}
@@ -127,7 +127,7 @@ def _absorb_float_functional(gm: fx.GraphModule) -> None:
             continue
         owner = node.target.rsplit(".", 1)[0]
         try:
-            owner_mod = gm.get_submodule(owner)
+            owner_mod = root.get_submodule(owner)  # gm only holds a stand-in container
         except AttributeError:
             continue
         if type(owner_mod).__name__ not in ("FloatFunctional", "QFunctional"):
@@ -185,7 +185,7 @@ def capture(
     except Exception as exc:  # noqa: BLE001
         raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    _absorb_float_functional(gm)
+    _absorb_float_functional(gm, model)
     gm.recompile()
     island_args = propagate_values(gm, example_inputs, frozenset(tracer.islands))
     for name, isl in tracer.islands.items():

@@ -103,7 +103,8 @@ def prepare(
         )
     report = PrepareReport(profile=profile, islands=dict(islands))
     report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    _prepare_graph(gm, setters, profile, islands, skip, fold_bn, report, validate=False)
+    _prepare_graph(gm, setters, profile, islands, skip, fold_bn, report, validate=False,
+                   leaves=frozenset(leaf_modules))
     _prepare_islands(gm, islands, setters, profile, leaf_modules, skip, fold_bn, report)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
@@ -122,11 +123,12 @@ def _prepare_graph(
     validate: bool = True,
     rename: dict[str, str] | None = None,
     path_prefix: str = "",
+    leaves: frozenset[str] = frozenset(),
 ) -> dict[fx.Node, str]:
     """Prepare ``gm`` in place.  ``rename`` maps local names to the names users see (eager
     capture), ``path_prefix`` is ``gm``'s path inside the prepared model (for the report)."""
     names = assign_names(gm)
-    kinds, reasons = _classify(gm, names, islands, skip)
+    kinds, reasons = _classify(gm, names, islands, skip, leaves)
     shown = {n: (rename or {}).get(name, name) for n, name in names.items()}
     grid = _grid_path(gm, shown, kinds)
     ctx = SetterContext(profile=profile, grid_path=grid)
@@ -205,7 +207,11 @@ def _all_names(gm: fx.GraphModule, names: dict[fx.Node, str]) -> list[str]:
 
 
 def _classify(
-    gm: fx.GraphModule, names: dict[fx.Node, str], islands: dict[str, Island], skip: frozenset[str]
+    gm: fx.GraphModule,
+    names: dict[fx.Node, str],
+    islands: dict[str, Island],
+    skip: frozenset[str],
+    leaves: frozenset[str] = frozenset(),
 ) -> tuple[dict[fx.Node, OpKind], dict[fx.Node, str]]:
     kinds: dict[fx.Node, OpKind] = {}
     reasons: dict[fx.Node, str] = {}
@@ -224,6 +230,10 @@ def _classify(
                 reasons[n] = "skipped by the user (skip_modules)"
                 continue
             kind = classify_module(gm.get_submodule(n.target))
+            if kind is OpKind.FLOAT and n.target in leaves:
+                kinds[n] = OpKind.COMPUTE
+                reasons[n] = "leaf module (leaf_modules): runs in float inside, output quantized"
+                continue
         elif n.op == "call_function":
             kind = classify_function(n)
         else:

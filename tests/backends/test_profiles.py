@@ -1,0 +1,69 @@
+"""Backend profiles: defaults per target and activation placement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import fxquant
+from fxquant.backends import PROFILES, Placement, get_profile
+
+from ..graph.models import ConvNetA
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.relu(self.conv1(x))
+        y = self.conv2(y) + x
+        return self.fc(self.pool(y).flatten(1))
+
+
+def rows(q):
+    return {(r.name, r.role): r for r in fxquant.summary(q).quantizers}
+
+
+def test_profiles_are_data_and_validated():
+    assert {"generic", "x86", "fbgemm", "qnnpack", "onnxruntime", "tensorrt"} <= set(PROFILES)
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_profile("tpu9000")
+    with pytest.raises(TypeError):
+        dataclasses.replace(PROFILES["generic"], placement="outputs")
+
+
+def test_x86_profile_quint8_reduce_range_and_per_channel():
+    q = fxquant.prepare(ConvNetA(), torch.randn(1, 3, 16, 16), backend="x86")
+    fxquant.calibrate(q, [torch.randn(2, 3, 16, 16)], progress=False)
+    r = rows(q)
+    act = q.get_submodule(r[("x", "output")].path)
+    assert (act.dtype.qmin, act.dtype.qmax, act.symmetric) == (0, 127, False)
+    w = q.get_submodule(r[("conv1", "weight")].path)
+    assert w.dtype == fxquant.qint8 and w.ch_axis == 0 and w.symmetric
+    assert w.scale_math is fxquant.ScaleMath.RECIPROCAL
+
+
+def test_tensorrt_placement_inputs_of_weighted_ops_and_both_add_inputs():
+    model = Residual().eval()
+    q = fxquant.prepare(model, torch.randn(1, 4, 8, 8), backend="tensorrt")
+    r = rows(q)
+    outs = {n for n, role in r if role == "output"}
+    # x feeds conv1 and the add; relu output feeds conv2; conv2 output feeds the add;
+    # pool output feeds fc.  No quantizer on the add or the fc output.
+    assert outs == {"x", "relu", "conv2", "pool"}
+    for role_name in ("conv1", "conv2", "fc"):
+        w = q.get_submodule(r[(role_name, "weight")].path)
+        assert w.dtype.narrow_range and w.symmetric and w.ch_axis == 0
+    for n in outs:
+        fq = q.get_submodule(r[(n, "output")].path)
+        assert fq.symmetric and fq.dtype == fxquant.qint8
+    assert get_profile("tensorrt").placement is Placement.WEIGHTED_INPUTS

@@ -1,0 +1,199 @@
+"""Models written the way users write them (no quantization rewrites), shared by graph tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.ao.quantization import DeQuantStub, QuantStub
+from torch.ao.nn.quantized import FloatFunctional
+
+
+class ConvNetA(nn.Module):
+    """(a) F.relu, F.max_pool2d, x.view, a grouped conv, a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.conv3 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+class EagerStyleB(nn.Module):
+    """(b) QuantStub, conv-bn-relu, FloatFunctional.add, DeQuantStub."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu2 = nn.ReLU()
+        self.skip_add = FloatFunctional()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        x = self.quant(x)
+        y = self.relu(self.bn(self.conv(x)))
+        z = self.relu2(self.bn2(self.conv2(y)))
+        x = self.skip_add.add(y, z)
+        x = self.pool(x).flatten(1)
+        return self.dequant(self.fc(x))
+
+
+class MlpC(nn.Module):
+    """(c) Linear -> LayerNorm -> ReLU -> Linear(256->60) -> Linear(60->60)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear0 = nn.Linear(32, 256)
+        self.ln = nn.LayerNorm(256)
+        self.relu = nn.ReLU()
+        self.linear1 = nn.Linear(256, 60)
+        self.linear2 = nn.Linear(60, 60)
+
+    def forward(self, x):
+        return self.linear2(self.linear1(self.relu(self.ln(self.linear0(x)))))
+
+
+class TwoInputAddD(nn.Module):
+    """(d) two QuantStubs and torch.add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant_x = QuantStub()
+        self.quant_y = QuantStub()
+
+    def forward(self, x, y):
+        return torch.add(self.quant_x(x), self.quant_y(y))
+
+
+class Backbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
+
+
+class BackboneHeadE(nn.Module):
+    """(e) a backbone and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = Backbone()
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+class Gate(nn.Module):
+    """Data-dependent control flow inside a submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+class BranchInSubmoduleF(nn.Module):
+    """(f1) the `if` lives in one submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = Gate()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = self.gate(x)
+        x = F.relu(self.conv(x)) + x
+        return self.fc(x.mean((2, 3)))
+
+
+class BranchInForwardF(nn.Module):
+    """(f2) the `if` lives in the model's own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch_a = nn.Conv2d(8, 8, 1)
+        self.branch_b = nn.Conv2d(8, 8, 1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        if x.mean() > 0:
+            x = self.branch_a(x)
+        else:
+            x = self.branch_b(x)
+        x = F.relu(self.conv(x)) + x
+        return self.fc(x.mean((2, 3)))
+
+
+class Reused(nn.Module):
+    """One ReLU module and one conv called at several call sites."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        a = self.relu(self.conv(x))
+        b = self.relu(self.conv(a))
+        return torch.cat([a, b], 1) * 0.5
+
+
+class TinyTransformer(nn.Module):
+    """Embedding, matmul, softmax, layer_norm, chunk, transpose, ConvTranspose, interpolate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.qkv = nn.Linear(32, 96)
+        self.proj = nn.Linear(32, 32)
+        self.norm = nn.LayerNorm(32)
+        self.up = nn.ConvTranspose1d(32, 16, 2, stride=2)
+
+    def forward(self, tokens):
+        h = self.emb(tokens)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        att = F.softmax(q @ k.transpose(1, 2) / 4.0, dim=-1)
+        h = self.norm(h + self.proj(torch.matmul(att, v)))
+        y = self.up(h.transpose(1, 2))
+        return F.interpolate(y, scale_factor=2.0, mode="linear")
