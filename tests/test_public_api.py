@@ -45,8 +45,12 @@ def test_import_has_no_side_effects_on_torch_nn():
 
 @pytest.mark.parametrize(
     "device",
-    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                          reason="no CUDA device"))],
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+        ),
+    ],
 )
 def test_to_moves_every_quantizer(device):
     from .graph.models import ConvNetA

@@ -24,7 +24,7 @@ class Factory:
     def __call__(self, **override: Any) -> Any:
         return self.cls(**{**dict(self.kwargs), **override})
 
-    def with_args(self, **kwargs: Any) -> "Factory":
+    def with_args(self, **kwargs: Any) -> Factory:
         merged = {**dict(self.kwargs), **kwargs}
         return Factory(self.cls, tuple(sorted(merged.items())))
 

@@ -41,7 +41,9 @@ def test_earlier_setter_wins_whole_qconfig():
 
 
 def test_exact_name_beats_prefix_and_longer_prefix_beats_shorter():
-    s = ModuleNameQconfigSetter({"backbone": Q8, "backbone.layer1": Q16, "backbone.layer1.conv": FLOAT})
+    s = ModuleNameQconfigSetter(
+        {"backbone": Q8, "backbone.layer1": Q16, "backbone.layer1.conv": FLOAT}
+    )
     assert s(op("backbone.layer1.conv"), CTX) is FLOAT
     assert s(op("backbone.layer1.relu"), CTX) is Q16
     assert s(op("backbone.layer2.conv"), CTX) is Q8
@@ -50,7 +52,9 @@ def test_exact_name_beats_prefix_and_longer_prefix_beats_shorter():
 
 
 def test_no_opinion_means_float():
-    assert resolve_qconfig(as_setter_tuple(ModuleNameQconfigSetter({"a": Q8})), op("b"), CTX) is None
+    assert (
+        resolve_qconfig(as_setter_tuple(ModuleNameQconfigSetter({"a": Q8})), op("b"), CTX) is None
+    )
 
 
 def test_dict_and_qconfig_shorthands():

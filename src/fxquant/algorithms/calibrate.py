@@ -63,7 +63,9 @@ def calibrate(
     seen = 0
     try:
         with torch.no_grad():
-            for batch in tqdm(data, total=total, desc="calibrate", disable=not progress, leave=False):
+            for batch in tqdm(
+                data, total=total, desc="calibrate", disable=not progress, leave=False
+            ):
                 if num_batches is not None and seen >= num_batches:
                     break
                 qmodel(*batch_to_args(batch, num_inputs, device))

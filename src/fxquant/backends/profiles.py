@@ -58,7 +58,9 @@ class BackendProfile:
         if not isinstance(self.placement, Placement):
             raise TypeError(f"BackendProfile.placement must be a Placement, got {self.placement!r}")
         if not isinstance(self.scale_math, ScaleMath):
-            raise TypeError(f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}")
+            raise TypeError(
+                f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}"
+            )
 
 
 # x86 / fbgemm: activations quint8 with reduce_range (codes 0..127) so that u8*s8 pair sums

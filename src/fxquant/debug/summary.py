@@ -47,14 +47,27 @@ class Summary:
     backend: str
 
     def __str__(self) -> str:
-        head = ("name", "role", "op_type", "dtype", "granularity", "observer", "state", "scale",
-                "zero_point")
+        head = (
+            "name",
+            "role",
+            "op_type",
+            "dtype",
+            "granularity",
+            "observer",
+            "state",
+            "scale",
+            "zero_point",
+        )
         rows = [head] + [tuple(getattr(r, h) for h in head) for r in self.quantizers]
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-        lines = [f"fxquant summary (backend={self.backend}, capture={self.capture_mode}): "
-                 f"{len(self.quantizers)} quantizers"]
+        lines = [
+            f"fxquant summary (backend={self.backend}, capture={self.capture_mode}): "
+            f"{len(self.quantizers)} quantizers"
+        ]
         for i, r in enumerate(rows):
-            lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+            lines.append(
+                "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+            )
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append("")
@@ -84,19 +97,27 @@ def summary(qmodel: nn.Module, print_table: bool = False) -> Summary:
             if not isinstance(fq, FakeQuantize):
                 continue
             known = bool(fq.calibrated)
-            rows.append(QuantizerRow(
-                name=rec.name, role=role, op_type=rec.op_type, dtype=str(fq.dtype),
-                granularity=repr(fq.granularity), observer=type(fq.observer).__name__,
-                state=fq.state.name, scale=_fmt(fq.scale.detach()) if known else "?",
-                zero_point=_fmt(fq.zero_point.detach().round()) if known else "?", path=path,
-            ))
+            rows.append(
+                QuantizerRow(
+                    name=rec.name,
+                    role=role,
+                    op_type=rec.op_type,
+                    dtype=str(fq.dtype),
+                    granularity=repr(fq.granularity),
+                    observer=type(fq.observer).__name__,
+                    state=fq.state.name,
+                    scale=_fmt(fq.scale.detach()) if known else "?",
+                    zero_point=_fmt(fq.zero_point.detach().round()) if known else "?",
+                    path=path,
+                )
+            )
     floats = tuple(
         FloatRow(r.name, r.op_type, r.float_reason)
         for r in rep.ops.values()
         if r.float_reason is not None and r.is_tensor_op
     )
     if rep.root_failure:
-        floats = (FloatRow("<forward>", "root", rep.root_failure),) + floats
+        floats = (FloatRow("<forward>", "root", rep.root_failure), *floats)
     s = Summary(tuple(rows), floats, rep.capture_mode, rep.profile.name)
     if print_table:
         print(s)

@@ -66,7 +66,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if dtype is None:
             dtype = getattr(self.observer, "dtype", None) or qint8
         if not isinstance(dtype, QDType):
-            raise TypeError(f"FakeQuantize: dtype must be a QDType (e.g. fxquant.qint8), got {dtype!r}")
+            raise TypeError(
+                f"FakeQuantize: dtype must be a QDType (e.g. fxquant.qint8), got {dtype!r}"
+            )
         if not isinstance(scale_math, ScaleMath):
             raise TypeError(f"FakeQuantize: scale_math must be a ScaleMath, got {scale_math!r}")
         self.dtype = dtype
@@ -80,7 +82,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self._name = ""
         self._init_qparams()
         self.register_buffer("calibrated", torch.tensor(False))
-        self.register_buffer("state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8))
+        self.register_buffer(
+            "state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8)
+        )
         self._dirty = False
 
     # -- storage -----------------------------------------------------------------------------
@@ -126,7 +130,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self._dirty = False
         if not self.observer.has_stats():
             return
-        s, z = self.observer.calculate_qparams(self.dtype, self.symmetric, self.power_of_two, self.eps)
+        s, z = self.observer.calculate_qparams(
+            self.dtype, self.symmetric, self.power_of_two, self.eps
+        )
         self._store_qparams(s, z)
         self.calibrated.fill_(True)
 
@@ -208,7 +214,8 @@ class LearnableFakeQuantize(FakeQuantize):
             p = self._parameters.get(name)
             if p is not None and key in state_dict and state_dict[key].shape != p.shape:
                 self._parameters[name] = torch.nn.Parameter(
-                    torch.empty_like(state_dict[key], device=p.device), requires_grad=p.requires_grad
+                    torch.empty_like(state_dict[key], device=p.device),
+                    requires_grad=p.requires_grad,
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -221,7 +228,9 @@ class LearnableFakeQuantize(FakeQuantize):
         per_scale = x.numel() // max(1, self.scale.numel())
         g = 1.0 / _math.sqrt(max(1, per_scale) * max(1, self.dtype.qmax))
         scale = self.scale.clamp(min=self.eps)
-        return fake_quantize_lsq(x, scale, self.zero_point, self.dtype, self.ch_axis, self.scale_math, g)
+        return fake_quantize_lsq(
+            x, scale, self.zero_point, self.dtype, self.ch_axis, self.scale_math, g
+        )
 
 
 def quantizer_factory(obj: Any) -> Factory:

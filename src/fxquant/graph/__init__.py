@@ -4,5 +4,12 @@ from .capture import Island, RootTraceError
 from .prepare import as_input_tuple, prepare
 from .report import OpRecord, PrepareReport, get_report
 
-__all__ = ["prepare", "as_input_tuple", "Island", "RootTraceError", "OpRecord", "PrepareReport",
-           "get_report"]
+__all__ = [
+    "prepare",
+    "as_input_tuple",
+    "Island",
+    "RootTraceError",
+    "OpRecord",
+    "PrepareReport",
+    "get_report",
+]

@@ -100,7 +100,7 @@ class _Tracer(fx.Tracer):
         saved_calls = dict(self.num_calls)
         try:
             return super().call_module(m, forward, args, kwargs)
-        except Exception as exc:  # noqa: BLE001 - any failure makes a float island
+        except Exception as exc:
             self._rollback(mark)
             self.module_stack.clear()
             self.module_stack.update(saved_stack)
@@ -182,7 +182,7 @@ def capture(
     tracer = _Tracer(leaf_names)
     try:
         graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _absorb_float_functional(gm, model)

@@ -29,14 +29,24 @@ from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_s
 from .capture import RootTraceError, _Tracer, propagate_values, trace_failure_site
 from .insert import OpQuantizers
 from .patterns import FUNCTION_KINDS, METHOD_KINDS, function_name
-from .report import REPORT_KEY, OpRecord, PrepareReport
+from .report import OpRecord, PrepareReport
 
 __all__ = ["prepare_eager", "EagerCapture"]
 
-_DUNDER = {"__add__": "add", "__radd__": "add", "__iadd__": "add", "__sub__": "sub",
-           "__rsub__": "sub", "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul",
-           "__truediv__": "div", "__rtruediv__": "div", "__matmul__": "matmul",
-           "__neg__": "neg"}
+_DUNDER = {
+    "__add__": "add",
+    "__radd__": "add",
+    "__iadd__": "add",
+    "__sub__": "sub",
+    "__rsub__": "sub",
+    "__mul__": "mul",
+    "__rmul__": "mul",
+    "__imul__": "mul",
+    "__truediv__": "div",
+    "__rtruediv__": "div",
+    "__matmul__": "matmul",
+    "__neg__": "neg",
+}
 
 
 def _glue_kind(func: Any) -> tuple[str, OpKind]:
@@ -54,7 +64,7 @@ def _glue_kind(func: Any) -> tuple[str, OpKind]:
 class _GlueMode(TorchFunctionMode):
     """Quantizes outputs of ops executed directly by one module's ``forward``."""
 
-    def __init__(self, owner: nn.Module, discover: "EagerCapture | None" = None) -> None:
+    def __init__(self, owner: nn.Module, discover: EagerCapture | None = None) -> None:
         super().__init__()
         self.owner = owner
         self.code = type(owner).__mro__[1].forward.__code__
@@ -95,8 +105,16 @@ class _GlueMode(TorchFunctionMode):
 
 
 _TORCH_DIR = inspect.getfile(torch).rsplit("/", 1)[0]
-_QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                nn.ConvTranspose3d, nn.Linear, nn.Embedding)
+_QUANTIZABLE = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Embedding,
+)
 _MODULES_DIR = "/nn/modules/"
 
 
@@ -117,8 +135,10 @@ def _discover(module: nn.Module, inputs: tuple[Any, ...]) -> EagerCapture:
     cap = EagerCapture()
     handles = []
     for name, child in module.named_children():
+
         def hook(mod, args, kwargs, _name=name):
             cap.child_args[_name].append((args, kwargs))
+
         handles.append(child.register_forward_pre_hook(hook, with_kwargs=True))
     swapped = _swap_class(module)
     was_training = module.training
@@ -140,8 +160,11 @@ def _swap_class(module: nn.Module) -> bool:
     cls = type(module)
     if getattr(cls, "_fxq_eager", False):
         return False
-    sub = type(f"Eager{cls.__name__}", (cls,), {"forward": _eager_forward, "_fxq_eager": True,
-                                                  "__module__": cls.__module__})
+    sub = type(
+        f"Eager{cls.__name__}",
+        (cls,),
+        {"forward": _eager_forward, "_fxq_eager": True, "__module__": cls.__module__},
+    )
     module.__class__ = sub
     return True
 
@@ -149,20 +172,25 @@ def _swap_class(module: nn.Module) -> bool:
 def _same_call_shape(calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bool:
     def sig(c):
         args, kwargs = c
-        return tuple(type(a) if isinstance(a, torch.Tensor) else repr(a) for a in args), sorted(kwargs)
+        return tuple(type(a) if isinstance(a, torch.Tensor) else repr(a) for a in args), sorted(
+            kwargs
+        )
+
     return all(sig(c) == sig(calls[0]) for c in calls) and not calls[0][1]
 
 
-def _wrapper_for(name: str, child: nn.Module, args: tuple[Any, ...]) -> tuple[nn.Module, dict[str, Any]]:
+def _wrapper_for(
+    name: str, child: nn.Module, args: tuple[Any, ...]
+) -> tuple[nn.Module, dict[str, Any]]:
     """A root whose forward only calls ``child`` (so its ops are named relative to the parent)."""
     params = [f"{name}_in{i}" for i in range(len(args))]
     src = f"def forward(self, {', '.join(params)}):\n    return self.{name}({', '.join(params)})\n"
     ns: dict[str, Any] = {}
-    exec(compile(src, f"<fxquant wrapper {name}>", "exec"), ns)  # noqa: S102 - generated code
+    exec(compile(src, f"<fxquant wrapper {name}>", "exec"), ns)
     cls = type(f"_Call_{name}", (nn.Module,), {"forward": ns["forward"]})
     root = cls()
     root.add_module(name, child)
-    concrete = {p: a for p, a in zip(params, args) if not isinstance(a, torch.Tensor)}
+    concrete = {p: a for p, a in zip(params, args, strict=False) if not isinstance(a, torch.Tensor)}
     return root, concrete
 
 
@@ -199,35 +227,62 @@ def prepare_eager(
         calls = cap.child_args.get(name)
         if not calls:
             if any(isinstance(m, _QUANTIZABLE) for m in child.modules()):
-                report.ops[full] = OpRecord(full, type(child).__name__, OpKind.FLOAT, None, {},
-                                            "not called with the example inputs (e.g. a branch "
-                                            "not taken): runs in float")
+                report.ops[full] = OpRecord(
+                    full,
+                    type(child).__name__,
+                    OpKind.FLOAT,
+                    None,
+                    {},
+                    "not called with the example inputs (e.g. a branch not taken): runs in float",
+                )
             continue
         if full in skip_modules:
-            report.ops[full] = OpRecord(full, type(child).__name__, OpKind.FLOAT, None, {},
-                                        "skipped by the user (skip_modules)")
+            report.ops[full] = OpRecord(
+                full,
+                type(child).__name__,
+                OpKind.FLOAT,
+                None,
+                {},
+                "skipped by the user (skip_modules)",
+            )
             continue
         args, _ = calls[0]
         sub_err: RootTraceError | None = None
         if _same_call_shape(calls):
             root, concrete = _wrapper_for(name, child, args)
-            tracer = _Tracer(frozenset(p[len(prefix):] for p in leaf if p.startswith(prefix)))
+            tracer = _Tracer(frozenset(p[len(prefix) :] for p in leaf if p.startswith(prefix)))
             try:
                 graph = tracer.trace(root, concrete_args=concrete or None)
-            except Exception as exc:  # noqa: BLE001
-                sub_err = RootTraceError(f"{type(exc).__name__}: {exc}".splitlines()[0],
-                                         trace_failure_site(exc))
+            except Exception as exc:
+                sub_err = RootTraceError(
+                    f"{type(exc).__name__}: {exc}".splitlines()[0], trace_failure_site(exc)
+                )
         else:
             sub_err = RootTraceError("called with differing non-tensor arguments", "<calls>")
         if sub_err is not None:
             if not any(True for _ in child.children()):
-                report.ops[full] = OpRecord(full, type(child).__name__, OpKind.FLOAT, None, {},
-                                            f"not traceable and has no children ({sub_err})")
+                report.ops[full] = OpRecord(
+                    full,
+                    type(child).__name__,
+                    OpKind.FLOAT,
+                    None,
+                    {},
+                    f"not traceable and has no children ({sub_err})",
+                )
                 continue
-            new = prepare_eager(child, tuple(args), setters, profile, sub_err,
-                                leaf_modules=leaf_modules, skip_modules=skip_modules,
-                                fold_bn=fold_bn, prefix=f"{full}.", report=report,
-                                path_prefix=f"{path_prefix}{name}.")
+            new = prepare_eager(
+                child,
+                tuple(args),
+                setters,
+                profile,
+                sub_err,
+                leaf_modules=leaf_modules,
+                skip_modules=skip_modules,
+                fold_bn=fold_bn,
+                prefix=f"{full}.",
+                report=report,
+                path_prefix=f"{path_prefix}{name}.",
+            )
             setattr(model, name, new)
             continue
         gm = fx.GraphModule(tracer.root, graph, f"{type(child).__name__}")
@@ -237,10 +292,30 @@ def prepare_eager(
             report.islands[f"{prefix}{iname}"] = isl
         rename = _prefixed_names(gm, prefix)
         rename.update({f"{name}_in{i}": f"{full}.input_{i}" for i in range(len(args))})
-        _prepare_graph(gm, setters, profile, tracer.islands, skip_modules, fold_bn, report,
-                       validate=False, rename=rename, path_prefix=f"{path_prefix}{name}.")
-        _prepare_islands(gm, tracer.islands, setters, profile, leaf_modules, skip_modules,
-                         fold_bn, report, prefix=prefix, path_prefix=f"{path_prefix}{name}.")
+        _prepare_graph(
+            gm,
+            setters,
+            profile,
+            tracer.islands,
+            skip_modules,
+            fold_bn,
+            report,
+            validate=False,
+            rename=rename,
+            path_prefix=f"{path_prefix}{name}.",
+        )
+        _prepare_islands(
+            gm,
+            tracer.islands,
+            setters,
+            profile,
+            leaf_modules,
+            skip_modules,
+            fold_bn,
+            report,
+            prefix=prefix,
+            path_prefix=f"{path_prefix}{name}.",
+        )
         setattr(model, name, gm)
     _add_glue_quantizers(model, cap, setters, profile, prefix, path_prefix, report)
     _swap_class(model)

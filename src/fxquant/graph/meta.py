@@ -8,8 +8,16 @@ from typing import Any
 import torch
 from torch.fx import Node
 
-__all__ = ["ValueInfo", "value_info", "set_value_info", "op_name", "set_op_name", "name_override",
-           "set_name_override", "is_float_tensor"]
+__all__ = [
+    "ValueInfo",
+    "value_info",
+    "set_value_info",
+    "op_name",
+    "set_op_name",
+    "name_override",
+    "set_name_override",
+    "is_float_tensor",
+]
 
 _VALUE = "fxquant_value"
 _NAME = "fxquant_op_name"
@@ -29,7 +37,7 @@ class ValueInfo:
         return self.is_tensor and self.dtype is not None and self.dtype.is_floating_point
 
     @staticmethod
-    def of(value: Any) -> "ValueInfo":
+    def of(value: Any) -> ValueInfo:
         if isinstance(value, torch.Tensor):
             return ValueInfo(True, value.dtype, tuple(value.shape))
         return ValueInfo(False)

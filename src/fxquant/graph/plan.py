@@ -58,7 +58,7 @@ def data_inputs(node: fx.Node) -> list[fx.Node]:
     """Float-tensor inputs of ``node`` that carry activations (not the weight / bias args)."""
     skip: set[fx.Node] = set()
     if node.op == "call_function" and node.target in WEIGHT_ARG:
-        for a in list(node.args[WEIGHT_ARG[node.target]:]) + list(node.kwargs.values()):
+        for a in list(node.args[WEIGHT_ARG[node.target] :]) + list(node.kwargs.values()):
             if isinstance(a, fx.Node):
                 skip.add(a)
     return [n for n in node.all_input_nodes if n not in skip and is_float_tensor(n)]

@@ -15,7 +15,6 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -98,13 +97,28 @@ def prepare(
         from .eager import prepare_eager
 
         return prepare_eager(
-            model, inputs, setters, profile, err, leaf_modules=leaf_modules,
-            skip_modules=skip, fold_bn=fold_bn,
+            model,
+            inputs,
+            setters,
+            profile,
+            err,
+            leaf_modules=leaf_modules,
+            skip_modules=skip,
+            fold_bn=fold_bn,
         )
     report = PrepareReport(profile=profile, islands=dict(islands))
     report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    _prepare_graph(gm, setters, profile, islands, skip, fold_bn, report, validate=False,
-                   leaves=frozenset(leaf_modules))
+    _prepare_graph(
+        gm,
+        setters,
+        profile,
+        islands,
+        skip,
+        fold_bn,
+        report,
+        validate=False,
+        leaves=frozenset(leaf_modules),
+    )
     _prepare_islands(gm, islands, setters, profile, leaf_modules, skip, fold_bn, report)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
@@ -133,8 +147,12 @@ def _prepare_graph(
     grid = _grid_path(gm, shown, kinds)
     ctx = SetterContext(profile=profile, grid_path=grid)
     infos = {
-        n: OpInfo(shown[n], _op_type(gm, n), kinds[n],
-                  gm.get_submodule(n.target) if n.op == "call_module" else None)
+        n: OpInfo(
+            shown[n],
+            _op_type(gm, n),
+            kinds[n],
+            gm.get_submodule(n.target) if n.op == "call_module" else None,
+        )
         for n in names
     }
     if validate:
@@ -147,7 +165,12 @@ def _prepare_graph(
             qconfigs[n] = resolve_qconfig(setters, info, ctx)
     for n, info in infos.items():
         report.ops[info.name] = OpRecord(
-            info.name, info.op_type, info.kind, qconfigs[n], {}, reasons.get(n),
+            info.name,
+            info.op_type,
+            info.kind,
+            qconfigs[n],
+            {},
+            reasons.get(n),
             is_float_tensor(n),
         )
     if fold_bn:
@@ -172,8 +195,18 @@ def _prepare_graph(
     return shown
 
 
-def _prepare_islands(gm, islands, setters, profile, leaf_modules, skip, fold_bn, report,
-                     prefix: str = "", path_prefix: str = "") -> None:
+def _prepare_islands(
+    gm,
+    islands,
+    setters,
+    profile,
+    leaf_modules,
+    skip,
+    fold_bn,
+    report,
+    prefix: str = "",
+    path_prefix: str = "",
+) -> None:
     """Quantize inside float islands too: their forward runs eagerly, children are captured."""
     from .eager import prepare_eager
 
@@ -182,15 +215,26 @@ def _prepare_islands(gm, islands, setters, profile, leaf_modules, skip, fold_bn,
         if isl.example_args is None or not any(True for _ in mod.children()):
             continue
         err = RootTraceError(isl.reason, isl.source)
-        new = prepare_eager(mod, tuple(isl.example_args), setters, profile, err,
-                            leaf_modules=leaf_modules, skip_modules=skip, fold_bn=fold_bn,
-                            prefix=f"{prefix}{name}.", report=report,
-                            path_prefix=f"{path_prefix}{name}.")
+        new = prepare_eager(
+            mod,
+            tuple(isl.example_args),
+            setters,
+            profile,
+            err,
+            leaf_modules=leaf_modules,
+            skip_modules=skip,
+            fold_bn=fold_bn,
+            prefix=f"{prefix}{name}.",
+            report=report,
+            path_prefix=f"{path_prefix}{name}.",
+        )
         _set_submodule(gm, name, new)
         rec = report.ops.get(f"{prefix}{name}")
         if rec is not None:
-            rec.float_reason = (f"float island: tracing failed at {isl.source} ({isl.reason}); "
-                                "runs eagerly, its children and own ops are quantized")
+            rec.float_reason = (
+                f"float island: tracing failed at {isl.source} ({isl.reason}); "
+                "runs eagerly, its children and own ops are quantized"
+            )
 
 
 def _op_type(gm: fx.GraphModule, n: fx.Node) -> str:
@@ -244,7 +288,9 @@ def _classify(
     return kinds, reasons
 
 
-def _grid_path(gm: fx.GraphModule, names: dict[fx.Node, str], kinds: dict[fx.Node, OpKind]) -> frozenset[str]:
+def _grid_path(
+    gm: fx.GraphModule, names: dict[fx.Node, str], kinds: dict[fx.Node, OpKind]
+) -> frozenset[str]:
     """Ops that compute the ``grid`` argument of ``F.grid_sample`` (up to the weighted op)."""
     out: set[str] = set()
     for n in gm.graph.nodes:
@@ -319,10 +365,14 @@ def _quantize_weights(gm, names, shown, kinds, qconfigs, report, path_prefix) ->
         op = shown[n]
         if n.op == "call_module":
             mod = gm.get_submodule(n.target)
-            if n.target in swapped or isinstance(mod, tuple(qnn.FLOAT_TO_QUANT.values())) or \
-                    isinstance(mod, (qnn.ConvBn1d, qnn.ConvBn2d, qnn.ConvBn3d)):
+            if (
+                n.target in swapped
+                or isinstance(mod, tuple(qnn.FLOAT_TO_QUANT.values()))
+                or isinstance(mod, (qnn.ConvBn1d, qnn.ConvBn2d, qnn.ConvBn3d))
+            ):
                 report.ops[op].quantizers.setdefault(
-                    "weight", f"{path_prefix}{n.target}.weight_fake_quant")
+                    "weight", f"{path_prefix}{n.target}.weight_fake_quant"
+                )
                 continue
             cls = qnn.FLOAT_TO_QUANT.get(type(mod))
             if cls is None:
@@ -331,7 +381,11 @@ def _quantize_weights(gm, names, shown, kinds, qconfigs, report, path_prefix) ->
             swapped.add(n.target)
             report.ops[op].quantizers["weight"] = f"{path_prefix}{n.target}.weight_fake_quant"
         elif n.op == "call_function" and n.target in WEIGHT_ARG:
-            w = n.args[WEIGHT_ARG[n.target]] if len(n.args) > WEIGHT_ARG[n.target] else n.kwargs.get("weight")
+            w = (
+                n.args[WEIGHT_ARG[n.target]]
+                if len(n.args) > WEIGHT_ARG[n.target]
+                else n.kwargs.get("weight")
+            )
             if not isinstance(w, fx.Node) or not is_float_tensor(w):
                 continue
             fq = _weight_quantizer(q.weight, None, op)
@@ -356,8 +410,10 @@ def _explain_float(report, shown, kinds, qconfigs, plan) -> None:
             rec.float_reason = "no qconfig: no setter covers this op"
             if q is not None:
                 rec.float_reason = "kept float by its qconfig"
-        elif n not in quantized and n not in plan.fused and report.profile.placement.value == "outputs":
+        elif (
+            n not in quantized
+            and n not in plan.fused
+            and report.profile.placement.value == "outputs"
+        ):
             if q.output is None:
                 rec.float_reason = "qconfig has no output quantizer"
-
-

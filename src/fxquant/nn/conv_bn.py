@@ -27,7 +27,7 @@ To freeze the BN statistics while the rest trains, call ``module.bn.eval()`` aft
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +54,24 @@ class ConvBnNd:
     weight: Tensor
     bias: Tensor | None
     bn: nn.Module
+
+    def __init__(
+        self,
+        *args: Any,
+        weight_fake_quant: nn.Module | None = None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        **kwargs: Any,
+    ):
+        """The conv constructor's arguments; ``eps`` / ``momentum`` / ``affine`` for the BN."""
+        _check_quantizer(type(self).__name__, weight_fake_quant)
+        super().__init__(*args, **kwargs)
+        self.bn = self._BN_MODULE(
+            self.out_channels, eps=eps, momentum=momentum, affine=affine,
+            device=self.weight.device, dtype=self.weight.dtype,
+        )
+        self.register_module("weight_fake_quant", weight_fake_quant)
 
     @classmethod
     def from_float(

@@ -167,6 +167,12 @@ class QuantWeightMixin:
     _FLOAT_MODULE: ClassVar[type[nn.Module]]
     weight: Tensor
 
+    def __init__(self, *args: Any, weight_fake_quant: nn.Module | None = None, **kwargs: Any):
+        """The torch constructor's arguments, plus the keyword ``weight_fake_quant``."""
+        _check_quantizer(type(self).__name__, weight_fake_quant)
+        super().__init__(*args, **kwargs)
+        self.register_module("weight_fake_quant", weight_fake_quant)
+
     @classmethod
     def from_float(cls, mod: nn.Module, weight_fake_quant: nn.Module | None = None):
         """Wrap float ``mod`` (exactly of type ``_FLOAT_MODULE``), sharing its parameters."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from .opinfo import OpInfo, SetterContext
 from .qconfig import QConfig
@@ -40,7 +40,7 @@ class QconfigSetter(Protocol):
     def __call__(self, op: OpInfo, ctx: SetterContext) -> QConfig | None: ...
 
 
-SetterArg = Union[QconfigSetter, QConfig, Iterable[Any]]
+SetterArg = QconfigSetter | QConfig | Iterable[Any]
 
 
 class UnknownOpNameError(KeyError):
@@ -97,7 +97,9 @@ class ModuleNameQconfigSetter:
             if any(n == key or n.startswith(key + ".") for n in names):
                 continue
             close = difflib.get_close_matches(key, names, n=5, cutoff=0.4)
-            hint = f" closest valid names: {close}" if close else f" valid names include: {names[:8]}"
+            hint = (
+                f" closest valid names: {close}" if close else f" valid names include: {names[:8]}"
+            )
             raise UnknownOpNameError(
                 f"ModuleNameQconfigSetter: {key!r} is not an op or module of the model;{hint}. "
                 "See fxquant.summary(prepared_model) for every op name."

@@ -1,0 +1,33 @@
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned: the local CPU wheel satisfies the pin, while an unpinned torch would
+# be resolved from an index and pull CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev,demo]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/fxquant demo
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+bench: $(STAMP)
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf build dist src/*.egg-info .hypothesis .pytest_cache .ruff_cache
+	rm -f bench/results/*.tmp
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
