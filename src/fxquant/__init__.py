@@ -34,10 +34,14 @@ from .numerics import (
 )
 from .observers import (
     FixedScaleObserver,
+    HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
+    MSEObserver,
     Observer,
     ObserverError,
+    PercentileObserver,
+    RangeMethod,
 )
 from .qconfig import (
     FLOAT,
@@ -81,6 +85,10 @@ __all__ = [
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "FixedScaleObserver",
+    "HistogramObserver",
+    "PercentileObserver",
+    "MSEObserver",
+    "RangeMethod",
     "QDType",
     "qint4",
     "quint4",

@@ -197,3 +197,28 @@ class TinyTransformer(nn.Module):
         h = self.norm(h + self.proj(torch.matmul(att, v)))
         y = self.up(h.transpose(1, 2))
         return F.interpolate(y, scale_factor=2.0, mode="linear")
+
+
+def _merge(a, b):
+    return torch.cat([a, b], 1) * 0.5
+
+
+class BranchWithHelpersF(nn.Module):
+    """The `if` in forward; functional ops in a helper method and a module-level helper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def _stage(self, x):
+        return F.relu(self.conv(x)) + x
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        if x.sum() > 0:
+            y = self._stage(x)
+        else:
+            y = x
+        return self.fc(_merge(x, y).mean((2, 3)))

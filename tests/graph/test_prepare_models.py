@@ -350,3 +350,32 @@ def test_fixed_scale_factory_dtype_mismatch_is_named():
     fq.name = "some.op"
     with pytest.raises(Exception, match=r"some\.op"):
         fq(torch.randn(3))
+
+
+def test_eager_fallback_quantizes_ops_in_helpers():
+    from .models import BranchWithHelpersF
+
+    model = BranchWithHelpersF().eval()
+    data = [x.abs() for x in calib_data((2, 3, 8, 8))]
+    q = fxquant.prepare(model, data[0])
+    fxquant.calibrate(q, data, progress=False)
+    s = fxquant.summary(q)
+    ops = {r.op_type for r in s.quantizers if r.role == "output"}
+    assert {"add", "cat", "mul", "mean"} <= ops, ops
+    assert all(r.scale != "?" for r in s.quantizers)
+    with torch.no_grad():
+        assert sqnr_db(model(data[1]), q(data[1])) > 20.0
+
+
+def test_zero_bn_weight_is_stable_in_qat():
+    model = EagerStyleB().train()
+    with torch.no_grad():
+        model.bn.weight[0] = 0.0
+    x = torch.randn(4, 3, 8, 8)
+    q = fxquant.prepare(model, x)
+    q.train()
+    out = q(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in q.parameters() if p.grad is not None)
+    assert torch.isfinite(q.conv.bn.running_var).all()

@@ -72,16 +72,24 @@ class _GlueMode(TorchFunctionMode):
         self.counts: dict[tuple[tuple[str, int], str], int] = defaultdict(int)
 
     def _caller_site(self) -> tuple[str, int] | None:
-        """(file, line) when the op was called directly by the owner's forward, else None."""
+        """(file, line) of the user code that called the op, when that code runs on behalf of
+        the owner's forward (directly or through helper functions / methods) and not inside a
+        child module; else None."""
         f = inspect.currentframe()
         f = f.f_back.f_back if f is not None and f.f_back is not None else None
-        while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
-            if _MODULES_DIR in f.f_code.co_filename:
-                return None  # inside a child module's forward
+        site: tuple[str, int] | None = None
+        while f is not None:
+            fname = f.f_code.co_filename
+            if fname.startswith(_TORCH_DIR):
+                if _MODULES_DIR in fname:
+                    return None  # inside a child module's forward
+            else:
+                if site is None:
+                    site = (fname, f.f_lineno)
+                if f.f_code is self.code or f.f_locals.get("self") is self.owner:
+                    return site
             f = f.f_back
-        if f is None or f.f_code is not self.code:
-            return None
-        return (f.f_code.co_filename, f.f_lineno)
+        return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

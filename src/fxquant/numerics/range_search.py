@@ -9,9 +9,10 @@ histograms (``lo = 0``).  The *magnitude histogram* folds the bins below zero on
 
 Every function takes ``(counts, lo, width, dtype, symmetric)`` and returns ``(min, max)``
 float64 tensors of shape ``()`` or ``[C]``: ``(-amax, amax)`` when ``symmetric``
-(:func:`fxquant.numerics.choose_qparams` also widens every range to contain 0).  Ranges end on bin edges (the percentile interpolates inside a bin) and asymmetric ones
-never extend past the outermost non-empty bins; callers that track the exact data range should
-clip to it, since where the data lies inside a bin is unknown.
+(:func:`fxquant.numerics.choose_qparams` also widens every range to contain 0).  Ranges end on
+bin edges (the percentile interpolates inside a bin) and never reach past the outermost
+non-empty bins (for ``amax``: of the magnitude histogram).  Where the data lies inside a bin is
+unknown, so callers that track the exact data range should clip to it.
 
 Methods (:class:`RangeMethod`):
 
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -64,7 +65,7 @@ Range = tuple[torch.Tensor, torch.Tensor]
 _Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _PAIR_BUDGET = 4096  # pairs searched at once by the asymmetric MSE search
-_CHUNK_ELEMS = 1 << 22  # bound on the [channels, candidates, levels] KL intermediates
+_CHUNK_ELEMS = 1 << 17  # [channels, candidates, levels] KL block: small enough for L2 cache
 
 
 class RangeMethod(enum.Enum):
@@ -80,7 +81,7 @@ class RangeMethod(enum.Enum):
     ENTROPY = "entropy"
 
     @classmethod
-    def parse(cls, value: "RangeMethod | str") -> "RangeMethod":
+    def parse(cls, value: RangeMethod | str) -> RangeMethod:
         """``value`` as a member; strings are matched case-insensitively."""
         if isinstance(value, cls):
             return value
@@ -223,15 +224,16 @@ def _search_pairs(
     """Edge pair minimising ``objective(a [C, K], b [C, K]) -> [C, K]`` per row.
 
     ``a`` ranges over ``[a_min, a_max]`` and ``b`` over ``[b_min, b_max]`` (inclusive, per row).
-    Exhaustive when the largest row has at most ``budget`` pairs; otherwise a strided grid of
-    about ``budget`` pairs, then all pairs within one stride of its best.  Rows whose candidates
+    Exhaustive when one side has a single candidate or the largest row has at most ``budget``
+    pairs; otherwise a strided grid of about ``budget`` pairs, then all pairs within one stride
+    of its best.  Rows whose candidates
     all score ``inf`` get the widest pair ``(a_min, b_max)``.
     """
     dev = a_min.device
     span_a = a_max - a_min + 1
     span_b = b_max - b_min + 1
     na_max, nb_max = int(span_a.max()), int(span_b.max())
-    if na_max * nb_max <= budget:
+    if na_max * nb_max <= budget or min(na_max, nb_max) == 1:  # exhaustive
         na, nb = na_max, nb_max
     else:
         na = max(1, min(na_max, math.isqrt(budget * na_max // nb_max)))
@@ -334,7 +336,7 @@ def _xlogx(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kl_divergence(h: torch.Tensor, levels: int, b: torch.Tensor) -> torch.Tensor:
-    """``KL(P || Q)`` of TensorRT's calibration when clipping ``h`` after bin ``b`` (``[C, K]``).
+    """``KL(P || Q)`` of TensorRT's calibration when clipping after bin ``b`` (``[K]``): ``[C, K]``.
 
     ``P`` is ``h[:b]`` with the mass beyond folded into bin ``b - 1``; ``Q`` as in the module
     docstring.  With ``N`` the total count, ``S`` the count below ``b``, ``T = N - S`` and
@@ -349,27 +351,28 @@ def _kl_divergence(h: torch.Tensor, levels: int, b: torch.Tensor) -> torch.Tenso
     cnz = _cumsum0((h > 0).to(torch.float64))
     hl = _cumsum0(_xlogx(h))
     total = cs[:, -1:]
+    c = h.shape[0]
     g = torch.arange(levels + 1, device=h.device)
 
-    def chunk(b: torch.Tensor) -> torch.Tensor:
-        c, k = b.shape
-        bounds = ((g * b[..., None] + levels - 1) // levels).reshape(c, -1)
-        group = cs.gather(1, bounds).reshape(c, k, -1).diff(dim=-1)
-        nonempty = cnz.gather(1, bounds).reshape(c, k, -1).diff(dim=-1)
-        log_q = torch.where(
-            nonempty > 0, torch.log(group.clamp(min=1e-300) / nonempty.clamp(min=1.0)), 0.0
-        )
-        last = b - 1
-        inside = cs.gather(1, b)
+    def chunk(b: torch.Tensor) -> torch.Tensor:  # [K] candidates shared by all rows
+        k = b.shape[0]
+        bounds = ((g * b[:, None] + levels - 1) // levels).reshape(-1)  # ceil(g * b / levels)
+        group = cs.index_select(1, bounds).view(c, k, -1).diff(dim=-1)
+        nonempty = cnz.index_select(1, bounds).view(c, k, -1).diff(dim=-1)
+        # sum_g G log(G / n) with 0 log 0 = 0 (an empty group has G = n = 0)
+        log_n = torch.log(nonempty.clamp_(min=1.0))
+        g_log_q = torch.log(group.clamp(min=1e-300)).sub_(log_n).mul_(group)
+        log_q_last = torch.log(group[..., -1].clamp(min=1e-300)) - log_n[..., -1]
+        inside = cs.index_select(1, b)
         beyond = total - inside
-        h_last = h.gather(1, last)
-        p_log_p = hl.gather(1, last) + _xlogx(h_last + beyond)
-        p_log_q = (group * log_q).sum(-1) + beyond * log_q[..., -1]
+        h_last = h.index_select(1, b - 1)
+        p_log_p = hl.index_select(1, b - 1) + _xlogx(h_last + beyond)
+        p_log_q = g_log_q.sum(-1) + beyond * log_q_last
         kl = (p_log_p - p_log_q) / total + torch.log(inside.clamp(min=1e-300) / total)
         return torch.where((beyond > 0) & (h_last == 0), torch.inf, kl)
 
-    step = max(1, _CHUNK_ELEMS // (b.shape[0] * (levels + 1)))
-    return torch.cat([chunk(b[:, i : i + step]) for i in range(0, b.shape[1], step)], dim=1)
+    step = max(1, _CHUNK_ELEMS // (c * (levels + 1)))
+    return torch.cat([chunk(b[i : i + step]) for i in range(0, b.shape[0], step)], dim=1)
 
 
 def _entropy_amax(m: torch.Tensor, levels: int) -> torch.Tensor:
@@ -378,16 +381,14 @@ def _entropy_amax(m: torch.Tensor, levels: int) -> torch.Tensor:
     spiked = m.clone()
     if m.shape[1] > 1:  # TensorRT: bins[0] = bins[1], so a spike of zeros does not dominate
         spiked[:, 0] = m[:, 1]
-    cand = torch.arange(levels, int(end.max()) + 1, device=m.device)
-    if len(cand) == 0:
+    if int(end.max()) < levels:  # too few bins for this many levels: no clipping
         return end
-    cand = cand.expand(m.shape[0], -1)
+    cand = torch.arange(levels, int(end.max()) + 1, device=m.device)
     kl = _kl_divergence(spiked, levels, cand)
     kl = torch.where(cand <= end[:, None], kl, torch.inf)
     i = _argmin_last(kl)
-    best = cand.gather(1, i[:, None])[:, 0]
     failed = torch.isinf(kl.gather(1, i[:, None])[:, 0])
-    return torch.where(failed, end, best)
+    return torch.where(failed, end, cand[i])
 
 
 def entropy_range(counts: torch.Tensor, lo, width, dtype: QDType, symmetric: bool) -> Range:

@@ -133,6 +133,15 @@ class HistogramObserver(Observer):
         r_lo = torch.minimum(r_lo, r_hi)  # a range inside one bin may end below min_val
         return r_lo.float(), r_hi.float()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        hist = state_dict.get(prefix + "hist")
+        if hist is not None and hist.shape[-1] != self.bins:
+            raise ObserverError(
+                f"{type(self).__name__} has bins={self.bins} but the checkpoint's histogram at "
+                f"{prefix}hist has {hist.shape[-1]}; build the observer with bins={hist.shape[-1]}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def reset(self) -> None:
         """Forget everything observed."""
         self.hist.zero_()
@@ -191,14 +200,16 @@ def _regrid(hist: torch.Tensor, grow: torch.Tensor) -> torch.Tensor:
 
 
 def _bin_counts(v: torch.Tensor, exp: torch.Tensor, bins: int) -> torch.Tensor:
-    """Exact per-row histogram of ``v`` ``[C, n]`` over ``[-2**exp, 2**exp)`` (int64 ``[C, bins]``)."""
+    """Exact int64 ``[C, bins]`` histogram of the rows of ``v`` over ``[-2**exp, 2**exp)``."""
     half = bins // 2
     c = v.shape[0]
     shift = (half.bit_length() - 1) - exp  # x * 2**shift lies in [-half, half)
     factor = _pow2(shift)[:, None].to(v.dtype)  # exact: a normal float32 by _MIN_EXP
-    scaled = torch.floor(v * factor)
-    # a negative value so small that x * 2**shift underflows to -0.0 still belongs to bin -1
-    scaled = torch.where((scaled == 0) & (v < 0), -1.0, scaled)
-    idx = scaled.to(torch.int64) + half
-    idx = idx + torch.arange(c, device=v.device)[:, None] * bins
+    scaled = torch.floor_(v * factor)
+    if int(shift.min()) < 0:
+        # scaling down, a tiny negative value may underflow to -0.0: it still belongs to bin -1
+        scaled = torch.where((scaled == 0) & (v < 0), -1.0, scaled)
+    idx = scaled.to(torch.int64).add_(half)
+    if c > 1:
+        idx.add_(torch.arange(c, device=v.device)[:, None] * bins)
     return torch.bincount(idx.reshape(-1), minlength=c * bins).reshape(c, bins)
