@@ -179,7 +179,8 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
             f"state={self.state.name}",
         ]
         if bool(self.calibrated) and self.scale.numel() == 1:
-            parts.append(f"scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}")
+            s, z = float(self.scale.detach()), int(self.zero_point.detach())  # may be Parameters
+            parts.append(f"scale={s:.6g}, zero_point={z}")
         return ", ".join(p for p in parts if p)
 
 

@@ -94,6 +94,8 @@ def clip_mask(
     s = broadcast_param(scale.to(x.dtype), x, axis)
     z = broadcast_param(zero_point.to(x.dtype), x, axis)
     q = torch.round(_scaled(x, s, math)).add_(z)
+    if dtype.bits > 24:  # compare exactly: float32(2**31 - 1) == 2**31 would count as inside
+        q = q.double()
     return (q >= dtype.qmin) & (q <= dtype.qmax)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .affine import ScaleMath, _scaled, broadcast_param, fake_quantize
+from .affine import ScaleMath, _scaled, broadcast_param, clip_mask, fake_quantize
 from .dtypes import QDType
 
 __all__ = ["fake_quantize_ste", "fake_quantize_lsq"]
@@ -36,10 +36,7 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, scale, zero_point = ctx.saved_tensors
         dtype, axis, math = ctx.meta
-        s = broadcast_param(scale.to(x.dtype), x, axis)
-        z = broadcast_param(zero_point.to(x.dtype), x, axis)
-        q = torch.round(_scaled(x, s, math)).add_(z)
-        mask = (q >= dtype.qmin) & (q <= dtype.qmax)
+        mask = clip_mask(x, scale, zero_point, dtype, axis, math)
         return grad * mask, None, None, None, None, None
 
 

@@ -1,0 +1,124 @@
+"""``fxquant <command> [options]``: one subparser per entry of :data:`COMMANDS`.
+
+A command is two functions, ``add_arguments(parser)`` and ``run(args) -> exit status``; add one
+by writing them here and listing them in :data:`COMMANDS`.  Option defaults are read from the
+library function a command wraps (its signature), never repeated as literals here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+
+__all__ = ["Command", "COMMANDS", "build_parser", "main", "run_command"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: a one-line ``help``, its options and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """Keyword defaults of ``func`` (the single source of a command's option defaults)."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+# -- demo -------------------------------------------------------------------------------------
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..demo import run_demo
+
+    d = _defaults(run_demo)
+    parser.add_argument("--epochs", type=_non_negative_int, default=d["epochs"], metavar="N",
+                        help="float training epochs (default: %(default)s)")
+    parser.add_argument("--qat-epochs", type=_non_negative_int, default=d["qat_epochs"],
+                        metavar="N",
+                        help="QAT fine-tuning epochs; 0 = calibrate only (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=d["seed"],
+                        help="fixes split, initialisation and data order (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, print only the table")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    result = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed,
+                      progress=not args.quiet)
+    print(result.table())
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        help="train a small CNN on scikit-learn digits, quantize it W8A8 with PTQ and QAT, "
+        "print accuracy / size / time",
+        add_arguments=_demo_arguments,
+        run=_demo_run,
+    ),
+}
+"""Subcommand name -> :class:`Command`, in the order ``fxquant --help`` lists them."""
+
+
+def build_parser(prog: str = "fxquant") -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per :data:`COMMANDS` entry."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="fxquant: graph-mode quantization of unmodified PyTorch models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def _parse_and_run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # argparse exits after --help, --version and usage errors
+        return done.code if isinstance(done.code, int) else 1 if done.code else 0
+    return args._run(args)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "fxquant") -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command; returns the exit status.
+
+    ``--help`` / ``--version`` return 0 and usage errors 2 (argparse's codes) instead of
+    exiting, so that ``main`` can be called in-process.
+    """
+    return _parse_and_run(build_parser(prog), argv)
+
+
+def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run one command with its own parser (for ``python -m fxquant.<module>`` entry points);
+    same return convention as :func:`main`."""
+    cmd = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=prog, description=cmd.help)
+    cmd.add_arguments(parser)
+    parser.set_defaults(_run=cmd.run)
+    return _parse_and_run(parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

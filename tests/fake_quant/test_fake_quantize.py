@@ -1,0 +1,306 @@
+"""FakeQuantize / LearnableFakeQuantize: numerics wiring, state_dict, factories, gradients."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from fxquant.fake_quant import (
+    FakeQuantize,
+    FakeQuantState,
+    LearnableFakeQuantize,
+    set_fake_quantize,
+)
+from fxquant.numerics import (
+    PerChannel,
+    PerTensor,
+    ScaleMath,
+    choose_qparams,
+    clip_mask,
+    fake_quantize,
+    fake_quantize_lsq,
+    qint4,
+    qint8,
+    quint8,
+)
+from fxquant.observers import (
+    FixedScaleObserver,
+    MovingAverageMinMaxObserver,
+    ObserverError,
+)
+
+QAT, CALIBRATION, VALIDATION = (
+    FakeQuantState.QAT,
+    FakeQuantState.CALIBRATION,
+    FakeQuantState.VALIDATION,
+)
+
+
+def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(
+        a.detach().view(torch.int32), b.detach().view(torch.int32)
+    )
+
+
+# -- numerics wiring ------------------------------------------------------------------------------
+@pytest.mark.parametrize("ch_axis", [0, 1, -1])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_per_channel_qat_matches_numerics(ch_axis, symmetric):
+    fq = FakeQuantize(dtype=quint8, symmetric=symmetric, ch_axis=ch_axis)
+    assert fq.granularity == PerChannel(ch_axis)
+    x = torch.randn(3, 5, 4)
+    y = fq(x)
+    flat = x.movedim(ch_axis, 0).reshape(x.shape[ch_axis], -1)
+    s, z = choose_qparams(flat.amin(1), flat.amax(1), quint8, symmetric)
+    assert fq.scale.shape == (x.shape[ch_axis],)
+    assert torch.equal(fq.scale, s) and torch.equal(fq.zero_point, z)
+    assert bit_equal(y, fake_quantize(x, s, z, quint8, ch_axis))
+
+
+def test_reciprocal_scale_math_matches_torch_in_qat():
+    x = torch.randn(6, 7) * 3
+    fq = FakeQuantize(dtype=quint8, symmetric=False, scale_math=ScaleMath.RECIPROCAL)
+    y = fq(x)
+    ref = torch.fake_quantize_per_tensor_affine(x, fq.scale.item(), int(fq.zero_point), 0, 255)
+    assert bit_equal(y, ref)
+    fqc = FakeQuantize(ch_axis=1, scale_math=ScaleMath.RECIPROCAL)
+    yc = fqc(x)
+    assert bit_equal(
+        yc, torch.fake_quantize_per_channel_affine(x, fqc.scale, fqc.zero_point, 1, -128, 127)
+    )
+
+
+def test_power_of_two_option():
+    fq = FakeQuantize(power_of_two=True)
+    fq(torch.tensor([-0.3, 1.1]))
+    mantissa, _ = torch.frexp(fq.scale)
+    assert mantissa.item() == 0.5 and fq.scale.item() >= 1.1 / 127
+
+
+def test_ste_gradient_in_qat():
+    fq = FakeQuantize(fixed_in_qat=True)
+    fq(torch.linspace(-1, 1, 5))  # calibrate on a narrow range
+    x = (torch.randn(40) * 2).requires_grad_(True)
+    fq(x).sum().backward()
+    mask = clip_mask(x.detach(), fq.scale, fq.zero_point, qint8)
+    assert torch.equal(x.grad, mask.float()) and 0 < int(mask.sum()) < 40
+
+
+@pytest.mark.parametrize("ch_axis", [None, 1])
+def test_dtype_from_fixed_observer_and_exact_scale(ch_axis):
+    observer = FixedScaleObserver.with_args(scale=1.0 / 128, dtype=quint8, zero_point=128)
+    fq = FakeQuantize(observer=observer, ch_axis=ch_axis)
+    assert fq.dtype == quint8 and fq.observer.ch_axis is None  # ch_axis is not forced on it
+    x = torch.linspace(-1, 1, 18).reshape(3, 6)
+    y = fq(x)
+    assert fq.scale.item() == 1.0 / 128 and int(fq.zero_point) == 128
+    assert bit_equal(y, fake_quantize(x, torch.tensor(1.0 / 128), torch.tensor(128), quint8))
+    with pytest.raises(ObserverError, match="quint8"):
+        FakeQuantize(observer=FixedScaleObserver.with_args(scale=0.1, dtype=quint8), dtype=qint8)(x)
+
+
+def test_default_dtype_is_qint8():
+    assert FakeQuantize().dtype == qint8 and FakeQuantize().granularity == PerTensor()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dtype": "qint8"},
+        {"dtype": torch.qint8},
+        {"scale_math": "divide"},
+        {"observer": "MinMaxObserver"},
+    ],
+)
+def test_bad_arguments_raise_type_error(kwargs):
+    with pytest.raises(TypeError):
+        FakeQuantize(**kwargs)
+
+
+def test_extra_repr():
+    fq = FakeQuantize(dtype=quint8, symmetric=False)
+    fq.name = "layer1.act"
+    fq(torch.tensor([0.0, 2.55]))
+    text = repr(fq)
+    for part in (
+        "layer1.act",
+        "quint8",
+        "affine",
+        "per_tensor",
+        "state=QAT",
+        "scale=0.01",
+        "zero_point=0",
+    ):
+        assert part in text, part
+
+
+def test_learnable_repr_does_not_warn():
+    fq = LearnableFakeQuantize(symmetric=False)
+    fq(torch.tensor([-1.0, 2.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = repr(fq)
+    assert "scale=" in text and "zero_point=" in text
+
+
+# -- factories ------------------------------------------------------------------------------------
+def test_with_args_factory():
+    factory = FakeQuantize.with_args(
+        observer=MovingAverageMinMaxObserver.with_args(averaging_constant=0.5),
+        dtype=quint8,
+        symmetric=False,
+        ch_axis=1,
+    )
+    a, b = factory(), factory()
+    assert a is not b and a.observer is not b.observer
+    assert isinstance(a.observer, MovingAverageMinMaxObserver)
+    assert a.observer.averaging_constant == 0.5 and a.observer.ch_axis == 1
+    assert a.dtype == quint8 and not a.symmetric and a.ch_axis == 1
+    a(torch.randn(2, 3))
+    assert bool(a.calibrated) and not bool(b.calibrated) and b.scale.shape == (0,)
+    assert factory.with_args(dtype=qint4)().dtype == qint4 and factory().dtype == quint8
+    assert factory(symmetric=True).symmetric
+    assert "FakeQuantize.with_args(" in repr(factory) and "dtype=quint8" in repr(factory)
+
+
+def test_observer_kwargs_and_other_factory_forms():
+    fq = FakeQuantize(observer=MovingAverageMinMaxObserver, averaging_constant=0.25)
+    assert fq.observer.averaging_constant == 0.25
+    fq = FakeQuantize(
+        observer=functools.partial(MovingAverageMinMaxObserver, averaging_constant=0.125)
+    )
+    assert fq.observer.averaging_constant == 0.125
+    learnable = LearnableFakeQuantize.with_args(symmetric=False)()
+    assert isinstance(learnable, LearnableFakeQuantize) and learnable.zero_point.requires_grad
+
+
+# -- state dict -----------------------------------------------------------------------------------
+FACTORIES = {
+    "per_tensor": FakeQuantize.with_args(),
+    "per_tensor_affine_ma": FakeQuantize.with_args(
+        observer=MovingAverageMinMaxObserver, symmetric=False, dtype=quint8
+    ),
+    "per_channel_0": FakeQuantize.with_args(ch_axis=0, is_weight=True),
+    "per_channel_1_affine": FakeQuantize.with_args(
+        ch_axis=1, symmetric=False, scale_math=ScaleMath.RECIPROCAL
+    ),
+    "fixed": FakeQuantize.with_args(observer=FixedScaleObserver.with_args(scale=0.05)),
+    "learnable": LearnableFakeQuantize.with_args(),
+    "learnable_affine_per_channel": LearnableFakeQuantize.with_args(
+        symmetric=False, ch_axis=1, dtype=quint8
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_state_dict_round_trip_is_bit_identical(name):
+    factory = FACTORIES[name]
+    src = factory()
+    for _ in range(3):
+        src(torch.randn(4, 6, 5) * 2)
+    if isinstance(src, LearnableFakeQuantize):  # move the learned range off its initial value
+        src(torch.randn(4, 6, 5)).pow(2).sum().backward()
+        with torch.no_grad():
+            for p in (src.scale, src.zero_point):
+                if p.grad is not None:
+                    p -= 1e-3 * p.grad
+    src.set_state(VALIDATION)
+    state = src.state_dict()
+
+    fresh = factory()
+    fresh.load_state_dict(state)
+    assert fresh.state is VALIDATION and bool(fresh.calibrated)
+    for key, value in state.items():
+        assert bit_equal(fresh.state_dict()[key].float(), value.float()), key
+    x = torch.randn(4, 6, 5) * 3
+    assert bit_equal(fresh(x), src(x))
+    # both continue identically in QAT (observer statistics / learned parameters were restored)
+    for m in (src, fresh):
+        m.set_state(QAT)
+    x2 = torch.randn(4, 6, 5) * 4
+    assert bit_equal(fresh(x2), src(x2))
+
+
+def test_state_dict_round_trip_in_a_model():
+    def build():
+        return nn.Sequential(
+            FakeQuantize(),
+            nn.Linear(5, 3),
+            FakeQuantize(ch_axis=1, symmetric=False),
+            LearnableFakeQuantize(ch_axis=1),
+        )
+
+    model = build()
+    set_fake_quantize(model, CALIBRATION)
+    for _ in range(4):
+        model(torch.randn(8, 5))
+    set_fake_quantize(model, VALIDATION)
+    fresh = build()
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(16, 5)
+    assert bit_equal(fresh(x), model(x))
+
+
+# -- learnable ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("ch_axis", [None, 1])
+def test_learnable_gets_gradients_on_scale_and_zero_point(symmetric, ch_axis):
+    fq = LearnableFakeQuantize(dtype=quint8, symmetric=symmetric, ch_axis=ch_axis)
+    fq(torch.randn(8, 4))  # first QAT batch initialises the range from the observer
+    assert isinstance(fq.scale, nn.Parameter) and isinstance(fq.zero_point, nn.Parameter)
+    assert fq.scale.shape == (() if ch_axis is None else (4,))
+    assert fq.zero_point.requires_grad is (not symmetric)
+    stats = (fq.observer.min_val.clone(), fq.observer.max_val.clone())
+
+    x = (torch.randn(8, 4) * 3).requires_grad_(True)  # wider than calibration: some values clip
+    y = fq(x)
+    upstream = torch.randn(8, 4)
+    y.backward(upstream)
+    assert torch.equal(fq.observer.min_val, stats[0])  # learned now: nothing observed
+    assert fq.scale.grad is not None and bool((fq.scale.grad != 0).any())
+    if symmetric:
+        assert fq.zero_point.grad is None
+    else:
+        assert fq.zero_point.grad is not None and bool((fq.zero_point.grad != 0).any())
+
+    # the gradients are those of fake_quantize_lsq with the LSQ grad factor 1/sqrt(n * qmax)
+    n = x.numel() // max(1, fq.scale.numel())
+    s = fq.scale.detach().clone().requires_grad_(True)
+    z = fq.zero_point.detach().clone().requires_grad_(not symmetric)
+    xr = x.detach().clone().requires_grad_(True)
+    ref = fake_quantize_lsq(
+        xr, s, z, quint8, ch_axis, ScaleMath.DIVIDE, 1.0 / math.sqrt(n * quint8.qmax)
+    )
+    ref.backward(upstream)
+    assert bit_equal(y, ref) and torch.equal(x.grad, xr.grad) and torch.equal(fq.scale.grad, s.grad)
+    if not symmetric:
+        assert torch.equal(fq.zero_point.grad, z.grad)
+
+
+def test_learnable_training_step_moves_the_range():
+    fq = LearnableFakeQuantize()
+    fq(torch.randn(100) * 0.1)
+    opt = torch.optim.SGD(fq.parameters(), lr=0.1)
+    before = fq.scale.item()
+    target = torch.randn(100) * 4
+    for _ in range(5):
+        opt.zero_grad()
+        (fq(target) - target).pow(2).mean().backward()
+        opt.step()
+    assert fq.scale.item() > before  # clipping error pulls the step size up
+
+
+def test_learnable_validation_and_calibration():
+    fq = LearnableFakeQuantize(symmetric=False)
+    fq.set_state(CALIBRATION)
+    x = torch.randn(50)
+    assert fq(x) is x
+    fq.set_state(VALIDATION)
+    s, z = choose_qparams(x.min(), x.max(), qint8, symmetric=False)
+    assert torch.equal(fq.scale.detach(), s) and torch.equal(fq.zero_point.detach(), z.float())
+    assert bit_equal(fq(x), fake_quantize(x, s, z, qint8))
