@@ -65,7 +65,7 @@ class QDType:
         base = f"{'q' if self.signed else 'qu'}int{self.bits}"
         return base + ("_narrow" if self.narrow_range else "")
 
-    def narrow(self, on: bool = True) -> "QDType":
+    def narrow(self, on: bool = True) -> QDType:
         """The same dtype with ``narrow_range`` set to ``on``."""
         return replace(self, narrow_range=on)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["PerTensor", "PerChannel", "Granularity", "granularity_from_axis"]
 
@@ -29,7 +28,7 @@ class PerChannel:
         return f"per_channel(axis={self.axis})"
 
 
-Granularity = Union[PerTensor, PerChannel]
+Granularity = PerTensor | PerChannel
 
 
 def granularity_from_axis(ch_axis: int | None) -> Granularity:
