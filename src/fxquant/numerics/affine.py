@@ -30,6 +30,7 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "quantize_codes",
+    "unclamped_codes",
     "clip_mask",
     "storage_dtype",
 ]
@@ -72,11 +73,20 @@ def quantize_codes(
     math: ScaleMath = ScaleMath.DIVIDE,
 ) -> torch.Tensor:
     """Integer codes as a float tensor (same dtype as ``x``): ``clamp(round(x/s) + zp)``."""
+    return unclamped_codes(x, scale, zero_point, axis, math).clamp_(dtype.qmin, dtype.qmax)
+
+
+def unclamped_codes(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+) -> torch.Tensor:
+    """``round(x / s) + zp`` before saturation (a new float tensor of ``x``'s dtype)."""
     s = broadcast_param(scale.to(x.dtype), x, axis)
     z = broadcast_param(zero_point.to(x.dtype), x, axis)
-    q = torch.round(_scaled(x, s, math))
-    q.add_(z).clamp_(dtype.qmin, dtype.qmax)
-    return q
+    return torch.round(_scaled(x, s, math)).add_(z)
 
 
 def clip_mask(
@@ -91,9 +101,7 @@ def clip_mask(
 
     This is the straight-through estimator's gradient mask (same as torch's fake-quant mask).
     """
-    s = broadcast_param(scale.to(x.dtype), x, axis)
-    z = broadcast_param(zero_point.to(x.dtype), x, axis)
-    q = torch.round(_scaled(x, s, math)).add_(z)
+    q = unclamped_codes(x, scale, zero_point, axis, math)
     if dtype.bits > 24:  # compare exactly: float32(2**31 - 1) == 2**31 would count as inside
         q = q.double()
     return (q >= dtype.qmin) & (q <= dtype.qmax)
