@@ -222,3 +222,76 @@ class BranchWithHelpersF(nn.Module):
         else:
             y = x
         return self.fc(_merge(x, y).mean((2, 3)))
+
+
+def _hf_style_wrapper(fn):
+    """Like transformers' output-capturing decorators: hides forward behind a wrapper."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Conv1DLike(nn.Module):
+    """GPT-2's Conv1D: ``addmm(bias, x, weight)`` with a weight of shape [in, out]."""
+
+    def __init__(self, nin: int, nout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nin, nout) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(nout))
+
+    def forward(self, x):
+        shape = x.shape[:-1] + (self.weight.shape[1],)
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.attn = Conv1DLike(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x, mask=None, scale: float = 1.0):
+        h = self.attn(self.norm(x)) * scale
+        if mask is not None:
+            h = h + mask
+        return x + self.mlp(h)
+
+
+class HFStyleModel(nn.Module):
+    """ModuleList of blocks called with keyword arguments, a decorated forward with Python
+    control flow on tensors, and attribute access into children from forward."""
+
+    def __init__(self, d: int = 16, n: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(40, d)
+        self.blocks = nn.ModuleList(Block(d) for _ in range(n))
+        self.head = nn.Linear(d, 5)
+
+    @_hf_style_wrapper
+    def forward(self, ids, mask=None):
+        dtype = self.blocks[0].mlp[0].weight.dtype  # attribute access into a child
+        h = self.embed(ids).to(dtype)
+        if h.abs().max() > 1e6:  # data-dependent: the root is not traceable
+            h = h / h.abs().max()
+        for block in self.blocks:
+            h = block(h, mask=mask, scale=0.5)
+        return self.head(h.mean(1))
+
+
+class MaskedAttention(nn.Module):
+    """An additive -inf mask: values that are not finite must stay float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qk = nn.Linear(8, 16)
+        self.register_buffer("causal", torch.triu(torch.full((6, 6), float("-inf")), 1))
+
+    def forward(self, x):
+        q, k = self.qk(x).chunk(2, -1)
+        att = q @ k.transpose(1, 2) + self.causal
+        return F.softmax(att, -1) @ x

@@ -379,3 +379,44 @@ def test_zero_bn_weight_is_stable_in_qat():
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(p.grad).all() for p in q.parameters() if p.grad is not None)
     assert torch.isfinite(q.conv.bn.running_var).all()
+
+
+def test_eager_capture_keeps_structure_kwargs_and_modulelist_blocks():
+    from .models import HFStyleModel
+
+    torch.manual_seed(0)
+    model = HFStyleModel().eval()
+    ids = torch.randint(0, 40, (2, 7))
+    q = fxquant.prepare(model, ids)
+    fxquant.calibrate(q, [ids, torch.randint(0, 40, (2, 7))], progress=False)
+    s = fxquant.summary(q)
+    assert s.capture_mode == "eager"
+    assert isinstance(q, HFStyleModel) and isinstance(q.blocks, nn.ModuleList)
+    assert q.blocks[0].mlp[0].weight is not None  # attribute paths still work
+    weights = {r.name for r in s.quantizers if r.role == "weight"}
+    for i in range(3):
+        assert {f"blocks.{i}.attn._generated_addmm_0", f"blocks.{i}.mlp.0",
+                f"blocks.{i}.mlp.2"} <= weights, weights
+    # GPT-2 style [in, out] weights are quantized per output channel (axis 1)
+    addmm = next(r for r in s.quantizers if r.name == "blocks.0.attn._generated_addmm_0"
+                 and r.role == "weight")
+    assert addmm.granularity == "per_channel(axis=1)"
+    assert [f.name for f in s.float_ops] == ["<forward>"]
+    with torch.no_grad():
+        assert sqnr_db(model(ids), q(ids)) > 20.0
+        mask = torch.zeros(2, 7, 16)
+        with pytest.warns(UserWarning, match="mask"):  # captured with mask=None
+            assert sqnr_db(model(ids, mask=mask), q(ids, mask=mask)) > 20.0
+
+
+def test_non_finite_values_stay_float():
+    from .models import MaskedAttention
+
+    model = MaskedAttention().eval()
+    x = torch.randn(2, 6, 8)
+    q = fxquant.prepare(model, x)
+    fxquant.calibrate(q, [x], progress=False)  # would raise on -inf if it were observed
+    reasons = {f.name: f.reason for f in fxquant.summary(q).float_ops}
+    assert "Inf" in reasons["_generated_add_0"]
+    with torch.no_grad():
+        assert sqnr_db(model(x), q(x)) > 20.0

@@ -144,17 +144,17 @@ def _absorb_float_functional(gm: fx.GraphModule, root: nn.Module) -> None:
 
 def propagate_values(
     gm: fx.GraphModule, example_inputs: tuple[Any, ...], keep_args: frozenset[str] = frozenset()
-) -> dict[str, tuple[Any, ...]]:
+) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
     """Run the example inputs through ``gm`` and record a :class:`ValueInfo` on every node.
 
-    Returns the positional arguments of the first call of each module path in ``keep_args``.
+    Returns ``(args, kwargs)`` of the first call of each module path in ``keep_args``.
     """
-    kept: dict[str, tuple[Any, ...]] = {}
+    kept: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     class _Recorder(fx.Interpreter):
         def call_module(self, target, args, kwargs):  # type: ignore[override]
             if target in keep_args and target not in kept:
-                kept[target] = tuple(args)
+                kept[target] = (tuple(args), dict(kwargs))
             return super().call_module(target, args, kwargs)
 
         def run_node(self, n: fx.Node) -> Any:

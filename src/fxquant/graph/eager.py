@@ -1,20 +1,27 @@
 """Eager capture for modules whose own ``forward`` cannot be symbolically traced.
 
-The untraceable ``forward`` keeps running as real Python, so control flow just works:
+The untraceable ``forward`` keeps running as real Python, so control flow just works, and every
+module keeps its identity, class and attributes (code like
+``self.embeddings.patch.proj.weight.dtype`` in that ``forward`` still works):
 
-* each direct child module it calls is captured on its own (traced with the arguments seen in
-  an example run; recursively eager if it cannot be traced) and quantized as usual;
-* ops that ``forward`` itself executes (``x + y``, ``torch.cat``, ``x.mean()``) are seen through
-  a ``TorchFunctionMode`` and get output quantizers keyed by call site
-  (``_generated_<op>_<n>`` in first-execution order), so nothing is silently left float.
+* the *units* are the direct children it calls (looking through ``ModuleList`` /
+  ``ModuleDict`` and uncalled ``Sequential`` containers);
+* a leaf unit (conv, linear, norm, activation ...) is quantized in place: weight quantizer
+  (``QuantConv2d`` etc.), input and output quantizers, by a class swap of that module;
+* any other unit is traced with the arguments seen in one example run and prepared like a
+  graph; its module then runs that graph as its ``forward`` (quantizers are transplanted into
+  its own hierarchy).  A unit that cannot be traced is captured eagerly in turn;
+* ops that ``forward`` (or helpers it calls) executes itself — ``x + y``, ``torch.cat``,
+  ``x.mean()`` — are seen through a ``TorchFunctionMode`` and get output quantizers keyed by
+  call site (``_generated_<op>_<n>`` in first-execution order).
 
-Only frames of that ``forward`` count as its own ops; ops inside children are theirs.
-Call sites that the example run did not reach stay float and are listed by ``summary``.
+Units not called with the example inputs (e.g. a branch not taken) stay float and are listed.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -23,15 +30,15 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .. import nn as qnn
 from ..backends import BackendProfile
-from ..fake_quant import FakeQuantize
 from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_setters
 from .capture import RootTraceError, _Tracer, propagate_values, trace_failure_site
 from .insert import OpQuantizers
-from .patterns import FUNCTION_KINDS, METHOD_KINDS, function_name
+from .patterns import FUNCTION_KINDS, METHOD_KINDS, classify_module, function_name
 from .report import OpRecord, PrepareReport
 
-__all__ = ["prepare_eager", "EagerCapture"]
+__all__ = ["prepare_eager"]
 
 _DUNDER = {
     "__add__": "add",
@@ -47,6 +54,19 @@ _DUNDER = {
     "__matmul__": "matmul",
     "__neg__": "neg",
 }
+_TORCH_DIR = inspect.getfile(torch).rsplit("/", 1)[0]
+_MODULES_DIR = "/nn/modules/"
+_QUANTIZABLE = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Embedding,
+)
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def _glue_kind(func: Any) -> tuple[str, OpKind]:
@@ -62,19 +82,18 @@ def _glue_kind(func: Any) -> tuple[str, OpKind]:
 
 
 class _GlueMode(TorchFunctionMode):
-    """Quantizes outputs of ops executed directly by one module's ``forward``."""
+    """Quantizes outputs of ops executed on behalf of one module's own ``forward``."""
 
-    def __init__(self, owner: nn.Module, discover: EagerCapture | None = None) -> None:
+    def __init__(self, owner: nn.Module, code: Any, discover: _Discovery | None = None) -> None:
         super().__init__()
         self.owner = owner
-        self.code = type(owner).__mro__[1].forward.__code__
+        self.code = code
         self.discover = discover
         self.counts: dict[tuple[tuple[str, int], str], int] = defaultdict(int)
 
     def _caller_site(self) -> tuple[str, int] | None:
-        """(file, line) of the user code that called the op, when that code runs on behalf of
-        the owner's forward (directly or through helper functions / methods) and not inside a
-        child module; else None."""
+        """(file, line) of the user code that called the op when it runs for the owner's
+        forward (directly or through helpers) and not inside a child module; else None."""
         f = inspect.currentframe()
         f = f.f_back.f_back if f is not None and f.f_back is not None else None
         site: tuple[str, int] | None = None
@@ -83,6 +102,8 @@ class _GlueMode(TorchFunctionMode):
             if fname.startswith(_TORCH_DIR):
                 if _MODULES_DIR in fname:
                     return None  # inside a child module's forward
+            elif fname.startswith("<eval_with_key>"):
+                return None  # inside a traced child
             else:
                 if site is None:
                     site = (fname, f.f_lineno)
@@ -105,101 +126,129 @@ class _GlueMode(TorchFunctionMode):
         self.counts[(site, base)] += 1
         key = f"{site[0]}:{site[1]}:{base}:{k}"
         if self.discover is not None:
+            if not bool(torch.isfinite(out).all()):
+                self.discover.nonfinite.add(key)
             self.discover.glue_ops.setdefault(key, base)
-        local = getattr(self.owner, "_fxq_glue_sites", {}).get(key)
+        local = self.owner.__dict__.get("_fxq_glue_sites", {}).get(key)
         if local is None:
             return out
         return getattr(self.owner, local).output_fake_quant(out)
 
 
-_TORCH_DIR = inspect.getfile(torch).rsplit("/", 1)[0]
-_QUANTIZABLE = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.Embedding,
-)
-_MODULES_DIR = "/nn/modules/"
-
-
 def _eager_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    with _GlueMode(self):
-        return super(type(self), self).forward(*args, **kwargs)
+    base = type(self).__mro__[1]
+    with _GlueMode(self, base.forward.__code__):
+        return base.forward(self, *args, **kwargs)
 
 
-class EagerCapture:
+def _swap_forward(module: nn.Module, prefix: str, forward: Any) -> None:
+    cls = type(module)
+    module.__class__ = type(
+        f"{prefix}{cls.__name__}", (cls,), {"forward": forward, "__module__": cls.__module__}
+    )
+
+
+class _Discovery:
     """What one example run of an untraceable module showed."""
 
     def __init__(self) -> None:
-        self.child_args: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = defaultdict(list)
+        self.calls: dict[str, list[Call]] = defaultdict(list)
         self.glue_ops: dict[str, str] = {}
+        self.nonfinite: set[str] = set()
 
 
-def _discover(module: nn.Module, inputs: tuple[Any, ...]) -> EagerCapture:
-    cap = EagerCapture()
-    handles = []
+def _candidates(module: nn.Module, path: str = "") -> list[tuple[str, nn.Module]]:
+    """Children, looking through containers that may never be called themselves."""
+    out = []
     for name, child in module.named_children():
+        p = f"{path}{name}"
+        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            out.extend(_candidates(child, p + "."))
+        else:
+            out.append((p, child))
+            if isinstance(child, nn.Sequential):
+                out.extend(_candidates(child, p + "."))
+    return out
 
-        def hook(mod, args, kwargs, _name=name):
-            cap.child_args[_name].append((args, kwargs))
+
+def _discover(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Discovery:
+    cap = _Discovery()
+    handles = []
+    for path, child in _candidates(module):
+
+        def hook(mod, a, kw, _p=path):
+            cap.calls[_p].append((a, kw))
 
         handles.append(child.register_forward_pre_hook(hook, with_kwargs=True))
-    swapped = _swap_class(module)
     was_training = module.training
     module.eval()
+    fwd = type(module).forward
     try:
-        mode = _GlueMode(module, discover=cap)
-        with torch.no_grad(), mode:
-            super(type(module), module).forward(*inputs)
+        with torch.no_grad(), _GlueMode(module, fwd.__code__, discover=cap):
+            fwd(module, *args, **kwargs)
     finally:
         for h in handles:
             h.remove()
         module.train(was_training)
-        if swapped:
-            module.__class__ = type(module).__mro__[1]
     return cap
 
 
-def _swap_class(module: nn.Module) -> bool:
-    cls = type(module)
-    if getattr(cls, "_fxq_eager", False):
-        return False
-    sub = type(
-        f"Eager{cls.__name__}",
-        (cls,),
-        {"forward": _eager_forward, "_fxq_eager": True, "__module__": cls.__module__},
-    )
-    module.__class__ = sub
-    return True
+def _units(cands: list[tuple[str, nn.Module]], cap: _Discovery) -> list[tuple[str, nn.Module]]:
+    """Called candidates that are not inside another called candidate."""
+    called = [p for p, _ in cands if cap.calls.get(p)]
+    return [
+        (p, m)
+        for p, m in cands
+        if p in called and not any(p.startswith(c + ".") for c in called if c != p)
+    ]
 
 
-def _same_call_shape(calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bool:
-    def sig(c):
-        args, kwargs = c
-        return tuple(type(a) if isinstance(a, torch.Tensor) else repr(a) for a in args), sorted(
-            kwargs
-        )
+def _same_call_shape(calls: list[Call]) -> bool:
+    def sig(c: Call):
+        a, kw = c
+        norm = lambda v: "<tensor>" if isinstance(v, torch.Tensor) else repr(v)  # noqa: E731
+        return tuple(norm(v) for v in a), tuple(sorted((k, norm(v)) for k, v in kw.items()))
 
-    return all(sig(c) == sig(calls[0]) for c in calls) and not calls[0][1]
+    return all(sig(c) == sig(calls[0]) for c in calls)
 
 
-def _wrapper_for(
-    name: str, child: nn.Module, args: tuple[Any, ...]
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A root whose forward only calls ``child`` (so its ops are named relative to the parent)."""
-    params = [f"{name}_in{i}" for i in range(len(args))]
-    src = f"def forward(self, {', '.join(params)}):\n    return self.{name}({', '.join(params)})\n"
-    ns: dict[str, Any] = {}
-    exec(compile(src, f"<fxquant wrapper {name}>", "exec"), ns)
-    cls = type(f"_Call_{name}", (nn.Module,), {"forward": ns["forward"]})
-    root = cls()
-    root.add_module(name, child)
-    concrete = {p: a for p, a in zip(params, args, strict=False) if not isinstance(a, torch.Tensor)}
-    return root, concrete
+def _get(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(root: nn.Module, path: str, value: Any) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root
+    for part in parent_path.split(".") if parent_path else []:
+        nxt = getattr(parent, part, None)
+        if not isinstance(nxt, nn.Module):
+            nxt = OpQuantizers()
+            parent.add_module(part, nxt)
+        parent = nxt
+    if isinstance(value, nn.Module):
+        if getattr(parent, leaf, None) is not value:
+            if isinstance(parent, nn.Module) and leaf in parent._modules:
+                parent._modules[leaf] = value
+            else:
+                parent.add_module(leaf, value)
+    else:
+        setattr(parent, leaf, value)
+
+
+class _Ctx:
+    """Everything the recursive capture passes down."""
+
+    def __init__(self, setters, profile, leaf_modules, skip, fold_bn, report) -> None:
+        self.setters = setters
+        self.profile = profile
+        self.leaf_modules = frozenset(leaf_modules)
+        self.skip = skip
+        self.fold_bn = fold_bn
+        self.report = report
+        self.setter_ctx = SetterContext(profile=profile)
 
 
 def prepare_eager(
@@ -215,12 +264,10 @@ def prepare_eager(
     prefix: str = "",
     report: PrepareReport | None = None,
     path_prefix: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Prepare ``model`` (already a private copy) whose ``forward`` failed to trace."""
-    from .prepare import _prepare_graph, _prepare_islands
-
+    """Prepare ``model`` (already a private copy) whose ``forward`` failed to trace, in place."""
     top = report is None
-    path_prefix = prefix if path_prefix is None else path_prefix
     if report is None:
         report = PrepareReport(profile=profile, capture_mode="eager")
         report.root_failure = (
@@ -228,24 +275,45 @@ def prepare_eager(
             "children are quantized separately and its own ops get call-site quantizers"
         )
         report.num_inputs = len(inputs)
-    cap = _discover(model, inputs)
-    leaf = frozenset(leaf_modules)
-    for name, child in list(model.named_children()):
-        full = f"{prefix}{name}"
-        calls = cap.child_args.get(name)
-        if not calls:
-            if any(isinstance(m, _QUANTIZABLE) for m in child.modules()):
-                report.ops[full] = OpRecord(
-                    full,
-                    type(child).__name__,
-                    OpKind.FLOAT,
-                    None,
-                    {},
-                    "not called with the example inputs (e.g. a branch not taken): runs in float",
-                )
+    ctx = _Ctx(setters, profile, leaf_modules, skip_modules, fold_bn, report)
+    _prepare_eager(
+        model,
+        tuple(inputs),
+        dict(kwargs or {}),
+        ctx,
+        prefix,
+        prefix if path_prefix is None else path_prefix,
+    )
+    if top:
+        validate_setters(setters, sorted(report.ops) + [p for p, _ in model.named_modules() if p])
+        model._fxquant_report = report  # type: ignore[attr-defined]
+    return model
+
+
+def _prepare_eager(model, args, kwargs, ctx: _Ctx, prefix: str, path_prefix: str) -> None:
+    cands = _candidates(model)
+    cap = _discover(model, args, kwargs)
+    units = _units(cands, cap)
+    unit_paths = {p for p, _ in units}
+    for path, child in cands:
+        if path in unit_paths or any(path.startswith(u + ".") for u in unit_paths):
             continue
-        if full in skip_modules:
-            report.ops[full] = OpRecord(
+        if any(p.startswith(path + ".") for p in unit_paths):
+            continue  # a container whose children are units
+        if any(isinstance(m, _QUANTIZABLE) for m in child.modules()):
+            full = f"{prefix}{path}"
+            ctx.report.ops[full] = OpRecord(
+                full,
+                type(child).__name__,
+                OpKind.FLOAT,
+                None,
+                {},
+                "not called with the example inputs (e.g. a branch not taken): runs in float",
+            )
+    for path, child in units:
+        full = f"{prefix}{path}"
+        if full in ctx.skip:
+            ctx.report.ops[full] = OpRecord(
                 full,
                 type(child).__name__,
                 OpKind.FLOAT,
@@ -254,111 +322,227 @@ def prepare_eager(
                 "skipped by the user (skip_modules)",
             )
             continue
-        args, _ = calls[0]
-        sub_err: RootTraceError | None = None
-        if _same_call_shape(calls):
-            root, concrete = _wrapper_for(name, child, args)
-            tracer = _Tracer(frozenset(p[len(prefix) :] for p in leaf if p.startswith(prefix)))
-            try:
-                graph = tracer.trace(root, concrete_args=concrete or None)
-            except Exception as exc:
-                sub_err = RootTraceError(
-                    f"{type(exc).__name__}: {exc}".splitlines()[0], trace_failure_site(exc)
-                )
-        else:
-            sub_err = RootTraceError("called with differing non-tensor arguments", "<calls>")
-        if sub_err is not None:
-            if not any(True for _ in child.children()):
-                report.ops[full] = OpRecord(
-                    full,
-                    type(child).__name__,
-                    OpKind.FLOAT,
-                    None,
-                    {},
-                    f"not traceable and has no children ({sub_err})",
-                )
-                continue
-            new = prepare_eager(
-                child,
-                tuple(args),
-                setters,
-                profile,
-                sub_err,
-                leaf_modules=leaf_modules,
-                skip_modules=skip_modules,
-                fold_bn=fold_bn,
-                prefix=f"{full}.",
-                report=report,
-                path_prefix=f"{path_prefix}{name}.",
-            )
-            setattr(model, name, new)
+        if _is_leaf(child, full, ctx):
+            _set(model, path, _quantize_leaf(child, full, f"{path_prefix}{path}", ctx))
             continue
-        gm = fx.GraphModule(tracer.root, graph, f"{type(child).__name__}")
-        island_args = propagate_values(gm, tuple(args), frozenset(tracer.islands))
-        for iname, isl in tracer.islands.items():
-            object.__setattr__(isl, "example_args", island_args.get(iname))
-            report.islands[f"{prefix}{iname}"] = isl
-        rename = _prefixed_names(gm, prefix)
-        rename.update({f"{name}_in{i}": f"{full}.input_{i}" for i in range(len(args))})
-        _prepare_graph(
-            gm,
-            setters,
-            profile,
-            tracer.islands,
-            skip_modules,
-            fold_bn,
-            report,
-            validate=False,
-            rename=rename,
-            path_prefix=f"{path_prefix}{name}.",
-        )
-        _prepare_islands(
-            gm,
-            tracer.islands,
-            setters,
-            profile,
-            leaf_modules,
-            skip_modules,
-            fold_bn,
-            report,
-            prefix=prefix,
-            path_prefix=f"{path_prefix}{name}.",
-        )
-        setattr(model, name, gm)
-    _add_glue_quantizers(model, cap, setters, profile, prefix, path_prefix, report)
-    _swap_class(model)
-    if top:
-        validate_setters(setters, sorted(report.ops) + [p for p, _ in model.named_modules() if p])
-        model._fxquant_report = report  # type: ignore[attr-defined]
-    return model
+        calls = cap.calls[path]
+        a, kw = calls[0]
+        gm, _ = _trace_unit(child, a, kw, calls, ctx, prefix=f"{full}.")
+        if gm is None:
+            _prepare_eager(child, a, kw, ctx, f"{full}.", f"{path_prefix}{path}.")
+            continue
+        _graph_unit(child, gm, a, kw, ctx, full, f"{path_prefix}{path}.")
+    _add_glue_quantizers(model, cap, ctx, prefix, path_prefix)
+    _swap_forward(model, "Eager", _eager_forward)
 
 
-def _prefixed_names(gm: fx.GraphModule, prefix: str) -> dict[str, str]:
+def _is_leaf(m: nn.Module, full: str, ctx: _Ctx) -> bool:
+    return _Tracer(ctx.leaf_modules).is_leaf_module(m, full)
+
+
+def _trace_unit(child, a, kw, calls, ctx, prefix):
+    """Trace ``child`` with the non-tensor arguments of its example call fixed."""
+    if not _same_call_shape(calls):
+        return None, RootTraceError("called with differing non-tensor arguments", "<calls>")
+    try:
+        sig = inspect.signature(child.forward)
+        bound = sig.bind_partial(*a, **kw)
+    except (TypeError, ValueError) as exc:
+        return None, RootTraceError(str(exc), "<signature>")
+    concrete: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if name in bound.arguments:
+                return None, RootTraceError("variadic arguments in the call", "<signature>")
+            continue
+        if name in bound.arguments:
+            v = bound.arguments[name]
+            if not isinstance(v, torch.Tensor):
+                concrete[name] = v
+        elif p.default is not p.empty:
+            concrete[name] = p.default
+    tracer = _Tracer(frozenset(p[len(prefix) :] for p in ctx.leaf_modules if p.startswith(prefix)))
+    try:
+        graph = tracer.trace(child, concrete_args=concrete or None)
+    except Exception as exc:  # anything untraceable is captured eagerly
+        return None, RootTraceError(
+            f"{type(exc).__name__}: {exc}".splitlines()[0], trace_failure_site(exc)
+        )
+    params = [n for n, p in sig.parameters.items()]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node, pname in zip(placeholders, params, strict=False):
+        if not str(node.target).startswith("*"):
+            node.target = pname  # keep the signature's names so keyword calls still work
+    gm = fx.GraphModule(child, graph, type(child).__name__)
+    gm._fxq_islands = tracer.islands  # type: ignore[attr-defined]
+    return gm, None
+
+
+def _graph_unit(child, gm, a, kw, ctx: _Ctx, full: str, path_prefix: str) -> None:
+    """Prepare the traced ``gm`` of ``child`` and make ``child`` run it, quantizers included."""
     from .naming import assign_names
+    from .prepare import _prepare_graph, _prepare_islands
 
-    return {n: f"{prefix}{n}" for n in assign_names(gm).values() if prefix}
+    islands = gm._fxq_islands
+    sig = inspect.signature(child.forward)
+    bound = sig.bind_partial(*a, **kw)
+    bound.apply_defaults()
+    flat = tuple(
+        bound.arguments[n]
+        for n, p in sig.parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+    island_args = propagate_values(gm, flat, frozenset(islands))
+    for iname, isl in islands.items():
+        object.__setattr__(isl, "example_args", island_args.get(iname))
+        ctx.report.islands[f"{full}.{iname}"] = isl
+    rename = {n: f"{full}.{n}" for n in assign_names(gm).values()}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        rename[str(node.target)] = f"{full}.input_{i}"
+    _prepare_graph(
+        gm,
+        ctx.setters,
+        ctx.profile,
+        islands,
+        ctx.skip,
+        ctx.fold_bn,
+        ctx.report,
+        validate=False,
+        rename=rename,
+        path_prefix=path_prefix,
+        leaves=ctx.leaf_modules,
+    )
+    _prepare_islands(
+        gm,
+        islands,
+        ctx.setters,
+        ctx.profile,
+        ctx.leaf_modules,
+        ctx.skip,
+        ctx.fold_bn,
+        ctx.report,
+        prefix=f"{full}.",
+        path_prefix=path_prefix,
+    )
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            _set(child, node.target, _get(gm, node.target))
+    child.__dict__["_fxq_spec"] = (sig, _specialized(sig, bound))
+    child.__dict__["_fxq_graph_forward"] = type(gm).forward
+    _swap_forward(child, "Traced", _traced_forward)
 
 
-def _add_glue_quantizers(model, cap, setters, profile, prefix, path_prefix, report) -> None:
-    ctx = SetterContext(profile=profile)
+def _specialized(sig: inspect.Signature, bound: inspect.BoundArguments) -> dict[str, Any]:
+    """The non-tensor argument values the trace was specialized on."""
+    return {n: v for n, v in bound.arguments.items()
+            if sig.parameters[n].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                              inspect.Parameter.VAR_KEYWORD)
+            and not isinstance(v, torch.Tensor)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # values without a usable == are treated as different
+        return False
+
+
+def _traced_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Run the prepared graph when the call matches the example call's non-tensor arguments
+    (``None`` masks, flags); otherwise the original forward (weights stay quantized)."""
+    sig, spec = self.__dict__["_fxq_spec"]
+    bound = sig.bind(*args, **kwargs)
+    bound.apply_defaults()
+    if all(_same(bound.arguments.get(k), v) for k, v in spec.items()):
+        return self.__dict__["_fxq_graph_forward"](self, *args, **kwargs)
+    if not self.__dict__.get("_fxq_warned"):
+        self.__dict__["_fxq_warned"] = True
+        diff = [k for k, v in spec.items() if not _same(bound.arguments.get(k), v)]
+        warnings.warn(
+            f"fxquant: {type(self).__mro__[1].__name__} was captured with {diff} = "
+            f"{[spec[k] for k in diff]} but is now called with other values; this call runs "
+            "its original forward (weights quantized, activations inside it float). Prepare "
+            "with example inputs that use these arguments as in deployment.",
+            stacklevel=2,
+        )
+    return type(self).__mro__[1].forward(self, *args, **kwargs)
+
+
+def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: _Ctx) -> nn.Module:
+    """Quantize a leaf module in place: weight, first input and output quantizers."""
+    kind = classify_module(m)
+    if kind is OpKind.FLOAT and full in ctx.leaf_modules:
+        kind = OpKind.COMPUTE
+    info = OpInfo(full, type(m).__name__, kind, m)
+    q = resolve_qconfig(ctx.setters, info, ctx.setter_ctx) if kind is not OpKind.FLOAT else None
+    rec = OpRecord(full, type(m).__name__, kind, q, {})
+    ctx.report.ops[full] = rec
+    if kind is OpKind.FLOAT:
+        rec.float_reason = f"no quantization pattern for {type(m).__name__!r}"
+        return m
+    if q is None or q.is_float:
+        rec.float_reason = (
+            "no qconfig: no setter covers this op" if q is None else "kept float by its qconfig"
+        )
+        return m
+    if kind in (OpKind.SHARE, OpKind.DEQUANT_STUB):
+        return m
+    from .prepare import _weight_quantizer
+
+    if kind is OpKind.WEIGHTED and q.weight is not None and type(m) in qnn.FLOAT_TO_QUANT:
+        m = qnn.FLOAT_TO_QUANT[type(m)].from_float(m, _weight_quantizer(q.weight, m, full))
+        rec.quantizers["weight"] = f"{path}.weight_fake_quant"
+    inq = q.input or (q.output if kind is not OpKind.QUANT_STUB else None)
+    if inq is not None:
+        fq = inq()
+        fq.name = f"{full}.input_0"
+        m.add_module("input_fake_quant_0", fq)
+        rec.quantizers["input_0"] = f"{path}.input_fake_quant_0"
+    if q.output is not None:
+        fq = q.output()
+        fq.name = full
+        m.add_module("output_fake_quant", fq)
+        rec.quantizers["output"] = f"{path}.output_fake_quant"
+    _swap_forward(m, "Quantized", _leaf_forward)
+    return m
+
+
+def _leaf_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    base = type(self).__mro__[1]
+    inq = self._modules.get("input_fake_quant_0")
+    if inq is not None and args and isinstance(args[0], torch.Tensor):
+        args = (inq(args[0]), *args[1:])
+    out = base.forward(self, *args, **kwargs)
+    outq = self._modules.get("output_fake_quant")
+    if outq is not None and isinstance(out, torch.Tensor):
+        out = outq(out)
+    return out
+
+
+def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_prefix: str) -> None:
     counts: dict[str, int] = defaultdict(int)
     sites: dict[str, str] = {}
     for key, base in cap.glue_ops.items():
         local = f"_generated_{base}_{counts[base]}"
         counts[base] += 1
         shown = f"{prefix}{local}"
-        kind = OpKind.COMPUTE
-        q = resolve_qconfig(setters, OpInfo(shown, base, kind), ctx)
-        rec = OpRecord(shown, base, kind, q, {})
-        report.ops[shown] = rec
+        q = resolve_qconfig(ctx.setters, OpInfo(shown, base, OpKind.COMPUTE), ctx.setter_ctx)
+        rec = OpRecord(shown, base, OpKind.COMPUTE, q, {})
+        ctx.report.ops[shown] = rec
+        if key in cap.nonfinite:
+            rec.float_reason = "produces Inf / NaN in the float model (e.g. a mask): kept float"
+            continue
         if q is None or q.output is None:
             rec.float_reason = "no qconfig: no setter covers this op"
             continue
-        fq: FakeQuantize = q.output()
+        fq = q.output()
         fq.name = shown
         holder = OpQuantizers()
         holder.add_module("output_fake_quant", fq)
         model.add_module(local, holder)
-        sites[key] = f"{local}"
+        sites[key] = local
         rec.quantizers["output"] = f"{path_prefix}{local}.output_fake_quant"
-    model._fxq_glue_sites = sites
+    model.__dict__["_fxq_glue_sites"] = sites

@@ -31,6 +31,7 @@ class ValueInfo:
     is_tensor: bool
     dtype: torch.dtype | None = None
     shape: tuple[int, ...] | None = None
+    finite: bool = True
 
     @property
     def is_float(self) -> bool:
@@ -39,7 +40,8 @@ class ValueInfo:
     @staticmethod
     def of(value: Any) -> ValueInfo:
         if isinstance(value, torch.Tensor):
-            return ValueInfo(True, value.dtype, tuple(value.shape))
+            finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+            return ValueInfo(True, value.dtype, tuple(value.shape), finite)
         return ValueInfo(False)
 
 

@@ -22,6 +22,8 @@ __all__ = [
     "FUNCTION_KINDS",
     "METHOD_KINDS",
     "WEIGHT_ARG",
+    "PARAM_ARGS",
+    "FUNCTIONAL_WEIGHT_AXIS",
     "classify_module",
     "classify_function",
     "classify_method",
@@ -113,7 +115,7 @@ MODULE_KINDS: dict[type, OpKind] = {
 }
 
 FUNCTION_KINDS: dict[Any, OpKind] = {
-    **{f: W for f in (F.linear, F.conv1d, F.conv2d, F.conv3d)},
+    **{f: W for f in (F.linear, F.conv1d, F.conv2d, F.conv3d, torch.addmm)},
     **{f: A for f in (F.relu, torch.relu, F.relu6, F.relu_)},
     **{
         f: C
@@ -279,7 +281,17 @@ METHOD_KINDS: dict[str, OpKind] = {
 }
 
 # positional index of the weight argument of weighted functional ops
-WEIGHT_ARG: dict[Any, int] = {F.linear: 1, F.conv1d: 1, F.conv2d: 1, F.conv3d: 1}
+WEIGHT_ARG: dict[Any, int] = {F.linear: 1, F.conv1d: 1, F.conv2d: 1, F.conv3d: 1, torch.addmm: 2}
+# positional arguments that are parameters, not activations (weight, bias)
+PARAM_ARGS: dict[Any, tuple[int, ...]] = {
+    F.linear: (1, 2),
+    F.conv1d: (1, 2),
+    F.conv2d: (1, 2),
+    F.conv3d: (1, 2),
+    torch.addmm: (0, 2),
+}
+# output-channel axis of the weight of weighted functional ops (addmm(b, x, w): w is [in, out])
+FUNCTIONAL_WEIGHT_AXIS: dict[Any, int] = {torch.addmm: 1}
 
 _ALIASES = {
     "iadd": "add",

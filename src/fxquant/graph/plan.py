@@ -8,7 +8,8 @@ Rules (OUTPUTS placement, the default):
 * SHARE ops (view, permute, max pool ...) never requantize: a quantized input stays quantized;
 * a needed input that is not yet quantized is quantized at its *root*: the first producer that
   is not a SHARE op (walking back through reshapes), once, for all consumers;
-* QuantStub outputs are quantized; DeQuantStub and FLOAT ops produce float.
+* QuantStub outputs are quantized; DeQuantStub and FLOAT ops produce float;
+* a value that holds Inf / NaN in the float model (an additive mask) is never quantized.
 
 WEIGHTED_INPUTS placement (TensorRT) quantizes only what weighted ops, residual adds and matmuls
 consume (at its root, after relu), and no other outputs.
@@ -23,7 +24,7 @@ import torch.fx as fx
 from .._utils import Factory
 from ..backends import Placement
 from ..qconfig import OpKind, QConfig
-from .meta import is_float_tensor
+from .meta import is_float_tensor, value_info
 from .patterns import WEIGHT_ARG, function_name
 
 __all__ = ["ValueQuant", "Plan", "plan_placement", "data_inputs"]
@@ -103,6 +104,9 @@ def plan_placement(
                 plan.fused[p] = n
 
     def mark(v: fx.Node, factory: Factory | None, owner: str) -> None:
+        info = value_info(v)
+        if info is not None and not info.finite:
+            return  # Inf / NaN in the float model (masks): never quantized
         if factory is not None and v not in plan.outputs and is_float_tensor(v):
             plan.outputs[v] = ValueQuant(factory, owner)
 

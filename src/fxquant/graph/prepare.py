@@ -35,9 +35,16 @@ from ..qconfig import (
 )
 from .capture import Island, RootTraceError, capture
 from .insert import attach, insert_after, insert_on_edge
-from .meta import is_float_tensor
+from .meta import is_float_tensor, value_info
 from .naming import assign_names
-from .patterns import WEIGHT_ARG, classify_function, classify_method, classify_module, function_name
+from .patterns import (
+    FUNCTIONAL_WEIGHT_AXIS,
+    WEIGHT_ARG,
+    classify_function,
+    classify_method,
+    classify_module,
+    function_name,
+)
 from .plan import plan_placement
 from .report import REPORT_KEY, OpRecord, PrepareReport
 
@@ -215,9 +222,10 @@ def _prepare_islands(
         if isl.example_args is None or not any(True for _ in mod.children()):
             continue
         err = RootTraceError(isl.reason, isl.source)
+        isl_args, isl_kwargs = isl.example_args
         new = prepare_eager(
             mod,
-            tuple(isl.example_args),
+            tuple(isl_args),
             setters,
             profile,
             err,
@@ -227,6 +235,7 @@ def _prepare_islands(
             prefix=f"{prefix}{name}.",
             report=report,
             path_prefix=f"{path_prefix}{name}.",
+            kwargs=isl_kwargs,
         )
         _set_submodule(gm, name, new)
         rec = report.ops.get(f"{prefix}{name}")
@@ -261,7 +270,9 @@ def _classify(
     reasons: dict[fx.Node, str] = {}
     for n in names:
         if n.op == "placeholder":
-            kinds[n] = OpKind.INPUT
+            kinds[n] = OpKind.INPUT if _finite(n) else OpKind.FLOAT
+            if not _finite(n):
+                reasons[n] = "input holds Inf / NaN in the example inputs: kept float"
             continue
         if n.op == "call_module":
             if n.target in islands:
@@ -284,8 +295,16 @@ def _classify(
             kind = classify_method(n)
         if kind is OpKind.FLOAT:
             reasons[n] = f"no quantization pattern for {_op_type(gm, n)!r}"
+        elif not _finite(n):
+            kind = OpKind.FLOAT
+            reasons[n] = "produces Inf / NaN in the float model (e.g. a mask): kept float"
         kinds[n] = kind
     return kinds, reasons
+
+
+def _finite(n: fx.Node) -> bool:
+    info = value_info(n)
+    return info is None or info.finite
 
 
 def _grid_path(
@@ -346,10 +365,11 @@ def _set_submodule(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
-def _weight_quantizer(factory: Factory, module: nn.Module | None, op: str):
-    axis = factory.arg("ch_axis")
-    if axis is not None and module is not None:
-        axis = qnn.WEIGHT_AXIS.get(type(module), axis)
+def _weight_quantizer(factory: Factory, module: nn.Module | None, op: str, axis: int = 0):
+    """Build a weight quantizer; a per-channel factory gets the weight's output-channel axis."""
+    if factory.arg("ch_axis") is not None:
+        if module is not None:
+            axis = qnn.WEIGHT_AXIS.get(type(module), axis)
         factory = factory.with_args(ch_axis=axis)
     fq = factory()
     fq.name = f"{op}.weight"
@@ -388,7 +408,7 @@ def _quantize_weights(gm, names, shown, kinds, qconfigs, report, path_prefix) ->
             )
             if not isinstance(w, fx.Node) or not is_float_tensor(w):
                 continue
-            fq = _weight_quantizer(q.weight, None, op)
+            fq = _weight_quantizer(q.weight, None, op, FUNCTIONAL_WEIGHT_AXIS.get(n.target, 0))
             fq.is_weight = w.op == "get_attr"
             path = attach(gm, names[n], "weight_fake_quant", fq, f"{op}.weight")
             insert_on_edge(gm, w, n, path)
