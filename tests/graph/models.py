@@ -244,7 +244,7 @@ class Conv1DLike(nn.Module):
         self.bias = nn.Parameter(torch.zeros(nout))
 
     def forward(self, x):
-        shape = x.shape[:-1] + (self.weight.shape[1],)
+        shape = (*x.shape[:-1], self.weight.shape[1])
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
 
 
