@@ -35,7 +35,14 @@ from ..backends import BackendProfile
 from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_setters
 from .capture import RootTraceError, _Tracer, propagate_values, trace_failure_site
 from .insert import OpQuantizers
-from .patterns import FUNCTION_KINDS, METHOD_KINDS, classify_module, function_name
+from .patterns import (
+    FUNCTION_KINDS,
+    FUNCTIONAL_WEIGHT_AXIS,
+    METHOD_KINDS,
+    WEIGHT_ARG,
+    classify_module,
+    function_name,
+)
 from .report import OpRecord, PrepareReport
 
 __all__ = ["prepare_eager"]
@@ -113,26 +120,33 @@ class _GlueMode(TorchFunctionMode):
         return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-            return out
+        kwargs = kwargs or {}
         base, kind = _glue_kind(func)
         if kind not in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
-            return out
+            return func(*args, **kwargs)
         site = self._caller_site()
         if site is None:
-            return out
+            return func(*args, **kwargs)
         k = self.counts[(site, base)]
         self.counts[(site, base)] += 1
         key = f"{site[0]}:{site[1]}:{base}:{k}"
+        local = self.owner.__dict__.get("_fxq_glue_sites", {}).get(key)
+        holder = getattr(self.owner, local) if local is not None else None
+        widx = WEIGHT_ARG.get(func)
+        if holder is not None and widx is not None and "weight_fake_quant" in holder._modules:
+            args = (*args[:widx], holder.weight_fake_quant(args[widx]), *args[widx + 1:])
+        out = func(*args, **kwargs)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return out
         if self.discover is not None:
             if not bool(torch.isfinite(out).all()):
                 self.discover.nonfinite.add(key)
-            self.discover.glue_ops.setdefault(key, base)
-        local = self.owner.__dict__.get("_fxq_glue_sites", {}).get(key)
-        if local is None:
+            weight = args[widx] if widx is not None and len(args) > widx else None
+            is_param = isinstance(weight, nn.Parameter)
+            self.discover.glue_ops.setdefault(key, (base, func if is_param else None))
+        if holder is None:
             return out
-        return getattr(self.owner, local).output_fake_quant(out)
+        return holder.output_fake_quant(out)
 
 
 def _eager_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -153,7 +167,7 @@ class _Discovery:
 
     def __init__(self) -> None:
         self.calls: dict[str, list[Call]] = defaultdict(list)
-        self.glue_ops: dict[str, str] = {}
+        self.glue_ops: dict[str, tuple[str, Any]] = {}  # key -> (op, weighted function)
         self.nonfinite: set[str] = set()
 
 
@@ -525,12 +539,15 @@ def _leaf_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
 def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_prefix: str) -> None:
     counts: dict[str, int] = defaultdict(int)
     sites: dict[str, str] = {}
-    for key, base in cap.glue_ops.items():
+    from .prepare import _weight_quantizer
+
+    for key, (base, weighted) in cap.glue_ops.items():
         local = f"_generated_{base}_{counts[base]}"
         counts[base] += 1
         shown = f"{prefix}{local}"
-        q = resolve_qconfig(ctx.setters, OpInfo(shown, base, OpKind.COMPUTE), ctx.setter_ctx)
-        rec = OpRecord(shown, base, OpKind.COMPUTE, q, {})
+        kind = OpKind.WEIGHTED if weighted is not None else OpKind.COMPUTE
+        q = resolve_qconfig(ctx.setters, OpInfo(shown, base, kind), ctx.setter_ctx)
+        rec = OpRecord(shown, base, kind, q, {})
         ctx.report.ops[shown] = rec
         if key in cap.nonfinite:
             rec.float_reason = "produces Inf / NaN in the float model (e.g. a mask): kept float"
@@ -542,7 +559,11 @@ def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_pr
         fq.name = shown
         holder = OpQuantizers()
         holder.add_module("output_fake_quant", fq)
+        rec.quantizers["output"] = f"{path_prefix}{local}.output_fake_quant"
+        if weighted is not None and q.weight is not None:
+            wfq = _weight_quantizer(q.weight, None, shown, FUNCTIONAL_WEIGHT_AXIS.get(weighted, 0))
+            holder.add_module("weight_fake_quant", wfq)
+            rec.quantizers["weight"] = f"{path_prefix}{local}.weight_fake_quant"
         model.add_module(local, holder)
         sites[key] = local
-        rec.quantizers["output"] = f"{path_prefix}{local}.output_fake_quant"
     model.__dict__["_fxq_glue_sites"] = sites

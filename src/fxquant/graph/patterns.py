@@ -330,6 +330,13 @@ def function_name(target: Any) -> str:
     return _ALIASES.get(name, name)
 
 
+def _pad_kind(node: Node) -> OpKind:
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+    # zero padding and reflect / replicate only move values; another constant is a new value
+    return S if mode != "constant" or not value else C
+
+
 def _interp_kind(node: Node) -> OpKind:
     mode = node.kwargs.get("mode", "nearest")
     return S if mode == "nearest" else C
@@ -347,6 +354,8 @@ def classify_module(m: nn.Module) -> OpKind:
 def classify_function(node: Node) -> OpKind:
     if node.target is F.interpolate:
         return _interp_kind(node)
+    if node.target is F.pad:
+        return _pad_kind(node)
     return FUNCTION_KINDS.get(node.target, OpKind.FLOAT)
 
 
