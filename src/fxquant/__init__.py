@@ -8,6 +8,7 @@ Typical flow::
 """
 
 from .algorithms import calibrate
+from .convert import ConvertedModel, ConvertError, convert
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .debug import summary
 from .fake_quant import (
@@ -63,6 +64,9 @@ __all__ = [
     "prepare",
     "calibrate",
     "summary",
+    "convert",
+    "ConvertedModel",
+    "ConvertError",
     "FakeQuantize",
     "LearnableFakeQuantize",
     "FakeQuantState",
