@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .affine import ScaleMath, _scaled, broadcast_param, clip_mask, fake_quantize
+from .affine import ScaleMath, _scaled, broadcast_param, fake_quantize, unclamped_codes
 from .dtypes import QDType
 
 __all__ = ["fake_quantize_ste", "fake_quantize_lsq"]
@@ -28,15 +28,18 @@ __all__ = ["fake_quantize_ste", "fake_quantize_lsq"]
 class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, dtype, axis, math):  # type: ignore[override]
-        ctx.save_for_backward(x, scale, zero_point)
-        ctx.meta = (dtype, axis, math)
-        return fake_quantize(x, scale, zero_point, dtype, axis, math)
+        q = unclamped_codes(x, scale, zero_point, axis, math)
+        if dtype.bits > 24:  # exact comparisons / clamping beyond float32's integer range
+            q = q.double()
+        qc = q.clamp(dtype.qmin, dtype.qmax)
+        ctx.save_for_backward(torch.eq(q, qc))  # the STE mask: codes that were not clipped
+        s = broadcast_param(scale.to(x.dtype), x, axis)
+        z = broadcast_param(zero_point.to(x.dtype), x, axis)
+        return qc.to(x.dtype).sub_(z).mul_(s)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, scale, zero_point = ctx.saved_tensors
-        dtype, axis, math = ctx.meta
-        mask = clip_mask(x, scale, zero_point, dtype, axis, math)
+        (mask,) = ctx.saved_tensors
         return grad * mask, None, None, None, None, None
 
 
