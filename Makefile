@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PYTHON) -m pytest -n 2 -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 
 bench: $(STAMP)
 	$(PYTHON) bench/run.py

@@ -1,0 +1,1 @@
+"""fxquant benchmarks (``make bench``); not part of the test suite."""
