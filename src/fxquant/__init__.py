@@ -7,9 +7,9 @@ Typical flow::
     fxquant.set_fake_quantize(qmodel, fxquant.FakeQuantState.QAT)   # optional QAT
 """
 
-from .algorithms import calibrate
-from .convert import ConvertedModel, ConvertError, convert
+from .algorithms import Relu6Policy, bias_correction, calibrate, equalize, fold_bn
 from .backends import PROFILES, BackendProfile, Placement, get_profile
+from .convert import ConvertedModel, ConvertError, convert
 from .debug import summary
 from .fake_quant import (
     FakeQuantize,
@@ -63,6 +63,10 @@ __version__ = "0.1.0"
 __all__ = [
     "prepare",
     "calibrate",
+    "fold_bn",
+    "equalize",
+    "Relu6Policy",
+    "bias_correction",
     "summary",
     "convert",
     "ConvertedModel",

@@ -1,5 +1,18 @@
-"""Algorithms that run on prepared models (calibration; PTQ recovery lands here too)."""
+"""Algorithms that run on models: calibration and PTQ accuracy recovery."""
 
+from .bias_correction import bias_correction
+from .bn_fold import fold_bn, get_bn_fold_report
 from .calibrate import batch_to_args, calibrate, model_device
+from .cle import Relu6Policy, equalize, get_cle_report
 
-__all__ = ["calibrate", "batch_to_args", "model_device"]
+__all__ = [
+    "calibrate",
+    "batch_to_args",
+    "model_device",
+    "fold_bn",
+    "get_bn_fold_report",
+    "equalize",
+    "get_cle_report",
+    "Relu6Policy",
+    "bias_correction",
+]
