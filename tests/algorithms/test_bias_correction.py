@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import doctest
+import importlib
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-from fxquant.algorithms import bias_correction as bc_module
+
+bc_module = importlib.import_module("fxquant.algorithms.bias_correction")
 from fxquant.algorithms.bias_correction import bias_correction
 
 from .test_bn_fold import randomize_bn
