@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-
-bc_module = importlib.import_module("fxquant.algorithms.bias_correction")
 from fxquant.algorithms.bias_correction import bias_correction
 
 from .test_bn_fold import randomize_bn
+
+bc_module = importlib.import_module("fxquant.algorithms.bias_correction")
 
 
 def sqnr_db(ref: torch.Tensor, y: torch.Tensor) -> float:
