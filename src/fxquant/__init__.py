@@ -11,6 +11,15 @@ from .algorithms import Relu6Policy, bias_correction, calibrate, equalize, fold_
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import summary
+from .export import (
+    ExportError,
+    ExportResult,
+    VerifyReport,
+    export_encodings,
+    export_onnx,
+    load_encodings,
+    verify,
+)
 from .fake_quant import (
     FakeQuantize,
     FakeQuantState,
@@ -68,6 +77,13 @@ __all__ = [
     "Relu6Policy",
     "bias_correction",
     "summary",
+    "export_onnx",
+    "ExportResult",
+    "ExportError",
+    "verify",
+    "VerifyReport",
+    "export_encodings",
+    "load_encodings",
     "convert",
     "ConvertedModel",
     "ConvertError",

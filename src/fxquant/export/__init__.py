@@ -1,0 +1,21 @@
+"""Export of prepared models: ONNX QDQ (fxquant's own emitter) and verification in runtimes.
+
+Importing this package does not import onnx / onnxruntime / openvino; they are loaded when an
+export or a verification runs.
+"""
+
+from .encodings import export_encodings, load_encodings
+from .onnx_export import ExportError, ExportResult, ExportWarning, export_onnx
+from .verify import TensorDiff, VerifyReport, verify
+
+__all__ = [
+    "export_onnx",
+    "ExportResult",
+    "ExportError",
+    "ExportWarning",
+    "verify",
+    "VerifyReport",
+    "TensorDiff",
+    "export_encodings",
+    "load_encodings",
+]

@@ -1,0 +1,549 @@
+"""AIMET / Qualcomm QNN quantization encodings JSON: export from, and load into, a prepared model.
+
+Tensor names are the ONNX tensor names fixed by :mod:`fxquant.export.naming` (activation
+``N`` / ``N.input_<i>``, parameter ``N.weight``), so a file can be written from the prepared
+model alone and matches the graph :mod:`fxquant.export.onnx_export` writes.
+
+Offset convention (AIMET / QNN describe every grid as *unsigned*: ``x = (q + offset) * scale``
+with ``q`` in ``[0, 2^bw - 1]``).  For an fxquant quantizer with dtype ``D`` (``bits``, signed
+or not, narrow or not), scale ``s`` and zero point ``z`` (``x = (q - z) * s``, q in
+``[D.qmin, D.qmax]``) let ``full_qmin = -2^(bits-1)`` if signed else ``0`` (narrow range ignored):
+
+* version ``1.0.0``: ``offset = full_qmin - z`` (AIMET ``offset - 2^(bw-1)`` for signed grids);
+* version ``0.6.1``: ``offset = D.qmin - z``, ``min = offset * s``, ``max = (D.qmax - z) * s``;
+  ``[min, max]`` is exactly fxquant's representable range.  For non-narrow dtypes
+  ``D.qmin == full_qmin`` and ``max = min + (2^bw - 1) * s`` (the AIMET legacy convention);
+  narrow dtypes follow AIMET's *strict symmetric* export (int8: ``offset = -127``,
+  ``min = -127 s``, ``max = 127 s``, ``2^bw - 2`` steps).
+
+Examples: symmetric int8 -> offset -128, ``min = -128 s``, ``max = 127 s``; uint8 (or the x86
+7-bit reduced range) with zero point ``z`` -> offset ``-z``; symmetric uint8 (``z = 128``) ->
+-128, the same grid as symmetric int8.  Loading inverts this for the *target* quantizer's dtype
+(``z = full_qmin - offset``; a 0.6.1 entry whose ``[min, max]`` spans ``2^bw - 2`` steps, or a
+symmetric one with offset ``-(2^(bw-1) - 1)`` and no min/max, is on the narrow grid:
+``z = full_qmin + 1 - offset``).  Scales are the float32 values as exact Python floats, so
+export -> load -> export is byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
+from ..graph.report import get_report
+from ..numerics import QDType
+from .atomic import write_bytes_atomic
+from .naming import quantized_tensor_name
+
+__all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings"]
+
+ENCODING_VERSIONS = ("0.6.1", "1.0.0")
+
+
+class EncodingsError(ValueError):
+    """An encodings file or model that cannot be exported / loaded (the message names tensors)."""
+
+
+# -- the model side: tensor name -> quantizer --------------------------------------------------
+@dataclass(frozen=True)
+class _Slot:
+    tensor: str  # ONNX tensor name
+    path: str  # module path of the quantizer
+    quantizer: FakeQuantize
+    is_param: bool
+
+
+def _slots(qmodel: nn.Module) -> dict[str, _Slot]:
+    """Every quantized tensor of a prepared model, keyed by its ONNX tensor name."""
+    report = get_report(qmodel)
+    slots: dict[str, _Slot] = {}
+    for op_name, rec in report.ops.items():
+        for role, path in rec.quantizers.items():
+            tensor = quantized_tensor_name(op_name, role)
+            fq = qmodel.get_submodule(path)
+            if not isinstance(fq, FakeQuantize):
+                raise EncodingsError(f"{path!r} ({tensor!r}) is not a FakeQuantize: {fq!r}")
+            if tensor in slots and slots[tensor].path != path:
+                raise EncodingsError(
+                    f"tensor name {tensor!r} is used by two quantizers: "
+                    f"{slots[tensor].path!r} and {path!r}"
+                )
+            slots[tensor] = _Slot(tensor, path, fq, role == "weight")
+    return slots
+
+
+def _full_qmin(dtype: QDType) -> int:
+    """Lowest code of ``dtype``'s full grid (narrow range ignored)."""
+    return -(1 << (dtype.bits - 1)) if dtype.signed else 0
+
+
+def _qparams(fq: FakeQuantize) -> tuple[list[float], list[int]]:
+    """The scales (exact float32 values) and integer zero points the quantizer uses."""
+    scale = fq.scale.detach()
+    zp = fq.zero_point.detach()
+    if isinstance(fq, LearnableFakeQuantize):  # what its forward uses
+        scale = scale.clamp(min=fq.eps)
+        zp = torch.round(zp).clamp(fq.dtype.qmin, fq.dtype.qmax)
+    scales = scale.to(torch.float32).cpu().reshape(-1).tolist()
+    zps = [int(v) for v in zp.cpu().reshape(-1).tolist()]
+    return scales, zps
+
+
+def _legacy_entries(fq: FakeQuantize) -> list[dict[str, Any]]:
+    d = fq.dtype
+    sym = "True" if fq.symmetric else "False"
+    out = []
+    for s, z in zip(*_qparams(fq), strict=True):
+        out.append(
+            {
+                "bitwidth": d.bits,
+                "dtype": "int",
+                "is_symmetric": sym,
+                "max": (d.qmax - z) * s,
+                "min": (d.qmin - z) * s,
+                "offset": d.qmin - z,
+                "scale": s,
+            }
+        )
+    return out
+
+
+def _v1_entry(name: str, fq: FakeQuantize) -> dict[str, Any]:
+    scales, zps = _qparams(fq)
+    qmin = _full_qmin(fq.dtype)
+    return {
+        "bw": fq.dtype.bits,
+        "dtype": "INT",
+        "enc_type": "PER_TENSOR" if fq.ch_axis is None else "PER_CHANNEL",
+        "is_sym": fq.symmetric,
+        "name": name,
+        "offset": [qmin - z for z in zps],
+        "scale": scales,
+    }
+
+
+def _quant_scheme(fq: FakeQuantize) -> str:
+    """The AIMET ``QuantScheme`` name closest to how this quantizer finds its range."""
+    if isinstance(fq, LearnableFakeQuantize):
+        return "training_range_learning_with_tf_init"
+    method = str(getattr(fq.observer, "method", "")).lower()
+    if "percentile" in method or type(fq.observer).__name__ == "PercentileObserver":
+        return "post_training_percentile"
+    if method.endswith(("mse", "entropy")):
+        return "post_training_tf_enhanced"
+    return "post_training_tf"
+
+
+def _most_common(values: list[Any], default: Any) -> Any:
+    if not values:
+        return default
+    counts = Counter(values)
+    return max(counts, key=lambda v: (counts[v], str(v)))
+
+
+def _quantizer_args(slots: list[_Slot]) -> dict[str, Any]:
+    """AIMET's ``quantizer_args``: the prevailing settings of the model (informative only)."""
+    acts = [s.quantizer for s in slots if not s.is_param]
+    params = [s.quantizer for s in slots if s.is_param]
+    return {
+        "activation_bitwidth": _most_common([q.dtype.bits for q in acts], 32),
+        "dtype": "int",
+        "is_symmetric": all(q.symmetric for q in params) if params else True,
+        "param_bitwidth": _most_common([q.dtype.bits for q in params], 32),
+        "per_channel_quantization": any(q.ch_axis is not None for q in params),
+        "quant_scheme": _most_common(
+            [_quant_scheme(q) for q in acts or params], "post_training_tf"
+        ),
+    }
+
+
+def _onnx_tensor_names(onnx_path: str | os.PathLike) -> set[str]:
+    import onnx
+
+    graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    names = {o for node in graph.node for o in node.output}
+    names.update(v.name for v in graph.input)
+    names.update(t.name for t in graph.initializer)
+    return names
+
+
+def _dumps(encodings: dict[str, Any]) -> str:
+    return json.dumps(encodings, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def export_encodings(
+    qmodel: nn.Module,
+    path: str | os.PathLike | None,
+    onnx_path: str | os.PathLike | None = None,
+    version: str = "0.6.1",
+) -> dict[str, Any]:
+    """Write the AIMET encodings of a calibrated prepared model to ``path`` and return them.
+
+    Args:
+        qmodel: a model from :func:`fxquant.prepare` whose quantizers all have scales.
+        path: output JSON file (written atomically); ``None`` only returns the dict.
+        onnx_path: an exported ONNX model; every encodings tensor name must be a node output,
+            graph input or initializer there, else :class:`EncodingsError` lists the missing.
+        version: ``"0.6.1"`` (legacy dict-of-lists, one entry per channel) or ``"1.0.0"``.
+
+    Activations (output / input quantizers) go to ``activation_encodings``, weights (tensor
+    ``N.weight``) to ``param_encodings``.  The JSON has sorted keys and fixed indentation, so
+    export -> :func:`load_encodings` -> export reproduces the file byte for byte.
+    """
+    if version not in ENCODING_VERSIONS:
+        raise ValueError(
+            f"unknown encodings version {version!r}; choose one of {ENCODING_VERSIONS}"
+        )
+    slots = sorted(_slots(qmodel).values(), key=lambda s: s.tensor)
+    missing_scale = [f"{s.tensor} ({s.path})" for s in slots if not bool(s.quantizer.calibrated)]
+    if missing_scale:
+        raise EncodingsError(
+            "cannot export encodings: quantizers without a scale (run fxquant.calibrate "
+            f"first): {', '.join(missing_scale)}"
+        )
+    if version == "0.6.1":
+        acts: Any = {s.tensor: _legacy_entries(s.quantizer) for s in slots if not s.is_param}
+        params: Any = {s.tensor: _legacy_entries(s.quantizer) for s in slots if s.is_param}
+    else:
+        acts = [_v1_entry(s.tensor, s.quantizer) for s in slots if not s.is_param]
+        params = [_v1_entry(s.tensor, s.quantizer) for s in slots if s.is_param]
+    encodings = {
+        "activation_encodings": acts,
+        "excluded_layers": [],
+        "param_encodings": params,
+        "quantizer_args": _quantizer_args(slots),
+        "version": version,
+    }
+    if onnx_path is not None:
+        known = _onnx_tensor_names(onnx_path)
+        absent = [s.tensor for s in slots if s.tensor not in known]
+        if absent:
+            raise EncodingsError(
+                f"{len(absent)} encodings tensor name(s) do not exist in {os.fspath(onnx_path)!r} "
+                f"(node outputs, graph inputs, initializers): {', '.join(absent)}"
+            )
+    if path is not None:
+        write_bytes_atomic(path, _dumps(encodings).encode("utf-8"))
+    return encodings
+
+
+# -- reading -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _FileEncoding:
+    """One tensor's encoding as read from a file, in AIMET terms."""
+
+    name: str
+    is_float: bool
+    bitwidth: int
+    symmetric: bool
+    scales: tuple[float, ...]
+    offsets: tuple[int, ...]
+    narrow_grid: bool  # offsets count from full_qmin + 1 (0.6.1 strict symmetric)
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise EncodingsError(f"{where}: expected True/False (bool or string), got {value!r}")
+
+
+def _as_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise EncodingsError(f"{where}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _as_float(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EncodingsError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _from_min_max(
+    lo: float, hi: float, bw: int, symmetric: bool, strict_sym: bool
+) -> tuple[float, int, bool]:
+    """AIMET's ``calculate_delta_offset``: (scale, offset, offset-is-on-the-narrow-grid)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    hi = max(hi, lo + 1e-5)
+    steps = (1 << bw) - 1 - (1 if symmetric and strict_sym else 0)
+    if symmetric and lo < 0:
+        positive = steps // 2
+        return hi / positive, -positive - (0 if strict_sym else 1), strict_sym
+    scale = (hi - lo) / steps
+    return scale, round(lo / scale), False
+
+
+def _parse_legacy(name: str, entries: Any, strict_sym: bool) -> _FileEncoding:
+    where = f"tensor {name!r}"
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
+        raise EncodingsError(
+            f"{where}: expected a non-empty list of encoding dicts, got {entries!r}"
+        )
+    first = entries[0]
+    is_float = str(first.get("dtype", "int")).lower() == "float"
+    if "bitwidth" not in first and "bw" not in first:
+        raise EncodingsError(f"{where}: encoding has no 'bitwidth'")
+    bw = _as_int(first.get("bitwidth", first.get("bw")), f"{where} bitwidth")
+    sym = _as_bool(first.get("is_symmetric", False), f"{where} is_symmetric")
+    if is_float:
+        return _FileEncoding(name, True, bw, sym, (), (), False)
+    scales, offsets, narrow = [], [], []
+    for i, e in enumerate(entries):
+        w = f"{where} channel {i}"
+        if (
+            _as_int(e.get("bitwidth", e.get("bw", bw)), f"{w} bitwidth") != bw
+            or _as_bool(e.get("is_symmetric", sym), f"{w} is_symmetric") != sym
+        ):
+            raise EncodingsError(f"{w}: bitwidth / is_symmetric differ between channels")
+        if "scale" in e and "offset" in e:
+            s = _as_float(e["scale"], f"{w} scale")
+            o = _as_int(e["offset"], f"{w} offset")
+            if "min" in e and "max" in e and s > 0:
+                span = (_as_float(e["max"], f"{w} max") - _as_float(e["min"], f"{w} min")) / s
+                nar = round(span) == (1 << bw) - 2
+            else:
+                nar = sym and o == -((1 << (bw - 1)) - 1)
+        elif "min" in e and "max" in e:
+            lo, hi = _as_float(e["min"], f"{w} min"), _as_float(e["max"], f"{w} max")
+            if lo > hi:
+                raise EncodingsError(f"{w}: min {lo} > max {hi}")
+            s, o, nar = _from_min_max(lo, hi, bw, sym, strict_sym)
+        else:
+            raise EncodingsError(f"{w}: needs 'scale' and 'offset', or 'min' and 'max'")
+        scales.append(s)
+        offsets.append(o)
+        narrow.append(nar)
+    if len(set(narrow)) > 1:
+        raise EncodingsError(f"{where}: channels mix the full and the strict-symmetric grid")
+    return _FileEncoding(name, False, bw, sym, tuple(scales), tuple(offsets), narrow[0])
+
+
+def _parse_v1(entry: Any, index: int, section: str) -> _FileEncoding:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise EncodingsError(f"{section}[{index}]: expected a dict with a 'name', got {entry!r}")
+    name = entry["name"]
+    where = f"tensor {name!r}"
+    for key in ("bw",):
+        if key not in entry:
+            raise EncodingsError(f"{where}: encoding has no {key!r}")
+    bw = _as_int(entry["bw"], f"{where} bw")
+    sym = _as_bool(entry.get("is_sym", False), f"{where} is_sym")
+    if str(entry.get("dtype", "INT")).upper() == "FLOAT":
+        return _FileEncoding(name, True, bw, sym, (), (), False)
+    enc_type = str(entry.get("enc_type", "PER_TENSOR")).upper()
+    if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
+        raise EncodingsError(f"{where}: enc_type {enc_type!r} is not supported by fxquant")
+    if "scale" not in entry or "offset" not in entry:
+        raise EncodingsError(f"{where}: encoding needs 'scale' and 'offset'")
+    raw_s, raw_o = entry["scale"], entry["offset"]
+    raw_s = raw_s if isinstance(raw_s, list) else [raw_s]
+    raw_o = raw_o if isinstance(raw_o, list) else [raw_o]
+    if len(raw_s) != len(raw_o) or not raw_s:
+        raise EncodingsError(f"{where}: 'scale' and 'offset' must be non-empty lists of one length")
+    if enc_type == "PER_TENSOR" and len(raw_s) != 1:
+        raise EncodingsError(f"{where}: PER_TENSOR encoding with {len(raw_s)} scales")
+    scales = tuple(_as_float(v, f"{where} scale") for v in raw_s)
+    offsets = tuple(_as_int(v, f"{where} offset") for v in raw_o)
+    return _FileEncoding(name, False, bw, sym, scales, offsets, False)
+
+
+def _read(path: str | os.PathLike, strict_sym_of: dict[str, bool]) -> list[_FileEncoding]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise EncodingsError(f"{os.fspath(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise EncodingsError(f"{os.fspath(path)!r}: expected a JSON object at the top level")
+    sections = [data.get(k) for k in ("activation_encodings", "param_encodings")]
+    if all(s is None for s in sections):
+        raise EncodingsError(
+            f"{os.fspath(path)!r} has neither 'activation_encodings' nor 'param_encodings'"
+        )
+    legacy = all(isinstance(s, dict) for s in sections if s is not None)
+    if not legacy and not all(isinstance(s, list) for s in sections if s is not None):
+        raise EncodingsError(f"{os.fspath(path)!r}: encodings sections must be dicts or lists")
+    version = str(data.get("version", "0.6.1" if legacy else "1.0.0"))
+    if version != "1.0.0" and not version.startswith("0."):
+        raise EncodingsError(
+            f"{os.fspath(path)!r}: encodings version {version!r} is not supported "
+            f"(readable: {', '.join(ENCODING_VERSIONS)})"
+        )
+    if legacy != version.startswith("0."):
+        raise EncodingsError(
+            f"{os.fspath(path)!r}: version {version!r} does not match the layout of its sections"
+        )
+    out: list[_FileEncoding] = []
+    for key, sec in zip(("activation_encodings", "param_encodings"), sections, strict=True):
+        if sec is None:
+            continue
+        if legacy:
+            out += [_parse_legacy(n, e, strict_sym_of.get(n, False)) for n, e in sec.items()]
+        else:
+            out += [_parse_v1(e, i, key) for i, e in enumerate(sec)]
+    names = Counter(e.name for e in out)
+    dup = sorted(n for n, c in names.items() if c > 1)
+    if dup:
+        raise EncodingsError(f"{os.fspath(path)!r}: tensors listed more than once: {dup}")
+    return out
+
+
+# -- loading -----------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    slot: _Slot
+    dtype: QDType
+    symmetric: bool
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+
+def _num_channels(qmodel: nn.Module, slot: _Slot) -> int | None:
+    fq = slot.quantizer
+    if fq.ch_axis is None:
+        return None
+    if fq.scale.numel() > 0:
+        return fq.scale.numel()
+    parent_path = slot.path.rpartition(".")[0]
+    parent = qmodel.get_submodule(parent_path) if parent_path else qmodel
+    w = getattr(parent, "weight", None) if slot.is_param else None
+    return int(w.shape[fq.ch_axis]) if isinstance(w, torch.Tensor) else None
+
+
+def _plan(
+    qmodel: nn.Module, enc: _FileEncoding, slot: _Slot, strict: bool, problems: list[str]
+) -> _Plan | None:
+    fq = slot.quantizer
+    where = f"tensor {enc.name!r} (quantizer {slot.path!r}, {fq.dtype})"
+    hint = "; load with strict=False to adopt the file's setting"
+    dtype, sym = fq.dtype, fq.symmetric
+    if enc.bitwidth != dtype.bits:
+        if strict or not 2 <= enc.bitwidth <= 32:
+            problems.append(f"{where}: file bitwidth {enc.bitwidth} != {dtype.bits}{hint}")
+            return None
+        dtype = QDType(enc.bitwidth, dtype.signed, dtype.narrow_range)
+    if enc.symmetric != sym:
+        if strict:
+            kind = ("symmetric", "asymmetric")
+            problems.append(
+                f"{where}: file is {kind[not enc.symmetric]}, quantizer is {kind[not sym]}{hint}"
+            )
+            return None
+        sym = enc.symmetric
+    base = _full_qmin(dtype) + (1 if enc.narrow_grid else 0)
+    zps = [base - o for o in enc.offsets]
+    bad = [z for z in zps if not _full_qmin(dtype) <= z <= dtype.qmax]
+    if bad:
+        problems.append(
+            f"{where}: offsets {list(enc.offsets)} put the zero point outside the "
+            f"{dtype.bits}-bit grid (0 must be representable)"
+        )
+        return None
+    if sym:
+        mid = 0 if dtype.signed else (dtype.qmin + dtype.qmax + 1) // 2
+        if any(z != mid for z in zps):
+            if strict:
+                problems.append(
+                    f"{where}: symmetric encoding with offsets {sorted(set(enc.offsets))} does "
+                    f"not give the symmetric zero point {mid} of {dtype}{hint} (affine)"
+                )
+                return None
+            sym = False
+    scale = torch.tensor(enc.scales, dtype=torch.float32)
+    if not bool(((scale > 0) & torch.isfinite(scale)).all()):  # also catches float32 underflow
+        problems.append(f"{where}: scales must be positive and finite, got {list(enc.scales)}")
+        return None
+    zp = torch.tensor(zps, dtype=torch.int32)
+    if fq.ch_axis is None:
+        if len(zps) != 1:
+            problems.append(f"{where}: {len(zps)} per-channel encodings for a per-tensor quantizer")
+            return None
+        scale, zp = scale[0], zp[0]
+    else:
+        channels = _num_channels(qmodel, slot)
+        if channels is not None and len(zps) != channels:
+            if len(zps) == 1 and not strict:
+                scale, zp = scale.expand(channels).clone(), zp.expand(channels).clone()
+            else:
+                problems.append(
+                    f"{where}: {len(zps)} encodings but the quantizer has {channels} channels "
+                    f"(axis {fq.ch_axis})"
+                )
+                return None
+    return _Plan(slot, dtype, sym, scale, zp)
+
+
+def load_encodings(
+    qmodel: nn.Module, path: str | os.PathLike, freeze: bool = True, strict: bool = True
+) -> nn.Module:
+    """Set the quantizers of a prepared model from an AIMET / QNN encodings file.
+
+    Args:
+        qmodel: a model from :func:`fxquant.prepare` (calibrated or not).
+        path: a ``0.6.1`` or ``1.0.0`` encodings JSON (from :func:`export_encodings`, AIMET or
+            QNN tools; extra keys are ignored, ``is_symmetric`` may be a string or a bool).
+        freeze: put every loaded quantizer in ``FakeQuantState.VALIDATION`` and set
+            ``fixed_in_qat`` so QAT keeps the loaded ranges; ``False`` leaves states as they are.
+        strict: tensor names unknown to the model, bitwidth or symmetry different from the
+            quantizer's raise :class:`EncodingsError`; ``False`` warns about unknown names and
+            adopts the file's bitwidth / symmetry.
+
+    Everything is validated before any quantizer changes.  Entries with only ``min`` / ``max``
+    get scale and offset as AIMET computes them.  Returns ``qmodel``.
+    """
+    slots = _slots(qmodel)
+    strict_sym_of = {
+        n: s.quantizer.symmetric and s.quantizer.dtype.narrow_range for n, s in slots.items()
+    }
+    entries = _read(path, strict_sym_of)
+    unknown = sorted(e.name for e in entries if e.name not in slots)
+    if unknown:
+        msg = (
+            f"{os.fspath(path)!r}: {len(unknown)} tensor name(s) match no quantizer of the model: "
+            f"{', '.join(unknown)}"
+        )
+        if strict:
+            known = sorted(slots)
+            more = f", ... ({len(known)} in all)" if len(known) > 20 else ""
+            raise EncodingsError(msg + f" (model tensors: {', '.join(known[:20])}{more})")
+        warnings.warn(msg, stacklevel=2)
+    problems: list[str] = []
+    plans: list[_Plan] = []
+    for enc in entries:
+        slot = slots.get(enc.name)
+        if slot is None:
+            continue
+        if enc.is_float:
+            msg = f"tensor {enc.name!r}: float encodings cannot be loaded into {slot.path!r}"
+            if strict:
+                problems.append(msg)
+            else:
+                warnings.warn(msg + "; skipped", stacklevel=2)
+            continue
+        plan = _plan(qmodel, enc, slot, strict, problems)
+        if plan is not None:
+            plans.append(plan)
+    if problems:
+        raise EncodingsError(f"cannot load {os.fspath(path)!r}:\n  " + "\n  ".join(problems))
+    for p in plans:
+        fq = p.slot.quantizer
+        fq.dtype, fq.symmetric = p.dtype, p.symmetric
+        if freeze:
+            fq.set_state(FakeQuantState.VALIDATION)
+            fq.fixed_in_qat = True
+        fq._store_qparams(p.scale, p.zero_point)
+        fq.calibrated.fill_(True)
+        fq._dirty = False  # the loaded values win over anything observed before
+    return qmodel

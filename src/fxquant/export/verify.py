@@ -1,0 +1,432 @@
+"""``verify``: run an exported model in a real runtime and compare it with fxquant's simulation.
+
+Differences are counted in *quantization steps* of the quantizer whose grid a tensor lies on:
+``round((runtime - simulation) / scale)``; 0 means the same integer code.  Besides the model
+outputs, every quantized activation (the ``<tensor>_dequantized`` values of the QDQ graph, made
+extra graph outputs in a temporary copy) is compared with what the simulation's quantizer
+produced (captured with forward hooks).  The report also says which ops the runtime really runs
+in integer arithmetic: ONNX Runtime's optimized graph (``optimized_model_filepath``) or
+OpenVINO's runtime model (each layer's runtime precision).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..fake_quant import FakeQuantize, FakeQuantState
+from ..graph.report import get_report
+from .naming import dq_output, quantized_tensor_name
+from .onnx_export import _eval_mode, frozen_quantizers, quantizer_index
+
+__all__ = ["TensorDiff", "VerifyReport", "verify", "RUNTIMES", "HIST_CLIP", "FLOAT_RTOL"]
+
+RUNTIMES = ("onnxruntime", "openvino")
+HIST_CLIP = 5
+"""Histogram bins beyond +-HIST_CLIP steps are merged into +-HIST_CLIP."""
+FLOAT_RTOL = 1e-5
+"""A float (unquantized) output element counts as identical within this fraction of the
+output's largest magnitude."""
+
+_ORT_INTEGER = frozenset({
+    "QLinearConv", "NhwcQLinearConv", "QLinearConvTranspose", "QGemm", "QLinearMatMul",
+    "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
+    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat", "QLinearWhere",
+    "QLinearReduceMean", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul",
+})
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+_MOVEMENT = frozenset({
+    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Slice",
+    "Split", "Concat", "Gather", "Constant", "Cast", "Expand", "Tile", "MaxPool",
+    "GlobalMaxPool", "ReorderInput", "ReorderOutput", "DepthToSpace", "SpaceToDepth", "Resize",
+    "Parameter", "Result", "Const", "Input", "Output", "Reorder", "Convert", "StridedSlice",
+    "Concatenation", "ShapeOf", "Broadcast",
+})
+_OV_QUANT = frozenset({"FakeQuantize"})
+_OV_INT = ("i8", "u8", "i4", "u4", "i16", "u16")
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """Runtime vs simulation for one tensor.
+
+    Attributes:
+        name: ONNX tensor name (a graph output, or ``<tensor>_dequantized``).
+        quantizer: module path of the quantizer whose grid the tensor lies on (None: float).
+        shape: shape of the compared tensor.
+        step: that quantizer's scale (the largest one when per channel); None when float.
+        max_abs_diff: ``max |runtime - simulation|``.
+        max_step_diff: ``max |diff| / step`` rounded (None when float).
+        identical: fraction of elements with the same code (0 steps); for a float tensor, the
+            fraction within ``FLOAT_RTOL`` of the tensor's largest magnitude.
+        histogram: step difference (clipped to +-HIST_CLIP) -> number of elements.
+        float64_identical: fraction of elements on which the float32 simulation agrees with
+            the same simulation run in float64 (outputs only): the simulation's own float-noise
+            floor.  Deep models amplify float rounding noise into 1-step flips, so no runtime
+            can be expected to agree with the float32 simulation more closely than about this.
+    """
+
+    name: str
+    quantizer: str | None
+    shape: tuple[int, ...]
+    step: float | None
+    max_abs_diff: float
+    max_step_diff: int | None
+    identical: float
+    histogram: dict[int, int] = field(default_factory=dict)
+    float64_identical: float | None = None
+
+    def mismatch_allowed(self, min_identical: float = 0.99) -> float:
+        """Fraction of elements that may differ: ``1 - min_identical``, or twice the float
+        noise floor when that is larger (runtime and float32 simulation are both that noisy)."""
+        floor = 1.0 if self.float64_identical is None else self.float64_identical
+        return max(1.0 - min_identical, 2.0 * (1.0 - floor))
+
+    def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
+        """Within ``max_steps`` everywhere (quantized tensors) and identical often enough (see
+        :meth:`mismatch_allowed`)."""
+        if self.max_step_diff is not None and self.max_step_diff > max_steps:
+            return False
+        return 1.0 - self.identical <= self.mismatch_allowed(min_identical) + 1e-12
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of :func:`verify`; ``str(report)`` is a table.
+
+    Attributes:
+        runtime: ``onnxruntime`` or ``openvino``.
+        outputs: one :class:`TensorDiff` per model output.
+        tensors: one per quantized activation found in the graph (``tensors=True``).
+        integer_ops: op / layer type -> count of those the runtime runs in integer arithmetic
+            (ORT: QLinearConv, QLinearAdd, QGemm, ...; OpenVINO: layers with an integer
+            runtime precision).
+        float_ops: compute op / layer types still running in float (Q/DQ and pure data
+            movement such as Reshape / Transpose / MaxPool are not counted).
+    """
+
+    runtime: str
+    outputs: tuple[TensorDiff, ...]
+    tensors: tuple[TensorDiff, ...]
+    integer_ops: dict[str, int]
+    float_ops: dict[str, int]
+
+    def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
+        """Every output passes :meth:`TensorDiff.ok`."""
+        return all(d.ok(max_steps, min_identical) for d in self.outputs)
+
+    def __str__(self) -> str:
+        head = ("tensor", "quantizer", "shape", "step", "max|diff|", "max steps", "identical",
+                "f64 floor", "histogram (steps: count)")
+        rows = []
+        for kind, diffs in (("output", self.outputs), ("tensor", self.tensors)):
+            for d in diffs:
+                hist = " ".join(f"{k:+d}:{v}" for k, v in sorted(d.histogram.items()))
+                rows.append((
+                    f"[{kind}] {d.name}", d.quantizer or "-", "x".join(map(str, d.shape)),
+                    f"{d.step:.4g}" if d.step is not None else "-", f"{d.max_abs_diff:.4g}",
+                    str(d.max_step_diff) if d.max_step_diff is not None else "-",
+                    f"{100 * d.identical:.2f}%",
+                    "-" if d.float64_identical is None else f"{100 * d.float64_identical:.2f}%",
+                    hist,
+                ))
+        widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+        def line(r):
+            return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.integer_ops.items())) or "none"
+        flo = ", ".join(f"{k} x{v}" for k, v in sorted(self.float_ops.items())) or "none"
+        return "\n".join([
+            f"fxquant verify ({self.runtime}): {len(self.outputs)} output(s), "
+            f"{len(self.tensors)} quantized tensor(s) compared",
+            line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
+            f"integer ops: {ops}", f"float ops:   {flo}",
+        ])
+
+
+def _as_inputs(inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(inputs, tuple):
+        return inputs
+    if isinstance(inputs, list):
+        return tuple(inputs)
+    return (inputs,)
+
+
+def _flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten_outputs(o)]
+    raise TypeError(f"model output of type {type(out).__name__} is not supported")
+
+
+def _output_quantizers(gm: nn.Module) -> list[str | None]:
+    """For each model output: the quantizer whose grid it lies on (through pure data moves)."""
+    if not isinstance(gm, fx.GraphModule):
+        return []
+    from ..graph.patterns import classify_function, classify_method, classify_module
+    from ..qconfig import OpKind
+
+    def grid_of(n: Any) -> str | None:
+        while isinstance(n, fx.Node):
+            if n.op == "call_module":
+                mod = gm.get_submodule(n.target)
+                if isinstance(mod, FakeQuantize):
+                    return str(n.target)
+                kind = classify_module(mod)
+            elif n.op == "call_function":
+                kind = classify_function(n)
+            elif n.op == "call_method":
+                kind = classify_method(n)
+            else:
+                return None
+            ins = n.all_input_nodes
+            if kind is not OpKind.SHARE or len(ins) != 1:
+                return None
+            n = ins[0]
+        return None
+
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    res = out_node.args[0]
+    items = list(res) if isinstance(res, (tuple, list)) else [res]
+    return [grid_of(i) for i in items]
+
+
+def _diff(name: str, rt: np.ndarray, sim: torch.Tensor, fq: FakeQuantize | None,
+          path: str | None) -> TensorDiff:
+    sim_np = sim.detach().cpu().float().numpy()
+    rt = np.asarray(rt, dtype=np.float32)
+    if rt.shape != sim_np.shape:
+        raise ValueError(f"{name}: runtime shape {rt.shape} != simulation shape {sim_np.shape}")
+    diff = rt.astype(np.float64) - sim_np.astype(np.float64)
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    if fq is None:  # float tensor: "identical" up to float32 noise
+        tol = FLOAT_RTOL * float(np.abs(sim_np).max()) if sim_np.size else 0.0
+        ident = float((np.abs(diff) <= tol).mean()) if diff.size else 1.0
+        return TensorDiff(name, None, tuple(rt.shape), None, max_abs, None, ident, {})
+    scale = fq.scale.detach().double().cpu().numpy()
+    if scale.ndim == 1 and fq.ch_axis is not None and rt.ndim:
+        shape = [1] * rt.ndim
+        shape[fq.ch_axis % rt.ndim] = -1
+        scale = scale.reshape(shape)
+    steps = np.rint(diff / scale).astype(np.int64)
+    hist = Counter(np.clip(steps, -HIST_CLIP, HIST_CLIP).ravel().tolist())
+    return TensorDiff(
+        name, path, tuple(rt.shape), float(np.max(scale)), max_abs,
+        int(np.abs(steps).max()) if steps.size else 0,
+        float((steps == 0).mean()) if steps.size else 1.0,
+        dict(sorted(hist.items())),
+    )
+
+
+def verify(
+    qmodel: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    inputs: Any,
+    runtime: str = "onnxruntime",
+    *,
+    tensors: bool = True,
+    num_threads: int | None = None,
+    integer_kernels: bool = True,
+    noise_floor: bool = True,
+) -> VerifyReport:
+    """Run ``onnx_path`` in ``runtime`` and compare with ``qmodel``'s simulation on ``inputs``.
+
+    Args:
+        qmodel: the prepared model the file was exported from; run in eval mode with its
+            quantizers as they are (QAT-state quantizers are held frozen, nothing is observed).
+        onnx_path: a file written by :func:`fxquant.export.export_onnx`.
+        inputs: a tensor or a tuple of positional inputs (one batch).
+        runtime: ``"onnxruntime"`` (CPU) or ``"openvino"`` (CPU, fp32 inference precision).
+        tensors: also compare every quantized activation (runs a second, instrumented copy).
+        num_threads: runtime threads (default: ``torch.get_num_threads()``).
+        integer_kernels: ``False`` runs ONNX Runtime with its QDQ fusions off
+            (``session.disable_quant_qdq``): every op between DequantizeLinear and
+            QuantizeLinear runs in float, i.e. the graph's reference semantics.  Tells a
+            difference of the graph from a difference of the runtime's integer kernels.
+            (OpenVINO has no such switch.)
+        noise_floor: also run the simulation in float64 (on a copy) and report, per output,
+            how often float32 and float64 agree (``TensorDiff.float64_identical``).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if not integer_kernels and runtime != "onnxruntime":
+        raise ValueError("integer_kernels=False is supported with runtime='onnxruntime' only")
+    import onnx
+
+    onnx_path = os.fspath(onnx_path)
+    model = onnx.load(onnx_path)
+    report = get_report(qmodel)
+    produced = {o for n in model.graph.node for o in n.output}
+    watch: dict[str, tuple[str, FakeQuantize]] = {}  # dq tensor -> (quantizer path, module)
+    for path, (op, role) in quantizer_index(report).items():
+        if role == "weight":
+            continue
+        dq = dq_output(quantized_tensor_name(op, role))
+        fq = qmodel.get_submodule(path)
+        if dq in produced and isinstance(fq, FakeQuantize):
+            watch[dq] = (path, fq)
+    args = _as_inputs(inputs)
+    captured: dict[str, torch.Tensor] = {}
+    sim_out = _simulate(qmodel, args, watch if tensors else {}, captured)
+    sim64 = _simulate(copy.deepcopy(qmodel).double(), args, {}, {}) if noise_floor else None
+    feeds = [a.detach().cpu().numpy() for a in args if isinstance(a, torch.Tensor)]
+    threads = num_threads or torch.get_num_threads()
+    extra = [dq for dq in watch if dq in captured] if tensors else []
+    if runtime == "onnxruntime":
+        rt_out, rt_extra, int_ops, float_ops = _run_ort(
+            model, onnx_path, feeds, extra, threads, integer_kernels
+        )
+    else:
+        rt_out, rt_extra, int_ops, float_ops = _run_openvino(
+            model, onnx_path, feeds, extra, threads
+        )
+    out_q = _output_quantizers(qmodel)
+    out_names = [o.name for o in model.graph.output]
+    outputs = []
+    for i, (name, rt, sim) in enumerate(zip(out_names, rt_out, sim_out, strict=False)):
+        path = out_q[i] if i < len(out_q) else None
+        fq = qmodel.get_submodule(path) if path else None
+        d = _diff(name, rt, sim, fq, path)
+        if sim64 is not None and i < len(sim64) and fq is not None:
+            floor = _diff(name, sim64[i].float().numpy(), sim, fq, path).identical
+            d = dataclasses.replace(d, float64_identical=floor)
+        outputs.append(d)
+    tensor_diffs = [
+        _diff(dq, rt_extra[dq], captured[dq], watch[dq][1], watch[dq][0])
+        for dq in extra if dq in rt_extra
+    ]
+    return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops)
+
+
+def _simulate(qmodel: nn.Module, args: tuple[Any, ...], watch: dict[str, Any],
+              captured: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Run the simulation (eval, QAT quantizers held frozen); capture ``watch`` quantizers."""
+    params = [p for p in qmodel.parameters()] + [b for b in qmodel.buffers()]
+    dtype = next((t.dtype for t in params if t.is_floating_point()), torch.float32)
+    args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
+    hooks = []
+    for dq, (_path, fq) in watch.items():
+        def hook(_m, _i, out, _dq=dq):
+            captured[_dq] = out.detach().clone()
+        hooks.append(fq.register_forward_hook(hook))
+    try:
+        with torch.no_grad(), _eval_mode(qmodel), frozen_quantizers(
+            qmodel, {FakeQuantState.QAT: FakeQuantState.VALIDATION}
+        ):
+            return _flatten_outputs(qmodel(*args))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _with_outputs(model, names: list[str]):
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    return m
+
+
+def _run_ort(model, path: str, feeds: list[np.ndarray], extra: list[str], threads: int,
+             integer_kernels: bool = True):
+    import onnx
+    import onnxruntime as ort
+
+    def options(opt_path: str | None = None):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        if not integer_kernels:
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
+        if opt_path:
+            so.optimized_model_filepath = opt_path
+        return so
+
+    with tempfile.TemporaryDirectory(prefix="fxquant_verify_") as tmp:
+        opt = os.path.join(tmp, "optimized.onnx")
+        sess = ort.InferenceSession(path, options(opt), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        outs = sess.run(None, dict(zip(names, feeds, strict=True)))
+        counts = Counter(n.op_type for n in onnx.load(opt).graph.node)
+        rt_extra: dict[str, np.ndarray] = {}
+        if extra:
+            aug = os.path.join(tmp, "instrumented.onnx")
+            onnx.save(_with_outputs(model, extra), aug)
+            s2 = ort.InferenceSession(aug, options(), providers=["CPUExecutionProvider"])
+            res = s2.run(extra, dict(zip(names, feeds, strict=True)))
+            rt_extra = dict(zip(extra, res, strict=True))
+    integer = {k: v for k, v in counts.items() if k in _ORT_INTEGER}
+    flt = {k: v for k, v in counts.items()
+           if k not in _ORT_INTEGER and k not in _QDQ and k not in _MOVEMENT}
+    return outs, rt_extra, dict(sorted(integer.items())), dict(sorted(flt.items()))
+
+
+def _rt(info: Any, key: str) -> str:
+    """One runtime-info entry of an OpenVINO runtime-model node as a string ("" if absent)."""
+    try:
+        v = info[key]
+    except (KeyError, RuntimeError, IndexError):
+        return ""
+    try:
+        return str(v.astype(str))
+    except (RuntimeError, TypeError, AttributeError):
+        return str(v)
+
+
+def _run_openvino(model, path: str, feeds: list[np.ndarray], extra: list[str], threads: int):
+    import onnx
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+
+    def run(m) -> tuple[Any, list[np.ndarray]]:
+        compiled = core.compile_model(m, "CPU", config)
+        req = compiled.create_infer_request()
+        req.infer({i: f for i, f in enumerate(feeds)})
+        return compiled, [req.get_output_tensor(i).data.copy()
+                          for i in range(len(compiled.outputs))]
+
+    compiled, outs = run(core.read_model(path))
+    integer: Counter[str] = Counter()
+    flt: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = _rt(info, "layerType") or op.get_type_name()
+        prec = _rt(info, "runtimePrecision").lower()
+        if layer in _MOVEMENT or layer in _OV_QUANT:
+            continue
+        if any(prec.startswith(p) for p in _OV_INT):
+            integer[layer] += 1
+        else:
+            flt[layer] += 1
+    rt_extra: dict[str, np.ndarray] = {}
+    if extra:
+        with tempfile.TemporaryDirectory(prefix="fxquant_verify_") as tmp:
+            aug = os.path.join(tmp, "instrumented.onnx")
+            onnx.save(_with_outputs(model, extra), aug)
+            c2, res = run(core.read_model(aug))
+            names = [next(iter(o.get_names())) if o.get_names() else "" for o in c2.outputs]
+            by_name = dict(zip(names, res, strict=True))
+            rt_extra = {e: by_name[e] for e in extra if e in by_name}
+    return outs, rt_extra, dict(sorted(integer.items())), dict(sorted(flt.items()))
