@@ -64,8 +64,17 @@ OV_INT16 = (
     "OpenVINO's CPU plugin runs 16-bit QuantizeLinear / DequantizeLinear through its 8-bit "
     "low-precision path: thousands of 16-bit steps off on the int16 tensors"
 )
+ORT_REQUANT = (
+    "ONNX Runtime requantizes integer accumulators with float32 multipliers (acc * M) and "
+    "rounds there, which differs from the exact arithmetic near rounding ties on ~1e-5 of the "
+    "elements per layer; in a deep residual net the 1-step flips cascade (~98.4% identical at "
+    "the output, never more than 1 step)"
+)
 # (model, backend, runtime) -> (why, bound on the output's max step difference or None)
 KNOWN_DEVIATIONS = {
+    ("resnet", "onnxruntime", "onnxruntime"): (ORT_REQUANT, 1),
+    ("resnet", "generic", "onnxruntime"): (ORT_REQUANT, 1),
+    ("transformer", "generic", "openvino"): (OV_SUM_FUSION, 2),
     ("resnet", "onnxruntime", "openvino"): (OV_SUM_FUSION, 2),
     ("resnet", "generic", "openvino"): (OV_SUM_FUSION, 2),
     ("transformer", "onnxruntime", "openvino"): (OV_SUM_FUSION, 2),
@@ -133,7 +142,7 @@ def test_qdq_graph_is_the_simulation(name, backend, exported):
     semantics.  They equal the simulation at the output and at every quantized tensor."""
     result = exported(name, backend)
     report = verify(prepared(name, backend), result.path, eval_data(name), "onnxruntime",
-                    integer_kernels=False)
+                    integer_kernels=False, reference="float32")
     assert report.ok(), str(report)
     assert not report.integer_ops
     assert report.tensors and all(t.max_step_diff <= 2 for t in report.tensors), str(report)
@@ -223,7 +232,8 @@ def test_single_op_identical(model, backend, runtime, tmp_path):
     _assert_identical_but_ties(sim, path, inputs, runtime)
     if op is not None:  # a float-bias export's graph is exactly the float-bias simulation
         path = export_onnx(qmodel, example, tmp_path / "f.onnx", int32_bias=False).path
-        out = verify(qmodel, path, inputs, "onnxruntime", integer_kernels=False).outputs[0]
+        out = verify(qmodel, path, inputs, "onnxruntime", integer_kernels=False,
+                     reference="float32").outputs[0]  # float kernels: same float32 arithmetic
         assert (out.max_step_diff, out.identical) == (0, 1.0), out
 
 
