@@ -74,7 +74,7 @@ ORT_REQUANT = (
 KNOWN_DEVIATIONS = {
     ("resnet", "onnxruntime", "onnxruntime"): (ORT_REQUANT, 1),
     ("resnet", "generic", "onnxruntime"): (ORT_REQUANT, 1),
-    ("transformer", "generic", "openvino"): (OV_SUM_FUSION, 2),
+    ("transformer", "generic", "openvino"): (OV_SUM_FUSION, 3),
     ("resnet", "onnxruntime", "openvino"): (OV_SUM_FUSION, 2),
     ("resnet", "generic", "openvino"): (OV_SUM_FUSION, 2),
     ("transformer", "onnxruntime", "openvino"): (OV_SUM_FUSION, 2),

@@ -443,3 +443,12 @@ def test_pad_zero_shares_and_constant_requantizes():
     assert ("_generated_pad_1", "output") in r
     assert ("_generated_pad_2", "output") not in r
     assert fxquant.summary(q).float_ops == ()
+
+
+def test_chunk_outputs_share_the_producers_quantizer():
+    model = TinyTransformer().eval()
+    q = fxquant.prepare(model, torch.randint(0, 50, (2, 12)))
+    r = rows(q)
+    assert ("qkv", "output") in r
+    assert not any(n.startswith("_generated_getitem") or n.startswith("_generated_chunk")
+                   for n, _ in r), sorted(r)

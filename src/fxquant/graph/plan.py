@@ -65,13 +65,24 @@ def data_inputs(node: fx.Node) -> list[fx.Node]:
     return [n for n in node.all_input_nodes if n not in skip and is_float_tensor(n)]
 
 
+def _carries_float(n: fx.Node, kinds: dict[fx.Node, OpKind]) -> bool:
+    """A float tensor, or a SHARE op's tuple of them (chunk / split), not shapes or indices."""
+    if is_float_tensor(n):
+        return True
+    return kinds.get(n) is OpKind.SHARE and any(is_float_tensor(i) for i in n.all_input_nodes)
+
+
 def _root(v: fx.Node, kinds: dict[fx.Node, OpKind]) -> fx.Node:
+    """First producer of ``v`` that is not a SHARE op (through getitem of chunk / split too)."""
+    last_float = v
     while kinds.get(v) is OpKind.SHARE:
-        ins = [n for n in v.all_input_nodes if is_float_tensor(n)]
+        ins = [n for n in v.all_input_nodes if _carries_float(n, kinds)]
         if len(ins) != 1:
             break
         v = ins[0]
-    return v
+        if is_float_tensor(v):
+            last_float = v
+    return v if is_float_tensor(v) else last_float
 
 
 def plan_placement(
