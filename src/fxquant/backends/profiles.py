@@ -41,6 +41,8 @@ class BackendProfile:
         power_of_two: power-of-two scales everywhere.
         scale_math: how the runtime divides by the scale.
         placement: activation quantizer placement.
+        int32_bias: exporters write conv / linear biases as int32 at scale
+            ``input_scale * weight_scale`` (what integer kernels add to their accumulators).
     """
 
     name: str
@@ -53,6 +55,7 @@ class BackendProfile:
     power_of_two: bool = False
     scale_math: ScaleMath = ScaleMath.DIVIDE
     placement: Placement = Placement.OUTPUTS
+    int32_bias: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -78,6 +81,7 @@ PROFILES: dict[str, BackendProfile] = {
             weight_dtype=qint8,
             activation_symmetric=False,
             scale_math=ScaleMath.RECIPROCAL,
+            int32_bias=True,
         ),
         BackendProfile(
             "fbgemm",
@@ -85,6 +89,7 @@ PROFILES: dict[str, BackendProfile] = {
             weight_dtype=qint8,
             activation_symmetric=False,
             scale_math=ScaleMath.RECIPROCAL,
+            int32_bias=True,
         ),
         BackendProfile(
             "qnnpack",
@@ -93,6 +98,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             weight_per_channel=False,
             scale_math=ScaleMath.RECIPROCAL,
+            int32_bias=True,
         ),
         # ORT CPU fuses U8S8 (uint8 activations, int8 per-channel weights) into QLinearConv.
         BackendProfile(
@@ -100,6 +106,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_dtype=quint8,
             weight_dtype=qint8,
             activation_symmetric=False,
+            int32_bias=True,
         ),
         BackendProfile(
             "tensorrt",

@@ -45,7 +45,6 @@ __all__ = [
     "ExportWarning",
     "ExportResult",
     "export_onnx",
-    "INT32_BIAS_PROFILES",
     "quantizer_index",
     "frozen_quantizers",
 ]
@@ -53,7 +52,6 @@ __all__ = [
 MIN_OPSET = 13
 """Per-axis (per-channel) QuantizeLinear / DequantizeLinear need opset 13."""
 
-INT32_BIAS_PROFILES = frozenset({"onnxruntime", "x86", "fbgemm", "qnnpack"})
 """Backend profiles whose runtimes fuse ``DQ(int32 bias)`` into integer conv / gemm kernels."""
 
 _PREFERRED_OPSET = {nn.LayerNorm: 17, torch.nn.functional.layer_norm: 17}
@@ -258,7 +256,8 @@ def export_onnx(
             output quantizers are dropped, and ops without an emitter (or float islands) are
             exported through ``torch.onnx.export`` as a float subgraph.
         int32_bias: int32 biases (scale ``input_scale * weight_scale``); ``None``: for the
-            profiles in :data:`INT32_BIAS_PROFILES` (ONNX Runtime, x86 / fbgemm / qnnpack).
+            profiles whose ``BackendProfile.int32_bias`` is set (ONNX Runtime, x86 / fbgemm /
+            qnnpack).
 
     Returns:
         :class:`ExportResult`.
@@ -289,7 +288,7 @@ def export_onnx(
     keep_float = tuple(keep_float)
     _check_keep_float(report, keep_float)
     if int32_bias is None:
-        int32_bias = report.profile.name in INT32_BIAS_PROFILES
+        int32_bias = report.profile.int32_bias
     fqs = _used_quantizers(qmodel, report, keep_float)
     if quantize:
         _check_calibrated(fqs)
