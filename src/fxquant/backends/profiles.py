@@ -43,6 +43,9 @@ class BackendProfile:
         placement: activation quantizer placement.
         int32_bias: exporters write conv / linear biases as int32 at scale
             ``input_scale * weight_scale`` (what integer kernels add to their accumulators).
+        float_input_ops: ops (by function name, e.g. ``softmax``) whose input stays float: no
+            quantizer right before them, so the runtime runs them in float instead of an
+            approximate integer kernel (ONNX Runtime's QLinearSoftmax rounds its table down).
     """
 
     name: str
@@ -56,6 +59,7 @@ class BackendProfile:
     scale_math: ScaleMath = ScaleMath.DIVIDE
     placement: Placement = Placement.OUTPUTS
     int32_bias: bool = False
+    float_input_ops: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -107,6 +111,7 @@ PROFILES: dict[str, BackendProfile] = {
             weight_dtype=qint8,
             activation_symmetric=False,
             int32_bias=True,
+            float_input_ops=frozenset({"softmax", "log_softmax"}),
         ),
         BackendProfile(
             "tensorrt",

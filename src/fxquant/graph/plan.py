@@ -11,6 +11,9 @@ Rules (OUTPUTS placement, the default):
 * QuantStub outputs are quantized; DeQuantStub and FLOAT ops produce float;
 * a value that holds Inf / NaN in the float model (an additive mask) is never quantized.
 
+Ops in the profile's ``float_input_ops`` (softmax for ONNX Runtime) get no quantizer right
+before them, so the runtime runs them in float rather than with an approximate integer kernel.
+
 WEIGHTED_INPUTS placement (TensorRT) quantizes only what weighted ops, residual adds and matmuls
 consume (at its root, after relu), and no other outputs.
 """
@@ -85,12 +88,19 @@ def _root(v: fx.Node, kinds: dict[fx.Node, OpKind]) -> fx.Node:
     return v if is_float_tensor(v) else last_float
 
 
+def _base(n: fx.Node, gm: fx.GraphModule) -> str:
+    if n.op == "call_module":
+        return type(gm.get_submodule(n.target)).__name__.lower()
+    return function_name(n.target) if n.op in ("call_function", "call_method") else ""
+
+
 def plan_placement(
     gm: fx.GraphModule,
     names: dict[fx.Node, str],
     kinds: dict[fx.Node, OpKind],
     qconfigs: dict[fx.Node, QConfig | None],
     placement: Placement,
+    float_input_ops: frozenset[str] = frozenset(),
 ) -> Plan:
     """Decide every activation quantizer of the graph (weights are handled by the caller)."""
     plan = Plan()
@@ -132,6 +142,12 @@ def plan_placement(
         mark(r, factory, names.get(r, r.name))
 
     fused_acts = {a: p for p, a in plan.fused.items()}
+
+    def float_input(n: fx.Node) -> bool:
+        return bool(float_input_ops) and _base(n, gm) in float_input_ops
+
+    def feeds_only_float_inputs(n: fx.Node) -> bool:
+        return bool(n.users) and all(float_input(u) for u in n.users)
     for n in gm.graph.nodes:
         q = active(n)
         kind = kinds.get(n)
@@ -151,10 +167,10 @@ def plan_placement(
         if kind not in (OpKind.WEIGHTED, OpKind.COMPUTE, OpKind.ACTIVATION):
             continue
         if placement is Placement.OUTPUTS:
-            if q.input is None:
+            if q.input is None and not float_input(n):
                 for v in data_inputs(n):
                     require(v, q)
-            if n not in plan.fused:
+            if n not in plan.fused and not feeds_only_float_inputs(n):
                 mark(n, q.output, name)
         else:  # WEIGHTED_INPUTS
             base = function_name(n.target) if n.op != "call_module" else ""

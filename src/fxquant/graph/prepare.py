@@ -182,7 +182,7 @@ def _prepare_graph(
         )
     if fold_bn:
         _fold_conv_bn(gm, names, shown, kinds, qconfigs, report, path_prefix)
-    plan = plan_placement(gm, names, kinds, qconfigs, profile.placement)
+    plan = plan_placement(gm, names, kinds, qconfigs, profile.placement, profile.float_input_ops)
     _quantize_weights(gm, names, shown, kinds, qconfigs, report, path_prefix)
     local_to_shown = {names[n]: shown[n] for n in names}
     for node, vq in plan.outputs.items():
