@@ -10,6 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_readme_user_flow_runs(tmp_path, monkeypatch, capsys):
+    """Every ```python block of the README runs (```py blocks are fragments)."""
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks, "README has no python block"
