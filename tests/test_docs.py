@@ -15,8 +15,9 @@ def test_readme_user_flow_runs(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks, "README has no python block"
     monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__readme__"}  # later blocks continue the earlier ones
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+        exec(compile(block, "README.md", "exec"), namespace)
     assert (tmp_path / "qat.pt").exists()
     assert "fxquant summary" in capsys.readouterr().out
 
