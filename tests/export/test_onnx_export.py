@@ -560,3 +560,18 @@ def test_eagerly_captured_model_is_refused(tmp_path):
     assert get_report(qmodel).capture_mode == "eager"
     with pytest.raises(ExportError, match="captured eagerly"):
         export_onnx(qmodel, example, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("name", ["resnet", "depthwise", "decoder"])
+def test_openvino_profile_matches_openvino(name, tmp_path):
+    """The openvino profile leaves conv / linear outputs that feed a residual add unquantized,
+    as OpenVINO's fused sum post-op computes them."""
+    cls, data, _ = MODELS[name]
+    torch.manual_seed(0)
+    qmodel = fxquant.prepare(cls().eval(), data(2, 0), fxquant.default_calibration_qconfig_setter,
+                             backend="openvino")
+    fxquant.calibrate(qmodel, [data(16, s) for s in range(1, 4)], progress=False)
+    path = export_onnx(qmodel, data(2, 0), tmp_path / "ov.onnx").path
+    report = verify(qmodel, path, eval_data(name), "openvino")
+    assert report.ok(max_steps=2, min_identical=0.99), str(report)
+    assert report.integer_ops, str(report)

@@ -43,6 +43,9 @@ class BackendProfile:
         placement: activation quantizer placement.
         int32_bias: exporters write conv / linear biases as int32 at scale
             ``input_scale * weight_scale`` (what integer kernels add to their accumulators).
+        requantize_before_add: quantize a conv / linear output that only feeds a residual add
+            (False for OpenVINO, which fuses the add into the conv as a sum post-op and never
+            rounds the conv output).
         float_input_ops: ops (by function name, e.g. ``softmax``) whose input stays float: no
             quantizer right before them, so the runtime runs them in float instead of an
             approximate integer kernel (ONNX Runtime's QLinearSoftmax rounds its table down).
@@ -60,6 +63,7 @@ class BackendProfile:
     placement: Placement = Placement.OUTPUTS
     int32_bias: bool = False
     float_input_ops: frozenset[str] = frozenset()
+    requantize_before_add: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -112,6 +116,15 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             int32_bias=True,
             float_input_ops=frozenset({"softmax", "log_softmax"}),
+        ),
+        # OpenVINO CPU: u8 activations / i8 per-channel weights like ORT; conv + residual add
+        # become one kernel with a sum post-op, so the conv output is not requantized.
+        BackendProfile(
+            "openvino",
+            activation_dtype=quint8,
+            weight_dtype=qint8,
+            activation_symmetric=False,
+            requantize_before_add=False,
         ),
         BackendProfile(
             "tensorrt",

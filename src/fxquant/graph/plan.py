@@ -11,6 +11,9 @@ Rules (OUTPUTS placement, the default):
 * QuantStub outputs are quantized; DeQuantStub and FLOAT ops produce float;
 * a value that holds Inf / NaN in the float model (an additive mask) is never quantized.
 
+Without ``requantize_before_add`` (OpenVINO) a conv / linear output that only feeds a residual add
+is not quantized: the runtime adds it in its accumulator precision.
+
 Ops in the profile's ``float_input_ops`` (softmax for ONNX Runtime) get no quantizer right
 before them, so the runtime runs them in float rather than with an approximate integer kernel.
 
@@ -101,6 +104,7 @@ def plan_placement(
     qconfigs: dict[fx.Node, QConfig | None],
     placement: Placement,
     float_input_ops: frozenset[str] = frozenset(),
+    requantize_before_add: bool = True,
 ) -> Plan:
     """Decide every activation quantizer of the graph (weights are handled by the caller)."""
     plan = Plan()
@@ -148,6 +152,12 @@ def plan_placement(
 
     def feeds_only_float_inputs(n: fx.Node) -> bool:
         return bool(n.users) and all(float_input(u) for u in n.users)
+
+    def sum_post_op(v: fx.Node, consumer: fx.Node) -> bool:
+        """``v`` is a weighted op's output that only feeds the residual add ``consumer``."""
+        return (not requantize_before_add and kinds.get(v) is OpKind.WEIGHTED
+                and len(v.users) == 1 and _base(consumer, gm) == "add"
+                and len(data_inputs(consumer)) == 2)
     for n in gm.graph.nodes:
         q = active(n)
         kind = kinds.get(n)
@@ -169,8 +179,10 @@ def plan_placement(
         if placement is Placement.OUTPUTS:
             if q.input is None and not float_input(n):
                 for v in data_inputs(n):
-                    require(v, q)
-            if n not in plan.fused and not feeds_only_float_inputs(n):
+                    if not sum_post_op(v, n):
+                        require(v, q)
+            folded_into_add = len(n.users) == 1 and sum_post_op(n, next(iter(n.users)))
+            if n not in plan.fused and not feeds_only_float_inputs(n) and not folded_into_add:
                 mark(n, q.output, name)
         else:  # WEIGHTED_INPUTS
             base = function_name(n.target) if n.op != "call_module" else ""

@@ -182,7 +182,10 @@ def _prepare_graph(
         )
     if fold_bn:
         _fold_conv_bn(gm, names, shown, kinds, qconfigs, report, path_prefix)
-    plan = plan_placement(gm, names, kinds, qconfigs, profile.placement, profile.float_input_ops)
+    plan = plan_placement(
+        gm, names, kinds, qconfigs, profile.placement, profile.float_input_ops,
+        profile.requantize_before_add,
+    )
     _quantize_weights(gm, names, shown, kinds, qconfigs, report, path_prefix)
     local_to_shown = {names[n]: shown[n] for n in names}
     for node, vq in plan.outputs.items():
