@@ -20,7 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import SuiteResult, machine_info, markdown_table  # noqa: E402
 
-SUITES: dict[str, str] = {}  # name -> module path, filled as suites land
+SUITES: dict[str, str] = {  # name -> module path, filled as suites land
+    "deploy": "bench.deploy",
+}
 RESULTS = ROOT / "bench" / "results"
 README_MARK = ("<!-- bench-table -->", "<!-- /bench-table -->")
 
