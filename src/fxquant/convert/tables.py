@@ -14,6 +14,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..graph.patterns import FUNCTION_KINDS, METHOD_KINDS
+from ..qconfig import OpKind
+
 __all__ = [
     "NATIVE_FUNCTIONS",
     "NATIVE_METHODS",
@@ -35,62 +38,6 @@ __all__ = [
     "is_sequence_op",
 ]
 
-# Verified to give the same values on quantized tensors as on their dequantized floats
-# (tests/convert/test_convert.py::test_native_ops_on_quantized_tensors).
-NATIVE_FUNCTIONS = frozenset(
-    {
-        F.max_pool1d,
-        F.max_pool2d,
-        F.max_pool3d,
-        torch.flatten,
-        torch.reshape,
-        torch.permute,
-        torch.transpose,
-        torch.squeeze,
-        torch.unsqueeze,
-        torch.chunk,
-        torch.split,
-        operator.getitem,
-        torch.narrow,
-        F.pixel_shuffle,
-        F.pixel_unshuffle,
-        torch.t,
-        torch.flip,
-        torch.unbind,
-        torch.movedim,
-        torch.swapaxes,
-        torch.tile,
-        F.interpolate,  # only mode="nearest" is SHARE; other modes are COMPUTE (float)
-    }
-)
-NATIVE_METHODS = frozenset(
-    {
-        "reshape",
-        "flatten",
-        "permute",
-        "transpose",
-        "contiguous",
-        "squeeze",
-        "unsqueeze",
-        "chunk",
-        "split",
-        "expand",
-        "expand_as",
-        "repeat",
-        "narrow",
-        "flip",
-        "t",
-        "reshape_as",
-        "unflatten",
-        "unbind",
-        "clone",
-        "detach",
-        "movedim",
-        "swapaxes",
-        "tile",
-        "__getitem__",
-    }
-)
 # ``view`` fails on the channels-last tensors quantized convs return: use ``reshape`` (same
 # values; inference does not rely on aliasing).
 METHOD_REWRITES = {"view": "reshape", "view_as": "reshape_as"}
@@ -125,6 +72,21 @@ IDENTITY_MODULES: tuple[type, ...] = (
     nn.AlphaDropout,
 )
 IDENTITY_FUNCTIONS = frozenset({F.dropout, F.dropout1d, F.dropout2d, F.dropout3d})
+
+# The ops that only move or select values (SHARE in fxquant.graph.patterns) run natively on
+# torch.quint8 tensors, except those without a quantized kernel; nearest interpolation too.
+# Verified to give the same values on quantized tensors as on their dequantized floats
+# (tests/convert/test_convert.py::test_native_ops_on_quantized_tensors).
+_NO_QUANTIZED_KERNEL = frozenset({torch.roll, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                                  F.adaptive_max_pool3d, "roll"})
+NATIVE_FUNCTIONS = frozenset(
+    f for f, kind in FUNCTION_KINDS.items()
+    if kind is OpKind.SHARE and f not in IDENTITY_FUNCTIONS and f not in _NO_QUANTIZED_KERNEL
+) | {F.interpolate}  # only mode="nearest" is SHARE; other modes are COMPUTE (float)
+NATIVE_METHODS = frozenset(
+    m for m, kind in METHOD_KINDS.items()
+    if kind is OpKind.SHARE and m not in METHOD_REWRITES and m not in _NO_QUANTIZED_KERNEL
+)
 # ops on tensors that only read metadata: fine on quantized tensors
 METADATA_METHODS = frozenset({"size", "dim", "numel"})
 
