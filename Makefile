@@ -3,7 +3,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean browser
 
 venv: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/fxquant demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PYTHON) -m pytest -n 2 -q
+
+# headless Chromium renders the HTML report in tests/debug (Debian package; best effort: the test
+# skips with a reason where it cannot be installed)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null 2>&1 || echo "chromium could not be installed: the report render test will skip"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -10,7 +10,7 @@ Typical flow::
 from .algorithms import Relu6Policy, bias_correction, calibrate, equalize, fold_bn
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
-from .debug import summary
+from .debug import compare, report, search_mixed_precision, sensitivity, summary
 from .export import (
     ExportError,
     ExportResult,
@@ -65,6 +65,9 @@ from .qconfig import (
     get_qconfig,
     qat_8bit_weight_16bit_act_qconfig_setter,
     qat_8bit_weight_16bit_fixed_act_qconfig_setter,
+    sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter,
+    sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
+    sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
 )
 
 __version__ = "0.1.0"
@@ -77,6 +80,10 @@ __all__ = [
     "Relu6Policy",
     "bias_correction",
     "summary",
+    "compare",
+    "sensitivity",
+    "report",
+    "search_mixed_precision",
     "export_onnx",
     "ExportResult",
     "ExportError",
@@ -104,6 +111,9 @@ __all__ = [
     "calibration_8bit_weight_16bit_act_qconfig_setter",
     "qat_8bit_weight_16bit_act_qconfig_setter",
     "qat_8bit_weight_16bit_fixed_act_qconfig_setter",
+    "sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter",
+    "sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter",
+    "sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter",
     "Observer",
     "ObserverError",
     "MinMaxObserver",

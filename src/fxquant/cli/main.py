@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from . import debug as debug_cli
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main", "run_command"]
 
@@ -74,6 +75,16 @@ COMMANDS: dict[str, Command] = {
         "print accuracy / size / time",
         add_arguments=_demo_arguments,
         run=_demo_run,
+    ),
+    "sensitivity": Command(
+        help="per-op quantization sensitivity table of a model (torch.save + .txt + .csv)",
+        add_arguments=debug_cli.sensitivity_arguments,
+        run=debug_cli.sensitivity_run,
+    ),
+    "report": Command(
+        help="HTML accuracy report (per-layer comparison, sensitivity, histograms) of a model",
+        add_arguments=debug_cli.report_arguments,
+        run=debug_cli.report_run,
     ),
 }
 """Subcommand name -> :class:`Command`, in the order ``fxquant --help`` lists them."""

@@ -2,6 +2,12 @@
 
 from .opinfo import OpInfo, OpKind, SetterContext
 from .qconfig import FLOAT, QConfig, get_qconfig
+from .sensitive import (
+    SensitiveOpQconfigSetter,
+    sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter,
+    sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
+    sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
+)
 from .setters import (
     ModuleNameQconfigSetter,
     QconfigSetter,
@@ -25,6 +31,10 @@ from .templates import (
 )
 
 __all__ = [
+    "SensitiveOpQconfigSetter",
+    "sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter",
+    "sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter",
+    "sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter",
     "OpInfo",
     "OpKind",
     "SetterContext",
