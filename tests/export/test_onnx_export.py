@@ -575,3 +575,13 @@ def test_openvino_profile_matches_openvino(name, tmp_path):
     report = verify(qmodel, path, eval_data(name), "openvino")
     assert report.ok(max_steps=2, min_identical=0.99), str(report)
     assert report.integer_ops, str(report)
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    from fxquant.export.atomic import write_bytes_atomic
+
+    target = tmp_path / "f.bin"
+    write_bytes_atomic(target, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)

@@ -49,6 +49,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -64,3 +65,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> str:
             f.flush()
             os.fsync(f.fileno())
     return os.path.abspath(os.fspath(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
