@@ -22,6 +22,7 @@ from bench.common import SuiteResult, machine_info, markdown_table  # noqa: E402
 
 SUITES: dict[str, str] = {  # name -> module path, filled as suites land
     "deploy": "bench.deploy",
+    "ptq": "bench.ptq",
 }
 RESULTS = ROOT / "bench" / "results"
 README_MARK = ("<!-- bench-table -->", "<!-- /bench-table -->")

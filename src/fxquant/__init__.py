@@ -7,7 +7,16 @@ Typical flow::
     fxquant.set_fake_quantize(qmodel, fxquant.FakeQuantState.QAT)   # optional QAT
 """
 
-from .algorithms import Relu6Policy, bias_correction, calibrate, equalize, fold_bn
+from .algorithms import (
+    AutoQuant,
+    Relu6Policy,
+    adaround,
+    bias_correction,
+    calibrate,
+    equalize,
+    fold_bn,
+    reconstruct,
+)
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
@@ -79,6 +88,9 @@ __all__ = [
     "equalize",
     "Relu6Policy",
     "bias_correction",
+    "AutoQuant",
+    "adaround",
+    "reconstruct",
     "summary",
     "compare",
     "sensitivity",
