@@ -63,16 +63,7 @@ _DUNDER = {
 }
 _TORCH_DIR = inspect.getfile(torch).rsplit("/", 1)[0]
 _MODULES_DIR = "/nn/modules/"
-_QUANTIZABLE = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.Embedding,
-)
+_QUANTIZABLE = tuple(qnn.FLOAT_TO_QUANT)  # module types that carry a quantizable weight
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
