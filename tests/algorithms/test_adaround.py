@@ -17,6 +17,8 @@ from fxquant.fake_quant import FakeQuantState
 from fxquant.nn import ConvBnNd
 from fxquant.numerics import fake_quantize, quantize_codes
 
+from .digits import train_on_digits
+
 
 # -- shared helpers (also used by test_reconstruct) ----------------------------------------------
 class DigitsResNet(nn.Module):
@@ -45,26 +47,10 @@ class DigitsResNet(nn.Module):
 @functools.lru_cache(maxsize=1)
 def digits_setup() -> tuple[nn.Module, list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """``(trained float model, calibration batches, x_test, y_test)``; trained once per process."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 8 - 1
-    y = torch.tensor(digits.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x_tr, y_tr, x_te, y_te = x[perm[:1300]], y[perm[:1300]], x[perm[1300:]], y[perm[1300:]]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = DigitsResNet()
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(6):
-            for i in range(0, len(x_tr), 64):
-                loss = F.cross_entropy(model(x_tr[i : i + 64]), y_tr[i : i + 64])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    model.eval()
-    calib = [x_tr[i : i + 64] for i in range(0, 256, 64)]
-    return model, calib, x_te, y_te
+    return train_on_digits(model, epochs=6, calib_size=64, calib_count=4)
 
 
 def prepared(model, calib, act_dtype=fxquant.qint8, **kwargs):

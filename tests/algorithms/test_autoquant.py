@@ -15,6 +15,8 @@ import fxquant
 from fxquant.algorithms.autoquant import AutoQuant, AutoQuantReport
 from fxquant.fake_quant import FakeQuantize
 
+from .digits import train_on_digits
+
 
 class SmallNet(nn.Module):
     """conv-bn-relu, conv-bn-relu (CLE pair), strided conv, mean pool, linear."""
@@ -38,26 +40,10 @@ class SmallNet(nn.Module):
 @functools.lru_cache(maxsize=1)
 def setup() -> tuple[nn.Module, list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """``(trained model, calibration batches, x_test, y_test)``, trained once per process."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 8 - 1
-    y = torch.tensor(digits.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x_tr, y_tr, x_te, y_te = x[perm[:1300]], y[perm[:1300]], x[perm[1300:]], y[perm[1300:]]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = SmallNet()
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(4):
-            for i in range(0, len(x_tr), 64):
-                loss = F.cross_entropy(model(x_tr[i : i + 64]), y_tr[i : i + 64])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    model.eval()
-    calib = [x_tr[i : i + 128] for i in range(0, 512, 128)]
-    return model, calib, x_te, y_te
+    return train_on_digits(model, epochs=4, calib_size=128, calib_count=4)
 
 
 def accuracy(model: nn.Module) -> float:
