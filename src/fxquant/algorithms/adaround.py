@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -42,7 +40,14 @@ from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize, fa
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes
 from . import adaround_math as am
-from .calibrate import batch_to_args, model_device
+from .adaround_data import (
+    _CONV,
+    _CONV_T,
+    _Batches,
+    build_layer_cache,
+    following_activation,
+    materialize,
+)
 
 __all__ = [
     "adaround",
@@ -56,10 +61,7 @@ __all__ = [
 ]
 
 REPORT_ATTR = "reconstruction_report"
-_CACHE_BYTES = 256 * 2**20  # bound on one layer's cached inputs + targets
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def default_iterations(bits: int) -> int:
@@ -239,174 +241,6 @@ def _write_folded_weight(m: ConvBnNd, target: Tensor) -> None:
         step = torch.where(up, torch.full_like(w, math.inf), torch.full_like(w, -math.inf))
         w = torch.where(bad, torch.nextafter(w, step), w)
     # a product that cannot hit target exactly still quantizes to the same codes
-
-
-# -- data --------------------------------------------------------------------------------------
-class _Stop(Exception):
-    """Raised by a capture hook to end a forward pass early."""
-
-
-def materialize(qmodel: nn.Module, data: Iterable[Any], num_batches: int | None) -> list[tuple]:
-    """The calibration batches as positional-argument tuples on the model's device."""
-    from ..graph.report import get_report
-
-    try:
-        num_inputs = get_report(qmodel).num_inputs
-    except TypeError:
-        num_inputs = 1
-    device = model_device(qmodel)
-    batches = []
-    for i, batch in enumerate(data):
-        if num_batches is not None and i >= num_batches:
-            break
-        batches.append(batch_to_args(batch, num_inputs, device))
-    if not batches:
-        raise ValueError("the data yielded no batch; pass at least one batch")
-    return batches
-
-
-def module_io(
-    model: nn.Module, module: nn.Module, batches: list[tuple], output: bool
-) -> Iterator[Tensor]:
-    """The input (``output=False``) or output of ``module``'s first call, batch by batch.
-
-    Each forward pass stops right after the module, so later layers are not computed.  Run it
-    under ``torch.no_grad()`` (a generator must not switch the grad mode itself).
-    """
-    seen: list[Tensor] = []
-
-    def hook(mod: nn.Module, args: tuple, out: Any) -> None:
-        seen.append((out if output else args[0]).detach())
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        for args in batches:
-            seen.clear()
-            try:
-                model(*args)
-            except _Stop:
-                pass
-            if not seen:
-                raise RuntimeError(f"{type(module).__name__} was not called by the model")
-            yield seen[0]
-    finally:
-        handle.remove()
-
-
-_RELU_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6}
-_RELU_MODULES = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}
-_RELU_METHODS = {"relu": F.relu, "relu_": F.relu}
-
-
-def following_activation(qmodel: nn.Module, name: str) -> Callable[[Tensor], Tensor] | None:
-    """The relu (or relu6) that is the only user of layer ``name``'s only call, if any."""
-    if not isinstance(qmodel, fx.GraphModule):
-        return None
-    calls = [n for n in qmodel.graph.nodes if n.op == "call_module" and n.target == name]
-    if len(calls) != 1 or len(calls[0].users) != 1:
-        return None
-    user = next(iter(calls[0].users))
-    if user.op == "call_function":
-        return _RELU_FUNCTIONS.get(user.target)
-    if user.op == "call_method":
-        return _RELU_METHODS.get(str(user.target))
-    if user.op == "call_module":
-        return _RELU_MODULES.get(type(qmodel.get_submodule(str(user.target))))
-    return None
-
-
-@dataclass
-class _LayerCache:
-    """Cached inputs ``x`` and float targets ``y`` of one layer.
-
-    ``rows``: ``x`` is ``[R, K]`` (im2col / linear rows), ``y`` ``[R, C_out]``; otherwise whole
-    examples for the module's own forward (a transposed convolution).
-    """
-
-    x: Tensor
-    y: Tensor
-    rows: bool
-
-
-def _batch_len(x: Tensor) -> int:
-    return x.shape[0] if x.dim() > 1 else 1
-
-
-def _pick(count: int, keep: int, gen: torch.Generator) -> Tensor | None:
-    """``keep`` random indices below ``count`` (None: keep them all)."""
-    return None if keep >= count else torch.randperm(count, generator=gen)[:keep]
-
-
-def _rows_of(m: nn.Module, xq: Tensor, yf: Tensor, keep: int, gen: torch.Generator):
-    """``keep`` random (input row, target row) pairs of one batch."""
-    if isinstance(m, nn.Linear):
-        xr, yr = xq.reshape(-1, m.in_features), yf.reshape(-1, m.out_features)
-        idx = _pick(xr.shape[0], keep, gen)
-        return (xr, yr) if idx is None else (xr[idx.to(xr.device)], yr[idx.to(yr.device)])
-    positions = yf[0, 0].numel()
-    idx = _pick(yf.shape[0] * positions, keep, gen)
-    idx = (torch.arange(yf.shape[0] * positions) if idx is None else idx).to(xq.device)
-    n_idx, pos = torch.div(idx, positions, rounding_mode="floor"), idx % positions
-    return am.conv_rows(m, xq, n_idx, pos), yf.flatten(2)[n_idx, :, pos]
-
-
-def build_layer_cache(
-    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[tuple],
-    act: Callable[[Tensor], Tensor] | None, max_samples: int, gen: torch.Generator,
-) -> _LayerCache:
-    """Quantized-model inputs and float-model targets of layer ``name`` (see module doc).
-
-    Rows (or examples) are drawn from every batch in proportion to its size.
-    """
-    qmod, fmod = qmodel.get_submodule(name), fmodel.get_submodule(name)
-    n_total = sum(_batch_len(a[0]) if isinstance(a[0], Tensor) else 1 for a in batches)
-    rows = isinstance(qmod, (nn.Linear, *_CONV))
-    if rows:
-        k = qmod.weight[0].numel() * getattr(qmod, "groups", 1)  # im2col / input row length
-        c_out = qmod.weight.shape[0]
-        keep_total = min(max_samples, max(1, _CACHE_BYTES // (4 * (k + c_out))))
-    xs, ys = [], []
-    with torch.no_grad():
-        for xq, yf in zip(module_io(qmodel, qmod, batches, False),
-                          module_io(fmodel, fmod, batches, True), strict=True):
-            yf = yf if act is None else act(yf)
-            n = _batch_len(xq)
-            if not rows:  # whole examples, as many as fit the budget
-                per_example = (xq[0].numel() + yf[0].numel()) * xq.element_size()
-                keep_total = max(1, min(n_total, _CACHE_BYTES // per_example))
-            keep = max(1, round(keep_total * n / max(n, n_total)))
-            if rows:
-                xr, yr = _rows_of(qmod, xq, yf, keep, gen)
-            else:
-                idx = _pick(n, keep, gen)
-                xr, yr = (xq, yf) if idx is None else (xq[idx.to(xq.device)], yf[idx.to(yf.device)])
-            xs.append(xr.float())
-            ys.append(yr.float())
-    return _LayerCache(torch.cat(xs).contiguous(), torch.cat(ys).contiguous(), rows)
-
-
-class _Batches:
-    """Mini-batches of a layer cache: contiguous slices of a copy reshuffled every epoch
-    (slicing is several times cheaper than gathering random rows at every step)."""
-
-    def __init__(self, cache: _LayerCache, batch_size: int, gen: torch.Generator) -> None:
-        self.cache, self.gen = cache, gen
-        self.n = cache.x.shape[0]
-        self.bs = max(1, min(batch_size, self.n))
-        self.pos = self.n  # shuffle on first use
-        self.x, self.y = cache.x, cache.y
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        if self.pos + self.bs > self.n:
-            perm = torch.randperm(self.n, generator=self.gen).to(self.cache.x.device)
-            self.x = self.y = None  # free the previous copy first
-            self.x = self.cache.x.index_select(0, perm)
-            self.y = self.cache.y.index_select(0, perm)
-            self.pos = 0
-        sl = slice(self.pos, self.pos + self.bs)
-        self.pos += self.bs
-        return self.x[sl], self.y[sl]
 
 
 # -- the optimisation --------------------------------------------------------------------------

@@ -44,11 +44,11 @@ from .adaround import (
     adaroundable_layers,
     float_copy,
     freeze_rounding,
-    materialize,
     optimize_rounding,
     quantized_weight_and_bias,
     working_mode,
 )
+from .adaround_data import materialize
 from .blocks import Block, find_blocks
 
 __all__ = ["reconstruct", "ReconstructGranularity"]
