@@ -3,7 +3,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean browser
+.PHONY: venv demo test lint bench bench-deps clean browser
 
 venv: $(STAMP)
 
@@ -31,7 +31,20 @@ browser:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
-bench: $(STAMP)
+# benchmark-only packages (timm / transformers model definitions, torchvision's pure-Python
+# parts without its deps) and the peers we compare with; bench/install_peers.py tries each peer
+# on its own and records why one could not install (bench/results/peers.json) instead of failing
+BENCH_STAMP := $(VENV)/.bench-installed
+
+bench-deps: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt bench/install_peers.py
+	$(PIP) install -c constraints.txt -r bench/requirements.txt
+	$(PIP) install -c constraints.txt --no-deps torchvision==0.28.0
+	$(PYTHON) bench/install_peers.py
+	touch $@
+
+bench: $(BENCH_STAMP)
 	$(PYTHON) bench/run.py
 
 clean:

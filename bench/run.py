@@ -20,7 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import SuiteResult, machine_info, markdown_table  # noqa: E402
 
-SUITES: dict[str, str] = {  # name -> module path, filled as suites land
+SUITES: dict[str, str] = {  # name -> module path
+    "kernels": "bench.kernels",
+    "cost": "bench.cost",
+    "accuracy": "bench.accuracy",
+    "coverage": "bench.coverage",
     "deploy": "bench.deploy",
     "ptq": "bench.ptq",
 }
