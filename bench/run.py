@@ -2,6 +2,11 @@
 
 Usage: ``python bench/run.py [suite ...] [--quick]``.  Suites are modules in ``bench/`` with a
 ``run(quick: bool) -> SuiteResult`` function, listed in :data:`SUITES`.
+
+Each suite's result is saved on its own (``bench/results/suites/<name>.json``, with the machine,
+versions and date of its run); ``latest.md`` / ``latest.json`` and the README table are rebuilt
+from the latest saved result of every suite, so re-running one suite updates its section only.
+``--quick`` runs go to ``bench/results/quick/`` and ``quick.md`` and never touch the README.
 """
 
 from __future__ import annotations
@@ -38,6 +43,35 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _suite_path(name: str, quick: bool) -> pathlib.Path:
+    return RESULTS / ("quick" if quick else "suites") / f"{name}.json"
+
+
+def _load_suite(path: pathlib.Path) -> tuple[dict, SuiteResult] | None:
+    try:
+        data = json.loads(path.read_text())
+        return data["machine"], SuiteResult(**data["suite"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _report(names: list[str], quick: bool) -> tuple[list[str], list[dict]]:
+    """Markdown lines and JSON entries of the latest saved result of every suite in ``names``."""
+    md: list[str] = []
+    entries: list[dict] = []
+    for name in names:
+        loaded = _load_suite(_suite_path(name, quick))
+        if loaded is None:
+            md += [f"## {name}\n", "(not run yet)", ""]
+            continue
+        info, r = loaded
+        header = ", ".join(f"{k} {v}" for k, v in info.items())
+        md += [f"## {r.title}\n", f"_{header}_\n", markdown_table(r), ""]
+        md += [f"- {n}" for n in r.notes] + [""]
+        entries.append({"machine": info, "suite": r.__dict__})
+    return md, entries
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
     p.add_argument("suites", nargs="*", help=f"subset of {sorted(SUITES)} (default: all)")
@@ -47,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         p.error(f"unknown suite(s) {unknown}; choose from {sorted(SUITES)}")
-    info = machine_info()
-    results: list[SuiteResult] = []
     failed = []
     for name in names:
         t = time.perf_counter()
+        info = machine_info()
         print(f"== {name}", flush=True)
         try:
             res = importlib.import_module(SUITES[name]).run(quick=args.quick)
@@ -60,27 +93,27 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             res = SuiteResult(name, name, ["error"], [{"error": "suite failed; see log"}])
         res.notes.append(f"suite time: {time.perf_counter() - t:.0f} s")
-        results.append(res)
         print(markdown_table(res), flush=True)
-    header = ", ".join(f"{k} {v}" for k, v in info.items())
-    md = [f"# fxquant benchmarks\n\n{header}\n"]
-    for r in results:
-        md += [f"## {r.title}\n", markdown_table(r), ""] + [f"- {n}" for n in r.notes] + [""]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    _write_atomic(RESULTS / "latest.md", "\n".join(md))
-    _write_atomic(
-        RESULTS / "latest.json",
-        json.dumps(
-            {"machine": info, "suites": [r.__dict__ for r in results]}, indent=2, default=str
-        ),
-    )
+        path = _suite_path(name, args.quick)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps({"machine": info, "suite": res.__dict__}, indent=2,
+                                       default=str))
+    # the report holds the latest result of every suite (each with its own machine line)
+    md, entries = _report(list(SUITES), args.quick)
+    title = "# fxquant benchmarks" + (" (quick smoke run: sizes too small for claims)"
+                                      if args.quick else "")
+    lines = [f"{title}\n", *md]
+    stem = "quick" if args.quick else "latest"
+    _write_atomic(RESULTS / f"{stem}.md", "\n".join(lines))
+    _write_atomic(RESULTS / f"{stem}.json", json.dumps({"suites": entries}, indent=2,
+                                                       default=str))
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if README_MARK[0] in text and not args.quick and not args.suites:
-        block = "\n".join(md[1:])
+    if README_MARK[0] in text and not args.quick:
+        block = "\n".join(md)
         text = re.sub(
             re.escape(README_MARK[0]) + r".*?" + re.escape(README_MARK[1]),
-            f"{README_MARK[0]}\n{header}\n\n{block}\n{README_MARK[1]}",
+            lambda _m: f"{README_MARK[0]}\n{block}\n{README_MARK[1]}",
             text,
             flags=re.S,
         )

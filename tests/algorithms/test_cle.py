@@ -210,13 +210,57 @@ def test_relu6_chains_are_skipped_by_default_and_replaced_on_request():
 
     rep = equalize(model, relu6=Relu6Policy.REPLACE, progress=False)
     report = get_cle_report(rep)
-    assert report.replaced_relu6 == ["act1"] and type(rep.act1) is nn.ReLU
-    assert [(p.first, p.second) for p in report.pairs] == [("conv1", "conv2"), ("conv2", "conv3")]
-    assert [(a, b) for a, b, _ in report.skipped] == [("conv3", "conv4")]  # functional relu6
-    relu_model = copy.deepcopy(model)
+    # the module and the functional relu6 (in the root's traced graph, now a GraphModule)
+    assert report.replaced_relu6 == ["act1", "relu6"] and type(rep.act1) is nn.ReLU
+    assert isinstance(rep, torch.fx.GraphModule)
+    assert not any(n.target is F.relu6 for n in rep.graph.nodes)
+    assert [(p.first, p.second) for p in report.pairs] == [
+        ("conv1", "conv2"), ("conv2", "conv3"), ("conv3", "conv4")
+    ]
+    assert report.skipped == []
+    assert type(model.act1) is nn.ReLU6  # the input model is untouched
+
+    class ReluNet(Relu6Net):
+        def forward(self, x):
+            x = self.act2(self.conv2(self.act1(self.conv1(x))))
+            return self.conv4(F.relu(self.conv3(x)))
+
+    relu_model = ReluNet()
+    relu_model.load_state_dict(model.state_dict())
     relu_model.act1 = nn.ReLU()
     with torch.no_grad():
-        assert rel_err(rep(x), relu_model(x)) <= 1e-4
+        assert rel_err(rep(x), relu_model.eval()(x)) <= 1e-4
+    assert get_bn_fold_report(rep) is not None
+
+
+class NestedFunctionalRelu6(nn.Module):
+    """Functional relu6 / hardtanh(0, 6) inside a child block; hardtanh(-1, 1) stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Relu6Net()
+        self.conv5, self.conv6 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.conv7 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = F.hardtanh(self.conv5(self.block(x)), 0.0, 6.0)
+        return self.conv7(F.hardtanh(self.conv6(x), -1.0, 1.0))
+
+
+def test_functional_relu6_replaced_in_a_child_module_call():
+    # the root traces through the child: its relu6 is a node of the root's graph
+    model = badly_scaled(NestedFunctionalRelu6()).eval()
+    rep = equalize(model, relu6=Relu6Policy.REPLACE, progress=False)
+    report = get_cle_report(rep)
+    assert report.replaced_relu6 == ["block.act1", "relu6", "hardtanh"]
+    assert isinstance(rep, torch.fx.GraphModule)
+    left = [n for n in rep.graph.nodes if n.target is F.hardtanh]
+    assert len(left) == 1 and left[0].kwargs.get("min_val", None) in (-1.0, None)
+    pairs = [(p.first, p.second) for p in report.pairs]
+    assert ("block.conv3", "block.conv4") in pairs and ("conv5", "conv6") in pairs
+    assert [(a, b) for a, b, _ in report.skipped] == [("conv6", "conv7")]
+    x = torch.randn(2, 3, 6, 6)
+    assert rep(x).shape == model(x).shape
 
 
 class NotChains(nn.Module):
@@ -330,3 +374,29 @@ def test_scale_channels_inverts_and_matches_ranges_for_groups():
 
 def test_docstring_examples_run():
     assert doctest.testmod(cle, raise_on_error=True).attempted > 0
+
+
+class UntraceableRoot(nn.Module):
+    """The root's forward cannot be traced; the child's functional relu6 is in the child's scope."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Relu6Net()
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: untraceable
+            return self.block(x)
+        return self.block(-x)
+
+
+def test_functional_relu6_in_a_child_scope_makes_the_child_a_graph_module():
+    model = badly_scaled(UntraceableRoot()).eval()
+    rep = equalize(model, relu6=Relu6Policy.REPLACE, progress=False)
+    report = get_cle_report(rep)
+    assert type(rep) is UntraceableRoot and isinstance(rep.block, torch.fx.GraphModule)
+    assert report.replaced_relu6 == ["block.act1", "block:relu6"]
+    assert len(report.pairs) == 3 and report.skipped == []
+    x = torch.randn(2, 3, 6, 6) + 0.5
+    relu_block = copy.deepcopy(rep.block)
+    with torch.no_grad():
+        assert torch.equal(rep(x), relu_block(x))

@@ -64,16 +64,8 @@ OV_INT16 = (
     "OpenVINO's CPU plugin runs 16-bit QuantizeLinear / DequantizeLinear through its 8-bit "
     "low-precision path: thousands of 16-bit steps off on the int16 tensors"
 )
-ORT_REQUANT = (
-    "ONNX Runtime requantizes integer accumulators with float32 multipliers (acc * M) and "
-    "rounds there, which differs from the exact arithmetic near rounding ties on ~1e-5 of the "
-    "elements per layer; in a deep residual net the 1-step flips cascade (~98.4% identical at "
-    "the output, never more than 1 step)"
-)
 # (model, backend, runtime) -> (why, bound on the output's max step difference or None)
 KNOWN_DEVIATIONS = {
-    ("resnet", "onnxruntime", "onnxruntime"): (ORT_REQUANT, 1),
-    ("resnet", "generic", "onnxruntime"): (ORT_REQUANT, 1),
     ("transformer", "generic", "openvino"): (OV_SUM_FUSION, 3),
     ("resnet", "onnxruntime", "openvino"): (OV_SUM_FUSION, 2),
     ("resnet", "generic", "openvino"): (OV_SUM_FUSION, 2),
@@ -132,6 +124,10 @@ def test_runtime_matches_simulation(name, backend, runtime, exported):
         assert not report.ok(), f"{name}/{backend} on {runtime} now matches the simulation"
         pytest.xfail(reason)
     assert report.ok(max_steps=2, min_identical=0.99), str(report)
+    if runtime == "onnxruntime" and backend == "onnxruntime" and name in ("resnet", "depthwise"):
+        # every op runs in an emulated integer kernel: code for code (see test_integer_sim.py)
+        assert out.identical == 1.0 and not report.not_emulated and not report.float_ops, \
+            str(report)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -315,21 +315,31 @@ class AutoQuant:
                      "model above")
 
     def _cle_step(self) -> None:
-        from .cle import equalize, get_cle_report
+        """CLE keeping ReLU6 (function preserved); where ReLU6 blocked chains, also CLE with
+        ReLU6 replaced by ReLU (the paper's MobileNet recipe) -- each kept only if it helps."""
+        from .cle import Relu6Policy, equalize, get_cle_report
 
-        t0 = time.perf_counter()
-        eq = equalize(self.model, progress=self.progress)
-        cle = get_cle_report(eq)
-        n_pairs = len(cle.pairs) if cle is not None else 0
-        n_abs = sum(cle.absorbed.values()) if cle is not None else 0
-        if n_pairs == 0 and n_abs == 0:
-            self._record("CLE", t0, None, False, "skipped: no layer pair to equalize")
-            return
-        qmodel = self.quantize(eq)
-        acc = self._evaluate(qmodel)
-        kept = self._offer(_Candidate("CLE", acc, qmodel, eq), True)
-        self._record("CLE", t0, acc, kept,
-                     f"{n_pairs} pair(s) equalized, {n_abs} bias channel(s) absorbed")
+        for policy in (Relu6Policy.SKIP, Relu6Policy.REPLACE):
+            t0 = time.perf_counter()
+            eq = equalize(self.model, relu6=policy, progress=self.progress)
+            cle = get_cle_report(eq)
+            n_pairs = len(cle.pairs) if cle is not None else 0
+            n_abs = sum(cle.absorbed.values()) if cle is not None else 0
+            name = "CLE" if policy is Relu6Policy.SKIP else "CLE (ReLU6 -> ReLU)"
+            if policy is Relu6Policy.REPLACE and (cle is None or not cle.replaced_relu6):
+                return  # nothing to replace: the same model as above
+            if n_pairs == 0 and n_abs == 0:
+                self._record(name, t0, None, False, "skipped: no layer pair to equalize")
+                continue
+            qmodel = self.quantize(eq)
+            acc = self._evaluate(qmodel)
+            kept = self._offer(_Candidate(name, acc, qmodel, eq), True)
+            extra = (f", {len(cle.replaced_relu6)} ReLU6 replaced"
+                     if policy is Relu6Policy.REPLACE else "")
+            self._record(name, t0, acc, kept,
+                         f"{n_pairs} pair(s) equalized, {n_abs} bias channel(s) absorbed{extra}")
+            if self._best is not None and self._best.accuracy >= self.report.target:
+                return
 
     def _bias_correction_step(self) -> None:
         from .bias_correction import bias_correction

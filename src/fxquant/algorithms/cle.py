@@ -17,8 +17,11 @@ Grouped and depthwise layers are handled through their channel layout (:func:`ch
 
 **ReLU6** is not positively homogeneous (it clips at 6), so by default a chain through ReLU6 /
 Hardtanh is *skipped* and reported (:attr:`Relu6Policy.SKIP`): the function is preserved.
-:attr:`Relu6Policy.REPLACE` replaces ``nn.ReLU6`` modules on chains by ``nn.ReLU`` first, as the
-paper does for MobileNetV2; that changes the function wherever a pre-activation exceeds 6.
+:attr:`Relu6Policy.REPLACE` replaces ReLU6 on chains by ReLU first, as the paper does for
+MobileNetV2; that changes the function wherever a pre-activation exceeds 6.  ``nn.ReLU6``
+modules are swapped for ``nn.ReLU``; functional ``F.relu6`` / ``F.hardtanh(x, 0, 6)`` calls are
+rewritten to ``F.relu`` in the traced graph of the module whose ``forward`` makes them, and that
+module becomes an ``fx.GraphModule`` (same submodules, parameters and buffers).
 
 **High-bias absorption.**  A folded BatchNorm says the layer-1 output of channel ``i`` is
 ``N(beta_i, gamma_i^2)``.  When ``c_i = max(0, beta_i - 3 |gamma_i|) > 0``, ReLU passes
@@ -70,9 +73,12 @@ class Relu6Policy(enum.Enum):
     """What :func:`equalize` does with a chain that crosses ReLU6 (or Hardtanh).
 
     SKIP: leave the chain alone and report it; the model's function is preserved.
-    REPLACE: replace ``nn.ReLU6`` modules on the chain by ``nn.ReLU`` (every call site of that
-        module), then equalize; changes outputs wherever a pre-activation exceeds 6.  Chains
-        through functional ``F.relu6`` / ``F.hardtanh`` or ``nn.Hardtanh`` are still skipped.
+    REPLACE: replace ReLU6 on the chain by ReLU, then equalize; changes outputs wherever a
+        pre-activation exceeds 6.  ``nn.ReLU6`` modules become ``nn.ReLU`` (every call site of
+        that module); functional ``F.relu6`` and ``F.hardtanh(x, 0, 6)`` calls become
+        ``F.relu`` in the traced graph of the module making them, which turns into an
+        ``fx.GraphModule``.  Other clipping (``nn.Hardtanh`` / ``F.hardtanh`` with other
+        bounds) is still skipped.
     """
 
     SKIP = "skip"
@@ -95,7 +101,9 @@ class CleReport:
     Attributes:
         pairs: equalized layer pairs, in graph order.
         skipped: ``(first, second, reason)`` for chains left alone.
-        replaced_relu6: module paths of ReLU6 modules replaced by ReLU.
+        replaced_relu6: ReLU6 replaced by ReLU: module paths of ``nn.ReLU6`` modules, and
+            ``"<module path>:<node name>"`` for functional calls (``"<node name>"`` at the
+            root).
         iterations: sweeps over all pairs; ``converged``: the last sweep moved no scale more
             than the tolerance.
         max_scale_change: ``max |log s|`` of the last sweep.
@@ -356,7 +364,8 @@ def equalize(
     report = CleReport(bn_fold=fold_report)
     scopes = _chains.trace_scopes(model)
     matches = _chains.find_pairs(model, scopes, _is_layer, _is_partner, _step(model))
-    accepted = [m for m in matches if _accept(model, m, relu6, report)]
+    rewrites: dict[str, _chains.Scope] = {}
+    accepted = [m for m in matches if _accept(model, m, relu6, report, rewrites)]
     layers: dict[str, _Layer] = {}
     for m in accepted:
         for path in (m.first, m.second):
@@ -371,6 +380,7 @@ def equalize(
             _absorb(model, m, layers, fold_report, num_sigma, report)
     for layer in layers.values():
         layer.write_back()
+    model = _apply_rewrites(model, rewrites)
     report.bn_fold = _updated_fold_report(fold_report, layers)
     _set_report(model, report.bn_fold)
     store = model.meta if isinstance(model, fx.GraphModule) else vars(model)
@@ -399,33 +409,75 @@ def _elementwise(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> bool:
     return True  # relu methods
 
 
-def _accept(model: nn.Module, m: _chains.PairMatch, relu6: Relu6Policy, report) -> bool:
+def _relu6_like(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> bool:
+    """A ReLU6 that :attr:`Relu6Policy.REPLACE` can turn into a ReLU (module or functional)."""
+    if node.op == "call_module":
+        return type(root.get_submodule(scope.path(node))) is nn.ReLU6
+    if node.op != "call_function":
+        return False
+    if node.target is F.relu6:
+        return True
+    if node.target in (F.hardtanh, F.hardtanh_):
+        bounds = dict(zip(("min_val", "max_val"), node.args[1:3], strict=False))
+        bounds.update({k: v for k, v in node.kwargs.items() if k in ("min_val", "max_val")})
+        return bounds.get("min_val", -1.0) == 0 and bounds.get("max_val", 1.0) == 6
+    return False
+
+
+def _accept(model: nn.Module, m: _chains.PairMatch, relu6: Relu6Policy, report,
+            rewrites: dict[str, _chains.Scope]) -> bool:
     if type(model.get_submodule(m.first)) is nn.Linear and not all(
         _elementwise(model, n, m.scope) for n in m.through
     ):
         return False  # pooling after a linear layer would pool over its features
     if not m.blocked:
         return True
-    replaceable = [
-        n for n in m.blocked
-        if n.op == "call_module" and type(model.get_submodule(m.scope.path(n))) is nn.ReLU6
-    ]  # fmt: skip
+    replaceable = [n for n in m.blocked if _relu6_like(model, n, m.scope)]
     if relu6 is Relu6Policy.REPLACE and len(replaceable) == len(m.blocked):
         for n in replaceable:
-            path = m.scope.path(n)
-            old = model.get_submodule(path)
-            if type(old) is nn.ReLU6:  # not replaced yet by an earlier chain
-                parent, _, leaf = path.rpartition(".")
-                setattr(model.get_submodule(parent), leaf, nn.ReLU(inplace=old.inplace))
-                report.replaced_relu6.append(path)
+            if n.op == "call_module":
+                path = m.scope.path(n)
+                old = model.get_submodule(path)
+                if type(old) is nn.ReLU6:  # not replaced yet by an earlier chain
+                    parent, _, leaf = path.rpartition(".")
+                    setattr(model.get_submodule(parent), leaf, nn.ReLU(inplace=old.inplace))
+                    report.replaced_relu6.append(path)
+            elif n.target is not F.relu:  # not replaced yet by an earlier chain
+                inplace = n.target is F.hardtanh_ or bool(
+                    n.kwargs.get("inplace", n.args[3] if len(n.args) > 3 else False)
+                    if n.target is F.hardtanh
+                    else n.kwargs.get("inplace", n.args[1] if len(n.args) > 1 else False)
+                )
+                n.target, n.args, n.kwargs = F.relu, (n.args[0],), {"inplace": inplace}
+                rewrites[m.scope.prefix] = m.scope
+                report.replaced_relu6.append(
+                    f"{m.scope.prefix}:{n.name}" if m.scope.prefix else n.name
+                )
         return True
     what = ", ".join(_describe(n, m.scope) for n in m.blocked)
     if relu6 is Relu6Policy.REPLACE:
-        reason = f"clipping op {what} cannot be replaced (only nn.ReLU6 modules are)"
+        reason = f"clipping op {what} is not a ReLU6 (only ReLU6 / hardtanh(0, 6) is replaced)"
     else:
         reason = f"clipping op {what} is not positively homogeneous (relu6=Relu6Policy.SKIP)"
     report.skipped.append((m.first, m.second, reason))
     return False
+
+
+def _apply_rewrites(model: nn.Module, rewrites: dict[str, _chains.Scope]) -> nn.Module:
+    """Rebuild each scope whose graph was edited; returns the (possibly new) root."""
+    for prefix, scope in sorted(rewrites.items(), key=lambda kv: -kv[0].count(".")):
+        owner = model.get_submodule(prefix) if prefix else model
+        if isinstance(owner, fx.GraphModule):
+            owner.recompile()
+            continue
+        gm = fx.GraphModule(owner, scope.graph, class_name=type(owner).__name__)
+        gm.train(owner.training)
+        if not prefix:
+            model = gm
+        else:
+            parent, _, leaf = prefix.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, gm)
+    return model
 
 
 def _iterate(matches, layers, max_iterations, tolerance, progress, report) -> None:

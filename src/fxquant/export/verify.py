@@ -26,6 +26,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
+from .integer_sim import integer_simulation
 from .naming import dq_output, quantized_tensor_name
 from .onnx_export import _eval_mode, frozen_quantizers, quantizer_index
 
@@ -71,10 +72,10 @@ class TensorDiff:
         identical: fraction of elements with the same code (0 steps); for a float tensor, the
             fraction within ``FLOAT_RTOL`` of the tensor's largest magnitude.
         histogram: step difference (clipped to +-HIST_CLIP) -> number of elements.
-        float32_identical: fraction of elements on which the float32 simulation agrees with the
-            reference (the simulation evaluated in float64; outputs only).  Deep models amplify
-            float32 rounding noise of the simulation itself into 1-step flips; integer
-            runtimes compute exactly, so they are compared with the exact evaluation.
+        float32_identical: fraction of elements on which the float32 fake-quant model agrees
+            with the reference (outputs only).  Deep models amplify rounding noise into 1-step
+            flips: this says how far the plain float32 evaluation of the same simulation is
+            from the reference the runtime was compared with.
     """
 
     name: str
@@ -108,6 +109,10 @@ class VerifyReport:
             runtime precision).
         float_ops: compute op / layer types still running in float (Q/DQ and pure data
             movement such as Reshape / Transpose / MaxPool are not counted).
+        reference: how the simulation was evaluated (see :func:`verify`'s ``reference``).
+        emulated: with ``reference="integer"``: kernel -> number of fused ops computed with the
+            runtime's integer arithmetic; ``not_emulated``: quantized tensor -> why its fused
+            op was evaluated in float64 instead.
     """
 
     runtime: str
@@ -115,6 +120,9 @@ class VerifyReport:
     tensors: tuple[TensorDiff, ...]
     integer_ops: dict[str, int]
     float_ops: dict[str, int]
+    reference: str = "exact"
+    emulated: dict[str, int] = field(default_factory=dict)
+    not_emulated: dict[str, str] = field(default_factory=dict)
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Every output passes :meth:`TensorDiff.ok`."""
@@ -142,9 +150,16 @@ class VerifyReport:
 
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.integer_ops.items())) or "none"
         flo = ", ".join(f"{k} x{v}" for k, v in sorted(self.float_ops.items())) or "none"
+        ref = self.reference
+        if self.emulated or self.not_emulated:
+            emu = ", ".join(f"{k} x{v}" for k, v in sorted(self.emulated.items())) or "none"
+            ref += f" (runtime arithmetic emulated for {emu}"
+            ref += f"; {len(self.not_emulated)} fused op(s) not emulated)" \
+                if self.not_emulated else ")"
         return "\n".join([
             f"fxquant verify ({self.runtime}): {len(self.outputs)} output(s), "
-            f"{len(self.tensors)} quantized tensor(s) compared",
+            f"{len(self.tensors)} quantized tensor(s) compared with the simulation "
+            f"[reference: {ref}]",
             line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
             f"integer ops: {ops}", f"float ops:   {flo}",
         ])
@@ -234,7 +249,7 @@ def verify(
     tensors: bool = True,
     num_threads: int | None = None,
     integer_kernels: bool = True,
-    reference: str = "exact",
+    reference: str = "auto",
 ) -> VerifyReport:
     """Run ``onnx_path`` in ``runtime`` and compare with ``qmodel``'s simulation on ``inputs``.
 
@@ -251,15 +266,37 @@ def verify(
             QuantizeLinear runs in float, i.e. the graph's reference semantics.  Tells a
             difference of the graph from a difference of the runtime's integer kernels.
             (OpenVINO has no such switch.)
-        reference: ``"exact"`` (default) compares with the simulation evaluated in float64 on a
-            copy — the exact value of the fake-quantized computation, which integer kernels
-            reproduce — and reports how often the float32 simulation agrees with it
-            (``TensorDiff.float32_identical``); ``"float32"`` compares with ``qmodel`` as is.
+        reference: how the simulation is evaluated.  Every choice runs the same quantizers,
+            scales and weight codes; they differ in arithmetic only:
+
+            * ``"integer"`` (ONNX Runtime): the ops ORT fused into integer kernels (read from
+              its optimized graph) compute as those kernels do -- exact int32 accumulation,
+              the int32 bias, float32 requantization
+              (:func:`fxquant.export.integer_sim.integer_simulation`); everything else in
+              float64.  Differences left are the runtime's float ops and kernels not
+              emulated (listed in the report);
+            * ``"exact"``: the simulation in float64 (exact sums of the integer-valued
+              products; requantization without float32 rounding);
+            * ``"float32"``: ``qmodel`` as is;
+            * ``"auto"`` (default): ``"integer"`` for ONNX Runtime with integer kernels, else
+              ``"exact"``.
+
+            ``TensorDiff.float32_identical`` says how often the plain float32 model agrees
+            with the chosen reference.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if not integer_kernels and runtime != "onnxruntime":
         raise ValueError("integer_kernels=False is supported with runtime='onnxruntime' only")
+    if reference not in ("auto", "integer", "exact", "float32"):
+        raise ValueError(
+            f"reference must be 'auto', 'integer', 'exact' or 'float32', got {reference!r}"
+        )
+    if reference == "integer" and (runtime != "onnxruntime" or not integer_kernels):
+        raise ValueError("reference='integer' emulates ONNX Runtime's integer kernels: use it "
+                         "with runtime='onnxruntime' and integer_kernels=True")
+    if reference == "auto":
+        reference = "integer" if runtime == "onnxruntime" and integer_kernels else "exact"
     import onnx
 
     onnx_path = os.fspath(onnx_path)
@@ -275,24 +312,33 @@ def verify(
         if dq in produced and isinstance(fq, FakeQuantize):
             watch[dq] = (path, fq)
     args = _as_inputs(inputs)
-    captured: dict[str, torch.Tensor] = {}
-    if reference not in ("exact", "float32"):
-        raise ValueError(f"reference must be 'exact' or 'float32', got {reference!r}")
-    ref_model = copy.deepcopy(qmodel).double() if reference == "exact" else qmodel
-    ref_watch = {dq: (path, ref_model.get_submodule(path)) for dq, (path, _) in watch.items()}
-    sim_out = _simulate(ref_model, args, ref_watch if tensors else {}, captured)
-    sim32 = _simulate(qmodel, args, {}, {}) if reference == "exact" else None
     feeds = [a.detach().cpu().numpy() for a in args if isinstance(a, torch.Tensor)]
     threads = num_threads or torch.get_num_threads()
-    extra = [dq for dq in watch if dq in captured] if tensors else []
+    extra = list(watch) if tensors else []
+    fused: dict[str, str] = {}
     if runtime == "onnxruntime":
-        rt_out, rt_extra, int_ops, float_ops = _run_ort(
+        rt_out, rt_extra, int_ops, float_ops, fused = _run_ort(
             model, onnx_path, feeds, extra, threads, integer_kernels
         )
     else:
         rt_out, rt_extra, int_ops, float_ops = _run_openvino(
             model, onnx_path, feeds, extra, threads
         )
+    emulated: dict[str, int] = {}
+    not_emulated: dict[str, str] = {}
+    if reference == "integer":
+        isim = integer_simulation(qmodel, fused)
+        ref_model = isim.model
+        emulated = dict(sorted(Counter(isim.emulated.values()).items()))
+        not_emulated = dict(isim.skipped)
+    elif reference == "exact":
+        ref_model = copy.deepcopy(qmodel).double()
+    else:
+        ref_model = qmodel
+    captured: dict[str, torch.Tensor] = {}
+    ref_watch = {dq: (path, ref_model.get_submodule(path)) for dq, (path, _) in watch.items()}
+    sim_out = _simulate(ref_model, args, ref_watch if tensors else {}, captured)
+    sim32 = _simulate(qmodel, args, {}, {}) if reference != "float32" else None
     out_q = _output_quantizers(qmodel)
     out_names = [o.name for o in model.graph.output]
     outputs = []
@@ -306,9 +352,10 @@ def verify(
         outputs.append(d)
     tensor_diffs = [
         _diff(dq, rt_extra[dq], captured[dq], watch[dq][1], watch[dq][0])
-        for dq in extra if dq in rt_extra
+        for dq in extra if dq in rt_extra and dq in captured
     ]
-    return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops)
+    return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops,
+                        reference, emulated, not_emulated)
 
 
 def _simulate(qmodel: nn.Module, args: tuple[Any, ...], watch: dict[str, Any],
@@ -367,7 +414,9 @@ def _run_ort(model, path: str, feeds: list[np.ndarray], extra: list[str], thread
         sess = ort.InferenceSession(path, options(opt), providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         outs = sess.run(None, dict(zip(names, feeds, strict=True)))
-        counts = Counter(n.op_type for n in onnx.load(opt).graph.node)
+        optimized = onnx.load(opt).graph.node
+        counts = Counter(n.op_type for n in optimized)
+        fused = _fused_outputs(optimized, model)
         rt_extra: dict[str, np.ndarray] = {}
         if extra:
             aug = os.path.join(tmp, "instrumented.onnx")
@@ -378,7 +427,50 @@ def _run_ort(model, path: str, feeds: list[np.ndarray], extra: list[str], thread
     integer = {k: v for k, v in counts.items() if k in _ORT_INTEGER}
     flt = {k: v for k, v in counts.items()
            if k not in _ORT_INTEGER and k not in _QDQ and k not in _MOVEMENT}
-    return outs, rt_extra, dict(sorted(integer.items())), dict(sorted(flt.items()))
+    return outs, rt_extra, dict(sorted(integer.items())), dict(sorted(flt.items())), fused
+
+
+_FUSABLE_CLIPS = frozenset({"Relu", "Clip"})
+
+
+def _fused_outputs(nodes, original) -> dict[str, str]:
+    """Quantized tensor name -> ORT kernel, for the fused integer kernels of an optimized graph.
+
+    A fused kernel's output keeps either the QuantizeLinear's output name (``<tensor>_quantized``)
+    or the name of the op node it replaced (``<op>/<OpType>``); from that node the original graph
+    leads, through Relu / Clip nodes ORT dropped, to the QuantizeLinear of the tensor.  (Scale
+    names cannot be used: ORT merges identical initializers.)
+    """
+    by_name = {n.name: n for n in original.graph.node}
+    consumers: dict[str, list] = {}
+    for n in original.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    suffix = "_quantized"
+    fused: dict[str, str] = {}
+    for n in nodes:
+        if n.op_type not in _ORT_INTEGER or not n.output:
+            continue
+        out = n.output[0]
+        if n.op_type == "MatMulIntegerToFloat" and out.endswith("_matmul"):
+            fused[out[: -len("_matmul")]] = n.op_type  # a Linear's MatMul (float output)
+            continue
+        if out.endswith(suffix):
+            fused[out[: -len(suffix)]] = n.op_type
+            continue
+        node = by_name.get(out)
+        while node is not None and node.output:
+            users = consumers.get(node.output[0], [])
+            if len(users) != 1:
+                break
+            node = users[0]
+            if node.op_type == "QuantizeLinear":
+                if node.output[0].endswith(suffix):
+                    fused[node.output[0][: -len(suffix)]] = n.op_type
+                break
+            if node.op_type not in _FUSABLE_CLIPS:
+                break
+    return fused
 
 
 def _rt(info: Any, key: str) -> str:
