@@ -302,6 +302,28 @@ def test_ort_qlinear_softmax_rounds_down(tmp_path):
     assert report.outputs[0].identical == 1.0, str(report)
 
 
+def test_openvino_quantized_reduce_mean_is_wrong(tmp_path):
+    """OpenVINO's CPU plugin computes ReduceMean of a u8 tensor with a non-zero zero point
+    hundreds of steps off; the openvino profile therefore keeps a mean's input float."""
+
+    class Mean(nn.Module):
+        def forward(self, x):
+            return (x + 1).mean(1)
+
+    example = torch.randn(2, 12, 32)
+    x = torch.randn(64, 12, 32)
+    reports = {}
+    for backend in ("onnxruntime", "openvino"):
+        qmodel = fxquant.prepare(Mean(), example, fxquant.default_calibration_qconfig_setter,
+                                 backend=backend)
+        fxquant.calibrate(qmodel, [torch.randn(16, 12, 32) for _ in range(3)], progress=False)
+        path = export_onnx(qmodel, example, tmp_path / f"{backend}.onnx").path
+        reports[backend] = verify(qmodel, path, x, "openvino")
+    wrong = reports["onnxruntime"].outputs[0]  # quantized (zero point != 0) input of the mean
+    assert wrong.max_step_diff > 50 and wrong.identical < 0.9, str(reports["onnxruntime"])
+    assert reports["openvino"].outputs[0].identical == 1.0, str(reports["openvino"])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_openvino_skips_requantization_before_residual_add(backend, exported):
     """OpenVINO runs ``conv2 -> FakeQuantize -> Add`` as one conv with a sum post-op that does not
@@ -558,18 +580,24 @@ def test_eagerly_captured_model_is_refused(tmp_path):
         export_onnx(qmodel, example, tmp_path / "m.onnx")
 
 
-@pytest.mark.parametrize("name", ["resnet", "depthwise", "decoder"])
+@pytest.mark.parametrize("name", ["resnet", "depthwise", "decoder", "transformer"])
 def test_openvino_profile_matches_openvino(name, tmp_path):
     """The openvino profile leaves conv / linear outputs that feed a residual add unquantized,
-    as OpenVINO's fused sum post-op computes them."""
+    as OpenVINO's fused sum post-op computes them, and a mean's input float."""
     cls, data, _ = MODELS[name]
     torch.manual_seed(0)
     qmodel = fxquant.prepare(cls().eval(), data(2, 0), fxquant.default_calibration_qconfig_setter,
                              backend="openvino")
     fxquant.calibrate(qmodel, [data(16, s) for s in range(1, 4)], progress=False)
     path = export_onnx(qmodel, data(2, 0), tmp_path / "ov.onnx").path
-    report = verify(qmodel, path, eval_data(name), "openvino")
-    assert report.ok(max_steps=2, min_identical=0.99), str(report)
+    x = MODELS[name][1](128, 99) if name == "transformer" else eval_data(name)
+    report = verify(qmodel, path, x, "openvino")
+    if name == "transformer":
+        # OpenVINO's own float kernels (MVN, GELU, softmax) are not torch's to the last bit:
+        # ~1% of the outputs end one step apart (measured 98.9% identical at 256 sequences)
+        assert report.ok(max_steps=1, min_identical=0.98), str(report)
+    else:
+        assert report.ok(max_steps=2, min_identical=0.99), str(report)
     assert report.integer_ops, str(report)
 
 
