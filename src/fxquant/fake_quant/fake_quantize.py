@@ -37,7 +37,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         ch_axis: ``None`` per tensor, else per channel on this axis.
         power_of_two: round scales up to powers of two.
         scale_math: :class:`~fxquant.numerics.ScaleMath` used to divide by the scale.
-        fixed_in_qat: in QAT, keep the scale found by calibration instead of re-observing.
+        fixed_in_qat: once calibrated, keep the scale: QAT and later calibration runs do not
+            re-observe.  Stored in the ``frozen`` buffer, so it survives ``state_dict``
+            save / load (AdaRound and ``load_encodings(freeze=True)`` set it).
         is_weight: weight quantizers may observe their (constant) input lazily in VALIDATION.
 
     ``forward(x)`` returns a tensor of ``x``'s shape; what it does depends on :attr:`state`
@@ -76,16 +78,32 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self.ch_axis = ch_axis
         self.power_of_two = bool(power_of_two)
         self.scale_math = scale_math
-        self.fixed_in_qat = bool(fixed_in_qat)
         self.is_weight = bool(is_weight)
         self.eps = float(eps)
         self._name = ""
         self._init_qparams()
         self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("frozen", torch.tensor(bool(fixed_in_qat)))
         self.register_buffer(
             "state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8)
         )
         self._dirty = False
+
+    @property
+    def fixed_in_qat(self) -> bool:
+        """Whether the scale is frozen once calibrated (the persistent ``frozen`` buffer)."""
+        return bool(self.frozen)
+
+    @fixed_in_qat.setter
+    def fixed_in_qat(self, value: bool) -> None:
+        self.frozen.fill_(bool(value))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if prefix + "frozen" in missing_keys:  # a state dict saved before ``frozen`` existed
+            missing_keys.remove(prefix + "frozen")
 
     # -- storage -----------------------------------------------------------------------------
     def _init_qparams(self) -> None:
@@ -146,7 +164,8 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if state is FakeQuantState.FLOAT or not x.is_floating_point():
             return x
         if state is FakeQuantState.CALIBRATION:
-            self._observe(x)
+            if not (bool(self.frozen) and bool(self.calibrated)):
+                self._observe(x)
             return x
         if state is FakeQuantState.QAT:
             if not (self.fixed_in_qat and bool(self.calibrated)):
