@@ -28,9 +28,9 @@ from bench.common import SuiteResult, machine_info, markdown_table  # noqa: E402
 SUITES: dict[str, str] = {  # name -> module path
     "kernels": "bench.kernels",
     "cost": "bench.cost",
+    "deploy": "bench.deploy",
     "accuracy": "bench.accuracy",
     "coverage": "bench.coverage",
-    "deploy": "bench.deploy",
     "ptq": "bench.ptq",
 }
 RESULTS = ROOT / "bench" / "results"
