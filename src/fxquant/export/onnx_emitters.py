@@ -28,17 +28,23 @@ from .onnx_layers import (
     _conv_module,
     _conv_transpose_module,
     _embedding_module,
+    _f_batch_norm,
     _f_conv,
     _f_layer_norm,
     _f_linear,
+    _group_norm,
+    _group_norm_module,
     _instance_norm_module,
     _interpolate,
     _layer_norm_module,
     _linear_module,
     _max_pool,
     _max_pool_module,
+    _pad,
+    _pad_module,
     _pixel_shuffle,
     _prelu_module,
+    _sdpa,
     _upsample_module,
 )
 from .onnx_ops import (
@@ -49,6 +55,7 @@ from .onnx_ops import (
     _einsum,
     _elu,
     _expand,
+    _expand_as,
     _flatten,
     _flatten_module,
     _gelu,
@@ -67,7 +74,8 @@ from .onnx_ops import (
     _reduce,
     _relu6,
     _repeat,
-    _reshape_recorded,
+    _reshape,
+    _reshape_as,
     _rsqrt,
     _silu,
     _softmax_like,
@@ -78,11 +86,12 @@ from .onnx_ops import (
     _transpose,
     _unary,
     _unbind,
+    _unflatten,
     _unsqueeze,
 )
 
-__all__ = ["MODULE_EMITTERS", "FUNCTION_EMITTERS", "METHOD_EMITTERS", "find_emitter",
-           "supported_ops"]
+__all__ = ["MODULE_EMITTERS", "FUNCTION_EMITTERS", "METHOD_EMITTERS", "SIZE_EMITTERS",
+           "find_emitter", "supported_ops"]
 
 # -- tables ---------------------------------------------------------------------------------------
 def _types(*names: str) -> list[type]:
@@ -106,6 +115,9 @@ MODULE_EMITTERS: dict[type, Callable[..., Any]] = {
     **{t: _instance_norm_module for t in (nn.InstanceNorm1d, nn.InstanceNorm2d,
                                           nn.InstanceNorm3d)},
     nn.LayerNorm: _layer_norm_module,
+    nn.GroupNorm: _group_norm_module,
+    **{t: _pad_module for t in _types("ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d",
+                                      "ConstantPad2d", "ConstantPad3d")},
     nn.ReLU: _module(_RELU),
     nn.ReLU6: _module(_relu6),
     nn.Sigmoid: _module(_unary("Sigmoid")),
@@ -129,7 +141,7 @@ MODULE_EMITTERS: dict[type, Callable[..., Any]] = {
     **{t: _module(_identity) for t in _types("Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
                                               "AlphaDropout", "Identity")},
     nn.Flatten: _flatten_module,
-    nn.Unflatten: _module(_reshape_recorded),
+    nn.Unflatten: _module_attr(_unflatten, "dim", "unflattened_size"),
     **{t: _upsample_module for t in (nn.Upsample, nn.UpsamplingNearest2d,
                                      nn.UpsamplingBilinear2d)},
     nn.PixelShuffle: _module_attr(_pixel_shuffle, "upscale_factor"),
@@ -213,6 +225,10 @@ FUNCTION_EMITTERS: dict[Any, Callable[..., Any]] = {
     F.conv2d: _f_conv,
     F.conv3d: _f_conv,
     F.layer_norm: _f_layer_norm,
+    F.batch_norm: _f_batch_norm,
+    F.group_norm: _group_norm,
+    F.pad: _pad,
+    F.scaled_dot_product_attention: _sdpa,
     F.max_pool1d: _max_pool,
     F.max_pool2d: _max_pool,
     F.max_pool3d: _max_pool,
@@ -226,7 +242,7 @@ FUNCTION_EMITTERS: dict[Any, Callable[..., Any]] = {
     F.adaptive_max_pool2d: _adaptive_max,
     F.adaptive_max_pool3d: _adaptive_max,
     torch.flatten: _flatten,
-    torch.reshape: _reshape_recorded,
+    torch.reshape: _reshape,
     torch.permute: _permute,
     torch.transpose: _transpose,
     torch.swapaxes: _transpose,
@@ -255,11 +271,11 @@ METHOD_EMITTERS: dict[str, Callable[..., Any]] = {
     "mul_": _ELEMENTWISE["mul"],
     "div_": _ELEMENTWISE["div"],
     "__getitem__": _getitem,
-    "view": _reshape_recorded,
-    "reshape": _reshape_recorded,
-    "view_as": _reshape_recorded,
-    "reshape_as": _reshape_recorded,
-    "unflatten": _reshape_recorded,
+    "view": _reshape,
+    "reshape": _reshape,
+    "view_as": _reshape_as,
+    "reshape_as": _reshape_as,
+    "unflatten": _unflatten,
     "flatten": _flatten,
     "permute": _permute,
     "transpose": _transpose,
@@ -271,7 +287,7 @@ METHOD_EMITTERS: dict[str, Callable[..., Any]] = {
     "split": _split,
     "unbind": _unbind,
     "expand": _expand,
-    "expand_as": _expand,
+    "expand_as": _expand_as,
     "repeat": _repeat,
     "contiguous": _identity,
     "clone": _identity,
@@ -280,6 +296,10 @@ METHOD_EMITTERS: dict[str, Callable[..., Any]] = {
     "float": _cast_recorded,
     "type_as": _cast_recorded,
 }
+
+
+# emitters that take sizes read from tensors as Dim values (the others get example values)
+SIZE_EMITTERS: frozenset[Callable[..., Any]] = frozenset({_reshape, _expand, _unflatten})
 
 
 def find_emitter(node: fx.Node, mod: nn.Module | None) -> Callable[..., Any] | None:

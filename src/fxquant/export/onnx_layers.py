@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from onnx import TensorProto
 from torch import nn
 
 from .. import nn as qnn
@@ -169,6 +170,23 @@ def _batch_norm_module(cx, m, x):
     return cx.final("BatchNormalization", ins, epsilon=float(m.eps))
 
 
+def _f_batch_norm(cx, x, running_mean=None, running_var=None, weight=None, bias=None,
+                  training=False, momentum=0.1, eps=1e-5):
+    """``F.batch_norm`` with running statistics in eval mode -> BatchNormalization."""
+    if training or running_mean is None or running_var is None:
+        raise UnsupportedOp("F.batch_norm with batch statistics (training=True or no running "
+                            "statistics); prepare the model in eval mode")
+    x = cx.ref(x)
+    mean, var = cx.ref(running_mean), cx.ref(running_var)
+    c = mean.shape[0] if mean.shape else x.shape[1]
+    w = cx.ref(weight) if weight is not None else TensorRef(
+        cx.b.const(f"{cx.op}.ones", np.ones(c, np.float32)), (c,))
+    b = cx.ref(bias) if bias is not None else TensorRef(
+        cx.b.const(f"{cx.op}.zeros", np.zeros(c, np.float32)), (c,))
+    return cx.final("BatchNormalization", [x.name, w.name, b.name, mean.name, var.name],
+                    epsilon=float(eps))
+
+
 def _instance_norm_module(cx, m, x):
     if m.track_running_stats:
         raise UnsupportedOp("InstanceNorm with track_running_stats=True")
@@ -304,3 +322,89 @@ def _upsample_module(cx, m, x):
 
 def _pixel_shuffle(cx, x, upscale_factor):
     return cx.final("DepthToSpace", [cx.ref(x).name], blocksize=int(upscale_factor), mode="CRD")
+
+
+# -- attention, group norm, padding ---------------------------------------------------------------
+def _sdpa(cx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+          enable_gqa=False):
+    """``F.scaled_dot_product_attention`` (inference: no dropout) as its math, in float:
+    ``softmax(q @ k^T * scale + mask) @ v``.  fxquant quantizes the op's inputs and output only,
+    so nothing inside is quantized (as in the simulation)."""
+    if enable_gqa:
+        raise UnsupportedOp("scaled_dot_product_attention with enable_gqa=True")
+    q, k, v = cx.ref(query), cx.ref(key), cx.ref(value)
+    bd = cx.b
+    perm = list(range(k.rank))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    kt = bd.one("Transpose", [k.name], f"{cx.op}_key_t", perm=perm)
+    scores = bd.one("MatMul", [q.name, kt], f"{cx.op}_scores")
+    s = 1.0 / float(q.shape[-1]) ** 0.5 if scale is None else float(scale)
+    scores = bd.one("Mul", [scores, cx.scalar(s, q, f"{cx.op}.scale").name], f"{cx.op}_scaled")
+    bool_mask = attn_mask is not None and cx.ref(attn_mask).elem_type == TensorProto.BOOL
+    masked = is_causal or bool_mask
+    neg_inf = cx.scalar(float("-inf"), q, f"{cx.op}.neg_inf").name if masked else ""
+    if is_causal:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        keep = np.tril(np.ones((n_q, n_k), dtype=bool))
+        keep_n = bd.const(f"{cx.op}.causal_mask", keep, TensorProto.BOOL)
+        scores = bd.one("Where", [keep_n, scores, neg_inf], f"{cx.op}_causal")
+    if attn_mask is not None:
+        m = cx.ref(attn_mask)
+        if m.elem_type == TensorProto.BOOL:
+            scores = bd.one("Where", [m.name, scores, neg_inf], f"{cx.op}_masked")
+        else:
+            scores = bd.one("Add", [scores, m.name], f"{cx.op}_masked")
+    probs = bd.one("Softmax", [scores], f"{cx.op}_probs", axis=-1)
+    return cx.final("MatMul", [probs, v.name])
+
+
+def _group_norm(cx, x, num_groups, weight=None, bias=None, eps=1e-5):
+    """``F.group_norm`` as Reshape (N, G, -1) -> InstanceNormalization -> Reshape back -> affine
+    (opset 13; GroupNormalization needs 18 and changed meaning in 21)."""
+    x = cx.ref(x)
+    bd = cx.b
+    g = int(num_groups)
+    ones = bd.const(f"{cx.op}.group_scale", np.ones(g, np.float32))
+    zeros = bd.const(f"{cx.op}.group_bias", np.zeros(g, np.float32))
+    grouped = bd.one("Reshape", [x.name, bd.int64s(f"{cx.op}.group_shape", [0, g, -1])],
+                     f"{cx.op}_grouped")
+    normed = bd.one("InstanceNormalization", [grouped, ones, zeros], f"{cx.op}_normalized",
+                    epsilon=float(eps))
+    shape = bd.one("Shape", [x.name], f"{cx.op}_shape")
+    steps: list[tuple[str, list[str], dict[str, Any]]] = [("Reshape", [shape], {})]
+    affine = bd.int64s(f"{cx.op}.affine_shape", [-1] + [1] * (x.rank - 2))
+    for t, op_type in ((weight, "Mul"), (bias, "Add")):
+        if t is not None:
+            r = bd.one("Reshape", [cx.ref(t).name, affine], f"{cx.op}_{op_type.lower()}_operand")
+            steps.append((op_type, [r], {}))
+    return _chain(cx, normed, steps)
+
+
+def _group_norm_module(cx, m, x):
+    path = cx.module_path()
+    w = cx.param(path, "weight", m.weight) if m.affine else None
+    b = cx.param(path, "bias", m.bias) if m.affine else None
+    return _group_norm(cx, x, m.num_groups, w, b, m.eps)
+
+
+def _pad(cx, x, pad, mode="constant", value=None):
+    """``F.pad``: torch's ``pad`` lists (begin, end) pairs from the last dim backwards."""
+    x = cx.ref(x)
+    pad = [int(p) for p in pad]
+    n = len(pad) // 2
+    begins, ends = [0] * x.rank, [0] * x.rank
+    for i in range(n):
+        d = x.rank - 1 - i
+        begins[d], ends[d] = pad[2 * i], pad[2 * i + 1]
+    onnx_mode = "constant" if mode == "constant" else _PAD_MODES.get(mode)
+    if onnx_mode is None or (onnx_mode == "wrap" and cx.opset < 19):
+        raise UnsupportedOp(f"F.pad mode={mode!r} (circular needs opset >= 19)")
+    ins = [x.name, cx.b.int64s(f"{cx.op}.pads", begins + ends)]
+    if onnx_mode == "constant" and value:
+        ins.append(cx.scalar(float(value), x, f"{cx.op}.value").name)
+    return cx.final("Pad", ins, mode=onnx_mode)
+
+
+def _pad_module(cx, m, x):
+    x = cx.ref(x)
+    return _pad(cx, x, _tup(m.padding, 2 * (x.rank - 2)), "constant", getattr(m, "value", 0.0))

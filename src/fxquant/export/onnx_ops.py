@@ -8,7 +8,10 @@ result (``cx.final`` names it after the op); quantizers, weights and biases are 
 
 Shapes: view / reshape / flatten / expand use the shapes recorded with the example inputs, with
 the batch dimension left symbolic (``0`` = copy, ``-1`` = infer) so that a dynamic-batch model
-runs at any batch size.
+runs at any batch size.  Sizes the model reads from a tensor (``x.shape[0]``, ``x.size(1)``, and
+``+ - * // %`` of them) are :class:`Dim` values: view / reshape / expand (the emitters in
+``SIZE_EMITTERS``) compute them in the graph (Shape -> Gather), every other emitter gets their
+example value.  ``reshape_as`` / ``view_as`` / ``expand_as`` use ``Shape(other)``.
 
 Layers with parameters, pooling and resizing are in :mod:`fxquant.export.onnx_layers`; the
 lookup tables in :mod:`fxquant.export.onnx_emitters`.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +32,7 @@ from onnx import TensorProto
 from ..graph.meta import op_name
 from .onnx_graph import TensorRef, onnx_type_of_torch
 
-__all__ = ["UnsupportedOp"]
+__all__ = ["UnsupportedOp", "Dim", "symbolic_size", "concrete_sizes"]
 
 _INT64_MAX = 2**63 - 1
 
@@ -236,6 +240,101 @@ def _einsum(cx, equation, *operands, **_):
     return cx.final("Einsum", [cx.ref(o).name for o in operands], equation=equation)
 
 
+# -- sizes read from tensors -----------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Dim:
+    """A size read from a graph tensor (``op == "Gather"``, ``operands == (ref, axis)``) or
+    computed from such sizes (``op`` an ONNX binary op on ``operands``); ``value`` is its value
+    with the example inputs."""
+
+    value: int
+    op: str
+    operands: tuple[Any, ...]
+
+
+_DIM_OPS = {operator.add: "Add", operator.sub: "Sub", operator.mul: "Mul",
+            operator.floordiv: "Div", operator.mod: "Mod"}
+
+
+def _has_dim(obj: Any) -> bool:
+    if isinstance(obj, Dim):
+        return True
+    if isinstance(obj, slice):
+        return _has_dim((obj.start, obj.stop, obj.step))
+    if isinstance(obj, (tuple, list)):
+        return any(_has_dim(v) for v in obj)
+    if isinstance(obj, dict):
+        return any(_has_dim(v) for v in obj.values())
+    return False
+
+
+def concrete_sizes(obj: Any) -> Any:
+    """``obj`` with every :class:`Dim` replaced by its example value."""
+    if isinstance(obj, Dim):
+        return obj.value
+    if isinstance(obj, slice) and _has_dim(obj):
+        return slice(*(concrete_sizes(v) for v in (obj.start, obj.stop, obj.step)))
+    if isinstance(obj, (tuple, list)) and _has_dim(obj):
+        items = [concrete_sizes(v) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, dict) and _has_dim(obj):
+        return {k: concrete_sizes(v) for k, v in obj.items()}
+    return obj
+
+
+def symbolic_size(cx, node: fx.Node, args: tuple, kwargs: dict, rec: Any) -> Any:
+    """The value of a node computing a Python value: :class:`Dim` for sizes read from graph
+    tensors (with ``dynamic_batch``), else ``rec``, the value seen with the example inputs."""
+    if not cx.dynamic_batch or node.op not in ("call_function", "call_method"):
+        return rec
+    t = node.target
+    src = args[0] if args else None
+    if isinstance(src, TensorRef) and src.rank:
+        if node.op == "call_function" and t is getattr and args[1:] == ("shape",):
+            return tuple(Dim(int(v), "Gather", (src, i)) for i, v in enumerate(rec))
+        if node.op == "call_method" and t == "size":
+            d = args[1] if len(args) > 1 else kwargs.get("dim")
+            if d is None:
+                return tuple(Dim(int(v), "Gather", (src, i)) for i, v in enumerate(rec))
+            return Dim(int(rec), "Gather", (src, _axis(d, src.rank)))
+    if t is operator.getitem and isinstance(src, tuple) and _has_dim(src):
+        return src[args[1]]
+    if (t in _DIM_OPS and isinstance(rec, int) and len(args) == 2 and _has_dim(args)
+            and all(isinstance(a, (Dim, int)) for a in args)):
+        return Dim(int(rec), _DIM_OPS[t], tuple(args))
+    return rec
+
+
+def _size_name(cx, d: Any) -> str:
+    """A 1-element int64 tensor holding size ``d`` (a :class:`Dim` or an int)."""
+    if not isinstance(d, Dim):
+        return cx.b.int64s(f"{cx.op}.size", [int(d)])
+    cache = cx.size_names
+    if id(d) not in cache:
+        if d.op == "Gather":
+            ref, axis = d.operands
+            if ref.name not in cache:
+                cache[ref.name] = (cx.b.one("Shape", [ref.name], f"{ref.name}_shape"), ref)
+            idx = cx.b.int64s(f"{ref.name}.axis{axis}", [axis])
+            name = cx.b.one("Gather", [cache[ref.name][0], idx], f"{ref.name}_size{axis}", axis=0)
+        else:
+            name = cx.b.one(d.op, [_size_name(cx, a) for a in d.operands], f"{cx.op}_size")
+        cache[id(d)] = (name, d)  # d kept alive: its id stays unique
+    return cache[id(d)][0]
+
+
+def _sizes_tensor(cx, sizes: Any) -> str:
+    return cx.b.one("Concat", [_size_name(cx, s) for s in sizes], f"{cx.op}_sizes", axis=0)
+
+
+def _size_args(sizes: tuple, kw: dict) -> tuple:
+    if "size" in kw or "shape" in kw:
+        sizes = (kw.get("size", kw.get("shape")),)
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    return sizes
+
+
 # -- shape ops ------------------------------------------------------------------------------------
 def _reshape_to(cx, x: TensorRef, out: tuple[int, ...]) -> TensorRef:
     if tuple(x.shape) == tuple(out):
@@ -250,12 +349,73 @@ def _reshape_recorded(cx, x, *_, **__):
     return _reshape_to(cx, cx.ref(x), cx.out_shape)
 
 
+def _reshape(cx, x, *sizes, **kw):
+    """view / reshape: sizes read from tensors stay symbolic (see the module docstring)."""
+    sizes = _size_args(sizes, kw)
+    if not _has_dim(sizes):
+        return _reshape_recorded(cx, x)
+    return cx.final("Reshape", [cx.ref(x).name, _sizes_tensor(cx, sizes)])
+
+
+def _shape_of_other(cx, other: Any) -> str | None:
+    """``Shape(other)`` when ``other`` is a graph tensor (its runtime shape, batch included)."""
+    if isinstance(other, TensorRef):
+        return cx.b.one("Shape", [other.name], f"{cx.op}_shape")
+    return None
+
+
+def _reshape_as(cx, x, other, *_, **__):
+    """``x.reshape_as(other)`` / ``view_as``: reshape to ``other``'s shape at run time."""
+    x = cx.ref(x)
+    shape = _shape_of_other(cx, other)
+    if shape is None:
+        return _reshape_to(cx, x, cx.out_shape)
+    return cx.final("Reshape", [x.name, shape])
+
+
+def _expand_as(cx, x, other, *_, **__):
+    """``x.expand_as(other)``: expand to ``other``'s shape at run time."""
+    x = cx.ref(x)
+    shape = _shape_of_other(cx, other)
+    if shape is None:
+        return _expand(cx, x)
+    return cx.final("Expand", [x.name, shape])
+
+
+def _unflatten(cx, x, dim, sizes):
+    """``unflatten(dim, sizes)``: the other dims from ``Shape(x)`` (dynamic batch), or the
+    recorded output shape."""
+    x = cx.ref(x)
+    if not cx.dynamic_batch or not x.rank:
+        return _reshape_recorded(cx, x)
+    d = _axis(dim, x.rank)
+    b = cx.b
+    shape = b.one("Shape", [x.name], f"{cx.op}_input_shape")
+    parts = []
+    if d > 0:
+        parts.append(b.one("Slice", [shape, b.int64s(f"{cx.op}.head_start", [0]),
+                                     b.int64s(f"{cx.op}.head_end", [d])], f"{cx.op}_head"))
+    parts += [_size_name(cx, s) for s in sizes]
+    if d < x.rank - 1:
+        parts.append(b.one("Slice", [shape, b.int64s(f"{cx.op}.tail_start", [d + 1]),
+                                     b.int64s(f"{cx.op}.tail_end", [x.rank])], f"{cx.op}_tail"))
+    target = b.one("Concat", parts, f"{cx.op}_sizes", axis=0)
+    return cx.final("Reshape", [x.name, target])
+
+
 def _flatten(cx, x, start_dim=0, end_dim=-1):
     x = cx.ref(x)
-    out = cx.out_shape
-    if start_dim == 1 and _axis(end_dim, x.rank) == x.rank - 1 and x.rank > 2:
+    if not x.rank:
+        return _reshape_to(cx, x, cx.out_shape)
+    start, end = _axis(start_dim, x.rank), _axis(end_dim, x.rank)
+    if start == 1 and end == x.rank - 1 and x.rank > 2:
         return cx.final("Flatten", [x.name], axis=1)
-    return _reshape_to(cx, x, out)
+    if not cx.dynamic_batch or start >= end:
+        return _reshape_to(cx, x, cx.out_shape)
+    # leading dims copied (0), the flattened block inferred (-1): any batch size, even when
+    # the batch is inside the block
+    target = [0] * start + [-1] + list(x.shape[end + 1:])
+    return cx.final("Reshape", [x.name, cx.b.int64s(f"{cx.op}.shape", target)])
 
 
 def _flatten_module(cx, m, x):
@@ -387,8 +547,12 @@ def _getitem(cx, x, idx):
     return _chain(cx, x.name, chain)
 
 
-def _expand(cx, x, *sizes, **__):
+def _expand(cx, x, *sizes, **kw):
     x = cx.ref(x)
+    sizes = _size_args(sizes, kw)
+    if _has_dim(sizes):  # -1 (keep) is 1 in ONNX's broadcasting Expand
+        keep = [1 if isinstance(s, int) and s == -1 else s for s in sizes]
+        return cx.final("Expand", [x.name, _sizes_tensor(cx, keep)])
     out = list(cx.out_shape)
     lead = len(out) - x.rank
     target = [1 if j >= lead and x.shape[j - lead] == o else o for j, o in enumerate(out)]

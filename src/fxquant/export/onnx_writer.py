@@ -36,7 +36,7 @@ from .naming import (
     weight_name,
     zero_point_name,
 )
-from .onnx_emitters import find_emitter
+from .onnx_emitters import SIZE_EMITTERS, find_emitter
 from .onnx_export import (
     ExportError,
     _active,
@@ -57,7 +57,7 @@ from .onnx_graph import (
     onnx_type_of_torch,
     storage_range,
 )
-from .onnx_ops import UnsupportedOp
+from .onnx_ops import Dim, UnsupportedOp, concrete_sizes, symbolic_size
 
 __all__ = ["OnnxWriter", "Const", "WeightSpec"]
 
@@ -117,7 +117,7 @@ def _flat_consts(obj: Any) -> list[Any]:
 
 
 def _has_graph_value(obj: Any) -> bool:
-    if isinstance(obj, (TensorRef, WeightSpec)):
+    if isinstance(obj, (TensorRef, WeightSpec, Dim)):
         return True
     if isinstance(obj, (tuple, list)):
         return any(_has_graph_value(v) for v in obj)
@@ -168,6 +168,7 @@ class OnnxWriter:
         self._consts: dict[int, TensorRef] = {}
         self._params: dict[tuple[str, str], TensorRef] = {}
         self._weights: dict[Any, tuple[TensorRef, torch.Tensor | None]] = {}
+        self.size_names: dict[Any, tuple[str, Any]] = {}  # Shape / size tensors (onnx_ops.Dim)
 
     # == the walk ==============================================================================
     def build(self) -> onnx.ModelProto:
@@ -247,7 +248,10 @@ class OnnxWriter:
         name = ref.name
         if name in self.output_names or name in self.input_names or name in self.b.initializers:
             name = self.b.node("Identity", [ref.name], f"output_{i}")[0]
-        self.b.add_output(name, ref.elem_type, self._dims(ref.shape))
+        dims = self._dims(ref.shape)
+        if dims and self.dynamic_batch and isinstance(v, TensorRef) and dims[0] != "batch":
+            dims[0] = f"{name}_dim0"  # computed from the inputs: may follow the batch size
+        self.b.add_output(name, ref.elem_type, dims)
         self.output_names.append(name)
 
     def _call(self, node: fx.Node) -> None:
@@ -258,9 +262,12 @@ class OnnxWriter:
         rec = self.values.get(node)
         args = fx.node.map_arg(node.args, self.env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, self.env.__getitem__)
-        if not _is_tensorish(rec):
-            self.env[node] = rec  # Python value (sizes, shapes, flags): as seen when recording
+        if not _is_tensorish(rec):  # Python value (sizes, flags): as seen when recording, but
+            self.env[node] = symbolic_size(self, node, args, kwargs, rec)  # sizes of tensors
             return
+        emitter = find_emitter(node, mod)
+        if emitter not in SIZE_EMITTERS:
+            args, kwargs = concrete_sizes(args), concrete_sizes(kwargs)
         if isinstance(rec, torch.Tensor) and not _has_graph_value((args, kwargs)):
             self.env[node] = self._fold(node, mod, args, kwargs)  # depends on no input
             return
@@ -275,7 +282,6 @@ class OnnxWriter:
                 )
             out = float_subgraph(self, node, mod)
         else:
-            emitter = find_emitter(node, mod)
             if emitter is None:
                 if not kept:
                     raise ExportError(

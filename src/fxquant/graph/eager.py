@@ -16,6 +16,9 @@ module keeps its identity, class and attributes (code like
   call site (``_generated_<op>_<n>`` in first-execution order).
 
 Units not called with the example inputs (e.g. a branch not taken) stay float and are listed.
+A call-site op that the example run did not reach runs in float with a warning (once per call
+site); a call-site quantizer that calibration did not reach raises :class:`QuantizerError`
+naming it and its call site when it is used outside calibration.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import nn as qnn
 from ..backends import BackendProfile
+from ..fake_quant import QuantizerError
 from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_setters
 from .capture import RootTraceError, _Tracer, propagate_values, trace_failure_site
 from .insert import OpQuantizers
@@ -136,8 +140,36 @@ class _GlueMode(TorchFunctionMode):
             is_param = isinstance(weight, nn.Parameter)
             self.discover.glue_ops.setdefault(key, (base, func if is_param else None))
         if holder is None:
+            if self.discover is None:
+                _warn_unseen(self.owner, key, base, site)
             return out
-        return holder.output_fake_quant(out)
+        fq = holder.output_fake_quant
+        try:
+            return fq(out)
+        except QuantizerError as err:
+            if bool(fq.calibrated):
+                raise
+            raise QuantizerError(
+                f"call-site quantizer {fq.name!r} ({base} at {site[0]}:{site[1]}) has no scale: "
+                "calibration never reached this op; run fxquant.calibrate with data that "
+                "reaches it"
+            ) from err
+
+
+def _warn_unseen(owner: nn.Module, key: str, base: str, site: tuple[str, int]) -> None:
+    """An op the example run of ``prepare`` did not reach: it has no quantizer (once per site)."""
+    seen = owner.__dict__.get("_fxq_glue_seen")
+    warned = owner.__dict__.setdefault("_fxq_glue_warned", set())
+    if seen is None or key in seen or key in warned:
+        return
+    warned.add(key)
+    warnings.warn(
+        f"fxquant: {base} at {site[0]}:{site[1]} did not run with the example inputs given to "
+        "prepare, so it has no quantizer and runs in float; prepare with example inputs that "
+        "reach it",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _eager_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -558,3 +590,4 @@ def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_pr
         model.add_module(local, holder)
         sites[key] = local
     model.__dict__["_fxq_glue_sites"] = sites
+    model.__dict__["_fxq_glue_seen"] = frozenset(cap.glue_ops)

@@ -9,7 +9,16 @@ Rules (OUTPUTS placement, the default):
 * a needed input that is not yet quantized is quantized at its *root*: the first producer that
   is not a SHARE op (walking back through reshapes), once, for all consumers;
 * QuantStub outputs are quantized; DeQuantStub and FLOAT ops produce float;
-* a value that holds Inf / NaN in the float model (an additive mask) is never quantized.
+* a value that holds Inf / NaN in the float model (an additive mask) is never quantized;
+* an op computed only from parameters, buffers and constants (no model input upstream, e.g. a
+  weight standardized with ``F.batch_norm`` before a functional conv) is not an activation op:
+  it gets no quantizer of its own.  Such a value is quantized only where an op that depends on
+  the inputs reads it as data (at its root, like a parameter), or by the weight quantizer of the
+  weighted op that reads it as its weight.
+
+A conv / linear output read only by a BatchNorm that was not folded into it (``fold_bn=False``,
+or a BatchNorm that cannot be folded) is not quantized: the BatchNorm's output is, and runtimes
+fuse the pair.
 
 Without ``requantize_before_add`` (OpenVINO) a conv / linear output that only feeds a residual add
 is not quantized: the runtime adds it in its accumulator precision.
@@ -33,9 +42,10 @@ from ..qconfig import OpKind, QConfig
 from .meta import is_float_tensor, value_info
 from .patterns import WEIGHT_ARG, function_name
 
-__all__ = ["ValueQuant", "Plan", "plan_placement", "data_inputs"]
+__all__ = ["ValueQuant", "Plan", "plan_placement", "data_inputs", "constant_nodes"]
 
 _TRT_INPUT_OPS = frozenset({"add", "sub", "matmul", "bmm"})
+_BATCH_NORMS = frozenset({"batch_norm", "batchnorm1d", "batchnorm2d", "batchnorm3d"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,18 @@ def data_inputs(node: fx.Node) -> list[fx.Node]:
             if isinstance(a, fx.Node):
                 skip.add(a)
     return [n for n in node.all_input_nodes if n not in skip and is_float_tensor(n)]
+
+
+def constant_nodes(gm: fx.GraphModule) -> frozenset[fx.Node]:
+    """Nodes whose value depends on no model input (parameters, buffers, constants only)."""
+    const: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" or (
+            n.op in ("call_function", "call_method", "call_module")
+            and all(i in const for i in n.all_input_nodes)
+        ):
+            const.add(n)
+    return frozenset(const)
 
 
 def _carries_float(n: fx.Node, kinds: dict[fx.Node, OpKind]) -> bool:
@@ -108,10 +130,11 @@ def plan_placement(
 ) -> Plan:
     """Decide every activation quantizer of the graph (weights are handled by the caller)."""
     plan = Plan()
+    const = constant_nodes(gm)
 
     def active(n: fx.Node) -> QConfig | None:
         q = qconfigs.get(n)
-        return None if q is None or q.is_float else q
+        return None if q is None or q.is_float or n in const else q
 
     # fusion: producer -> relu
     if placement is Placement.OUTPUTS:
@@ -158,6 +181,16 @@ def plan_placement(
         return (not requantize_before_add and kinds.get(v) is OpKind.WEIGHTED
                 and len(v.users) == 1 and _base(consumer, gm) == "add"
                 and len(data_inputs(consumer)) == 2)
+
+    def before_bn(v: fx.Node, consumer: fx.Node) -> bool:
+        """``v`` is a weighted op's output read only by the BatchNorm ``consumer``."""
+        return (kinds.get(v) is OpKind.WEIGHTED and len(v.users) == 1
+                and _base(consumer, gm) in _BATCH_NORMS and bool(consumer.args)
+                and consumer.args[0] is v and active(consumer) is not None)
+
+    def skip_input(v: fx.Node, consumer: fx.Node) -> bool:
+        return sum_post_op(v, consumer) or before_bn(v, consumer)
+
     for n in gm.graph.nodes:
         q = active(n)
         kind = kinds.get(n)
@@ -179,9 +212,9 @@ def plan_placement(
         if placement is Placement.OUTPUTS:
             if q.input is None and not float_input(n):
                 for v in data_inputs(n):
-                    if not sum_post_op(v, n):
+                    if not skip_input(v, n):
                         require(v, q)
-            folded_into_add = len(n.users) == 1 and sum_post_op(n, next(iter(n.users)))
+            folded_into_add = len(n.users) == 1 and skip_input(n, next(iter(n.users)))
             if n not in plan.fused and not feeds_only_float_inputs(n) and not folded_into_add:
                 mark(n, q.output, name)
         else:  # WEIGHTED_INPUTS

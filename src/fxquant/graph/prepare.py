@@ -329,7 +329,54 @@ def _grid_path(
     return frozenset(out)
 
 
+_F_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+              "eps")
+
+
+def _functional_bn(gm: fx.GraphModule, node: fx.Node, conv: nn.Module, bn_type: type):
+    """A BatchNorm module equivalent to ``node`` when it is ``F.batch_norm(conv_out, ...)`` on
+    running statistics and affine parameters read (``get_attr``) only by it, as in BatchNorm
+    subclasses whose forward calls ``F.batch_norm`` (timm's ``BatchNormAct2d``); else None.
+    The module shares the graph's parameters and buffers."""
+    if node.op != "call_function" or node.target is not F.batch_norm:
+        return None
+    a = dict(zip(_F_BN_ARGS, node.args, strict=False)) | dict(node.kwargs)
+    tensors = {k: a.get(k) for k in ("running_mean", "running_var", "weight", "bias")}
+    if tensors["running_mean"] is None or tensors["running_var"] is None:
+        return None
+    for v in tensors.values():
+        if v is not None and (
+            not isinstance(v, fx.Node) or v.op != "get_attr" or len(v.users) != 1
+        ):
+            return None
+    if (tensors["weight"] is None) != (tensors["bias"] is None):
+        return None
+    values = {k: _fetch_attr(gm, v.target) for k, v in tensors.items() if v is not None}
+    c = conv.out_channels
+    if any(t.shape != (c,) for t in values.values()):
+        return None
+    momentum = a.get("momentum", 0.1)
+    bn = bn_type(c, eps=float(a.get("eps", 1e-5)), momentum=momentum,
+                 affine="weight" in values)
+    for k, t in values.items():
+        if k in ("weight", "bias"):
+            if not isinstance(t, nn.Parameter):
+                return None
+            setattr(bn, k, t)
+        else:
+            bn.register_buffer(k, t)
+    bn.train(bool(a.get("training", False)))
+    return bn
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str):
+    owner, _, attr = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, attr)
+
+
 def _fold_conv_bn(gm, names, shown, kinds, qconfigs, report, path_prefix) -> None:
+    """Fold ``conv -> BatchNorm`` (a module call, or ``F.batch_norm`` on one BatchNorm's
+    running statistics, see :func:`_functional_bn`) into a ConvBn module."""
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -343,16 +390,27 @@ def _fold_conv_bn(gm, names, shown, kinds, qconfigs, report, path_prefix) -> Non
         if pair is None or q is None or q.weight is None or len(conv_node.users) != 1:
             continue
         bn_node = next(iter(conv_node.users))
-        if bn_node.op != "call_module" or calls.get(bn_node.target) != 1:
+        if not bn_node.args or bn_node.args[0] is not conv_node:
             continue
-        bn = gm.get_submodule(bn_node.target)
-        if type(bn) is not pair[0] or bn_node.args[0] is not conv_node:
-            continue
+        if bn_node.op == "call_module":
+            if calls.get(bn_node.target) != 1:
+                continue
+            bn = gm.get_submodule(bn_node.target)
+            if type(bn) is not pair[0]:
+                continue
+        else:
+            bn = _functional_bn(gm, bn_node, conv, pair[0])
+            if bn is None:
+                continue
         wfq = _weight_quantizer(q.weight, conv, shown[conv_node])
         fused = pair[1].from_float(conv, bn, wfq)
         _set_submodule(gm, conv_node.target, fused)
         bn_node.replace_all_uses_with(conv_node)
+        attrs = [a for a in bn_node.all_input_nodes if a.op == "get_attr"]
         gm.graph.erase_node(bn_node)
+        for a in attrs:
+            if not a.users:
+                gm.graph.erase_node(a)
         rec = report.ops.pop(shown[bn_node], None)
         crec = report.ops[shown[conv_node]]
         if rec is not None:

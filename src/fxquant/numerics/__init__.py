@@ -10,8 +10,9 @@ from .affine import (
     quantize_codes,
     storage_dtype,
 )
-from .autograd import fake_quantize_lsq, fake_quantize_ste
+from .autograd import fake_quantize_lsq, fake_quantize_ste, fake_quantize_with_mask
 from .dtypes import QDType, dtype_by_name, qint4, qint8, qint16, qint32, quint4, quint8, quint16
+from .fused import enable_fused_kernels, fused_kernels
 from .granularity import Granularity, PerChannel, PerTensor, granularity_from_axis
 from .qparams import DEFAULT_EPS, choose_qparams
 
@@ -39,6 +40,9 @@ __all__ = [
     "storage_dtype",
     "fake_quantize_ste",
     "fake_quantize_lsq",
+    "fake_quantize_with_mask",
+    "enable_fused_kernels",
+    "fused_kernels",
     "choose_qparams",
     "DEFAULT_EPS",
 ]

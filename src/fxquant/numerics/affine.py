@@ -29,6 +29,8 @@ __all__ = [
     "quantize",
     "dequantize",
     "fake_quantize",
+    "fake_quantize_reference",
+    "fast_path_applies",
     "quantize_codes",
     "unclamped_codes",
     "clip_mask",
@@ -162,9 +164,153 @@ def fake_quantize(
     """``dequantize(quantize(x))`` without leaving float: same shape and dtype as ``x``.
 
     No autograd rule is attached (``round`` has zero gradient); use
-    :func:`fxquant.numerics.fake_quantize_ste` for training.
+    :func:`fxquant.numerics.fake_quantize_ste` for training.  Float32 / float64 inputs on grids
+    of at most 16 bits take :func:`fake_quantize_inplace_path` (in-place passes over one new
+    buffer), or the fused kernel of :mod:`fxquant.numerics.fused` when it is turned on;
+    everything else takes :func:`fake_quantize_reference`.  All give bit-identical results
+    wherever the fast paths apply (tested).
+    """
+    if fast_path_applies(x, dtype, scale, zero_point):
+        from .fused import fused_fake_quantize  # opt-in; None when off or unavailable
+
+        fused = fused_fake_quantize(x, scale, zero_point, dtype, axis, math)
+        if fused is not None:
+            return fused[0]
+        return fake_quantize_inplace_path(x, scale, zero_point, dtype, axis, math)
+    return fake_quantize_reference(x, scale, zero_point, dtype, axis, math)
+
+
+def fake_quantize_reference(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+) -> torch.Tensor:
+    """The specification, literally: ``(clamp(round(x / s) + zp, qmin, qmax) - zp) * s``.
+
+    Used for grids wider than 16 bits and non-float32/64 inputs, and as the reference that the
+    fast paths are tested against.
     """
     q = quantize_codes(x, scale, zero_point, dtype, axis, math)
     s = broadcast_param(scale.to(x.dtype), x, axis)
     z = broadcast_param(zero_point.to(x.dtype), x, axis)
     return q.sub_(z).mul_(s)
+
+
+FAST_PATH_MAX_BITS = 16
+"""Grids up to this many bits take the in-place path: every code, ``qmin - zp`` and
+``qmax - zp`` is an integer below ``2**17`` in magnitude, exact in float32."""
+
+
+def fast_path_applies(x: torch.Tensor, dtype: QDType, *params: torch.Tensor) -> bool:
+    """True if :func:`fake_quantize_inplace_path` is exact for ``x`` and ``dtype``.
+
+    Tensors that autograd records (``x`` or ``params`` requiring grad with grad mode on) take
+    the reference path, whose autograd graph the in-place path does not build.
+    """
+    if x.dtype not in (torch.float32, torch.float64) or dtype.bits > FAST_PATH_MAX_BITS:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return False
+    return True
+
+
+Bound = float | torch.Tensor
+
+
+def shifted_bounds(
+    x: torch.Tensor, zero_point: torch.Tensor, dtype: QDType, axis: int | None
+) -> tuple[Bound, Bound]:
+    """``(qmin - zp, qmax - zp)``: Python floats for a per-tensor zero point of a CPU tensor,
+    else tensors in ``x``'s dtype shaped to broadcast against ``x``.
+
+    torch's ``clamp`` with tensor bounds runs an unvectorised ternary kernel (~15x a copy on
+    CPU); with scalar bounds, or as ``maximum`` / ``minimum`` with broadcast tensors, it runs at
+    memory speed (see :func:`clamp_codes_`).
+    """
+    if zero_point.dim() == 0 and x.device.type == "cpu":
+        z = float(zero_point)
+        return float(dtype.qmin - z), float(dtype.qmax - z)
+    z = broadcast_param(zero_point.to(x.dtype), x, axis)
+    return dtype.qmin - z, dtype.qmax - z
+
+
+def clamp_codes_(buf: torch.Tensor, lo: Bound, hi: Bound) -> torch.Tensor:
+    """``buf.clamp_(lo, hi)`` by the fastest exact route (NaN stays NaN either way).
+
+    The sign of a zero result may depend on the route; every caller then adds ``+0.0``.
+    """
+    if isinstance(lo, float):
+        return buf.clamp_(lo, hi)
+    torch.maximum(buf, lo, out=buf)
+    return torch.minimum(buf, hi, out=buf)
+
+
+def fake_quantize_inplace_path(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+) -> torch.Tensor:
+    """Fake quantization by in-place passes over one new buffer (same shape / dtype as ``x``).
+
+    ``buf = x / s`` (or ``x * float(1 / s)``), ``round_``, ``clamp_(qmin - zp, qmax - zp)``,
+    then ``buf * s + 0.0`` (``mul_``, ``add_``).  This equals the reference bit for bit when
+    :func:`fast_path_applies`: with integers below ``2**24`` in magnitude,
+    ``clamp(r + zp, qmin, qmax) - zp == clamp(r, qmin - zp, qmax - zp)`` exactly (an
+    out-of-range ``r`` clips on the same side either way), and adding ``+0.0`` turns the
+    ``-0.0`` that ``round`` gives for ``x`` in ``(-s/2, 0]`` into the reference's ``+0.0``.
+    """
+    buf = scaled_codes(x, scale, axis, math)
+    lo, hi = shifted_bounds(x, zero_point, dtype, axis)
+    clamp_codes_(buf, lo, hi)
+    return dequantize_shifted_(buf, scale, axis)
+
+
+def fake_quantize_inplace_with_mask(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fake_quantize_inplace_path` plus the STE mask (two new buffers).
+
+    Returns ``(out, mask)`` of ``x``'s shape and dtype; ``mask`` is ``1.0`` where the unclamped
+    code ``round(x / s) + zp`` lies in ``[qmin, qmax]`` (equivalently ``round(x / s)`` in
+    ``[qmin - zp, qmax - zp]``) and ``0.0`` elsewhere, NaN and +-inf included.  No autograd
+    graph is recorded.
+    """
+    with torch.no_grad():
+        r = scaled_codes(x, scale, axis, math)  # round(x / s)
+        lo, hi = shifted_bounds(x, zero_point, dtype, axis)
+        if isinstance(lo, float):
+            out = torch.clamp(r, lo, hi)
+        else:
+            out = torch.maximum(r, lo)
+            torch.minimum(out, hi, out=out)
+        mask = torch.eq(r, out, out=r)  # r in [lo, hi]; overwrites r
+        return dequantize_shifted_(out, scale, axis), mask
+
+
+def scaled_codes(
+    x: torch.Tensor, scale: torch.Tensor, axis: int | None, math: ScaleMath
+) -> torch.Tensor:
+    """``round(x / s)`` (before the zero point and saturation) as a new tensor like ``x``."""
+    s = broadcast_param(scale.to(x.dtype), x, axis)
+    return _scaled(x, s, math).round_()  # a new tensor either way
+
+
+def dequantize_shifted_(buf: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``buf = buf * s + 0.0`` in place (``buf`` holds the clamped codes minus ``zp``).
+
+    The ``+ 0.0`` maps ``-0.0`` to ``+0.0``; any other value is unchanged by it.  Two in-place
+    passes (``mul_``, ``add_``) run faster on CPU than one ``addcmul`` with a broadcast zero.
+    """
+    s = broadcast_param(scale.to(buf.dtype), buf, axis)
+    return buf.mul_(s).add_(0.0)

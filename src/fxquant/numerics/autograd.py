@@ -19,15 +19,58 @@ from __future__ import annotations
 
 import torch
 
-from .affine import ScaleMath, _scaled, broadcast_param, fake_quantize, unclamped_codes
+from .affine import (
+    FAST_PATH_MAX_BITS,
+    ScaleMath,
+    _scaled,
+    broadcast_param,
+    fake_quantize,
+    fake_quantize_inplace_with_mask,
+    unclamped_codes,
+)
 from .dtypes import QDType
+from .fused import fused_fake_quantize  # opt-in; returns None when off or unavailable
 
-__all__ = ["fake_quantize_ste", "fake_quantize_lsq"]
+__all__ = ["fake_quantize_ste", "fake_quantize_lsq", "fake_quantize_with_mask"]
+
+
+def fake_quantize_with_mask(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None = None,
+    math: ScaleMath = ScaleMath.DIVIDE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake-quantized ``x`` and the STE mask (two new buffers).
+
+    Returns ``(out, mask)``, both of ``x``'s shape and float dtype: ``out`` equals
+    :func:`fxquant.numerics.fake_quantize` bit for bit, ``mask`` is ``1.0`` where the unclamped
+    code lies in ``[qmin, qmax]`` and ``0.0`` elsewhere (also for NaN and +-inf).  A float mask
+    costs 4 bytes per element instead of 1, but ``grad * mask`` then runs as one vectorised
+    float multiply (a bool mask makes torch convert it element by element, several times
+    slower on CPU) and the bits are those of ``grad * bool_mask``.  Pure-torch passes, or
+    one fused kernel when :mod:`fxquant.numerics.fused` is turned on.  Requires float32 / float64
+    ``x`` and at most :data:`~fxquant.numerics.affine.FAST_PATH_MAX_BITS` bits; runs without
+    autograd recording.
+    """
+    fused = fused_fake_quantize(x, scale, zero_point, dtype, axis, math, with_mask=True)
+    if fused is not None:
+        return fused  # type: ignore[return-value]
+    return fake_quantize_inplace_with_mask(x, scale, zero_point, dtype, axis, math)
+
+
+def _ste_fast_path(x: torch.Tensor, dtype: QDType) -> bool:
+    return x.dtype in (torch.float32, torch.float64) and dtype.bits <= FAST_PATH_MAX_BITS
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, dtype, axis, math):  # type: ignore[override]
+        if _ste_fast_path(x, dtype):
+            out, mask = fake_quantize_with_mask(x, scale, zero_point, dtype, axis, math)
+            ctx.save_for_backward(mask)
+            return out
         q = unclamped_codes(x, scale, zero_point, axis, math)
         if dtype.bits > 24:  # exact comparisons / clamping beyond float32's integer range
             q = q.double()

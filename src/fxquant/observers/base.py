@@ -67,8 +67,17 @@ class Observer(LazyShapeBuffers, WithArgs):
         lo, hi = self.compute_range(dtype, symmetric)
         return choose_qparams(lo, hi, dtype, symmetric, power_of_two, eps)
 
-    def _check_finite(self, *values: torch.Tensor) -> None:
-        for v in values:
+    def _check_finite(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Raise :class:`ObserverError` unless the batch minima ``lo`` and maxima ``hi`` are
+        finite (a NaN in the batch makes them NaN, an Inf makes one of them infinite).
+
+        Fast check first: ``lo - hi`` is non-finite whenever either is; it can also overflow
+        for two finite values, so only then are ``lo`` and ``hi`` checked one by one.
+        """
+        d = lo - hi
+        if bool(torch.isfinite(d).all()):
+            return
+        for v in (lo, hi):
             if not bool(torch.isfinite(v).all()):
                 raise ObserverError(
                     f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}) observed "

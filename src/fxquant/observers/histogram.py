@@ -75,12 +75,13 @@ class HistogramObserver(Observer):
     def _observe(self, x: torch.Tensor) -> None:
         if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # exact widening
-        v = channel_view(x, self.ch_axis)
         if self.ch_axis is None:
-            v = v[None]  # one row
+            self._observe_tensor(x)
+            return
+        v = channel_view(x, self.ch_axis)
         lo, hi = torch.aminmax(v, dim=1)
         self._check_finite(lo, hi)
-        if self.ch_axis is not None and self.hist.shape[0] != v.shape[0]:
+        if self.hist.shape[0] != v.shape[0]:
             if self.hist.shape[0] != 0:
                 raise ObserverError(
                     f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}) saw "
@@ -88,16 +89,31 @@ class HistogramObserver(Observer):
                     f"{self.hist.shape[0]}"
                 )
             self._init_channels(v.shape[0], v.device)
-        exp = self._rows(self.range_exp)
+        exp = self.range_exp
         new_exp = torch.maximum(exp, _exponent_above(torch.maximum(-lo, hi)))
-        hist = self._rows(self.hist)
+        hist = self.hist
         if bool((new_exp > exp).any()):
             hist = _regrid(hist, new_exp - exp)
         hist = hist + _bin_counts(v, new_exp, self.bins)
         self._store(hist, new_exp, lo.float(), hi.float())
 
-    def _rows(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.ch_axis is not None else t[None]
+    def _observe_tensor(self, x: torch.Tensor) -> None:
+        """Per-tensor observation: one full reduction for the range, one pass to bin.
+
+        Same arithmetic as the per-channel path (so the same histogram), with a full-tensor
+        ``aminmax`` (a reduction along ``dim=1`` of a ``[1, N]`` view is several times slower)
+        and int32 bin indices computed in float (:func:`_bin_counts_flat`).
+        """
+        lo, hi = torch.aminmax(x)
+        self._check_finite(lo, hi)
+        exp = self.range_exp
+        new_exp = torch.maximum(exp, _exponent_above(torch.maximum(-lo, hi)))
+        hist = self.hist
+        grow = int(new_exp - exp)
+        if grow > 0:
+            hist = _regrid(hist[None], (new_exp - exp)[None])[0]
+        hist = hist + _bin_counts_flat(x, int(new_exp), self.bins)
+        self._store(hist, new_exp, lo.float(), hi.float())
 
     def _init_channels(self, c: int, device: torch.device) -> None:
         self.hist = torch.zeros(c, self.bins, dtype=torch.int64, device=device)
@@ -106,8 +122,6 @@ class HistogramObserver(Observer):
         self.max_val = torch.full((c,), float("-inf"), device=device)
 
     def _store(self, hist, exp, lo, hi) -> None:
-        if self.ch_axis is None:
-            hist, exp, lo, hi = hist[0], exp[0], lo[0], hi[0]
         self.hist.copy_(hist)
         self.range_exp.copy_(exp)
         torch.minimum(self.min_val, lo, out=self.min_val)
@@ -213,3 +227,24 @@ def _bin_counts(v: torch.Tensor, exp: torch.Tensor, bins: int) -> torch.Tensor:
     if c > 1:
         idx.add_(torch.arange(c, device=v.device)[:, None] * bins)
     return torch.bincount(idx.reshape(-1), minlength=c * bins).reshape(c, bins)
+
+
+def _bin_counts_flat(x: torch.Tensor, exp: int, bins: int) -> torch.Tensor:
+    """Exact int64 ``[bins]`` histogram of all of ``x`` over ``[-2**exp, 2**exp)``.
+
+    The same bins as :func:`_bin_counts` (``floor(x * 2**shift)``, exact: a multiplication by a
+    power of two), in fewer passes: ``mul``, ``floor_``, ``add_(bins / 2)`` in float (integers
+    of at most ``bins`` in magnitude are exact), int32 indices, ``bincount``.  Any layout of
+    ``x`` works (no reshape copy of a non-contiguous tensor before the first pass).
+    """
+    half = bins // 2
+    if bins > 1 << 23:  # float index arithmetic would not be exact: the general path
+        return _bin_counts(x.reshape(1, -1), torch.tensor([exp], device=x.device), bins)[0]
+    shift = (half.bit_length() - 1) - exp
+    factor = _pow2(torch.tensor(shift)).to(x.dtype)  # exact: a normal float by _MIN_EXP
+    scaled = torch.mul(x, factor.to(x.device)).floor_()
+    if shift < 0:
+        # scaling down, a tiny negative value may underflow to -0.0: it still belongs to bin -1
+        scaled = torch.where((scaled == 0) & (x < 0), -1.0, scaled)
+    idx = scaled.add_(half).to(torch.int32)
+    return torch.bincount(idx.reshape(-1), minlength=bins).to(torch.int64)

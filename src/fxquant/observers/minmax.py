@@ -23,11 +23,10 @@ class MinMaxObserver(Observer):
         self.register_buffer("max_val", torch.full(shape, float("-inf")))
 
     def _batch_minmax(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = channel_view(x, self.ch_axis)
         if self.ch_axis is None:
-            lo, hi = torch.aminmax(v)
+            lo, hi = torch.aminmax(x)  # any layout: no reshape copy of a non-contiguous x
         else:
-            lo, hi = torch.aminmax(v, dim=1)
+            lo, hi = torch.aminmax(channel_view(x, self.ch_axis), dim=1)
         lo, hi = lo.float(), hi.float()
         self._check_finite(lo, hi)
         return lo, hi
