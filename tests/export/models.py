@@ -214,3 +214,16 @@ class OpZoo(nn.Module):
         t = torch.stack([a, b], dim=1).mean(dim=(1, 3))
         t = t[:, 1:3].repeat(1, 2) + t.permute(1, 0).t()
         return torch.cat([F.linear(t, self.weight), self.head(t)], dim=-1)
+
+
+class Branchy(nn.Module):
+    """A data-dependent branch in the root forward: prepare captures it eagerly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.mean() > 0:  # untraceable in the root forward: eager capture
+            x = x * 2
+        return self.conv(x)

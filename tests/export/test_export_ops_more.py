@@ -13,6 +13,8 @@ from torch import nn
 import fxquant
 from fxquant.export import ExportError, export_onnx, verify
 
+from ..graph.models import BatchNormAct, ConvBnAct
+
 
 def _export(model: nn.Module, example: torch.Tensor, path, *calib: torch.Tensor) -> nn.Module:
     qmodel = fxquant.prepare(model, example, fxquant.default_calibration_qconfig_setter,
@@ -77,26 +79,6 @@ def test_reshape_as_uses_the_runtime_shape(model, tmp_path):
 
 
 # -- functional BatchNorm (timm BatchNormAct2d) ---------------------------------------------------
-class BatchNormAct(nn.BatchNorm2d):
-    """timm's pattern: a BatchNorm2d subclass calling F.batch_norm, then an activation."""
-
-    def forward(self, x):
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, 0.1, self.eps)
-        return F.relu(x)
-
-
-class ConvBnAct(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = BatchNormAct(8)
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        return self.head(self.bn(self.conv(x)))
-
-
 class BnFirst(nn.Module):
     """A functional BatchNorm on the input: nothing to fold into."""
 
@@ -121,7 +103,7 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
 
 def test_functional_batch_norm_after_conv_is_folded(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(ConvBnAct())
+    model = _randomize_bn(ConvBnAct(head=True))
     x = torch.randn(4, 3, 8, 8)
     path = tmp_path / "m.onnx"
     qmodel = _export(model, x, path)
@@ -152,7 +134,7 @@ def test_functional_batch_norm_emitter_matches_torch(tmp_path):
 
 def test_unfolded_batch_norm_after_conv_runs_in_onnxruntime(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(ConvBnAct())
+    model = _randomize_bn(ConvBnAct(head=True))
     x = torch.randn(4, 3, 8, 8)
     qmodel = fxquant.prepare(model, x, fxquant.default_calibration_qconfig_setter,
                              backend="onnxruntime", fold_bn=False)

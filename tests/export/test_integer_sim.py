@@ -82,18 +82,8 @@ def test_integer_simulation_leaves_the_model_alone(resnet_export):
 
 
 def test_eager_captured_model_falls_back_with_a_reason():
-    class Branchy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-
-        def forward(self, x):
-            if x.mean() > 0:  # untraceable in the root forward: eager capture
-                x = x * 2
-            return self.conv(x)
-
     x = torch.randn(2, 3, 8, 8)
-    qmodel = fxquant.prepare(Branchy(), x, fxquant.default_calibration_qconfig_setter)
+    qmodel = fxquant.prepare(M.Branchy(), x, fxquant.default_calibration_qconfig_setter)
     fxquant.calibrate(qmodel, [x], progress=False)
     sim = integer_simulation(qmodel, {"conv": "QLinearConv"})
     assert sim.emulated == {} and "eager" in sim.skipped["conv"]

@@ -563,18 +563,8 @@ def test_not_a_prepared_model(tmp_path):
 
 
 def test_eagerly_captured_model_is_refused(tmp_path):
-    class Branchy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-
-        def forward(self, x):
-            if x.mean() > 0:  # untraceable in the root forward: eager capture
-                x = x * 2
-            return self.conv(x)
-
     example = torch.randn(2, 3, 8, 8)
-    qmodel = fxquant.prepare(Branchy(), example, fxquant.default_calibration_qconfig_setter)
+    qmodel = fxquant.prepare(M.Branchy(), example, fxquant.default_calibration_qconfig_setter)
     assert get_report(qmodel).capture_mode == "eager"
     with pytest.raises(ExportError, match="captured eagerly"):
         export_onnx(qmodel, example, tmp_path / "m.onnx")

@@ -46,6 +46,17 @@ def _t(v) -> torch.Tensor:
     return torch.as_tensor(np.asarray(v, np.float64))
 
 
+def _binary(op: str, a, b, sa, za, sb, zb, sy, zy, tmp_path) -> tuple:
+    """Run ``Q(op(DQ(a), DQ(b)))`` (uint8 codes) in ORT: (output codes, optimized op types)."""
+    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["ad"]),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
+             helper.make_node(op, ["ad", "bd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "sy", "zy"], ["yq"])]
+    inits = [_init(sa, "sa"), _init(za, "za", np.uint8), _init(sb, "sb"),
+             _init(zb, "zb", np.uint8), _init(sy, "sy"), _init(zy, "zy", np.uint8)]
+    return _run(nodes, {"a": a, "b": b}, TensorProto.UINT8, inits, tmp_path)
+
+
 def _codes(value: torch.Tensor, zp: float, lo: int, hi: int) -> np.ndarray:
     return torch.clamp(torch.round(value) + zp, lo, hi).numpy().astype(np.int64)
 
@@ -53,13 +64,7 @@ def _codes(value: torch.Tensor, zp: float, lo: int, hi: int) -> np.ndarray:
 def _add_case(sa, za, sb, zb, sc, zc, n, rng, tmp_path):
     a = rng.integers(0, 256, n).astype(np.uint8)
     b = rng.integers(0, 256, n).astype(np.uint8)
-    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["ad"]),
-             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
-             helper.make_node("Add", ["ad", "bd"], ["y"]),
-             helper.make_node("QuantizeLinear", ["y", "sc", "zc"], ["yq"])]
-    inits = [_init(sa, "sa"), _init(za, "za", np.uint8), _init(sb, "sb"),
-             _init(zb, "zb", np.uint8), _init(sc, "sc"), _init(zc, "zc", np.uint8)]
-    y, ops = _run(nodes, {"a": a, "b": b}, TensorProto.UINT8, inits, tmp_path)
+    y, ops = _binary("Add", a, b, sa, za, sb, zb, sc, zc, tmp_path)
     assert "QLinearAdd" in ops
     v = ort_math.qlinear_add(_t(a), _t(sa), _t(za), _t(b), _t(sb), _t(zb), _t(sc), _t(zc))
     got = torch.clamp(torch.round(v), 0, 255).numpy().astype(np.int64)
@@ -131,13 +136,7 @@ def test_requantize_matches_qlinearmatmul(tmp_path):
         za, zb, zy = (int(rng.integers(0, 256)) for _ in range(3))
         a = rng.integers(0, 256, (8, 4, 12, 16)).astype(np.uint8)
         b = rng.integers(0, 256, (8, 4, 16, 12)).astype(np.uint8)
-        nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["ad"]),
-                 helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
-                 helper.make_node("MatMul", ["ad", "bd"], ["y"]),
-                 helper.make_node("QuantizeLinear", ["y", "sy", "zy"], ["yq"])]
-        inits = [_init(sa, "sa"), _init(za, "za", np.uint8), _init(sb, "sb"),
-                 _init(zb, "zb", np.uint8), _init(sy, "sy"), _init(zy, "zy", np.uint8)]
-        y, ops = _run(nodes, {"a": a, "b": b}, TensorProto.UINT8, inits, tmp_path)
+        y, ops = _binary("MatMul", a, b, sa, za, sb, zb, sy, zy, tmp_path)
         assert "QLinearMatMul" in ops
         acc = (_t(a) - za) @ (_t(b) - zb)
         mult = ort_math.requantize_multiplier(_t(sa), _t(sb), _t(sy))

@@ -295,3 +295,25 @@ class MaskedAttention(nn.Module):
         q, k = self.qk(x).chunk(2, -1)
         att = q @ k.transpose(1, 2) + self.causal
         return F.softmax(att, -1) @ x
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: a BatchNorm2d subclass calling F.batch_norm, then relu."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, 0.1, self.eps)
+        return F.relu(x)
+
+
+class ConvBnAct(nn.Module):
+    """conv -> BatchNormAct (-> optional 1x1 head conv)."""
+
+    def __init__(self, head: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = BatchNormAct(8)
+        self.head = nn.Conv2d(8, 4, 1) if head else nn.Identity()
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)))

@@ -14,6 +14,8 @@ import fxquant
 from fxquant import QuantizerError
 from fxquant.graph import get_report
 
+from .models import ConvBnAct
+
 
 # -- weight-only subgraphs ------------------------------------------------------------------------
 class StdConv(nn.Conv2d):
@@ -64,23 +66,6 @@ def test_constant_read_by_an_activation_op_is_quantized_once():
 
 
 # -- BatchNorm subclasses calling F.batch_norm (timm BatchNormAct2d) ------------------------------
-class BatchNormAct(nn.BatchNorm2d):
-    def forward(self, x):
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, 0.1, self.eps)
-        return F.relu(x)
-
-
-class ConvBnAct(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = BatchNormAct(8)
-
-    def forward(self, x):
-        return self.bn(self.conv(x))
-
-
 @pytest.mark.parametrize("train", [False, True])
 def test_conv_before_functional_batch_norm_is_folded(train):
     model = ConvBnAct()

@@ -143,10 +143,8 @@ def _install(qmodel, ref, tensor, kernel, paths, calls) -> str | None:
         return "the producing op is not a single-use node"
     if kernel in ("QLinearConv", "QGemm", "MatMulIntegerToFloat"):
         return _install_weighted(qmodel, ref, node, out_fq, kernel == "MatMulIntegerToFloat")
-    if kernel == "QLinearAdd":
-        return _install_add(qmodel, ref, node, out_fq)
-    if kernel == "QLinearMatMul":
-        return _install_matmul(qmodel, ref, node, out_fq)
+    if kernel in _BINARY:
+        return _install_binary(qmodel, ref, node, out_fq, kernel)
     return _install_gap(qmodel, ref, node, out_fq)
 
 
@@ -348,16 +346,23 @@ class _IntegerAdd(nn.Module):
         return (v - self.out_zp) * self.out_scale
 
 
-def _install_add(qmodel, ref, node: fx.Node, out_fq: FakeQuantize) -> str | None:
-    is_add = (node.op == "call_function" and node.target in (operator.add, torch.add)) or (
-        node.op == "call_method" and node.target == "add")
-    if not is_add or len(node.args) != 2 or node.kwargs:
-        return "the producing op is not a two-tensor add"
+# binary ops: kernel -> (functions, method name, emulator); both inputs must be quantized
+_BINARY = {
+    "QLinearAdd": ((operator.add, torch.add), "add", _IntegerAdd),
+}
+
+
+def _install_binary(qmodel, ref, node: fx.Node, out_fq: FakeQuantize, kernel: str) -> str | None:
+    functions, method, emulator = _BINARY[kernel]
+    matches = (node.op == "call_function" and node.target in functions) or (
+        node.op == "call_method" and node.target == method)
+    if not matches or len(node.args) != 2 or node.kwargs:
+        return f"the producing op is not a two-tensor {method}"
     a, b = node.args
     fa, fb = _quantizer_behind(qmodel, a), _quantizer_behind(qmodel, b)
     if fa is None or fb is None:
-        return "an add input does not come straight from a per-tensor quantizer"
-    _as_module_call(ref, node, _IntegerAdd(fa, fb, out_fq), (a, b))
+        return f"a {method} input does not come straight from a per-tensor quantizer"
+    _as_module_call(ref, node, emulator(fa, fb, out_fq), (a, b))
     return None
 
 
@@ -375,17 +380,7 @@ class _IntegerMatMul(nn.Module):
         return ort_math.requantize(acc, self.multiplier) * self.out_scale
 
 
-def _install_matmul(qmodel, ref, node: fx.Node, out_fq: FakeQuantize) -> str | None:
-    is_mm = (node.op == "call_function" and node.target in (operator.matmul, torch.matmul)) or (
-        node.op == "call_method" and node.target == "matmul")
-    if not is_mm or len(node.args) != 2 or node.kwargs:
-        return "the producing op is not a two-tensor matmul"
-    a, b = node.args
-    fa, fb = _quantizer_behind(qmodel, a), _quantizer_behind(qmodel, b)
-    if fa is None or fb is None:
-        return "a matmul input does not come straight from a per-tensor quantizer"
-    _as_module_call(ref, node, _IntegerMatMul(fa, fb, out_fq), (a, b))
-    return None
+_BINARY["QLinearMatMul"] = ((operator.matmul, torch.matmul), "matmul", _IntegerMatMul)
 
 
 # -- QLinearGlobalAveragePool -------------------------------------------------------------------
