@@ -1,6 +1,7 @@
 """Deployment latency: fxquant int8 models in real runtimes vs fp32 and vs ONNX Runtime's own PTQ.
 
-One ResNet-18-style CNN (:class:`bench.models.ResidualCNN`, random weights, BatchNorm statistics
+One ResNet-18-style CNN (:class:`bench.models.ResidualCNN`, width 64, stride-1 stem; random
+weights, BatchNorm statistics
 settled on random images), calibrated on random images, timed on CPU at batch 1 and batch 64 as:
 
 * torch eager fp32 -- the model itself;
@@ -73,7 +74,9 @@ class DeployConfig:
     """Sizes of one run.
 
     Attributes:
-        width: ``ResidualCNN`` base width (channels ``width * (1, 2, 4)``).
+        width: ``ResidualCNN`` base width (channels ``width * (1, 2, 4)``; 64 as ResNet-18).
+        stem_stride: stride of the stem conv (1: the stages run at 32 / 16 / 8 px for 32 px
+            inputs, as CIFAR ResNets do).
         image: input height and width (3 channels).
         batches: batch sizes timed, each on fresh instances.
         settle_batches / calib_batches / batch_size: random batches for the BN statistics and
@@ -85,7 +88,8 @@ class DeployConfig:
         pause: seconds of idle before each block.
     """
 
-    width: int = 48
+    width: int = 64
+    stem_stride: int = 1
     image: int = 32
     batches: tuple[int, ...] = (1, 64)
     settle_batches: int = 8
@@ -138,7 +142,8 @@ def run(quick: bool = False) -> SuiteResult:
             _time_batch(variants, cfg, batch, eval_x if last else None, ref, calls)
     result = SuiteResult(
         "deploy",
-        f"Deployment latency: ResidualCNN(width={cfg.width}) int8 vs fp32, {threads} thread(s)",
+        f"Deployment latency: ResidualCNN(width={cfg.width}, stem_stride={cfg.stem_stride}) int8 "
+        f"vs fp32, {threads} thread(s)",
         COLUMNS,
     )
     result.rows = _rows(variants, cfg)
@@ -165,7 +170,7 @@ def _settled_model(cfg: DeployConfig, gen: torch.Generator) -> nn.Module:
     """Random-init ResidualCNN; BN running statistics = cumulative averages over random batches."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        model = ResidualCNN(width=cfg.width)
+        model = ResidualCNN(width=cfg.width, stem_stride=cfg.stem_stride)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
         bn.reset_running_stats()
@@ -196,7 +201,8 @@ def _build(
         ref = model(eval_t).numpy()
     params = sum(p.numel() for p in model.parameters())
     notes = [
-        f"model: ResidualCNN(width={cfg.width}), {params / 1e6:.2f} M parameters, "
+        f"model: ResidualCNN(width={cfg.width}, stem_stride={cfg.stem_stride}), "
+        f"{params / 1e6:.2f} M parameters, "
         f"{_macs(model, example) / 1e6:.0f} M multiply-adds per 3x{cfg.image}x{cfg.image} image; "
         f"random init, BN statistics from {cfg.settle_batches} random batches; calibrated on "
         f"{cfg.calib_batches} random batches of {cfg.batch_size} (N(0,1) images), SQNR / verify on "
