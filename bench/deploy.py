@@ -1,8 +1,8 @@
 """Deployment latency: fxquant int8 models in real runtimes vs fp32 and vs ONNX Runtime's own PTQ.
 
 One ResNet-18-style CNN (:class:`bench.models.ResidualCNN`, width 64, stride-1 stem; random
-weights, BatchNorm statistics
-settled on random images), calibrated on random images, timed on CPU at batch 1 and batch 64 as:
+weights, BatchNorm statistics settled on random images), calibrated on random images, timed on
+CPU at batch 1 and batch 64 as:
 
 * torch eager fp32 -- the model itself;
 * ONNX Runtime fp32 -- ``fxquant.export_onnx(..., quantize=False)`` (BN folded, same names);
