@@ -570,14 +570,17 @@ def test_eagerly_captured_model_is_refused(tmp_path):
         export_onnx(qmodel, example, tmp_path / "m.onnx")
 
 
-@pytest.mark.parametrize("name", ["resnet", "depthwise", "decoder", "transformer"])
+@pytest.mark.parametrize("name", ["resnet", "depthwise", "decoder", "transformer", "int16"])
 def test_openvino_profile_matches_openvino(name, tmp_path):
     """The openvino profile leaves conv / linear outputs that feed a residual add unquantized,
-    as OpenVINO's fused sum post-op computes them, and a mean's input float."""
-    cls, data, _ = MODELS[name]
+    as OpenVINO's fused sum post-op computes them, a mean's input float, and writes 16-bit
+    quantizers as float arithmetic (OpenVINO's 16-bit Q/DQ goes through its 8-bit path)."""
+    cls, data, extra = MODELS[name]
     torch.manual_seed(0)
-    qmodel = fxquant.prepare(cls().eval(), data(2, 0), fxquant.default_calibration_qconfig_setter,
-                             backend="openvino")
+    setter = fxquant.default_calibration_qconfig_setter
+    if extra is not None:
+        setter = (extra, setter)
+    qmodel = fxquant.prepare(cls().eval(), data(2, 0), setter, backend="openvino")
     fxquant.calibrate(qmodel, [data(16, s) for s in range(1, 4)], progress=False)
     path = export_onnx(qmodel, data(2, 0), tmp_path / "ov.onnx").path
     x = MODELS[name][1](128, 99) if name == "transformer" else eval_data(name)
@@ -589,6 +592,11 @@ def test_openvino_profile_matches_openvino(name, tmp_path):
     else:
         assert report.ok(max_steps=2, min_identical=0.99), str(report)
     assert report.integer_ops, str(report)
+    if name == "int16":
+        graph = onnx.load(path).graph
+        bits16 = {onnx.TensorProto.INT16, onnx.TensorProto.UINT16}
+        assert not [i.name for i in graph.initializer if i.data_type in bits16]
+        assert any(n.op_type == "Round" for n in graph.node)  # the 16-bit grids, as float ops
 
 
 def test_written_files_get_the_usual_mode(tmp_path):

@@ -49,6 +49,10 @@ class BackendProfile:
         float_input_ops: ops (by function name, e.g. ``softmax``) whose input stays float: no
             quantizer right before them, so the runtime runs them in float instead of an
             approximate integer kernel (ONNX Runtime's QLinearSoftmax rounds its table down).
+        max_qdq_bits: widest activation grid exported as QuantizeLinear / DequantizeLinear;
+            wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
+            Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
+            16-bit Q/DQ through its 8-bit path).
     """
 
     name: str
@@ -64,6 +68,7 @@ class BackendProfile:
     int32_bias: bool = False
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
+    max_qdq_bits: int = 16
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -121,7 +126,8 @@ PROFILES: dict[str, BackendProfile] = {
         # become one kernel with a sum post-op, so the conv output is not requantized.  Its
         # integer ReduceMean is wrong for inputs with a non-zero zero point (hundreds of steps
         # off; tests/export: test_openvino_quantized_reduce_mean_is_wrong), so a mean's input
-        # stays float there.
+        # stays float there.  Its 16-bit Q/DQ goes through the 8-bit path: wider quantizers are
+        # exported as float arithmetic.
         BackendProfile(
             "openvino",
             activation_dtype=quint8,
@@ -129,6 +135,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             requantize_before_add=False,
             float_input_ops=frozenset({"mean"}),
+            max_qdq_bits=8,
         ),
         BackendProfile(
             "tensorrt",

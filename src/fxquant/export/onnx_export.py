@@ -320,6 +320,7 @@ def export_onnx(
         quantize=quantize,
         keep_float=keep_float,
         int32_bias=int32_bias,
+        max_qdq_bits=report.profile.max_qdq_bits,
     )
     model = writer.build()
     import onnx

@@ -23,7 +23,7 @@ from torch import nn
 from ..fake_quant import FakeQuantize
 from ..graph.meta import op_name
 from ..graph.report import PrepareReport
-from ..numerics import dequantize
+from ..numerics import ScaleMath, dequantize
 from ..numerics import quantize as quantize_codes
 from ..qconfig import OpKind
 from . import bias as bias_math
@@ -145,6 +145,7 @@ class OnnxWriter:
         quantize: bool,
         keep_float: tuple[str, ...],
         int32_bias: bool,
+        max_qdq_bits: int = 16,
     ) -> None:
         self.gm = gm
         self.report = report
@@ -155,6 +156,7 @@ class OnnxWriter:
         self.quantize = quantize
         self.keep_float = keep_float
         self.int32_bias = int32_bias
+        self.max_qdq_bits = max_qdq_bits
         self.qindex = quantizer_index(report)
         self.env: dict[fx.Node, Any] = {}
         self.tensor_names: dict[str, str] = {}
@@ -389,6 +391,8 @@ class OnnxWriter:
 
     def qdq(self, ref: TensorRef, fq: FakeQuantize) -> TensorRef:
         """``ref -> QuantizeLinear -> _quantized -> DequantizeLinear -> _dequantized``."""
+        if fq.dtype.bits > self.max_qdq_bits:
+            return self._float_qdq(ref, fq)
         tname = ref.name
         qp = self._qparams(tname, fq)
         x = self._saturate(ref, qp)
@@ -398,6 +402,34 @@ class OnnxWriter:
         dq = self.b.node("DequantizeLinear", [q, qp.scale_name, qp.zero_point_name],
                          [self.b.claim(dq_output(tname))], axis=axis)[0]
         return TensorRef(dq, ref.shape, ref.elem_type, qp)
+
+    def _float_qdq(self, ref: TensorRef, fq: FakeQuantize) -> TensorRef:
+        """The quantizer as float arithmetic, ``(clip(round(x / s) + zp) - zp) * s`` (Div or Mul
+        by the reciprocal as its ``ScaleMath`` says, Round = half to even), for grids wider than
+        the profile's ``max_qdq_bits``.  The result is a float tensor (no Q/DQ downstream)."""
+        tname = ref.name
+        scale = fq.scale.detach().to(torch.float32)
+        zp = fq.zero_point.detach().round().to(torch.float32)
+        axis = fq.ch_axis if scale.dim() == 1 and fq.ch_axis is not None else None
+        shape: list[int] = []
+        if axis is not None:
+            shape = [1] * (ref.rank or 1)
+            shape[_norm_axis(axis, ref.rank)] = -1
+        s_n = self.b.const(scale_name(tname), scale.reshape(shape))
+        z_n = self.b.const(zero_point_name(tname), zp.reshape(shape))
+        if fq.scale_math is ScaleMath.RECIPROCAL:
+            inv = self.b.const(f"{tname}_inverse_scale", (1.0 / scale).reshape(shape))
+            d = self.b.one("Mul", [ref.name, inv], f"{tname}_scaled")
+        else:
+            d = self.b.one("Div", [ref.name, s_n], f"{tname}_scaled")
+        r = self.b.one("Round", [d], f"{tname}_rounded")
+        a = self.b.one("Add", [r, z_n], f"{tname}_shifted")
+        lo = self.b.const(f"{tname}_qmin", torch.tensor(float(fq.dtype.qmin)))
+        hi = self.b.const(f"{tname}_qmax", torch.tensor(float(fq.dtype.qmax)))
+        q = self.b.one("Clip", [a, lo, hi], q_output(tname))
+        c = self.b.one("Sub", [q, z_n], f"{tname}_centered")
+        out = self.b.node("Mul", [c, s_n], [self.b.claim(dq_output(tname))])[0]
+        return TensorRef(out, ref.shape, ref.elem_type, None)
 
     def _saturate(self, ref: TensorRef, qp: QParams) -> str:
         """Clip to the quantizer's own range when it is narrower than the ONNX type's."""
