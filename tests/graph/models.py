@@ -298,9 +298,11 @@ class MaskedAttention(nn.Module):
 
 
 class BatchNormAct(nn.BatchNorm2d):
-    """timm's BatchNormAct2d pattern: a BatchNorm2d subclass calling F.batch_norm, then relu."""
+    """timm's BatchNormAct2d pattern: a BatchNorm2d subclass that checks ``x.ndim`` (a metadata
+    read of the conv output), calls F.batch_norm, then relu."""
 
     def forward(self, x):
+        torch._assert(x.ndim == 4, "expected 4D input")
         x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                          self.training, 0.1, self.eps)
         return F.relu(x)

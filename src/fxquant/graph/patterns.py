@@ -10,6 +10,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
@@ -30,6 +31,7 @@ __all__ = [
     "function_name",
     "is_stub",
     "QUANT_STUB_NAMES",
+    "data_users",
 ]
 
 W, C, A, S = OpKind.WEIGHTED, OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.SHARE
@@ -361,3 +363,21 @@ def classify_function(node: Node) -> OpKind:
 
 def classify_method(node: Node) -> OpKind:
     return METHOD_KINDS.get(str(node.target), OpKind.FLOAT)
+
+
+_METADATA_ATTRS = frozenset({"ndim", "shape", "dtype", "device", "is_cuda"})
+_METADATA_METHODS = frozenset({"dim", "size", "numel", "ndimension", "nelement"})
+
+
+def _reads_metadata_only(user: fx.Node, value: fx.Node) -> bool:
+    if user.op == "call_function" and user.target is getattr:
+        return len(user.args) >= 2 and user.args[0] is value and user.args[1] in _METADATA_ATTRS
+    return (user.op == "call_method" and user.target in _METADATA_METHODS
+            and user.args[:1] == (value,))
+
+
+def data_users(node: fx.Node) -> list[fx.Node]:
+    """The users of ``node`` that read its numbers: users that read only its shape, dtype or
+    device (``x.ndim``, ``x.shape``, ``x.size()`` -- e.g. timm's BatchNormAct2d asserting
+    ``x.ndim == 4``) see the same on a fused or folded replacement, so patterns ignore them."""
+    return [u for u in node.users if not _reads_metadata_only(u, node)]

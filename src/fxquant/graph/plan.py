@@ -40,7 +40,7 @@ from .._utils import Factory
 from ..backends import Placement
 from ..qconfig import OpKind, QConfig
 from .meta import is_float_tensor, value_info
-from .patterns import WEIGHT_ARG, function_name
+from .patterns import WEIGHT_ARG, data_users, function_name
 
 __all__ = ["ValueQuant", "Plan", "plan_placement", "data_inputs", "constant_nodes"]
 
@@ -145,7 +145,7 @@ def plan_placement(
             if (
                 isinstance(p, fx.Node)
                 and kinds.get(p) in (OpKind.WEIGHTED, OpKind.COMPUTE)
-                and len(p.users) == 1
+                and len(data_users(p)) == 1
                 and active(p) is not None
                 and active(p).output is not None
             ):
@@ -174,17 +174,18 @@ def plan_placement(
         return bool(float_input_ops) and _base(n, gm) in float_input_ops
 
     def feeds_only_float_inputs(n: fx.Node) -> bool:
-        return bool(n.users) and all(float_input(u) for u in n.users)
+        users = data_users(n)
+        return bool(users) and all(float_input(u) for u in users)
 
     def sum_post_op(v: fx.Node, consumer: fx.Node) -> bool:
         """``v`` is a weighted op's output that only feeds the residual add ``consumer``."""
         return (not requantize_before_add and kinds.get(v) is OpKind.WEIGHTED
-                and len(v.users) == 1 and _base(consumer, gm) == "add"
+                and len(data_users(v)) == 1 and _base(consumer, gm) == "add"
                 and len(data_inputs(consumer)) == 2)
 
     def before_bn(v: fx.Node, consumer: fx.Node) -> bool:
         """``v`` is a weighted op's output read only by the BatchNorm ``consumer``."""
-        return (kinds.get(v) is OpKind.WEIGHTED and len(v.users) == 1
+        return (kinds.get(v) is OpKind.WEIGHTED and len(data_users(v)) == 1
                 and _base(consumer, gm) in _BATCH_NORMS and bool(consumer.args)
                 and consumer.args[0] is v and active(consumer) is not None)
 
@@ -214,7 +215,8 @@ def plan_placement(
                 for v in data_inputs(n):
                     if not skip_input(v, n):
                         require(v, q)
-            folded_into_add = len(n.users) == 1 and skip_input(n, next(iter(n.users)))
+            users = data_users(n)
+            folded_into_add = len(users) == 1 and skip_input(n, users[0])
             if n not in plan.fused and not feeds_only_float_inputs(n) and not folded_into_add:
                 mark(n, q.output, name)
         else:  # WEIGHTED_INPUTS

@@ -43,6 +43,7 @@ from .patterns import (
     classify_function,
     classify_method,
     classify_module,
+    data_users,
     function_name,
 )
 from .plan import plan_placement
@@ -387,9 +388,10 @@ def _fold_conv_bn(gm, names, shown, kinds, qconfigs, report, path_prefix) -> Non
         conv = gm.get_submodule(conv_node.target)
         pair = _BN_FOR_CONV.get(type(conv))
         q = qconfigs.get(conv_node)
-        if pair is None or q is None or q.weight is None or len(conv_node.users) != 1:
+        users = data_users(conv_node)
+        if pair is None or q is None or q.weight is None or len(users) != 1:
             continue
-        bn_node = next(iter(conv_node.users))
+        bn_node = users[0]
         if not bn_node.args or bn_node.args[0] is not conv_node:
             continue
         if bn_node.op == "call_module":
