@@ -55,18 +55,30 @@ def _load_suite(path: pathlib.Path) -> tuple[dict, SuiteResult] | None:
         return None
 
 
-def _report(names: list[str], quick: bool) -> tuple[list[str], list[dict]]:
-    """Markdown lines and JSON entries of the latest saved result of every suite in ``names``."""
+README_MAX_ROWS = 30
+"""A suite table longer than this appears in README as its notes only (full table in latest.md)."""
+
+
+def _report(names: list[str], quick: bool, summary: bool = False) -> tuple[list[str], list[dict]]:
+    """Markdown lines and JSON entries of the latest saved result of every suite in ``names``.
+
+    ``summary``: tables longer than :data:`README_MAX_ROWS` rows are replaced by a pointer to
+    ``bench/results/latest.md`` (their notes, with every target's verdict, stay).
+    """
     md: list[str] = []
     entries: list[dict] = []
     for name in names:
         loaded = _load_suite(_suite_path(name, quick))
         if loaded is None:
-            md += [f"## {name}\n", "(not run yet)", ""]
+            md += [f"### {name}\n", "(not run yet)", ""]
             continue
         info, r = loaded
         header = ", ".join(f"{k} {v}" for k, v in info.items())
-        md += [f"## {r.title}\n", f"_{header}_\n", markdown_table(r), ""]
+        table = markdown_table(r)
+        if summary and len(r.rows) > README_MAX_ROWS:
+            table = (f"({len(r.rows)} rows: full table in "
+                     "[bench/results/latest.md](bench/results/latest.md))")
+        md += [f"### {r.title}\n", f"_{header}_\n", table, ""]
         md += [f"- {n}" for n in r.notes] + [""]
         entries.append({"machine": info, "suite": r.__dict__})
     return md, entries
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if README_MARK[0] in text and not args.quick:
-        block = "\n".join(md)
+        block = "\n".join(_report(list(SUITES), False, summary=True)[0])
         text = re.sub(
             re.escape(README_MARK[0]) + r".*?" + re.escape(README_MARK[1]),
             lambda _m: f"{README_MARK[0]}\n{block}\n{README_MARK[1]}",
