@@ -1,7 +1,7 @@
 """Capture coverage: does W8A8 PTQ work on models as they come, fxquant vs torch.ao FX?
 
-The zoo (:data:`TIMM_MODELS`, :data:`HF_MODELS`, :mod:`bench.control_flow`): timm architectures
-of every family (ResNets, mobile CNNs with SE / hard-swish, DenseNet, RegNet, ConvNeXt, ViT /
+The zoo (:mod:`bench.coverage_zoo`; control flow from :mod:`bench.control_flow`): timm
+architectures of every family (ResNets, mobile CNNs with SE / hard-swish, DenseNet, RegNet, ConvNeXt, ViT /
 DeiT, Swin, MLP-Mixer, PoolFormer, MobileViT, LeViT ...) at small input sizes, tiny
 transformers models (BERT, GPT-2, T5 encoder, ViT) built from their config classes, and small
 models with data-dependent control flow.  All weights are random (fixed seed); BatchNorm
@@ -49,7 +49,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ from torch import Tensor, nn
 import fxquant
 from bench._tv_shim import ensure_torchvision_importable
 from bench.common import SuiteResult, markdown_table
-from bench.control_flow import CONTROL_FLOW_MODELS
+from bench.coverage_zoo import HF_MODELS, QUICK_MODELS, TIMM_MODELS, ModelSpec, zoo
 
 __all__ = [
     "ModelSpec",
@@ -85,121 +85,6 @@ LOW_SQNR_DB = 15.0
 """The issue's threshold for a poor W8A8 output SQNR."""
 TIE_DB = 0.5
 """Misses smaller than this are noise-level (named as such in the notes, still misses)."""
-
-# name -> (input height/width, extra timm.create_model kwargs).  Small inputs where the
-# architecture allows; transformers at a reduced img_size (fewer tokens, same structure).
-TIMM_MODELS: dict[str, tuple[int, dict[str, Any]]] = {
-    "resnet18": (64, {}),
-    "resnet50": (64, {}),
-    "mobilenetv2_100": (64, {}),
-    "mobilenetv3_small_100": (64, {}),
-    "efficientnet_b0": (64, {}),
-    "densenet121": (64, {}),
-    "regnetx_002": (64, {}),
-    "convnext_atto": (64, {}),
-    "ghostnet_100": (64, {}),
-    "mnasnet_100": (64, {}),
-    "rexnet_100": (64, {}),
-    "dla34": (64, {}),
-    "inception_v3": (96, {}),
-    "xception41": (64, {}),
-    "cspresnet50": (64, {}),
-    "res2net50_14w_8s": (64, {}),
-    "repvgg_a0": (64, {}),
-    "hrnet_w18_small": (64, {}),
-    "poolformer_s12": (64, {}),
-    "mobilevit_xxs": (64, {}),
-    "levit_128s": (64, {"img_size": 64}),
-    "vit_tiny_patch16_224": (64, {"img_size": 64}),
-    "deit_tiny_patch16_224": (64, {"img_size": 64}),
-    "swin_tiny_patch4_window7_224": (64, {"img_size": 64, "window_size": 4}),
-    "mixer_s16_224": (64, {"img_size": 64}),
-    "nf_resnet26": (64, {}),
-}
-
-_TOKENS, _VOCAB = 16, 1000
-
-
-def _bert() -> nn.Module:
-    import transformers as tf
-
-    cfg = tf.BertConfig(
-        vocab_size=_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=64, num_labels=4,
-    )  # fmt: skip
-    return tf.BertForSequenceClassification(cfg)
-
-
-def _gpt2() -> nn.Module:
-    import transformers as tf
-
-    cfg = tf.GPT2Config(
-        vocab_size=_VOCAB, n_embd=64, n_layer=2, n_head=2, n_positions=64, use_cache=False,
-        bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
-    return tf.GPT2LMHeadModel(cfg)
-
-
-def _t5_encoder() -> nn.Module:
-    import transformers as tf
-
-    cfg = tf.T5Config(
-        vocab_size=_VOCAB, d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
-        use_cache=False,
-    )  # fmt: skip
-    return tf.T5EncoderModel(cfg)
-
-
-def _hf_vit() -> nn.Module:
-    import transformers as tf
-
-    cfg = tf.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, num_labels=10,
-    )  # fmt: skip
-    return tf.ViTForImageClassification(cfg)
-
-
-def _ids_and_mask(batch: int) -> tuple[Tensor, ...]:
-    """Random token ids and an attention mask with the second half of every other row padded."""
-    ids = torch.randint(0, _VOCAB, (batch, _TOKENS))
-    mask = torch.ones(batch, _TOKENS, dtype=torch.long)
-    mask[1::2, _TOKENS // 2 :] = 0
-    return ids, mask
-
-
-# name -> (factory, inputs(batch) -> positional inputs, input description)
-HF_MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[Tensor, ...]], str]] = {
-    "bert (BertForSequenceClassification)": (_bert, _ids_and_mask, f"ids+mask {_TOKENS}"),
-    "gpt2 (GPT2LMHeadModel)": (_gpt2, lambda b: _ids_and_mask(b)[:1], f"ids {_TOKENS}"),
-    "t5 (T5EncoderModel)": (_t5_encoder, _ids_and_mask, f"ids+mask {_TOKENS}"),
-    "vit (ViTForImageClassification)": (_hf_vit, lambda b: (torch.randn(b, 3, 32, 32),), "32px"),
-}
-
-QUICK_MODELS = (
-    "resnet18", "mobilenetv3_small_100", "vit_tiny_patch16_224",
-    "bert (BertForSequenceClassification)", "sign_branch", "untraceable_block",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One zoo model.
-
-    Attributes:
-        name: row name.
-        source: ``timm``, ``transformers`` or ``control-flow``.
-        build: returns the float model with random weights (called after seeding).
-        inputs: ``inputs(batch)`` -> positional inputs drawn from the global RNG.
-        input_desc: input size for the table.
-    """
-
-    name: str
-    source: str
-    build: Callable[[], nn.Module]
-    inputs: Callable[[int], tuple[Tensor, ...]]
-    input_desc: str
-
 
 @dataclass(frozen=True)
 class CoverageConfig:
@@ -237,34 +122,6 @@ QUICK = CoverageConfig(
     models=QUICK_MODELS, settle_batches=2, calib_batches=2, batch_size=4, eval_batch=8,
     int16_sensitive=False,
 )  # fmt: skip
-
-def _timm_builder(name: str, kwargs: dict[str, Any]) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        ensure_torchvision_importable()
-        import timm
-
-        return timm.create_model(name, pretrained=False, num_classes=100, **kwargs)
-
-    return build
-
-
-def _image_inputs(shape: tuple[int, ...]) -> Callable[[int], tuple[Tensor, ...]]:
-    return lambda b: (torch.randn(b, *shape),)
-
-
-def zoo() -> dict[str, ModelSpec]:
-    """Every model of the suite by name: timm, then transformers, then control flow."""
-    specs = [
-        ModelSpec(n, "timm", _timm_builder(n, kw), _image_inputs((3, r, r)), f"{r}px")
-        for n, (r, kw) in TIMM_MODELS.items()
-    ]
-    specs += [ModelSpec(n, "transformers", f, inp, d) for n, (f, inp, d) in HF_MODELS.items()]
-    specs += [
-        ModelSpec(n, "control-flow", f, _image_inputs(s), "x".join(map(str, s)))
-        for n, (f, s) in CONTROL_FLOW_MODELS.items()
-    ]
-    return {s.name: s for s in specs}
-
 
 class _TimeLimit(Exception):
     pass
@@ -512,12 +369,12 @@ def _torch_ao(
         return f"FAIL {stage}: {_short(exc, 70)}", "-"
 
 
-def _w8a16(
-    model: nn.Module, calib: list[tuple[Tensor, ...]], x: tuple[Tensor, ...], ref: Tensor
+def _setter_sqnr(
+    model: nn.Module, setter: Any, calib: list[tuple[Tensor, ...]], x: tuple[Tensor, ...],
+    ref: Tensor,
 ) -> str | float:
-    """SQNR with int16 activations everywhere (``calibration_8bit_weight_16bit_act_...``)."""
+    """SQNR of ``model`` prepared with ``setter`` and calibrated, or ``"FAIL <reason>"``."""
     try:
-        setter = fxquant.calibration_8bit_weight_16bit_act_qconfig_setter
         qmodel = _calibrated(model, calib[0], setter, calib)
         with torch.no_grad():
             return _sqnr(ref, _main_output(qmodel(*x)))
@@ -525,6 +382,14 @@ def _w8a16(
         raise
     except Exception as exc:
         return f"FAIL {_short(exc, 60)}"
+
+
+def _w8a16(
+    model: nn.Module, calib: list[tuple[Tensor, ...]], x: tuple[Tensor, ...], ref: Tensor
+) -> str | float:
+    """SQNR with int16 activations everywhere (``calibration_8bit_weight_16bit_act_...``)."""
+    setter = fxquant.calibration_8bit_weight_16bit_act_qconfig_setter
+    return _setter_sqnr(model, setter, calib, x, ref)
 
 
 def _int16_sensitive(
@@ -550,17 +415,15 @@ def _int16_sensitive(
         return f"skipped (~{estimate:.0f} s)"
     try:
         table = fxquant.sensitivity(qmodel, [probe], metric="L1", progress=False)
-        setter = (
-            fxquant.sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter(table, ratio=0.1),
-            fxquant.default_calibration_qconfig_setter,
-        )
-        mixed = _calibrated(model, calib[0], setter, calib)
-        with torch.no_grad():
-            return _sqnr(ref, _main_output(mixed(*x)))
     except _TimeLimit:
         raise
     except Exception as exc:
         return f"FAIL {_short(exc, 60)}"
+    setter = (
+        fxquant.sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter(table, ratio=0.1),
+        fxquant.default_calibration_qconfig_setter,
+    )
+    return _setter_sqnr(model, setter, calib, x, ref)
 
 
 def _notes(rows: list[dict[str, Any]]) -> list[str]:
