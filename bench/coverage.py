@@ -1,8 +1,8 @@
 """Capture coverage: does W8A8 PTQ work on models as they come, fxquant vs torch.ao FX?
 
 The zoo (:mod:`bench.coverage_zoo`; control flow from :mod:`bench.control_flow`): timm
-architectures of every family (ResNets, mobile CNNs with SE / hard-swish, DenseNet, RegNet, ConvNeXt, ViT /
-DeiT, Swin, MLP-Mixer, PoolFormer, MobileViT, LeViT ...) at small input sizes, tiny
+architectures of every family (ResNets, mobile CNNs with SE / hard-swish, DenseNet, RegNet,
+ConvNeXt, ViT / DeiT, Swin, MLP-Mixer, PoolFormer, MobileViT, LeViT ...) at small input sizes, tiny
 transformers models (BERT, GPT-2, T5 encoder, ViT) built from their config classes, and small
 models with data-dependent control flow.  All weights are random (fixed seed); BatchNorm
 statistics are first settled on random inputs (train-mode passes with ``momentum=None``, i.e. a
