@@ -23,7 +23,7 @@ from torch import nn
 from ..fake_quant import FakeQuantize
 from ..graph.meta import op_name
 from ..graph.report import PrepareReport
-from ..numerics import ScaleMath, dequantize
+from ..numerics import dequantize
 from ..numerics import quantize as quantize_codes
 from ..qconfig import OpKind
 from . import bias as bias_math
@@ -55,9 +55,9 @@ from .onnx_graph import (
     make_tensor,
     onnx_type_of_qdtype,
     onnx_type_of_torch,
-    storage_range,
 )
 from .onnx_ops import Dim, UnsupportedOp, concrete_sizes, symbolic_size
+from .onnx_qdq import float_qdq, norm_axis, saturate
 
 __all__ = ["OnnxWriter", "Const", "WeightSpec"]
 
@@ -392,62 +392,16 @@ class OnnxWriter:
     def qdq(self, ref: TensorRef, fq: FakeQuantize) -> TensorRef:
         """``ref -> QuantizeLinear -> _quantized -> DequantizeLinear -> _dequantized``."""
         if fq.dtype.bits > self.max_qdq_bits:
-            return self._float_qdq(ref, fq)
+            return float_qdq(self.b, ref, fq)
         tname = ref.name
         qp = self._qparams(tname, fq)
-        x = self._saturate(ref, qp)
-        axis = _norm_axis(qp.axis, ref.rank)
+        x = saturate(self.b, ref, qp)
+        axis = norm_axis(qp.axis, ref.rank)
         q = self.b.node("QuantizeLinear", [x, qp.scale_name, qp.zero_point_name],
                         [self.b.claim(q_output(tname))], axis=axis)[0]
         dq = self.b.node("DequantizeLinear", [q, qp.scale_name, qp.zero_point_name],
                          [self.b.claim(dq_output(tname))], axis=axis)[0]
         return TensorRef(dq, ref.shape, ref.elem_type, qp)
-
-    def _float_qdq(self, ref: TensorRef, fq: FakeQuantize) -> TensorRef:
-        """The quantizer as float arithmetic, ``(clip(round(x / s) + zp) - zp) * s`` (Div or Mul
-        by the reciprocal as its ``ScaleMath`` says, Round = half to even), for grids wider than
-        the profile's ``max_qdq_bits``.  The result is a float tensor (no Q/DQ downstream)."""
-        tname = ref.name
-        scale = fq.scale.detach().to(torch.float32)
-        zp = fq.zero_point.detach().round().to(torch.float32)
-        axis = fq.ch_axis if scale.dim() == 1 and fq.ch_axis is not None else None
-        shape: list[int] = []
-        if axis is not None:
-            shape = [1] * (ref.rank or 1)
-            shape[_norm_axis(axis, ref.rank)] = -1
-        s_n = self.b.const(scale_name(tname), scale.reshape(shape))
-        z_n = self.b.const(zero_point_name(tname), zp.reshape(shape))
-        if fq.scale_math is ScaleMath.RECIPROCAL:
-            inv = self.b.const(f"{tname}_inverse_scale", (1.0 / scale).reshape(shape))
-            d = self.b.one("Mul", [ref.name, inv], f"{tname}_scaled")
-        else:
-            d = self.b.one("Div", [ref.name, s_n], f"{tname}_scaled")
-        r = self.b.one("Round", [d], f"{tname}_rounded")
-        a = self.b.one("Add", [r, z_n], f"{tname}_shifted")
-        lo = self.b.const(f"{tname}_qmin", torch.tensor(float(fq.dtype.qmin)))
-        hi = self.b.const(f"{tname}_qmax", torch.tensor(float(fq.dtype.qmax)))
-        q = self.b.one("Clip", [a, lo, hi], q_output(tname))
-        c = self.b.one("Sub", [q, z_n], f"{tname}_centered")
-        out = self.b.node("Mul", [c, s_n], [self.b.claim(dq_output(tname))])[0]
-        return TensorRef(out, ref.shape, ref.elem_type, None)
-
-    def _saturate(self, ref: TensorRef, qp: QParams) -> str:
-        """Clip to the quantizer's own range when it is narrower than the ONNX type's."""
-        elem = onnx_type_of_qdtype(qp.dtype)
-        if (qp.dtype.qmin, qp.dtype.qmax) == storage_range(elem):
-            return ref.name
-        lo = ((qp.dtype.qmin - qp.zero_point).float() * qp.scale).float()
-        hi = ((qp.dtype.qmax - qp.zero_point).float() * qp.scale).float()
-        if qp.axis is None or lo.dim() == 0:
-            lo_n = self.b.const(f"{ref.name}_qmin", lo.reshape(()))
-            hi_n = self.b.const(f"{ref.name}_qmax", hi.reshape(()))
-            return self.b.one("Clip", [ref.name, lo_n, hi_n], f"{ref.name}_saturated")
-        shape = [1] * (ref.rank or 1)
-        shape[_norm_axis(qp.axis, ref.rank)] = -1
-        lo_n = self.b.const(f"{ref.name}_qmin", lo.reshape(shape))
-        hi_n = self.b.const(f"{ref.name}_qmax", hi.reshape(shape))
-        m = self.b.one("Max", [ref.name, lo_n], f"{ref.name}_clipped_low")
-        return self.b.one("Min", [m, hi_n], f"{ref.name}_saturated")
 
     def _requantize(self, node: fx.Node, args: Any, kwargs: Any, out: Any) -> Any:
         """After an op that only moves values of one per-tensor quantized input, put a Q/DQ pair
@@ -509,7 +463,7 @@ class OnnxWriter:
         elem = onnx_type_of_qdtype(qp.dtype)
         qn = self.b.fresh(q_output(c.name))
         self.b.initializers[qn] = make_tensor(qn, c.codes.to(torch.int64), elem)
-        axis = _norm_axis(qp.axis, t.dim())
+        axis = norm_axis(qp.axis, t.dim())
         dq = self.b.node("DequantizeLinear", [qn, qp.scale_name, qp.zero_point_name],
                          dq_output(c.name), axis=axis)[0]
         return TensorRef(dq, tuple(t.shape), TensorProto.FLOAT, qp)
@@ -689,9 +643,3 @@ def _tensor(name: str, t: torch.Tensor) -> onnx.TensorProto:
     from .onnx_graph import make_tensor
 
     return make_tensor(name, t)
-
-
-def _norm_axis(axis: int | None, rank: int | None) -> int | None:
-    if axis is None or rank is None:
-        return axis
-    return axis % rank if rank else axis
