@@ -100,3 +100,21 @@ def test_integer_reference_needs_onnxruntime(resnet_export):
         verify(qmodel, path, x, "onnxruntime", integer_kernels=False, reference="integer")
     with pytest.raises(ValueError, match="reference"):
         verify(qmodel, path, x, "onnxruntime", reference="bogus")
+
+
+def test_a_non_finite_runtime_value_is_a_difference_not_a_warning():
+    import warnings
+
+    import numpy as np
+
+    from fxquant import FakeQuantize
+    from fxquant.export.verify import _diff
+
+    fq = FakeQuantize()
+    fq.scale = torch.tensor(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = _diff("t", np.array([0.1, np.nan, np.inf], np.float32), torch.tensor([0.1, 0.2, 0.3]),
+                  fq, "q")
+    assert d.identical == pytest.approx(1 / 3) and not d.ok()
+    assert d.max_step_diff > 10**9 and d.histogram == {0: 1, 5: 2}

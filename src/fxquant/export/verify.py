@@ -230,7 +230,10 @@ def _diff(name: str, rt: np.ndarray, sim: torch.Tensor, fq: FakeQuantize | None,
         shape = [1] * rt.ndim
         shape[fq.ch_axis % rt.ndim] = -1
         scale = scale.reshape(shape)
-    steps = np.rint(diff / scale).astype(np.int64)
+    ratio = diff / scale
+    finite = np.isfinite(ratio)  # a runtime NaN / Inf is as far off as it gets
+    steps = np.where(finite, np.rint(np.where(finite, ratio, 0.0)), 0).astype(np.int64)
+    steps[~finite] = np.iinfo(np.int64).max
     hist = Counter(np.clip(steps, -HIST_CLIP, HIST_CLIP).ravel().tolist())
     return TensorDiff(
         name, path, tuple(rt.shape), float(np.max(scale)), max_abs,
