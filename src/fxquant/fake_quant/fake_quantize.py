@@ -84,6 +84,7 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self._init_qparams()
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("frozen", torch.tensor(bool(fixed_in_qat)))
+        self._frozen = bool(fixed_in_qat)  # Python mirror: no tensor read on the hot path
         self.register_buffer(
             "state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8)
         )
@@ -92,11 +93,12 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     @property
     def fixed_in_qat(self) -> bool:
         """Whether the scale is frozen once calibrated (the persistent ``frozen`` buffer)."""
-        return bool(self.frozen)
+        return self._frozen
 
     @fixed_in_qat.setter
     def fixed_in_qat(self, value: bool) -> None:
-        self.frozen.fill_(bool(value))
+        self._frozen = bool(value)
+        self.frozen.fill_(self._frozen)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
@@ -104,6 +106,7 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
                                       unexpected_keys, error_msgs)
         if prefix + "frozen" in missing_keys:  # a state dict saved before ``frozen`` existed
             missing_keys.remove(prefix + "frozen")
+        self._frozen = bool(self.frozen)
 
     # -- storage -----------------------------------------------------------------------------
     def _init_qparams(self) -> None:
@@ -164,7 +167,7 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if state is FakeQuantState.FLOAT or not x.is_floating_point():
             return x
         if state is FakeQuantState.CALIBRATION:
-            if not (bool(self.frozen) and bool(self.calibrated)):
+            if not (self._frozen and bool(self.calibrated)):
                 self._observe(x)
             return x
         if state is FakeQuantState.QAT:
