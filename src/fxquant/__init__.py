@@ -20,6 +20,16 @@ from .algorithms import (
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
+from .errors import (
+    CaptureError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EncodingsError,
+    FxquantError,
+    MissingDependencyError,
+    VerifyError,
+)
 from .export import (
     ExportError,
     ExportResult,
@@ -150,5 +160,13 @@ __all__ = [
     "Placement",
     "PROFILES",
     "get_profile",
+    "FxquantError",
+    "ConfigError",
+    "DataError",
+    "CaptureError",
+    "VerifyError",
+    "EncodingsError",
+    "CheckpointError",
+    "MissingDependencyError",
     "__version__",
 ]

@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import ConvertError
 from ..fake_quant import FakeQuantize
 from ..graph.meta import op_name, value_info
 from ..graph.patterns import (
@@ -64,10 +65,6 @@ from .tables import (
 )
 
 __all__ = ["Execution", "ConvertedOp", "ConvertError", "lower", "dequantize_all"]
-
-
-class ConvertError(RuntimeError):
-    """A prepared model cannot be converted as asked (uncalibrated, unsupported dtype ...)."""
 
 
 class Execution(enum.Enum):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backends import BackendProfile
-from ..fake_quant import FakeQuantize, LearnableFakeQuantize
+from ..fake_quant import FakeQuantize
 
 __all__ = [
     "ENGINES",
@@ -115,16 +115,9 @@ def silence_deprecation() -> Iterator[None]:
 
 
 def effective_qparams(fq: FakeQuantize) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale float32, zero_point int64)`` exactly as ``fq`` applies them in its forward.
-
-    LSQ quantizers clamp the learned scale at ``eps`` and round the learned zero point.
-    """
-    scale = fq.scale.detach().float()
-    zp = fq.zero_point.detach()
-    if isinstance(fq, LearnableFakeQuantize):
-        scale = scale.clamp(min=fq.eps)
-        zp = torch.round(zp).clamp(fq.dtype.qmin, fq.dtype.qmax)
-    return scale, zp.round().long()
+    """``(scale float32, zero_point int64)`` exactly as ``fq`` applies them (``fq.qparams()``)."""
+    qp = fq.qparams()
+    return qp.scale, qp.zero_point
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import EncodingsError
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..graph.report import get_report
 from ..numerics import QDType
@@ -46,10 +47,6 @@ from .naming import quantized_tensor_name
 __all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings"]
 
 ENCODING_VERSIONS = ("0.6.1", "1.0.0")
-
-
-class EncodingsError(ValueError):
-    """An encodings file or model that cannot be exported / loaded (the message names tensors)."""
 
 
 # -- the model side: tensor name -> quantizer --------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import ExportError
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.meta import op_name
 from ..graph.patterns import classify_function, classify_method, classify_module
@@ -55,10 +56,6 @@ MIN_OPSET = 13
 """Backend profiles whose runtimes fuse ``DQ(int32 bias)`` into integer conv / gemm kernels."""
 
 _PREFERRED_OPSET = {nn.LayerNorm: 17, torch.nn.functional.layer_norm: 17}
-
-
-class ExportError(RuntimeError):
-    """The model (or an op of it) cannot be exported as asked; the message says what to do."""
 
 
 class ExportWarning(UserWarning):

@@ -8,9 +8,11 @@ from typing import Any
 import torch
 
 from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory
+from ..errors import QuantizerError
 from ..numerics import (
     DEFAULT_EPS,
     QDType,
+    QParams,
     ScaleMath,
     fake_quantize_lsq,
     fake_quantize_ste,
@@ -21,10 +23,6 @@ from ..observers import FixedScaleObserver, MinMaxObserver, Observer
 from .state import FakeQuantState
 
 __all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError"]
-
-
-class QuantizerError(RuntimeError):
-    """A quantizer was used in a way it cannot serve (e.g. no scale yet)."""
 
 
 class FakeQuantize(LazyShapeBuffers, WithArgs):
@@ -134,6 +132,25 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     def granularity(self):
         """:class:`PerTensor` or :class:`PerChannel` (data, not a string)."""
         return granularity_from_axis(self.ch_axis)
+
+    def qparams(self) -> QParams:
+        """The grid this quantizer applies in forward, as one frozen value (detached copies).
+
+        Every consumer (export, encodings, convert, integer simulation, AdaRound, compare,
+        summary) asks this instead of reading ``scale`` / ``zero_point``.  Check ``calibrated``
+        first: an uncalibrated quantizer returns its initial (meaningless) grid.
+        """
+        scale, zp = self._applied_scale_zero_point()
+        return QParams(
+            scale=scale.detach().float().clone(),
+            zero_point=zp.detach().round().long(),
+            dtype=self.dtype,
+            granularity=self.granularity,
+            scale_math=self.scale_math,
+        )
+
+    def _applied_scale_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale, self.zero_point
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -246,6 +263,12 @@ class LearnableFakeQuantize(FakeQuantize):
         if self.state is FakeQuantState.QAT and bool(self.calibrated):
             return self._fake_quantize(x)  # learned: no observation
         return super().forward(x)
+
+    def _applied_scale_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # what _fake_quantize / fake_quantize_lsq apply: scale clamped at eps, zero point
+        # rounded and clamped to the grid
+        zp = torch.round(self.zero_point.detach()).clamp(self.dtype.qmin, self.dtype.qmax)
+        return self.scale.detach().clamp(min=self.eps), zp
 
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         per_scale = x.numel() // max(1, self.scale.numel())

@@ -18,13 +18,18 @@ Returns float32 ``scale`` and int32 ``zero_point`` with the shape of ``min_val``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .affine import ScaleMath, broadcast_param, dequantize, fake_quantize, quantize
 from .dtypes import QDType
+from .granularity import Granularity, PerChannel, PerTensor
 
-__all__ = ["choose_qparams", "DEFAULT_EPS"]
+__all__ = ["choose_qparams", "DEFAULT_EPS", "QParams"]
 
 DEFAULT_EPS = float(torch.finfo(torch.float32).eps)
+_PER_TENSOR = PerTensor()
 
 
 def choose_qparams(
@@ -64,3 +69,68 @@ def choose_qparams(
     # float32 rounding must not push the scale below eps
     scale32 = torch.clamp(scale32, min=eps)
     return scale32, zp.to(torch.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class QParams:
+    """The quantization parameters one quantizer *applies*: the single source every consumer asks.
+
+    Export (ONNX, encodings, TFLite), convert, the integer simulation, AdaRound, compare and
+    summary read a quantizer's grid from this value (``FakeQuantize.qparams()``), never from its
+    buffers: a learnable (LSQ) quantizer clamps its scale at ``eps`` and rounds / clamps its
+    zero point in forward, and only this value says so once.
+
+    Attributes:
+        scale: float32, 0-d (per tensor) or ``[C]`` (per channel), detached.
+        zero_point: int64 codes within ``[dtype.qmin, dtype.qmax]``, same shape as ``scale``.
+        dtype: the integer grid.
+        granularity: :class:`PerTensor` or :class:`PerChannel` (its axis).
+        scale_math: how the scale divides (:class:`ScaleMath`).
+
+    >>> import torch
+    >>> from fxquant.numerics import qint8
+    >>> qp = QParams(torch.tensor(0.5), torch.tensor(0), qint8)
+    >>> qp.quantize(torch.tensor([1.3, -100.0])).tolist()
+    [3, -128]
+    >>> float(qp.steps(torch.tensor(1.0), torch.tensor(0.0)))
+    2.0
+    """
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    dtype: QDType
+    granularity: Granularity = _PER_TENSOR
+    scale_math: ScaleMath = ScaleMath.DIVIDE
+
+    @property
+    def axis(self) -> int | None:
+        """Channel axis, ``None`` per tensor."""
+        return self.granularity.axis if isinstance(self.granularity, PerChannel) else None
+
+    @property
+    def per_channel(self) -> bool:
+        return isinstance(self.granularity, PerChannel)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes of ``x`` (ONNX QuantizeLinear), in :func:`storage_dtype`."""
+        return quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.scale_math)
+
+    def dequantize(self, q: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(q - zero_point) * scale`` (ONNX DequantizeLinear)."""
+        return dequantize(q, self.scale, self.zero_point, self.axis, out_dtype)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``dequantize(quantize(x))`` in ``x``'s float dtype (no autograd rule)."""
+        return fake_quantize(
+            x, self.scale, self.zero_point, self.dtype, self.axis, self.scale_math
+        )
+
+    def steps(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``|a - b|`` in quantization steps (``round(|a - b| / scale)``, float64).
+
+        0 means the same integer code for two values on this grid; the step count of two
+        dequantized tensors.  Per channel, the scale broadcasts along :attr:`axis` of ``a``.
+        """
+        diff = (a.double() - b.double()).abs()
+        s = broadcast_param(self.scale.double(), diff, self.axis)
+        return torch.round(diff / s)

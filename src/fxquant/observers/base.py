@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 
 from .._utils import LazyShapeBuffers, WithArgs
+from ..errors import ObserverError
 from ..numerics import DEFAULT_EPS, QDType, choose_qparams
 
 __all__ = ["Observer", "ObserverError", "channel_view"]
-
-
-class ObserverError(ValueError):
-    """Bad observed data (NaN / Inf) or a request that the observer cannot answer."""
 
 
 def channel_view(x: torch.Tensor, ch_axis: int | None) -> torch.Tensor:

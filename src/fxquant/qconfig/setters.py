@@ -20,6 +20,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from ..errors import UnknownOpNameError
 from .opinfo import OpInfo, SetterContext
 from .qconfig import QConfig
 
@@ -41,13 +42,6 @@ class QconfigSetter(Protocol):
 
 
 SetterArg = QconfigSetter | QConfig | Iterable[Any]
-
-
-class UnknownOpNameError(KeyError):
-    """A name given to a setter matches no op of the model."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 class _GlobalSetter:
