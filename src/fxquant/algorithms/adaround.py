@@ -37,12 +37,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize, fake_quantize_state
+from ..graph.ops import layer_traits
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes
 from . import adaround_math as am
 from .adaround_data import (
-    _CONV,
-    _CONV_T,
     _Batches,
     build_layer_cache,
     following_activation,
@@ -183,7 +182,7 @@ def _is_adaroundable(m: nn.Module) -> bool:
     fq = getattr(m, "weight_fake_quant", None)
     return (
         isinstance(m, (QuantWeightMixin, ConvBnNd))
-        and isinstance(m, (*_CONV, *_CONV_T, nn.Linear))
+        and layer_traits(m).multiplies_weight
         and isinstance(fq, FakeQuantize)
     )
 

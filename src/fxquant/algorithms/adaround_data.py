@@ -9,15 +9,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..graph.ops import MacRule, clip_bounds, layer_traits
 from . import adaround_math as am
 from .calibrate import batch_to_args, model_device
 
 _CACHE_BYTES = 256 * 2**20  # bound on one layer's cached inputs + targets
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # -- capture --------------------------------------------------------------------------------------
@@ -73,26 +71,19 @@ def module_io(
         handle.remove()
 
 
-_RELU_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6}
-_RELU_MODULES = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}
-_RELU_METHODS = {"relu": F.relu, "relu_": F.relu}
-
-
 def following_activation(qmodel: nn.Module, name: str) -> Callable[[Tensor], Tensor] | None:
-    """The relu (or relu6) that is the only user of layer ``name``'s only call, if any."""
+    """The clip-like activation (relu, relu6, hardtanh) that is the only user of layer
+    ``name``'s only call, as a function, if any."""
     if not isinstance(qmodel, fx.GraphModule):
         return None
     calls = [n for n in qmodel.graph.nodes if n.op == "call_module" and n.target == name]
     if len(calls) != 1 or len(calls[0].users) != 1:
         return None
-    user = next(iter(calls[0].users))
-    if user.op == "call_function":
-        return _RELU_FUNCTIONS.get(user.target)
-    if user.op == "call_method":
-        return _RELU_METHODS.get(str(user.target))
-    if user.op == "call_module":
-        return _RELU_MODULES.get(type(qmodel.get_submodule(str(user.target))))
-    return None
+    bounds = clip_bounds(next(iter(calls[0].users)), qmodel)
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    return lambda y: torch.clamp(y, lo, hi)
 
 
 @dataclass
@@ -119,7 +110,7 @@ def _pick(count: int, keep: int, gen: torch.Generator) -> Tensor | None:
 
 def _rows_of(m: nn.Module, xq: Tensor, yf: Tensor, keep: int, gen: torch.Generator):
     """``keep`` random (input row, target row) pairs of one batch."""
-    if isinstance(m, nn.Linear):
+    if layer_traits(m).macs is MacRule.LINEAR:
         xr, yr = xq.reshape(-1, m.in_features), yf.reshape(-1, m.out_features)
         idx = _pick(xr.shape[0], keep, gen)
         return (xr, yr) if idx is None else (xr[idx.to(xr.device)], yr[idx.to(yr.device)])
@@ -140,7 +131,7 @@ def build_layer_cache(
     """
     qmod, fmod = qmodel.get_submodule(name), fmodel.get_submodule(name)
     n_total = sum(_batch_len(a[0]) if isinstance(a[0], Tensor) else 1 for a in batches)
-    rows = isinstance(qmod, (nn.Linear, *_CONV))
+    rows = layer_traits(qmod).macs in (MacRule.LINEAR, MacRule.CONV)
     if rows:
         k = qmod.weight[0].numel() * getattr(qmod, "groups", 1)  # im2col / input row length
         c_out = qmod.weight.shape[0]

@@ -1,7 +1,8 @@
 """Fake quantization modules and the state machine that drives them."""
 
+from .control import fake_quantize_state, set_fake_quantize
 from .fake_quantize import FakeQuantize, LearnableFakeQuantize, QuantizerError
-from .state import FakeQuantState, fake_quantize_state, set_fake_quantize
+from .state import FakeQuantState
 
 __all__ = [
     "FakeQuantize",
