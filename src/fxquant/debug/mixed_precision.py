@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..graph.ops import count_macs, layer_traits
 from ..numerics import QDType, qint4, qint8, qint16
 from ..qconfig import OpInfo, OpKind, QConfig, SetterContext
 from ..qconfig.templates import (
@@ -153,13 +154,7 @@ def _bitops(qmodel: nn.Module, example: tuple[Any, ...]) -> float:
         wfq = getattr(m, "weight_fake_quant", None)
         if isinstance(wfq, FakeQuantize) and isinstance(getattr(m, "weight", None), torch.Tensor):
             def w_hook(mod, inp, out, _w=wfq):
-                w = mod.weight
-                if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                    macs = inp[0].numel() * w[0].numel()
-                elif w.dim() > 2:
-                    macs = out.numel() * w[0].numel()
-                else:
-                    macs = out.numel() * w.shape[-1]
+                macs = count_macs(layer_traits(mod), mod.weight, inp[0], out)
                 total[0] += macs * _w.dtype.bits * last_bits[0] / batch
             hooks.append(m.register_forward_hook(w_hook))
     try:

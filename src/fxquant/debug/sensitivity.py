@@ -44,6 +44,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantState
 from ..graph.meta import op_name as node_op_name
+from ..graph.ops import count_macs, layer_traits
 from ..graph.report import get_report
 from ..qconfig import OpKind
 from .compare import (
@@ -229,14 +230,7 @@ def _flops(qmodel: nn.Module, batch: tuple[Any, ...], groups: list[_Group],
             w = getattr(m, "weight", None)
             if not isinstance(out, torch.Tensor) or not isinstance(w, torch.Tensor):
                 return
-            if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                macs = inp[0].numel() * w[0].numel()
-            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or w.dim() > 2:
-                macs = out.numel() * w[0].numel()
-            elif isinstance(m, nn.Embedding):
-                macs = 0
-            else:
-                macs = out.numel() * w.shape[-1]
+            macs = count_macs(layer_traits(m), w, inp[0], out)
             per_op[_n] = per_op.get(_n, 0.0) + 2.0 * macs / batch_n
         hooks.append(mod.register_forward_hook(hook))
 

@@ -376,16 +376,25 @@ def node_traits(node: fx.Node, root: nn.Module) -> OpTraits:
 _HARDTANH_ARGS = ("min_val", "max_val")
 
 
-def clip_bounds(node: fx.Node, root: nn.Module) -> tuple[float, float | None] | None:
-    """The ``(lo, hi)`` a clip-like op clamps its input to (``None`` for other ops)."""
+def clip_bounds(
+    node: fx.Node, root: nn.Module, path: str | None = None
+) -> tuple[float, float | None] | None:
+    """The ``(lo, hi)`` a clip-like op clamps its input to (``None`` for other ops).
+
+    ``root`` owns the graph; ``path`` is the module path of a ``call_module`` node when its
+    target is relative to something else (default: the target).
+    """
+    if node.op == "call_module":
+        mod = root.get_submodule(str(node.target) if path is None else path)
+        traits = module_traits(mod)
+        if traits.clip_from_args:
+            return float(mod.min_val), float(mod.max_val)
+        return traits.clip
     traits = node_traits(node, root)
     if traits.clip is not None:
         return traits.clip
     if not traits.clip_from_args:
         return None
-    if node.op == "call_module":
-        mod = root.get_submodule(str(node.target))
-        return float(mod.min_val), float(mod.max_val)
     bounds = dict(zip(_HARDTANH_ARGS, node.args[1:3], strict=False))
     bounds.update({k: v for k, v in node.kwargs.items() if k in _HARDTANH_ARGS})
     lo, hi = bounds.get("min_val", -1.0), bounds.get("max_val", 1.0)
