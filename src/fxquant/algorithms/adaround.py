@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize, fake_quantize_state
 from ..graph.ops import layer_traits
+from ..modelio import ModelInputs, call_model
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes
 from . import adaround_math as am
@@ -333,7 +334,7 @@ def _with_quantizer(m: nn.Module, ada: AdaRoundQuantizer, x: Tensor) -> Tensor:
 
 
 def _round_layer(
-    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[tuple],
+    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[ModelInputs],
     opts: AdaRoundOptions, gen: torch.Generator,
 ) -> ReconstructionResult:
     """AdaRound one layer, freeze it, and report."""
@@ -379,7 +380,7 @@ def _round_layer(
 
 
 def adaround_layers(
-    qmodel: nn.Module, fmodel: nn.Module, names: list[str], batches: list[tuple],
+    qmodel: nn.Module, fmodel: nn.Module, names: list[str], batches: list[ModelInputs],
     opts: AdaRoundOptions, report: ReconstructionReport, first_unit: int = 0,
 ) -> None:
     """Layer-wise AdaRound of ``names`` in that order (the engine of :func:`adaround`)."""
@@ -414,8 +415,9 @@ def float_copy(qmodel: nn.Module) -> nn.Module:
     return fmodel.eval()
 
 
-def execution_order(qmodel: nn.Module, names: list[str], args: tuple) -> list[str]:
-    """``names`` sorted by when each module is first called on ``args`` (uncalled ones dropped)."""
+def execution_order(qmodel: nn.Module, names: list[str], inputs: ModelInputs) -> list[str]:
+    """``names`` sorted by when each module is first called on ``inputs`` (uncalled ones
+    dropped)."""
     order: dict[str, int] = {}
 
     def hook_for(name: str):
@@ -427,7 +429,7 @@ def execution_order(qmodel: nn.Module, names: list[str], args: tuple) -> list[st
     handles = [qmodel.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
     try:
         with torch.no_grad():
-            qmodel(*args)
+            call_model(qmodel, inputs)
     finally:
         for h in handles:
             h.remove()

@@ -3,7 +3,7 @@ bounded set of rows (im2col rows for convolutions) and served in random mini-bat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +11,11 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..errors import DataError
 from ..graph.ops import MacRule, clip_bounds, layer_traits
+from ..graph.report import num_inputs_of
+from ..modelio import ModelInputs, call_model, iter_inputs, model_device
 from . import adaround_math as am
-from .calibrate import batch_to_args, model_device
 
 _CACHE_BYTES = 256 * 2**20  # bound on one layer's cached inputs + targets
 
@@ -23,27 +25,16 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass early."""
 
 
-def materialize(qmodel: nn.Module, data: Iterable[Any], num_batches: int | None) -> list[tuple]:
-    """The calibration batches as positional-argument tuples on the model's device."""
-    from ..graph.report import get_report
-
-    try:
-        num_inputs = get_report(qmodel).num_inputs
-    except TypeError:
-        num_inputs = 1
-    device = model_device(qmodel)
-    batches = []
-    for i, batch in enumerate(data):
-        if num_batches is not None and i >= num_batches:
-            break
-        batches.append(batch_to_args(batch, num_inputs, device))
+def materialize(qmodel: nn.Module, data: Any, num_batches: int | None) -> list[ModelInputs]:
+    """The calibration batches (:mod:`fxquant.modelio`) on the model's device, in memory."""
+    batches = list(iter_inputs(data, num_inputs_of(qmodel), model_device(qmodel), num_batches))
     if not batches:
-        raise ValueError("the data yielded no batch; pass at least one batch")
+        raise DataError("the data yielded no batch; pass at least one batch")
     return batches
 
 
 def module_io(
-    model: nn.Module, module: nn.Module, batches: list[tuple], output: bool
+    model: nn.Module, module: nn.Module, batches: list[ModelInputs], output: bool
 ) -> Iterator[Tensor]:
     """The input (``output=False``) or output of ``module``'s first call, batch by batch.
 
@@ -58,10 +49,10 @@ def module_io(
 
     handle = module.register_forward_hook(hook)
     try:
-        for args in batches:
+        for inputs in batches:
             seen.clear()
             try:
-                model(*args)
+                call_model(model, inputs)
             except _Stop:
                 pass
             if not seen:
@@ -122,7 +113,7 @@ def _rows_of(m: nn.Module, xq: Tensor, yf: Tensor, keep: int, gen: torch.Generat
 
 
 def build_layer_cache(
-    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[tuple],
+    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[ModelInputs],
     act: Callable[[Tensor], Tensor] | None, max_samples: int, gen: torch.Generator,
 ) -> _LayerCache:
     """Quantized-model inputs and float-model targets of layer ``name`` (see module doc).
@@ -130,7 +121,7 @@ def build_layer_cache(
     Rows (or examples) are drawn from every batch in proportion to its size.
     """
     qmod, fmod = qmodel.get_submodule(name), fmodel.get_submodule(name)
-    n_total = sum(_batch_len(a[0]) if isinstance(a[0], Tensor) else 1 for a in batches)
+    n_total = sum(b.batch_size() for b in batches)
     rows = layer_traits(qmod).macs in (MacRule.LINEAR, MacRule.CONV)
     if rows:
         k = qmod.weight[0].numel() * getattr(qmod, "groups", 1)  # im2col / input row length

@@ -1,6 +1,6 @@
 """Fake quantization modules and the state machine that drives them."""
 
-from .control import fake_quantize_state, set_fake_quantize
+from .control import fake_quantize_state, quantizer_states, set_fake_quantize
 from .fake_quantize import FakeQuantize, LearnableFakeQuantize, QuantizerError
 from .state import FakeQuantState
 
@@ -11,4 +11,5 @@ __all__ = [
     "FakeQuantState",
     "set_fake_quantize",
     "fake_quantize_state",
+    "quantizer_states",
 ]

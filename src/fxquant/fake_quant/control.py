@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from torch import nn
 
 from .fake_quantize import FakeQuantize
 from .state import FakeQuantState
 
-__all__ = ["set_fake_quantize", "fake_quantize_state"]
+__all__ = ["set_fake_quantize", "fake_quantize_state", "quantizer_states"]
 
 
 def set_fake_quantize(module: nn.Module, state: FakeQuantState) -> nn.Module:
@@ -38,3 +38,35 @@ def fake_quantize_state(module: nn.Module, state: FakeQuantState) -> Iterator[nn
     finally:
         for m, s in saved:
             m.set_state(s)
+
+
+@contextlib.contextmanager
+def quantizer_states(
+    module: nn.Module,
+    default: FakeQuantState | None,
+    overrides: Mapping[str, FakeQuantState] | None = None,
+) -> Iterator[nn.Module]:
+    """Set quantizer states *without* observing or recomputing scales; restored afterwards.
+
+    Unlike :func:`fake_quantize_state` nothing is observed: ``default`` applies to every
+    quantizer (``None``: QAT becomes VALIDATION, others unchanged, i.e. the model runs with its
+    scales exactly as they are); ``overrides`` maps module paths to a state.  A quantizer
+    left mid-calibration computes its pending scale before it is used in VALIDATION.
+    """
+    overrides = overrides or {}
+    saved = []
+    for name, m in module.named_modules():
+        if not isinstance(m, FakeQuantize):
+            continue
+        saved.append((m, m.state_code.clone()))
+        st = overrides.get(name, default)
+        if st is None:
+            st = FakeQuantState.VALIDATION if m.state is FakeQuantState.QAT else m.state
+        if st is FakeQuantState.VALIDATION and m._dirty:
+            m.update_qparams()
+        m.state_code.fill_(st.value)
+    try:
+        yield module
+    finally:
+        for m, code in saved:
+            m.state_code.copy_(code)

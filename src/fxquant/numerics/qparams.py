@@ -135,12 +135,18 @@ class QParams:
         inside = clip_mask(x, self.scale, self.zero_point, self.dtype, self.axis, self.scale_math)
         return ~(inside | torch.isnan(x))
 
+    def signed_steps(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a - b`` in quantization steps: ``round((a - b) / scale)`` in float64 (NaN / Inf
+        where ``a`` or ``b`` is not finite).  Per channel, the scale broadcasts along
+        :attr:`axis` of ``a``."""
+        diff = a.double() - b.double()
+        s = broadcast_param(self.scale.double(), diff, self.axis)
+        return torch.round(diff / s)
+
     def steps(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``|a - b|`` in quantization steps (``round(|a - b| / scale)``, float64).
 
         0 means the same integer code for two values on this grid; the step count of two
         dequantized tensors.  Per channel, the scale broadcasts along :attr:`axis` of ``a``.
         """
-        diff = (a.double() - b.double()).abs()
-        s = broadcast_param(self.scale.double(), diff, self.axis)
-        return torch.round(diff / s)
+        return self.signed_steps(a, b).abs()

@@ -59,7 +59,7 @@ def activation_factory(profile: BackendProfile, mode: TemplateMode, bits16: bool
     return FakeQuantize.with_args(
         observer=_act_observer(mode),
         dtype=dtype,
-        symmetric=True if bits16 else profile.activation_symmetric,
+        symmetric=profile.activation_symmetric_16 if bits16 else profile.activation_symmetric,
         power_of_two=profile.power_of_two,
         scale_math=profile.scale_math,
         fixed_in_qat=mode is TemplateMode.QAT_FIXED_ACT,
