@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize, fake_quantize_state
+from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
 from ..graph.ops import layer_traits
 from ..modelio import ModelInputs, call_model
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
@@ -117,13 +117,9 @@ class ReconstructionReport:
 
 # -- the rounding variable ---------------------------------------------------------------------
 def _qparams(fq: FakeQuantize) -> tuple[Tensor, Tensor]:
-    """The quantizer's effective ``(scale, zero_point)``, detached (LSQ: clamped / rounded)."""
-    scale = fq.scale.detach().float()
-    zp = fq.zero_point.detach()
-    if isinstance(fq, LearnableFakeQuantize):
-        scale = scale.clamp(min=fq.eps)
-        zp = torch.round(zp).clamp(fq.dtype.qmin, fq.dtype.qmax)
-    return scale, zp.to(torch.int32)
+    """``(scale, int32 zero_point)`` of the grid ``fq`` applies (:meth:`FakeQuantize.qparams`)."""
+    qp = fq.qparams()
+    return qp.scale, qp.zero_point.to(torch.int32)
 
 
 class AdaRoundQuantizer(nn.Module):
