@@ -88,8 +88,7 @@ from .qconfig import (
     sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
     sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "prepare",

@@ -16,14 +16,22 @@ import importlib.util
 import pathlib
 from typing import Any
 
+import torch
+
+from ..algorithms import calibrate
+from ..backends import PROFILES
+from ..debug import compare, report, sensitivity
+from ..graph import prepare
+from ..modelio import ModelInputs, as_inputs
+from ..qconfig import default_calibration_qconfig_setter
+
 __all__ = ["load_spec", "sensitivity_arguments", "sensitivity_run", "report_arguments",
            "report_run"]
 
 
 def load_spec(spec: str, input_shape: str | None, batches: int, seed: int = 0):
-    """``(float_model, example_inputs tuple, data list)`` from a ``module:function`` spec."""
-    import torch
-
+    """``(float_model, example inputs, data list)`` from a ``module:function`` spec (batches
+    and example inputs as :mod:`fxquant.modelio` defines them)."""
     if ":" not in spec:
         raise SystemExit(f"fxquant: SPEC must look like 'package.module:function' or "
                          f"'file.py:function', got {spec!r}")
@@ -48,17 +56,25 @@ def load_spec(spec: str, input_shape: str | None, batches: int, seed: int = 0):
             raise SystemExit("fxquant: the spec returned only a model; pass --input-shape "
                              "(e.g. 1,3,32,32) or return (model, example_inputs)")
         example = torch.randn(*(int(d) for d in input_shape.split(",")))
-    example = example if isinstance(example, tuple) else (example,)
+    example = as_inputs(example)
     if data is None:
         g = torch.Generator().manual_seed(seed)
-        data = [tuple(torch.randn(e.shape, generator=g) if e.is_floating_point() else e
-                      for e in example) for _ in range(batches)]
+        data = [_random_like(example, g) for _ in range(batches)]
     return model.eval(), example, list(data)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    from ..backends import PROFILES
+def _random_like(example: ModelInputs, g: torch.Generator) -> ModelInputs:
+    """A batch shaped like ``example``: float tensors random normal, the rest as they are."""
+    def like(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return torch.randn(v.shape, generator=g)
+        return v
 
+    return ModelInputs(tuple(like(a) for a in example.args),
+                       {k: like(v) for k, v in example.kwargs.items()})
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC",
                         help="package.module:function or file.py:function returning a model, "
                              "(model, example_inputs) or (model, example_inputs, data)")
@@ -77,18 +93,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepared(args: argparse.Namespace):
-    import fxquant
-
     model, example, data = load_spec(args.spec, args.input_shape, args.batches)
-    qmodel = fxquant.prepare(model, example, fxquant.default_calibration_qconfig_setter,
-                             backend=args.backend)
-    fxquant.calibrate(qmodel, data[: args.batches], progress=not args.quiet)
+    qmodel = prepare(model, example, default_calibration_qconfig_setter, backend=args.backend)
+    calibrate(qmodel, data[: args.batches], progress=not args.quiet)
     return model, qmodel, data
 
 
 def _sensitivity(args, model, qmodel, data):
-    from ..debug import sensitivity
-
     return sensitivity(qmodel, data[: args.batches], metric=args.metric, float_model=model,
                        mode=args.mode, progress=not args.quiet)
 
@@ -120,8 +131,6 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report_run(args: argparse.Namespace) -> int:
-    from ..debug import compare, report
-
     model, qmodel, data = _prepared(args)
     table = compare(model, qmodel, data[: min(2, len(data))])
     sens = _sensitivity(args, model, qmodel, data)

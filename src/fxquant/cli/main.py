@@ -1,19 +1,19 @@
 """``fxquant <command> [options]``: one subparser per entry of :data:`COMMANDS`.
 
-A command is two functions, ``add_arguments(parser)`` and ``run(args) -> exit status``; add one
-by writing them here and listing them in :data:`COMMANDS`.  Option defaults are read from the
-library function a command wraps (its signature), never repeated as literals here.
+A command is two functions, ``add_arguments(parser)`` and ``run(args) -> exit status`` (next to
+the library code they wrap: :mod:`fxquant.demo`, :mod:`.debug`); add one by listing them in
+:data:`COMMANDS`.  Option defaults are read from the library function a command wraps (its
+signature), never repeated as literals.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from .. import __version__
+from .. import demo
+from ..version import __version__
 from . import debug as debug_cli
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main", "run_command"]
@@ -28,54 +28,8 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _defaults(func: Callable[..., Any]) -> dict[str, Any]:
-    """Keyword defaults of ``func`` (the single source of a command's option defaults)."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(func).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-# -- demo -------------------------------------------------------------------------------------
-def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..demo import run_demo
-
-    d = _defaults(run_demo)
-    parser.add_argument("--epochs", type=_non_negative_int, default=d["epochs"], metavar="N",
-                        help="float training epochs (default: %(default)s)")
-    parser.add_argument("--qat-epochs", type=_non_negative_int, default=d["qat_epochs"],
-                        metavar="N",
-                        help="QAT fine-tuning epochs; 0 = calibrate only (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d["seed"],
-                        help="fixes split, initialisation and data order (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars, print only the table")
-
-
-def _demo_run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-
-    result = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed,
-                      progress=not args.quiet)
-    print(result.table())
-    return 0
-
-
 COMMANDS: dict[str, Command] = {
-    "demo": Command(
-        help="train a small CNN on scikit-learn digits, quantize it W8A8 with PTQ and QAT, "
-        "print accuracy / size / time",
-        add_arguments=_demo_arguments,
-        run=_demo_run,
-    ),
+    "demo": Command(help=demo.HELP, add_arguments=demo.add_arguments, run=demo.run_from_args),
     "sensitivity": Command(
         help="per-op quantization sensitivity table of a model (torch.save + .txt + .csv)",
         add_arguments=debug_cli.sensitivity_arguments,

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..backends import BackendProfile, get_profile
+from ..modelio import as_inputs
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
 from .capture import RootTraceError, capture
 from .eager import prepare_eager, prepare_islands
@@ -29,12 +30,10 @@ __all__ = ["prepare", "as_input_tuple"]
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    """A tensor becomes a 1-tuple; lists become tuples."""
-    if isinstance(example_inputs, tuple):
-        return example_inputs
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    return (example_inputs,)
+    """The positional inputs of one batch (:func:`fxquant.modelio.as_inputs`); a thin alias
+    kept for callers of the earlier API (keyword inputs are not positional: use
+    :func:`~fxquant.modelio.as_inputs`)."""
+    return as_inputs(example_inputs).args
 
 
 def prepare(
@@ -52,8 +51,9 @@ def prepare(
     Args:
         model: any ``nn.Module``; no edits needed (functional ops, ``+``, ``torch.cat``,
             reused modules, eager-style QuantStub / FloatFunctional models all work).
-        example_inputs: a tensor or a tuple of positional inputs (used to trace and to learn
-            which values are float tensors).
+        example_inputs: one batch (:mod:`fxquant.modelio`): a tensor, a tuple of positional
+            inputs or a dict of keyword inputs (used to trace and to learn which values are
+            float tensors).
         qconfig_setter: a setter, a :class:`QConfig`, a ``{name: QConfig}`` dict or a tuple of
             them (earlier wins; see :mod:`fxquant.qconfig.setters`).
         backend: profile name (``generic``, ``x86``, ``fbgemm``, ``qnnpack``, ``onnxruntime``,
@@ -66,7 +66,7 @@ def prepare(
     """
     profile = get_profile(backend)
     setters = as_setter_tuple(qconfig_setter)
-    inputs = as_input_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     skip = frozenset(skip_modules)
     model = copy.deepcopy(model)
     try:
@@ -74,13 +74,14 @@ def prepare(
     except RootTraceError as err:
         return prepare_eager(
             model,
-            inputs,
+            inputs.args,
             setters,
             profile,
             err,
             leaf_modules=leaf_modules,
             skip_modules=skip,
             fold_bn=fold_bn,
+            kwargs=inputs.kwargs,
         )
     report = PrepareReport(profile=profile, islands=dict(islands))
     report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
