@@ -8,7 +8,6 @@ Typical flow::
 """
 
 from .algorithms import (
-    AutoQuant,
     Relu6Policy,
     adaround,
     bias_correction,
@@ -17,6 +16,7 @@ from .algorithms import (
     fold_bn,
     reconstruct,
 )
+from .autoquant import AutoQuant
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import calibrate
 from .debug.size import float_size_bytes, quantized_size_bytes
+from .errors import require
 from .fake_quant import FakeQuantState, set_fake_quantize
 from .graph import prepare
 from .qconfig import default_calibration_qconfig_setter, default_qat_qconfig_setter
@@ -87,16 +88,11 @@ class DigitsNet(nn.Module):
 def load_digits_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(x_train, y_train, x_test, y_test)``: digits as ``[N, 1, 8, 8]`` float32, normalised
     with the training split's mean / std; a stratified split fixed by ``seed``."""
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the demo needs scikit-learn for its bundled digits data set: "
-            "pip install 'fxquant[demo]'"
-        ) from err
-    digits = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
+    purpose = "the demo's digits data set (scikit-learn's load_digits)"
+    datasets = require("sklearn.datasets", "demo", purpose)
+    model_selection = require("sklearn.model_selection", "demo", purpose)
+    digits = datasets.load_digits()
+    x_tr, x_te, y_tr, y_te = model_selection.train_test_split(
         digits.images, digits.target, test_size=TEST_FRACTION,
         random_state=seed, stratify=digits.target,
     )

@@ -1,7 +1,6 @@
 """Algorithms that run on models: calibration and PTQ accuracy recovery."""
 
 from .adaround import adaround
-from .autoquant import AutoQuant, AutoQuantReport, AutoQuantStep
 from .bias_correction import bias_correction
 from .bn_fold import fold_bn, get_bn_fold_report
 from .calibrate import calibrate, model_device
@@ -19,7 +18,4 @@ __all__ = [
     "bias_correction",
     "adaround",
     "reconstruct",
-    "AutoQuant",
-    "AutoQuantReport",
-    "AutoQuantStep",
 ]

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..fake_quant import FakeQuantize
 from ..graph.ops import (
     RELU,
     RELU6,
@@ -347,8 +348,6 @@ def equalize(
 
 
 def _check_float(model: nn.Module) -> None:
-    from ..fake_quant import FakeQuantize
-
     if any(isinstance(m, FakeQuantize) for m in model.modules()):
         raise TypeError(
             "equalize works on float models: call it before fxquant.prepare() (this model "

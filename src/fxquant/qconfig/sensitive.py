@@ -24,8 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .opinfo import OpInfo, OpKind, SetterContext
 from .qconfig import QConfig
+from .setters import ModuleNameQconfigSetter
 from .templates import TemplateMode, activation_factory, weight_factory
 
 __all__ = [
@@ -38,8 +41,6 @@ __all__ = [
 
 def _rows(table: Any) -> list[list[Any]]:
     if isinstance(table, (str, os.PathLike)):
-        import torch
-
         table = torch.load(os.fspath(table), weights_only=True)
     as_lists = getattr(table, "as_lists", None)
     if as_lists is not None:
@@ -78,8 +79,6 @@ class SensitiveOpQconfigSetter:
         return QConfig(weight=weight, output=out)
 
     def validate(self, op_names: Iterable[str]) -> None:
-        from .setters import ModuleNameQconfigSetter
-
         ModuleNameQconfigSetter({n: QConfig() for n in self.ops}).validate(op_names)
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .._utils import Factory
 from ..backends import BackendProfile
 from ..fake_quant import FakeQuantize
-from ..observers import MinMaxObserver, MovingAverageMinMaxObserver
+from ..observers import MinMaxObserver, MovingAverageMinMaxObserver, MSEObserver
 from .opinfo import OpInfo, OpKind, SetterContext
 from .qconfig import QConfig
 
@@ -47,8 +47,6 @@ class TemplateMode(enum.Enum):
 
 def _act_observer(mode: TemplateMode):
     if mode is TemplateMode.CALIBRATION:
-        from ..observers import MSEObserver
-
         return MSEObserver
     return MovingAverageMinMaxObserver
 
