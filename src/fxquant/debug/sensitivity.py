@@ -50,6 +50,7 @@ from ..graph.ops import count_macs, layer_traits
 from ..graph.report import get_report, num_inputs_of
 from ..modelio import ModelInputs, eval_mode, iter_inputs
 from ..qconfig import OpKind
+from ..qconfig.sensitive import select_count
 from .compare import (
     ErrorStats,
     QuantizerEntry,
@@ -151,19 +152,6 @@ class SensitivityTable:
 def load_table(path: str | os.PathLike[str]) -> list[list[Any]]:
     """Rows saved by :meth:`SensitivityTable.save` (``weights_only=True``)."""
     return torch.load(os.fspath(path), weights_only=True)
-
-
-def select_count(n: int, topk: int | None, ratio: float | None) -> int:
-    """How many rows ``topk`` / ``ratio`` select (exactly one must be given; ratio rounds up)."""
-    if (topk is None) == (ratio is None):
-        raise ValueError("give exactly one of topk= or ratio=")
-    if topk is not None:
-        if not isinstance(topk, int) or topk < 0:
-            raise ValueError(f"topk must be an int >= 0, got {topk!r}")
-        return min(n, topk)
-    if not 0.0 <= float(ratio) <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
-    return min(n, math.ceil(float(ratio) * n - 1e-9))
 
 
 # -- groups ---------------------------------------------------------------------------------
