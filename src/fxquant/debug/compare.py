@@ -50,7 +50,7 @@ from ..export.naming import dq_output, quantized_tensor_name
 from ..fake_quant import FakeQuantize, FakeQuantState, quantizer_states
 from ..graph.report import get_report, num_inputs_of
 from ..modelio import ModelInputs, call_model, eval_mode, iter_inputs, output_tensors
-from ..runtimes import Session, StepCounter, onnx_model, open_session
+from ..runtimes import StepCounter, onnx_model, open_session
 
 __all__ = [
     "CompareRow",
@@ -472,7 +472,7 @@ class _RuntimeStage:
                       for dq, e in self.watch.items()}
 
     def add(self, batch: ModelInputs, got_f: dict, got_q: dict, got_qin: dict) -> None:
-        res = self.session.run(Session.feeds_of(batch.tensors()))
+        res = self.session.run(self.session.feeds(batch))
         for dq, e in self.watch.items():
             if dq not in res or e.path not in got_f or e.path not in got_q:
                 continue

@@ -35,7 +35,6 @@ from ..runtimes import (
     FLOAT_RTOL,
     HIST_CLIP,
     ExecutedOps,
-    Session,
     TensorDiff,
     onnx_model,
     open_session,
@@ -263,10 +262,10 @@ def verify(
         if dq in produced and isinstance(fq, FakeQuantize):
             watch[dq] = (path, fq)
     call = as_inputs(inputs)
-    feeds = Session.feeds_of(call.tensors())
     options = {"threads": num_threads, "integer_kernels": integer_kernels}
     extra = list(watch) if tensors else []
     with open_session(rt, onnx_path, **options) as main:
+        feeds = main.feeds(call)
         rt_all = main.run(feeds)
         out_names = main.output_names
         executed: ExecutedOps = main.executed_ops()

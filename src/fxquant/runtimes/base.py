@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from ..backends import Runtime
+from ..errors import DataError, bounded_list
+from ..modelio import ModelInputs
 
 __all__ = ["Runtime", "ExecutedOps", "Session", "QDQ_OPS", "MOVEMENT_OPS"]
 
@@ -117,7 +119,16 @@ class Session(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    @staticmethod
-    def feeds_of(tensors: Sequence[Any]) -> list[np.ndarray]:
-        """Numpy feeds from a model call's tensors (positional order)."""
-        return [t.detach().cpu().numpy() for t in tensors if isinstance(t, torch.Tensor)]
+    def feeds(self, inputs: ModelInputs) -> list[np.ndarray]:
+        """The runtime's feeds for one model call: positional tensors in order, then the
+        model's remaining inputs by name from the keyword inputs."""
+        tensors = [a for a in inputs.args if isinstance(a, torch.Tensor)]
+        for name in self.input_names[len(tensors):]:
+            value = inputs.kwargs.get(name)
+            if not isinstance(value, torch.Tensor):
+                raise DataError(
+                    f"the exported model takes input {name!r}, which the batch does not give "
+                    f"(keyword inputs: {bounded_list(inputs.kwargs)})"
+                )
+            tensors.append(value)
+        return [t.detach().cpu().numpy() for t in tensors]
