@@ -17,7 +17,7 @@ from .algorithms import (
     reconstruct,
 )
 from .autoquant import AutoQuant
-from .backends import PROFILES, BackendProfile, Placement, get_profile
+from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
 from .errors import (
@@ -44,6 +44,7 @@ from .fake_quant import (
     FakeQuantState,
     LearnableFakeQuantize,
     QuantizerError,
+    QuantizerSpec,
     fake_quantize_state,
     set_fake_quantize,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "ConvertError",
     "FakeQuantize",
     "LearnableFakeQuantize",
+    "QuantizerSpec",
     "FakeQuantState",
     "QuantizerError",
     "set_fake_quantize",
@@ -157,6 +159,7 @@ __all__ = [
     "ScaleMath",
     "BackendProfile",
     "Placement",
+    "Runtime",
     "PROFILES",
     "get_profile",
     "FxquantError",

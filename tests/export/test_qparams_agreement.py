@@ -90,9 +90,14 @@ def test_the_model_has_every_kind_of_quantizer(trained):
     assert any(fq.dtype == fxquant.qint16 for fq in fqs)
 
 
+def _flat(values, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(dtype).reshape(-1)
+    return torch.as_tensor(np.array(values), dtype=dtype).reshape(-1)  # a writable copy
+
+
 def _same(qp: QParams, scale, zero_point) -> None:
-    scale = torch.as_tensor(np.array(scale), dtype=torch.float64).reshape(-1)  # a copy
-    zero_point = torch.as_tensor(np.array(zero_point), dtype=torch.int64).reshape(-1)
+    scale, zero_point = _flat(scale, torch.float64), _flat(zero_point, torch.int64)
     assert torch.equal(scale, qp.scale.double().reshape(-1)), (scale, qp.scale)
     assert torch.equal(zero_point, qp.zero_point.reshape(-1)), (zero_point, qp.zero_point)
 

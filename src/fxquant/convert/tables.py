@@ -19,6 +19,7 @@ from ..graph.ops import (
     METHOD_TRAITS,
     MODULE_TRAITS,
     TORCH_ENGINES,
+    hashable,
     reads_shape_only,
 )
 
@@ -78,14 +79,6 @@ _BINARY_BASE = {"add": "add", "mul": "mul", "matmul": "matmul", "bmm": "matmul"}
 def binary_base(op_name: str) -> str | None:
     """The :data:`BINARY_KERNELS` key computing canonical op ``op_name`` (bmm: matmul)."""
     return _BINARY_BASE.get(op_name)
-
-
-def hashable(x: Any) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
 
 
 def is_metadata(n: fx.Node) -> bool:

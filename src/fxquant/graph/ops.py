@@ -54,6 +54,7 @@ __all__ = [
     "method_traits",
     "node_traits",
     "canonical_name",
+    "hashable",
     "is_stub",
     "clip_bounds",
     "count_macs",
@@ -322,7 +323,8 @@ def is_stub(m: nn.Module) -> OpKind | None:
     return None
 
 
-def _hashable(x: Any) -> bool:
+def hashable(x: Any) -> bool:
+    """``x`` can be a dict key (fx targets may be unhashable callables)."""
     try:
         hash(x)
     except TypeError:
@@ -351,7 +353,7 @@ def layer_traits(m: nn.Module) -> OpTraits:
 
 def function_traits(target: Any) -> OpTraits:
     """Traits of a function target (:data:`UNKNOWN` for unlisted or unhashable targets)."""
-    return FUNCTION_TRAITS.get(target, UNKNOWN) if _hashable(target) else UNKNOWN
+    return FUNCTION_TRAITS.get(target, UNKNOWN) if hashable(target) else UNKNOWN
 
 
 def method_traits(name: str) -> OpTraits:
