@@ -123,12 +123,11 @@ def export_onnx(model: nn.Module, dummy_input: Any, path: str | os.PathLike,
     ``tensorrt`` profile, one quantizer per TensorQuantizer: activations at scale
     ``amax / max_bound`` (int8, zero point 0), weights per output channel from their min / max
     (NVIDIA's max calibration of a weight; ConvTranspose on axis 1).  ``kwargs`` go to
-    :func:`fxquant.export_onnx` (``opset``, ``dynamic_batch`` ...).  Input quantizers of pooling
-    layers are not exported (TensorRT's placement quantizes weighted ops' inputs).
+    :func:`fxquant.export_onnx` (``opset``, ``dynamic_batch`` ...).  Pooling layers' input
+    quantizers are exported too; everything else stays float, as in the source model.
     """
     float_model, quantized = float_copy(model)
-    setter = _AmaxSetter({p: m for p, m in quantized.items()
-                          if isinstance(m, quant_nn.QuantMixin)})
+    setter = _AmaxSetter(quantized)
     qmodel = prepare(float_model.eval(), dummy_input, setter, backend="tensorrt")
     calibrate(qmodel, [dummy_input], progress=False)
     return _fx_export_onnx(qmodel, dummy_input, path, **kwargs)
