@@ -4,7 +4,7 @@ Each subpackage mirrors one tool's import layout and is a thin layer over fxquan
 (``prepare``, ``calibrate``, ``set_fake_quantize``, observers, ``export_onnx``,
 ``export_encodings``, ``convert``, ``adaround``, ``AutoQuant`` ...):
 
-* :mod:`fxquant.compat.torch_ao` -- ``torch.ao.quantization`` (eager and FX);
+* :mod:`fxquant.compat.torch_ao` -- torch.ao's quantization API (eager and FX);
 * :mod:`fxquant.compat.horizon` -- ``horizon_plugin_pytorch``;
 * :mod:`fxquant.compat.aimet` -- ``aimet_torch`` (QuantSim, AdaRound, AutoQuant, BN fold, CLE);
 * :mod:`fxquant.compat.pytorch_quantization` -- NVIDIA's ``pytorch_quantization``;

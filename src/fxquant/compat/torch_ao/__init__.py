@@ -1,4 +1,4 @@
-"""``torch.ao.quantization`` (eager and FX) on fxquant: change the import, keep the script.
+"""torch.ao's quantization API (eager and FX) on fxquant: change the import, keep the script.
 
 >>> import torch
 >>> from torch import nn

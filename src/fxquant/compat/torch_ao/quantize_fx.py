@@ -1,4 +1,4 @@
-"""torch.ao's FX graph mode API (``torch.ao.quantization.quantize_fx``) on fxquant.
+"""torch.ao's FX graph mode API (its ``quantize_fx`` module) on fxquant.
 
 ``prepare_fx(model, qconfig_mapping, example_inputs)`` is :func:`fxquant.prepare` with the
 mapping as setter and ``torch.backends.quantized.engine``'s profile, left observing
