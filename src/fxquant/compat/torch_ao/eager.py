@@ -25,6 +25,7 @@ from ... import convert as _fx_convert
 from ... import prepare as _fx_prepare
 from ...convert import ConvertedModel
 from ...errors import ConvertError
+from ...graph import get_report
 from ...nn import DeQuantStub, QuantStub
 from ...qconfig import OpInfo, SetterContext
 from .qconfig import engine_profile, to_fxquant_qconfig
@@ -38,6 +39,7 @@ __all__ = [
     "quantize",
     "quantize_qat",
     "prepared_module",
+    "convert_backend",
 ]
 
 _PREPARED = "_fxquant_prepared"
@@ -182,13 +184,21 @@ def prepared_module(model: nn.Module) -> nn.Module:
     return model
 
 
+def convert_backend(gm: nn.Module) -> str:
+    """The engine a prepared model converts to: the torch engine profile it was prepared with
+    (x86 / fbgemm / qnnpack), else ``torch.backends.quantized.engine``'s."""
+    name = get_report(gm).profile.name
+    return name if name in ("x86", "fbgemm", "qnnpack") else engine_profile()
+
+
 def convert(module: nn.Module, mapping: Any = None, inplace: bool = False,
             remove_qconfig: bool = True, is_reference: bool = False,
             convert_custom_config_dict: Any = None) -> nn.Module:
-    """A real int8 model on torch's quantized engine ``torch.backends.quantized.engine``
-    (:func:`fxquant.convert`; ops without an integer kernel stay float)."""
+    """A real int8 model on the torch engine the model was prepared for
+    (``torch.backends.quantized.engine`` at prepare time) by :func:`fxquant.convert`; ops
+    without an integer kernel stay float."""
     gm = prepared_module(module)
-    converted = _fx_convert(gm, backend=engine_profile(), keep_float=True)
+    converted = _fx_convert(gm, backend=convert_backend(gm), keep_float=True)
     if inplace and isinstance(module, _LazyPrepared):
         module.add_module(_CONVERTED, converted)
         return module

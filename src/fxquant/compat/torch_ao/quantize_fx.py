@@ -17,7 +17,7 @@ from torch import nn
 from ... import FakeQuantState, set_fake_quantize
 from ... import convert as _fx_convert
 from ... import prepare as _fx_prepare
-from .eager import prepared_module
+from .eager import convert_backend, prepared_module
 from .qconfig import QConfig, engine_profile, to_fxquant_qconfig
 from .qconfig_mapping import QConfigMapping
 
@@ -112,8 +112,9 @@ def prepare_qat_fx(model: nn.Module, qconfig_mapping: Any, example_inputs: Any,
 def convert_fx(graph_module: nn.Module, convert_custom_config: Any = None,
                _remove_qconfig: bool = True, qconfig_mapping: Any = None,
                backend_config: Any = None) -> nn.Module:
-    """A real int8 model on ``torch.backends.quantized.engine`` (:func:`fxquant.convert`)."""
-    return _fx_convert(prepared_module(graph_module), backend=engine_profile(), keep_float=True)
+    """A real int8 model on the engine the model was prepared for (:func:`fxquant.convert`)."""
+    gm = prepared_module(graph_module)
+    return _fx_convert(gm, backend=convert_backend(gm), keep_float=True)
 
 
 def convert_to_reference_fx(graph_module: nn.Module, convert_custom_config: Any = None,
