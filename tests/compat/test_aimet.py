@@ -161,7 +161,7 @@ def test_auto_quant_and_cle(tmp_path):
             return -float((m(x) - ref).square().mean()) * 1000
 
     auto = AutoQuant(model, x, data, eval_callback, results_dir=str(tmp_path))
-    qmodel, accuracy, encodings = auto.optimize(allowed_accuracy_drop=1.0)
+    _, accuracy, encodings = auto.optimize(allowed_accuracy_drop=1.0)
     assert accuracy >= eval_callback(model) - 1.0 and encodings is not None
     cle = _model()
     equalize_model(cle, input_shapes=(1, 3, 8, 8))

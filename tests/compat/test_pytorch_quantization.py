@@ -197,7 +197,7 @@ def test_quant_lstm_matches_torch_when_quantizers_are_off():
         if isinstance(q, quant_nn.TensorQuantizer):
             q.disable()
     x = torch.randn(3, 7, 4)
-    (y, (h, c)), (ry, (rh, rc)) = lstm(x), ref(x)
+    (y, (h, _)), (ry, (rh, _)) = lstm(x), ref(x)
     assert torch.allclose(y, ry, atol=1e-6) and torch.allclose(h, rh, atol=1e-6)
     cell = quant_nn.QuantLSTMCell(4, 6)
     cell.input_quantizer.amax = 3.0

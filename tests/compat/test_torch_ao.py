@@ -114,7 +114,7 @@ def test_eager_default_qconfig_histogram_runs_and_is_close_to_torch_ao():
     x = _data(5)[4]
     with _engine("x86"):
         ao_int8, _ = _eager_ptq(ao, ao_nnq, ao.get_default_qconfig("x86"))
-        fx_int8, prepared = _eager_ptq(tq, tq_nnq, tq.get_default_qconfig("x86"))
+        fx_int8, _ = _eager_ptq(tq, tq_nnq, tq.get_default_qconfig("x86"))
         ref_float = _eager_model(tq, tq_nnq)(x)
         sqnr = [float(10 * torch.log10(ref_float.pow(2).sum() / (o - ref_float).pow(2).sum()))
                 for o in (ao_int8(x), fx_int8(x))]
@@ -222,8 +222,6 @@ def test_engine_setting_picks_the_profile():
 
 def test_observers_answer_torch_ao_qparams():
     x = torch.linspace(-1.0, 3.0, 101)
-    for ns in (ao, tq):
-        pass
     mine = tq.MinMaxObserver(dtype=torch.quint8, reduce_range=True)
     ref = ao.MinMaxObserver(dtype=torch.quint8, reduce_range=True)
     mine(x)

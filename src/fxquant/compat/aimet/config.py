@@ -1,7 +1,7 @@
 """AIMET's quantsim config JSON read into an fxquant setter and backend profile.
 
 Honoured: ``defaults.ops`` (``is_output_quantized``, ``is_symmetric``), ``defaults.params``
-(``is_quantized``, ``is_symmetric``), ``strict_symmetric`` (narrow weights), 
+(``is_quantized``, ``is_symmetric``), ``strict_symmetric`` (narrow weights),
 ``per_channel_quantization``, ``op_type.<ONNX type>`` (``is_output_quantized``,
 ``is_symmetric``, ``per_channel_quantization``, ``params.weight.is_quantized``), ``params.weight``,
 ``model_input.is_input_quantized``.  ``supergroups`` are read but fxquant always quantizes

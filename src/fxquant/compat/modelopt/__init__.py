@@ -201,14 +201,16 @@ def quantize(model: torch_nn.Module, config: dict[str, Any],
     return calibrate(model, config.get("algorithm", "max"), forward_loop)
 
 
-def disable_quantizer(model: torch_nn.Module, wildcard_or_filter: str | Callable[[str], bool]) -> None:
+def disable_quantizer(model: torch_nn.Module,
+                      wildcard_or_filter: str | Callable[[str], bool]) -> None:
     """Disable the quantizers whose name matches (a wildcard, or a ``name -> bool``)."""
     for name, q, _ in _quantizers(model):
         if _match(name, wildcard_or_filter):
             q.disable()
 
 
-def enable_quantizer(model: torch_nn.Module, wildcard_or_filter: str | Callable[[str], bool]) -> None:
+def enable_quantizer(model: torch_nn.Module,
+                     wildcard_or_filter: str | Callable[[str], bool]) -> None:
     """Enable the quantizers whose name matches."""
     for name, q, _ in _quantizers(model):
         if _match(name, wildcard_or_filter):

@@ -34,7 +34,8 @@ from typing import Any
 
 from torch import nn
 
-from ... import FakeQuantize, calibrate, export_onnx as _fx_export_onnx, prepare
+from ... import FakeQuantize, calibrate, prepare
+from ... import export_onnx as _fx_export_onnx
 from ...errors import ExportError
 from ...export import ExportResult
 from ...numerics import QDType
@@ -71,7 +72,7 @@ def float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
     ``{path: quantized layer}`` of the original."""
     quantized = {p: m for p, m in model.named_modules() if _float_class(m) is not None}
     out = copy.deepcopy(model)
-    for path, m in list(out.named_modules()):
+    for _, m in list(out.named_modules()):
         cls = _float_class(m)
         if cls is None:
             continue
