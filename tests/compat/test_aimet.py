@@ -161,6 +161,9 @@ def test_auto_quant_and_cle(tmp_path):
             return -float((m(x) - ref).square().mean()) * 1000
 
     auto = AutoQuant(model, x, data, eval_callback, results_dir=str(tmp_path))
+    sim, initial = auto.run_inference()
+    assert isinstance(sim, QuantizationSimModel) and initial == eval_callback(sim.model)
+    auto.set_adaround_params(AdaroundParameters(data, num_batches=2, default_num_iterations=20))
     _, accuracy, encodings = auto.optimize(allowed_accuracy_drop=1.0)
     assert accuracy >= eval_callback(model) - 1.0 and encodings is not None
     cle = _model()
@@ -201,3 +204,19 @@ def test_real_aimet_loads_the_compat_export(tmp_path):
     got = asim.session.run(None, {asim.session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert np.array_equal(got, sim.model(x).numpy())
+
+
+@pytest.mark.parametrize("backend", ["generic", "onnxruntime"])
+def test_real_aimet_from_onnx_qdq_reproduces_fxquant(tmp_path, backend):
+    """AIMET reads fxquant's QDQ file (``from_onnx_qdq``): the same outputs bit for bit."""
+    aimet_quantsim = pytest.importorskip("aimet_onnx.quantsim")
+    model, data = _model(), _data()
+    qmodel = fxquant.prepare(model, data[0], fxquant.default_calibration_qconfig_setter,
+                             backend=backend)
+    fxquant.calibrate(qmodel, data, progress=False)
+    fxquant.export_onnx(qmodel, data[0], tmp_path / "q.onnx")
+    sim = aimet_quantsim.QuantizationSimModel.from_onnx_qdq(onnx.load(tmp_path / "q.onnx"))
+    x = data[1]
+    got = sim.session.run(None, {sim.session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.array_equal(got, qmodel(x).numpy())

@@ -219,11 +219,21 @@ def _mtq_run(ns, config_name="INT8_DEFAULT_CFG"):
     return ns.quantize(model, getattr(ns, config_name), forward_loop), data
 
 
-def test_modelopt_quantize_int8_default():
+def test_modelopt_quantize_int8_default(tmp_path):
     model, data = _mtq_run(mtq)
     assert model[0].input_quantizer.is_enabled and model[0].weight_quantizer.axis == 0
     assert float(model[0].input_quantizer.amax) == float(torch.stack(
         [x.abs().max() for x in data]).max())
+    # ModelOpt's export: torch.onnx.export (the default exporter) writes Q/DQ by itself
+    path = tmp_path / "mtq.onnx"
+    torch.onnx.export(model, (data[0],), str(path))
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("QuantizeLinear") == 4 and ops.count("DequantizeLinear") == 4
+    sess = ort.InferenceSession(str(path))
+    with torch.no_grad():
+        ref = model(data[1]).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: data[1].numpy()})[0]
+    assert np.allclose(got, ref, atol=1e-5)
     mtq.disable_quantizer(model, "*input_quantizer")
     assert not model[4].input_quantizer.is_enabled
     out = model(data[0])

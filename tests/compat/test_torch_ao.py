@@ -235,6 +235,8 @@ def test_observers_answer_torch_ao_qparams():
     assert s.shape == (4,) and not z.any()
     with pytest.raises(fxquant.ConfigError, match="quant_min"):
         tq.MinMaxObserver(quant_min=3, quant_max=100)
+    with pytest.raises(fxquant.ConfigError, match="dynamic"):
+        tq.quantize_dynamic(nn.Linear(2, 2), {nn.Linear}, dtype=torch.qint8)
     with pytest.raises(fxquant.ConfigError, match="with_args"):
         tq.QConfig(activation=tq.MinMaxObserver(), weight=None)
 

@@ -48,6 +48,24 @@ class AutoQuant:
         """AdaRound settings (iterations per layer) of the AdaRound step."""
         self._adaround_iterations = adaround_params.default_num_iterations
 
+    def run_inference(self) -> tuple[Any, float]:
+        """``(sim, accuracy)`` of the plain quantized model (the config's scheme, no recovery
+        technique): a :class:`~.quantsim.QuantizationSimModel` calibrated on the data."""
+        from .quantsim import QuantizationSimModel
+
+        model, dummy, data, evaluate = self._args
+        cfg = self._cfg
+        sim = QuantizationSimModel(model, dummy, cfg.quant_scheme,
+                                   default_output_bw=cfg.output_bw,
+                                   default_param_bw=cfg.param_bw, config_file=cfg.raw)
+
+        def forward(m: nn.Module, batches: Any) -> None:
+            for batch in batches:
+                m(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+        sim.compute_encodings(forward, data)
+        return sim, float(evaluate(sim.model.eval()))
+
     def optimize(self, allowed_accuracy_drop: float = 0.0) -> tuple[nn.Module, float, str | None]:
         """``(model, accuracy, encodings path)`` of the best quantized model found."""
         profile = self._cfg.profile()

@@ -99,6 +99,7 @@ class QuantizationSimModel:
         """Write ``<prefix>.onnx`` (float, fxquant's tensor names), ``<prefix>.encodings``
         (AIMET 0.6.1 JSON) and ``<prefix>_quantsim_config.json`` into ``path``."""
         dummy = self.dummy_input if dummy_input is None else dummy_input
+        os.makedirs(os.fspath(path), exist_ok=True)
         base = os.path.join(os.fspath(path), filename_prefix)
         onnx_path = base + ".onnx"
         was_training = self.model.training

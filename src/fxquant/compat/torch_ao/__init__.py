@@ -34,6 +34,7 @@ from .eager import (
     prepare_qat,
     prepared_module,
     quantize,
+    quantize_dynamic,
     quantize_qat,
 )
 from .fake_quantize import (
@@ -129,5 +130,6 @@ __all__ = [
     "convert",
     "quantize",
     "quantize_qat",
+    "quantize_dynamic",
     "prepared_module",
 ]

@@ -24,7 +24,7 @@ from ... import QConfig as _FxQConfig
 from ... import convert as _fx_convert
 from ... import prepare as _fx_prepare
 from ...convert import ConvertedModel
-from ...errors import ConvertError
+from ...errors import ConfigError, ConvertError
 from ...graph import get_report
 from ...nn import DeQuantStub, QuantStub
 from ...qconfig import OpInfo, SetterContext
@@ -38,6 +38,7 @@ __all__ = [
     "convert",
     "quantize",
     "quantize_qat",
+    "quantize_dynamic",
     "prepared_module",
     "convert_backend",
 ]
@@ -211,6 +212,15 @@ def quantize(model: nn.Module, run_fn: Any, run_args: Any, mapping: Any = None,
     model = prepare(model.eval(), inplace=inplace)
     run_fn(model, run_args)
     return convert(model)
+
+
+def quantize_dynamic(model: nn.Module, qconfig_spec: Any = None, dtype: Any = None,
+                     mapping: Any = None, inplace: bool = False) -> nn.Module:
+    """Not supported: fxquant quantizes activations with calibrated (static) scales."""
+    raise ConfigError(
+        "quantize_dynamic: fxquant has no dynamic (per-batch) activation quantization; use "
+        "static quantization (prepare, run calibration data, convert) or keep the layers float"
+    )
 
 
 def quantize_qat(model: nn.Module, run_fn: Any, run_args: Any,

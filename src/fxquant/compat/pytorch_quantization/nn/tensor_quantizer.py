@@ -14,6 +14,12 @@ from ..tensor_quant import QuantDescriptor, bounds, fake_tensor_quant, tensor_qu
 __all__ = ["TensorQuantizer"]
 
 
+def _exporting() -> bool:
+    """True inside ``torch.onnx.export`` (TorchScript) or a ``torch.export`` trace (the
+    dynamo ONNX exporter), where quantizers become QuantizeLinear / DequantizeLinear."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
+
+
 class TensorQuantizer(nn.Module):
     """Quantizes the tensors passed through it (NVIDIA's ``TensorQuantizer``).
 
@@ -29,8 +35,9 @@ class TensorQuantizer(nn.Module):
     percentile=...)`` moves the calibrator's amax into the ``_amax`` buffer (``amax``).  Without
     an amax, quantization uses the current tensor's (dynamic) amax.
     ``TensorQuantizer.use_fb_fake_quant = True`` makes forward call torch's
-    ``fake_quantize_per_{tensor,channel}_affine`` (scale ``amax / max_bound``, full range), so
-    that ``torch.onnx.export`` writes QuantizeLinear / DequantizeLinear.
+    ``fake_quantize_per_{tensor,channel}_affine`` (scale ``amax / max_bound``, full range); it
+    does so by itself inside ``torch.onnx.export`` (either exporter), which then writes
+    QuantizeLinear / DequantizeLinear, as ModelOpt's quantizers do.
     """
 
     use_fb_fake_quant: ClassVar[bool] = False
@@ -167,8 +174,10 @@ class TensorQuantizer(nn.Module):
     def _fb_fake_quant(self, x: Tensor, amax: Tensor) -> Tensor:
         _, bound = bounds(self._num_bits, self._unsigned, False)
         lo = 0 if self._unsigned else -bound - 1
-        if amax.numel() == 1:
-            return torch.fake_quantize_per_tensor_affine(x, float(amax) / bound, 0, lo, bound)
+        if amax.numel() == 1:  # tensor qparams: no data-dependent Python float (torch.export)
+            scale = (amax.detach().reshape(()) / bound).float()
+            zero = torch.zeros((), dtype=torch.int32, device=x.device)
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, lo, bound)
         flat = amax.detach().reshape(-1)
         axis = list(amax.shape).index(flat.numel())
         scale = (flat / bound).float()
@@ -187,7 +196,7 @@ class TensorQuantizer(nn.Module):
             outputs, self._scale = tensor_quant(inputs, amax, self._num_bits, self._unsigned,
                                                 self._narrow_range)
             return outputs
-        if TensorQuantizer.use_fb_fake_quant:
+        if TensorQuantizer.use_fb_fake_quant or _exporting():
             return self._fb_fake_quant(inputs, amax)
         return fake_tensor_quant(inputs, amax, self._num_bits, self._unsigned,
                                  self._narrow_range)
