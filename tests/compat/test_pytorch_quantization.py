@@ -234,6 +234,10 @@ def test_modelopt_quantize_int8_default(tmp_path):
         ref = model(data[1]).numpy()
     got = sess.run(None, {sess.get_inputs()[0].name: data[1].numpy()})[0]
     assert np.allclose(got, ref, atol=1e-5)
+    weights_only = mtq.quantize(torch.nn.Sequential(torch.nn.Linear(4, 3)),
+                                mtq.INT8_WEIGHT_ONLY_CFG)  # no forward_loop: weights only
+    assert weights_only[0].weight_quantizer.amax.shape == (3, 1)
+    assert not weights_only[0].input_quantizer.is_enabled
     mtq.disable_quantizer(model, "*input_quantizer")
     assert not model[4].input_quantizer.is_enabled
     out = model(data[0])

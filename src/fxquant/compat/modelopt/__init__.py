@@ -168,7 +168,8 @@ def _replace_layers(model: torch_nn.Module) -> torch_nn.Module:
 def calibrate(model: torch_nn.Module, algorithm: str | dict | None = "max",
               forward_loop: Callable[[torch_nn.Module], Any] | None = None) -> torch_nn.Module:
     """Run ``forward_loop(model)`` with the enabled quantizers collecting statistics, then set
-    their amax (``algorithm="max"``; ``None`` skips calibration)."""
+    their amax (``algorithm="max"``; ``None`` skips calibration).  Without a ``forward_loop``
+    only weight quantizers are calibrated (from the weights); the others stay dynamic."""
     if isinstance(algorithm, dict):
         algorithm = algorithm.get("method", "max")
     if algorithm is None:
@@ -176,10 +177,14 @@ def calibrate(model: torch_nn.Module, algorithm: str | dict | None = "max",
     if algorithm != "max":
         raise ConfigError(f"mtq: calibration algorithm {algorithm!r} is not supported (use "
                           "'max'; fxquant's AdaRound / AutoQuant cover the other recipes)")
-    if forward_loop is None:
-        raise ConfigError("mtq.calibrate: a forward_loop(model) that runs calibration data "
-                          "is needed")
-    active = [q for _, q, _ in _quantizers(model) if q.is_enabled]
+    active = [(q, parent) for name, q, parent in _quantizers(model) if q.is_enabled]
+    if forward_loop is None:  # weights need no data; anything else stays dynamic
+        for q, parent in active:
+            if q is getattr(parent, "_weight_quantizer", None):
+                q._calibrator.collect(parent.weight.detach())
+                q.load_calib_amax()
+        return model
+    active = [q for q, _ in active]
     for q in active:
         q.disable_quant()
         q.enable_calib()

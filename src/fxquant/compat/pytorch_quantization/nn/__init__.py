@@ -1,6 +1,6 @@
 """NVIDIA ``pytorch_quantization.nn``: ``TensorQuantizer`` and the quantized layers."""
 
-from .modules import (
+from .layers import (
     QUANT_MODULES,
     QuantAdaptiveAvgPool1d,
     QuantAdaptiveAvgPool2d,

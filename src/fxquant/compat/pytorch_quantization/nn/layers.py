@@ -1,7 +1,7 @@
-"""NVIDIA's quantized layers: the torch layer with a ``TensorQuantizer`` on its input (and
-weight).  Each class keeps torch's constructor (plus ``quant_desc_input=`` /
-``quant_desc_weight=``) and class-level defaults set by ``set_default_quant_desc_input`` /
-``set_default_quant_desc_weight``."""
+"""NVIDIA's quantized layers (its ``nn.modules.quant_*``): the torch layer with a
+``TensorQuantizer`` on its input (and weight).  Each class keeps torch's constructor (plus
+``quant_desc_input=`` / ``quant_desc_weight=``) and class-level defaults set by
+``set_default_quant_desc_input`` / ``set_default_quant_desc_weight``."""
 
 from __future__ import annotations
 
