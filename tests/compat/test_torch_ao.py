@@ -255,3 +255,84 @@ def test_fuse_modules_folds_bn_in_eval_and_keeps_it_for_qat():
     assert len(qat.conv) == 3
     with pytest.raises(fxquant.ConfigError, match="cannot fuse"):
         tq.fuse_modules(m.eval(), [["conv", "conv2"]])
+
+
+# -- torch's static quantization tutorial (MobileNetV2 blocks): in-place prepare / convert,
+# fuse_model with Sequential indices, torch's own nn.quantized.FloatFunctional, QAT with the
+# optimizer built before prepare_qat, model.apply(disable_observer / freeze_bn_stats)
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, i, o, k=3, s=1, groups=1):
+        super().__init__(nn.Conv2d(i, o, k, s, (k - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(o, momentum=0.1), nn.ReLU(inplace=False))
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Sequential(ConvBNReLU(c, 2 * c, 1), ConvBNReLU(2 * c, 2 * c, groups=2 * c),
+                                  nn.Conv2d(2 * c, c, 1, 1, 0, bias=False), nn.BatchNorm2d(c))
+        self.skip_add = nn.quantized.FloatFunctional()   # torch's own, untouched
+    def forward(self, x):
+        return self.skip_add.add(x, self.conv(x))
+
+class TutorialNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(ConvBNReLU(3, 8, s=2), InvertedResidual(8),
+                                      InvertedResidual(8))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, 10))
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+    def forward(self, x):
+        x = self.features(self.quant(x))
+        x = x.mean([2, 3])
+        return self.dequant(self.classifier(x))
+    def fuse_model(self, is_qat=False):
+        fuse = tq.fuse_modules_qat if is_qat else tq.fuse_modules
+        for m in self.modules():
+            if type(m) is ConvBNReLU:
+                fuse(m, ['0', '1', '2'], inplace=True)
+            if type(m) is InvertedResidual:
+                for idx in range(len(m.conv)):
+                    if type(m.conv[idx]) is nn.Conv2d:
+                        fuse(m.conv, [str(idx), str(idx + 1)], inplace=True)
+
+
+
+def test_static_quantization_tutorial_in_place_flows():
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
+
+    def evaluate(model):
+        model.eval()
+        with torch.no_grad():
+            return [model(x) for x, _ in data]
+
+    float_model = TutorialNet().eval()
+    ref = evaluate(float_model)
+    with _engine("x86"):
+        my = copy.deepcopy(float_model).eval()
+        my.fuse_model()
+        my.qconfig = tq.default_qconfig
+        tq.prepare(my, inplace=True)
+        evaluate(my)
+        tq.convert(my, inplace=True)
+        out = evaluate(my)[0]
+        assert 10 * torch.log10(ref[0].pow(2).sum() / (out - ref[0]).pow(2).sum()) > 25
+        qat = copy.deepcopy(float_model)
+        qat.fuse_model(is_qat=True)
+        opt = torch.optim.SGD(qat.parameters(), lr=0.0001)
+        qat.qconfig = tq.get_default_qat_qconfig("x86")
+        tq.prepare_qat(qat, inplace=True)
+        for epoch in range(2):
+            qat.train()
+            for x, y in data:
+                loss = nn.functional.cross_entropy(qat(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            qat.apply(tq.disable_observer if epoch else tq.freeze_bn_stats)
+        int8 = tq.convert(qat.eval(), inplace=False)
+        gm = tq.prepared_module(qat)
+        with torch.no_grad():
+            sim = gm(data[0][0])
+        scale = float(gm.get_submodule("classifier.1.output_fake_quant").qparams().scale)
+        assert _steps(int8(data[0][0]), sim, scale) <= 1.0 + 1e-4
