@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import nn as qnn
+from ..nn.stubs import DeQuantStub, QuantStub
 from ..qconfig.opinfo import OpKind
 
 __all__ = [
@@ -312,7 +313,12 @@ DEQUANT_STUB_NAMES = ("DeQuantStub",)
 
 # -- lookups ----------------------------------------------------------------------------------
 def is_stub(m: nn.Module) -> OpKind | None:
-    """QUANT_STUB / DEQUANT_STUB for torch.ao eager stubs (matched by name, no torch.ao import)."""
+    """QUANT_STUB / DEQUANT_STUB for fxquant's stubs (:mod:`fxquant.nn.stubs`, subclasses
+    included) and torch.ao's eager stubs (matched by name, no torch.ao import)."""
+    if isinstance(m, QuantStub):
+        return OpKind.QUANT_STUB
+    if isinstance(m, DeQuantStub):
+        return OpKind.DEQUANT_STUB
     if not type(m).__module__.startswith("torch.ao"):
         return None
     name = type(m).__name__
