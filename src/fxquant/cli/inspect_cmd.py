@@ -83,6 +83,9 @@ def _from_encodings(path: str) -> list[QuantizedTensor]:
     rows = []
     for e in entries:
         kind = "param" if e.name in params else "activation"
+        if not 1 <= e.bitwidth <= 64:
+            raise EncodingsError(f"{bounded(path)!r}: tensor {bounded(e.name)!r} has bitwidth "
+                                 f"{bounded(e.bitwidth, 30)}; bit widths are 1 to 64")
         if e.is_float:
             rows.append(QuantizedTensor(e.name, kind, f"float{e.bitwidth}", e.bitwidth,
                                         e.symmetric, None, (), (), (), "offset"))

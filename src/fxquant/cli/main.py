@@ -120,6 +120,8 @@ def build_parser(prog: str = "fxquant") -> argparse.ArgumentParser:
         "onnxruntime --out int8; 'fxquant COMMAND --help' shows an example for each command",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an unexpected (internal) error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help,
@@ -150,6 +152,12 @@ def _parse_and_run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not a user mistake: still one line unless asked
+        if getattr(args, "traceback", False):
+            raise
+        print(f"{prog}: internal error: {type(err).__name__}: {one_line(bounded(str(err), 300))}"
+              " (please report it; run again with --traceback to see where)",
+              file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -169,6 +177,7 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
     parser = _Parser(prog=prog, description=cmd.help,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cmd.add_arguments(parser)
+    parser.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(_run=cmd.run, _prog=parser.prog)
     return _parse_and_run(parser, argv)
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..algorithms import adaround, calibrate
 from ..backends import PROFILES
 from ..debug import compare, report, sensitivity, summary
-from ..errors import ConfigError, bounded, bounded_list, require
+from ..errors import ConfigError, UnknownOpNameError, bounded, bounded_list, require
 from ..export import ExportWarning, export_encodings, export_onnx, verify
 from ..export.encodings import ENCODING_VERSIONS
 from ..graph import prepare
@@ -162,7 +162,8 @@ def _check_arguments(args: argparse.Namespace) -> float | tuple[str, ...] | None
 # -- inputs ------------------------------------------------------------------------------------
 def _model_inputs(loaded: LoadedModel, shapes: Sequence[str] | None) -> list[InputSpec]:
     if loaded.example is not None:
-        specs = [InputSpec(n, tuple(t.shape), np.dtype(str(t.dtype).removeprefix("torch.")))
+        specs = [InputSpec(n, tuple(t.shape), np.dtype(str(t.dtype).removeprefix("torch.")),
+                           exact=loaded.fixed_shapes)
                  for n, t in zip(loaded.input_names, loaded.example, strict=True)]
         return resolve_shapes(specs, shapes)
     names = list(loaded.input_names)
@@ -244,7 +245,10 @@ def _quantized(args, loaded: LoadedModel, example, batches, int16, info: dict[st
         rows = [[name, "activation"] for name in ops]
         setter = (sensitive(rows, topk=len(rows)), template)
     info["int16_ops"] = list(ops)
-    qmodel = prepare(loaded.model, example, setter, backend=args.backend)
+    try:
+        qmodel = prepare(loaded.model, example, setter, backend=args.backend)
+    except UnknownOpNameError as err:
+        raise ConfigError(f"--int16: {err}") from None
     calibrate(qmodel, batches, progress=not args.quiet)
     if args.adaround:
         adaround(qmodel, batches, num_iterations=args.adaround_iterations,

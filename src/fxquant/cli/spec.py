@@ -7,7 +7,8 @@
 * ``package.module:function`` -- imported from the **current folder** first, then from the
   installed packages (``function`` may be a dotted path: ``module:Builder.build``);
 * ``model.pt2`` -- a program saved with ``torch.export.save``, loaded with ``torch.export.load``
-  (its example inputs come with it).
+  (its example inputs come with it; its ATen graph is rewritten to torch-level calls by
+  :func:`fxquant.graph.exported.from_exported_program`).
 
 The function takes no arguments and returns a float ``nn.Module``, or ``(model,
 example_inputs)``, or ``(model, example_inputs, data)`` where ``example_inputs`` is a tensor or
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, bounded
+from ..graph.exported import from_exported_program
 from .common import one_line, user_code_error
 
 __all__ = ["LoadedModel", "load_model", "SPEC_HELP", "call_user_function", "check_runs"]
@@ -51,6 +53,8 @@ class LoadedModel:
         data: batches the spec returned (at most the number asked for), ``None`` if none.
         input_names: one name per positional input (the ``forward`` argument names).
         spec: the spec as given, for messages.
+        fixed_shapes: the model runs only the shapes of ``example`` (an exported program
+            without dynamic shapes), so input files must match them exactly.
     """
 
     model: nn.Module
@@ -58,6 +62,7 @@ class LoadedModel:
     data: list[Any] | None
     input_names: tuple[str, ...]
     spec: str
+    fixed_shapes: bool = False
 
 
 @contextlib.contextmanager
@@ -172,7 +177,7 @@ def _as_example(value: Any, label: str) -> tuple[Any, ...]:
 def _describe(value: Any) -> str:
     if isinstance(value, tuple):
         return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value[:4])})"
-    return f"a {type(value).__name__}"
+    return f"an object of type {type(value).__name__}"
 
 
 def _unpack(out: Any, label: str, max_batches: int | None) -> tuple[nn.Module, Any, Any]:
@@ -230,11 +235,11 @@ def _load_exported(path: str, spec: str) -> LoadedModel:
         example = tuple(args)
     names = tuple(s.arg.name for s in program.graph_signature.input_specs
                   if s.kind.name == "USER_INPUT")
-    model = program.module()
+    model = from_exported_program(program)
     count = len(example) if example is not None else len(names)
     if len(names) != count:
         names = tuple(f"input_{i}" for i in range(count))
-    return LoadedModel(model, example, None, names, spec)
+    return LoadedModel(model.eval(), example, None, names, spec, fixed_shapes=True)
 
 
 def load_model(spec: str, max_batches: int | None = None) -> LoadedModel:
