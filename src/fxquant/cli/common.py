@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import re
 import shutil
 import tempfile
 import traceback
@@ -45,8 +44,10 @@ EXIT_USAGE = 2
 
 
 def one_line(message: str) -> str:
-    """``message`` on one line (newlines and runs of blanks become single spaces)."""
-    return re.sub(r"\s*\n\s*", "; ", message.strip()).replace("\t", " ")
+    """``message`` on one line: its lines joined with ``"; "``, other characters that are not
+    printable shown as escapes (``\\x1b``), so a terminal shows exactly one line."""
+    text = "; ".join(p for p in (part.strip() for part in message.splitlines()) if p)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def user_code_error(what: str, exc: BaseException) -> ConfigError:

@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError, bounded
 from ..export.atomic import check_writable
 from .common import positive_int
-from .rawdata import parse_shape
+from .rawdata import parse_shape, shape_argument
 from .spec import SPEC_HELP, check_runs, load_model
 
 __all__ = ["load_spec", "sensitivity_arguments", "sensitivity_run", "report_arguments",
@@ -57,7 +57,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--backend", default="generic", choices=sorted(PROFILES),
                         help="backend profile (default: %(default)s)")
-    parser.add_argument("--input-shape", metavar="D,D,...",
+    parser.add_argument("--input-shape", metavar="D,D,...", type=shape_argument,
                         help="example input shape when SPEC returns only a model")
     parser.add_argument("--batches", type=positive_int, default=8, metavar="N",
                         help="calibration batches (and random batches without data; "

@@ -35,7 +35,14 @@ from .common import (
     positive_int,
 )
 from .inspect_cmd import read_quantized
-from .rawdata import raw_file_name, read_input_list, read_raw, resolve_shapes, write_raw
+from .rawdata import (
+    raw_file_name,
+    read_input_list,
+    read_raw,
+    resolve_shapes,
+    shape_argument,
+    write_raw,
+)
 from .runner import RUNTIMES, open_session
 
 __all__ = ["run_arguments", "run_run", "compare_arguments", "compare_run", "RUN_EXAMPLE",
@@ -59,6 +66,7 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                    help="CPU runtime (default: %(default)s)")
     p.add_argument("--input-shape", action="append", metavar="[NAME:]D,D,...",
+                   type=shape_argument,
                    help="exact shape of an input (repeat per input) when the model does not "
                         "fix it")
     p.add_argument("--threads", type=positive_int, metavar="N", help="runtime threads")
@@ -135,6 +143,9 @@ class _Output:
 
 def _raw_files(folder: str, option: str) -> dict[str, str]:
     """Relative path -> path of every ``.raw`` file under ``folder``."""
+    if os.path.isfile(folder):
+        raise ConfigError(f"{option}: {bounded(folder)!r} is a file; give a folder of "
+                          "'fxquant run' results")
     if not os.path.isdir(folder):
         raise ConfigError(f"{option}: no such folder {bounded(folder)!r}")
     found = {}

@@ -49,7 +49,14 @@ from .common import (
     positive_int,
     signature_defaults,
 )
-from .rawdata import InputSpec, calib_dir_rows, read_input_list, read_raw, resolve_shapes
+from .rawdata import (
+    InputSpec,
+    calib_dir_rows,
+    read_input_list,
+    read_raw,
+    resolve_shapes,
+    shape_argument,
+)
 from .runner import RUNTIMES
 from .spec import SPEC_HELP, LoadedModel, check_runs, load_model
 from .training import fine_tune, train_setup
@@ -92,6 +99,7 @@ def quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (created; files of the same name are replaced)")
     p.add_argument("--input-shape", action="append", metavar="[NAME:]D,D,...",
+                   type=shape_argument,
                    help="shape of an input (repeat per input) when the spec has no example "
                         "inputs or to override them; exact, no free batch dimension")
     p.add_argument("--batches", type=positive_int, metavar="N",

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -39,6 +40,7 @@ __all__ = [
     "write_raw",
     "raw_file_name",
     "MAX_RAW_BYTES",
+    "shape_argument",
 ]
 
 MAX_RAW_BYTES = 4 << 30
@@ -90,6 +92,15 @@ def parse_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
     if math.prod(shape) > MAX_RAW_BYTES // 4:
         raise ValueError(f"shape {text!r} has more than {MAX_RAW_BYTES // 4} elements")
     return name, shape
+
+
+def shape_argument(text: str) -> str:
+    """``argparse`` type of ``--input-shape``: checks the syntax, keeps the text."""
+    try:
+        parse_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def resolve_shapes(
