@@ -28,7 +28,7 @@ from ..algorithms import adaround, calibrate
 from ..backends import PROFILES
 from ..debug import compare, report, sensitivity, summary
 from ..errors import ConfigError, UnknownOpNameError, bounded, bounded_list, require
-from ..export import ExportWarning, export_encodings, export_onnx, verify
+from ..export import ExportWarning, VerifyReport, export_encodings, export_onnx, verify
 from ..export.encodings import ENCODING_VERSIONS
 from ..graph import prepare
 from ..modelio import as_inputs
@@ -122,9 +122,14 @@ def quantize_arguments(p: argparse.ArgumentParser) -> None:
                    help="QAT learning rate (Adam; default: %(default)s)")
     p.add_argument("--runtime", choices=RUNTIMES, default=ver["runtime"],
                    help="runtime verify runs the ONNX file in (default: %(default)s)")
-    p.add_argument("--max-steps", type=non_negative_int, default=2, metavar="N",
+    p.add_argument("--max-steps", type=non_negative_int, metavar="N",
+                   default=signature_defaults(VerifyReport.ok)["max_steps"],
                    help="verify passes when every output is within N quantization steps of the "
                         "simulation (default: %(default)s); above -> exit code 1")
+    p.add_argument("--min-identical", type=_fraction, metavar="F",
+                   default=signature_defaults(VerifyReport.ok)["min_identical"],
+                   help="verify also needs this fraction of every output's values on the same "
+                        "integer code as the simulation (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true", help="skip verify")
     p.add_argument("--encodings-version", choices=ENCODING_VERSIONS, default=enc["version"],
                    help="AIMET encodings format (default: %(default)s)")
@@ -133,6 +138,16 @@ def quantize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- arguments ---------------------------------------------------------------------------------
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
 def _int16(text: str | None) -> float | tuple[str, ...] | None:
     if text is None:
         return None
@@ -316,11 +331,12 @@ def quantize_run(args: argparse.Namespace) -> int:
             ok = True
             if not args.no_verify:
                 result = verify(qmodel, exported.path, batches[-1], runtime=args.runtime)
-                ok = result.ok(max_steps=args.max_steps)
+                ok = result.ok(max_steps=args.max_steps, min_identical=args.min_identical)
                 with open(out.file("verify.txt"), "w", encoding="utf-8") as f:
                     f.write(str(result) + "\n")
                 info["verify"] = {
                     "runtime": args.runtime, "ok": ok, "max_steps_allowed": args.max_steps,
+                    "min_identical": args.min_identical,
                     "outputs": {d.name: {"max_steps": d.max_step_diff, "identical": d.identical}
                                 for d in result.outputs},
                 }
@@ -337,7 +353,8 @@ def quantize_run(args: argparse.Namespace) -> int:
     if "verify" in info:
         worst = max((d["max_steps"] or 0 for d in info["verify"]["outputs"].values()), default=0)
         ident = min((d["identical"] for d in info["verify"]["outputs"].values()), default=1.0)
-        verdict = "OK" if ok else f"FAILED (allowed: {args.max_steps} step(s))"
+        verdict = "OK" if ok else (f"FAILED (needs <= {args.max_steps} step(s) and >= "
+                                   f"{100 * args.min_identical:g}% identical; see verify.txt)")
         print(f"verify ({args.runtime}): outputs {bounded_list(exported.output_names, 3)} "
               f"within {worst} step(s) of the simulation, {100 * ident:.2f}% identical -> "
               f"{verdict}")
