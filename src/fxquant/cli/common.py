@@ -114,7 +114,7 @@ def positive_float(text: str) -> float:
 
 def existing_file(path: str, option: str) -> str:
     """``path`` if it is a readable file, else a :class:`ConfigError` naming ``option``."""
-    if not os.path.exists(path):
+    if "\0" in path or not os.path.exists(path):
         raise ConfigError(f"{option}: no such file {bounded(path)!r}; check the path")
     if os.path.isdir(path):
         raise ConfigError(f"{option}: {bounded(path)!r} is a folder, not a file")
@@ -136,6 +136,9 @@ class StagedOutput:
     """
 
     def __init__(self, path: str, option: str) -> None:
+        if "\0" in path or not path.strip():
+            raise ConfigError(f"{option} {bounded(path)!r} is not writable: not a usable folder "
+                              "name")
         self.path = os.path.abspath(os.fspath(path))
         self.option = option
         if os.path.exists(self.path) and not os.path.isdir(self.path):

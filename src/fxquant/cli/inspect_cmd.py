@@ -149,7 +149,11 @@ def _from_onnx(path: str) -> list[QuantizedTensor]:
                 continue  # the activation row comes from its QuantizeLinear
             name, kind = n.output[0], "param" if src in consts else "activation"
             elem = elem_type(src) or (elem_type(n.input[2]) if zp is not None else 2)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{bounded(path)!r}: tensor {bounded(name)!r} has ONNX element type "
+                              f"{elem}, which fxquant inspect does not know") from None
         info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
         scales = tuple(float(s) for s in np.atleast_1d(scale).ravel())
         zps = (tuple(int(z) for z in np.atleast_1d(zp).ravel()) if zp is not None

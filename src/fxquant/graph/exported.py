@@ -160,7 +160,13 @@ def _select(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
     return "call_function", operator.getitem, (x, (*[slice(None)] * dim, i)), {}
 
 
+def _passthrough(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
+    """A view of the whole tensor (``aten.alias``): its users read the input itself."""
+    return "passthrough", None, args[:1], {}
+
+
 _REWRITES: dict[Any, Callable[[tuple, dict], tuple[str, Any, tuple, dict]]] = {
+    _aten.alias.default: _passthrough,
     _aten.layer_norm.default: _first(5, F.layer_norm),
     _aten.group_norm.default: _first(5, F.group_norm),
     _aten.batch_norm.default: _batch_norm,
@@ -190,6 +196,10 @@ def torch_level(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         op, target, args, kwargs = rewrite(tuple(node.args), dict(node.kwargs))
         if op == "keep":
+            continue
+        if op == "passthrough":
+            node.replace_all_uses_with(args[0])
+            graph.erase_node(node)
             continue
         with graph.inserting_before(node):
             new = graph.create_node(op, target, args, kwargs)
