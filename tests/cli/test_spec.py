@@ -105,3 +105,15 @@ def test_check_runs_names_the_shapes():
 def test_spec_errors(pkg, spec, message):
     with pytest.raises(ConfigError, match=message):
         load_model(spec)
+
+
+def test_the_current_folder_wins_over_a_module_imported_before(tmp_path, monkeypatch):
+    """In-process runs from two folders, each with its own ``shadow_cli_spec.py``."""
+    for name, width in (("a", 2), ("b", 3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shadow_cli_spec.py").write_text(
+            f"from torch import nn\ndef build():\n    return nn.Linear(1, {width})\n")
+    monkeypatch.chdir(tmp_path / "a")
+    assert load_model("shadow_cli_spec:build").model.out_features == 2
+    monkeypatch.chdir(tmp_path / "b")
+    assert load_model("shadow_cli_spec:build").model.out_features == 3

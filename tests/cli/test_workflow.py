@@ -20,7 +20,6 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 
 from .models import CNN_SOURCE, TRANSFORMER_SOURCE, write_input_list, write_raw_folder, write_spec
 
@@ -139,15 +138,13 @@ def test_transformer_module_spec_from_the_current_folder(tmp_path):
     assert "checks passed" in report
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["quantize", "nomodule:build", "--calib-dir", ".", "--backend", "generic", "--out", "o"],
-     "no module 'nomodule' in the current folder"),
-    (["run", "missing.onnx", "--input-list", "l.txt"], "no such file 'missing.onnx'"),
-])
-def test_mistakes_in_a_real_process_are_one_line(tmp_path, args, needle):
+def test_a_mistake_in_a_real_process_is_one_line(tmp_path):
+    args = ["quantize", "nomodule:build", "--calib-dir", ".", "--backend", "generic", "--out",
+            "o"]
     done = subprocess.run([*FXQUANT, *args], cwd=tmp_path, capture_output=True, text=True,
                           check=False, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "no module 'nomodule' in the current folder" in lines[0]
     assert os.listdir(tmp_path) == []

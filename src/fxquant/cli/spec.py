@@ -98,6 +98,22 @@ def _import_file(where: str, spec: str) -> Any:
     return module
 
 
+def _forget_shadowed(top: str, cwd: str) -> None:
+    """A module imported earlier in this process from elsewhere, while the current folder has
+    its own ``top.py`` / ``top/``: forget it (and its submodules), so that the current folder
+    wins as it would in a fresh ``fxquant`` process (matters when ``main`` runs in-process)."""
+    local = [os.path.join(cwd, top + ".py"), os.path.join(cwd, top, "__init__.py")]
+    old = sys.modules.get(top)
+    if old is None or not any(os.path.isfile(p) for p in local):
+        return
+    where = os.path.abspath(getattr(old, "__file__", "") or "")
+    if where in local:
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
 def _import_module(where: str, spec: str) -> Any:
     if not all(part.isidentifier() for part in where.split(".")):
         raise ConfigError(
@@ -105,6 +121,7 @@ def _import_module(where: str, spec: str) -> Any:
             "module name (package.module); give file.py:function or package.module:function"
         )
     cwd = os.getcwd()
+    _forget_shadowed(where.split(".")[0], cwd)
     try:
         with _on_sys_path(cwd):
             return importlib.import_module(where)
