@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -124,7 +125,7 @@ def build_parser(prog: str = "fxquant") -> argparse.ArgumentParser:
                         help="show the Python traceback of an unexpected (internal) error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help,
+        p = sub.add_parser(name, help=cmd.help, description=textwrap.fill(cmd.help, 79),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run, _prog=p.prog)
@@ -174,7 +175,7 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
     """Run one command with its own parser (for ``python -m fxquant.<module>`` entry points);
     same return convention as :func:`main`."""
     cmd = COMMANDS[name]
-    parser = _Parser(prog=prog, description=cmd.help,
+    parser = _Parser(prog=prog, description=textwrap.fill(cmd.help, 79),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cmd.add_arguments(parser)
     parser.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
