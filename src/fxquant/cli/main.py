@@ -3,6 +3,10 @@
 A command is two functions, ``add_arguments(parser)`` and ``run(args) -> exit status``; add one
 by writing them here and listing them in :data:`COMMANDS`.  Option defaults are read from the
 library function a command wraps (its signature), never repeated as literals here.
+
+Exit codes (:mod:`.common`): 0 ok, 1 the command ran but a check failed, 2 a user mistake.  A
+:class:`~fxquant.errors.FxquantError` (or an ``OSError`` of the file system) raised by a command
+is printed as one line on stderr with code 2; usage errors are one line too.
 """
 
 from __future__ import annotations
