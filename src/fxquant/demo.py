@@ -17,12 +17,10 @@ generators.  Run it with ``fxquant demo`` or ``python -m fxquant.demo``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import inspect
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +43,6 @@ __all__ = [
     "float_size_bytes",
     "quantized_size_bytes",
     "run_demo",
-    "add_arguments",
-    "run_from_args",
-    "main",
 ]
 
 TEST_FRACTION = 0.25
@@ -301,51 +296,10 @@ def run_demo(
 
 
 # -- command line -----------------------------------------------------------------------------
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options (``fxquant demo`` / ``python -m fxquant.demo``); their defaults are
-    :func:`run_demo`'s (its signature is the single source)."""
-    d = {n: p.default for n, p in inspect.signature(run_demo).parameters.items()}
-    parser.add_argument("--epochs", type=_non_negative_int, default=d["epochs"], metavar="N",
-                        help="float training epochs (default: %(default)s)")
-    parser.add_argument("--qat-epochs", type=_non_negative_int, default=d["qat_epochs"],
-                        metavar="N",
-                        help="QAT fine-tuning epochs; 0 = calibrate only (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d["seed"],
-                        help="fixes split, initialisation and data order (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars, print only the table")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the demo with parsed :func:`add_arguments` options and print its table."""
-    result = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed,
-                      progress=not args.quiet)
-    print(result.table())
-    return 0
-
-
-HELP = ("train a small CNN on scikit-learn digits, quantize it W8A8 with PTQ and QAT, print "
-        "accuracy / size / time")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fxquant.demo [--epochs N] [--qat-epochs N] [--seed S] [--quiet]``: the same
-    as ``fxquant demo``.  Returns the exit status (0 after ``--help``, 2 on a usage error)."""
-    parser = argparse.ArgumentParser(prog="python -m fxquant.demo", description=HELP)
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as done:  # argparse exits after --help and usage errors
-        return done.code if isinstance(done.code, int) else 1 if done.code else 0
-    return run_from_args(args)
-
-
+# ``python -m fxquant.demo [--epochs N] [--qat-epochs N] [--seed S] [--quiet]`` is the CLI's
+# ``fxquant demo`` (its options are defined once, in fxquant.cli.main).  The CLI sits above the
+# demo, so only the entry point imports it, when this file runs as __main__, never on import.
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fxquant.cli.main import run_command
+
+    raise SystemExit(run_command("demo", prog="python -m fxquant.demo"))

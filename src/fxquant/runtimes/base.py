@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -102,8 +102,15 @@ class Session(abc.ABC):
         """The model's graph outputs, then :attr:`extra_outputs`."""
 
     @abc.abstractmethod
-    def run(self, feeds: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on positional ``feeds``; every output of :attr:`output_names` by name."""
+    def input_types(self) -> list[tuple[str, list[int | None] | None, np.dtype | None]]:
+        """Each input's ``(name, dims, dtype)``: ``dims`` with ``None`` for a symbolic
+        dimension (``None`` for an unknown rank); ``dtype`` ``None`` when numpy has none."""
+
+    @abc.abstractmethod
+    def run(self, feeds: Sequence[np.ndarray] | Mapping[str, np.ndarray]
+            ) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` (positional, or by input name); every output of
+        :attr:`output_names` by name."""
 
     @abc.abstractmethod
     def executed_ops(self) -> ExecutedOps:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,11 @@ INTEGER_OPS = frozenset({
 })
 """ORT node types that compute in integer arithmetic."""
 _FUSABLE_CLIPS = frozenset({"Relu", "Clip"})
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
 
 
 def _ort() -> Any:
@@ -71,9 +76,21 @@ class OrtSession(Session):
     def output_names(self) -> list[str]:
         return [o.name for o in self._sess.get_outputs()]
 
-    def run(self, feeds: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def input_types(self) -> list[tuple[str, list[int | None] | None, np.dtype | None]]:
+        out = []
+        for i in self._sess.get_inputs():
+            dims = None if i.shape is None else [d if isinstance(d, int) and d > 0 else None
+                                                  for d in i.shape]
+            dtype = _NUMPY_TYPES.get(i.type)
+            out.append((i.name, dims, None if dtype is None else np.dtype(dtype)))
+        return out
+
+    def run(self, feeds: Sequence[np.ndarray] | Mapping[str, np.ndarray]
+            ) -> dict[str, np.ndarray]:
         names = self.output_names
-        res = self._sess.run(names, dict(zip(self.input_names, feeds, strict=True)))
+        if not isinstance(feeds, Mapping):
+            feeds = dict(zip(self.input_names, feeds, strict=True))
+        res = self._sess.run(names, dict(feeds))
         return dict(zip(names, res, strict=True))
 
     def executed_ops(self) -> ExecutedOps:

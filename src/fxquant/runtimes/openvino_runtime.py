@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,9 +89,23 @@ class OpenVinoSession(Session):
     def output_names(self) -> list[str]:
         return list(self._names)
 
-    def run(self, feeds: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def input_types(self) -> list[tuple[str, list[int | None] | None, np.dtype | None]]:
+        out = []
+        for k, port in enumerate(self._compiled.inputs):
+            ps = port.get_partial_shape()
+            dims = ([d.get_length() if d.is_static else None for d in ps]
+                    if ps.rank.is_static else None)
+            try:
+                dtype = np.dtype(port.get_element_type().to_dtype())
+            except (TypeError, RuntimeError):
+                dtype = None
+            out.append((self.input_names[k], dims, dtype))
+        return out
+
+    def run(self, feeds: Sequence[np.ndarray] | Mapping[str, np.ndarray]
+            ) -> dict[str, np.ndarray]:
         req = self._compiled.create_infer_request()
-        req.infer(dict(enumerate(feeds)))
+        req.infer(dict(feeds) if isinstance(feeds, Mapping) else dict(enumerate(feeds)))
         return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self._names)}
 
     def executed_ops(self) -> ExecutedOps:
