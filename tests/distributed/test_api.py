@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import doctest
 import warnings
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 import fxquant
 from fxquant.distributed import DistributedSync, diverged_state, participants, world_size
+from fxquant.distributed import api as api_module
+from fxquant.distributed import launch as launch_module
 from fxquant.nn import ConvBnNd
 from fxquant.observers import Observer
 
@@ -101,3 +104,8 @@ def test_disabling_drops_unmerged_statistics(enabled):
     q.observer.__dict__["_fxquant_dist_acc"] = acc  # as a distributed calibration leaves it
     fxquant.set_distributed_sync(q, enabled)
     assert acc.has_stats() is enabled
+
+
+def test_doctests():
+    for module in (api_module, launch_module):
+        assert doctest.testmod(module, raise_on_error=True).attempted > 0

@@ -12,12 +12,13 @@ identical on every rank, whatever DDP does with buffers:
 * learnable (LSQ) scales are parameters: DDP averages their gradients like any weight.
 
 Switch it per model with :func:`set_distributed_sync` / :func:`no_distributed_sync`; check a
-replicated model with :func:`diverged_state`.
+replicated model with :func:`diverged_state`; try it on one machine with :func:`run_local`.
 """
 
 from .api import diverged_state, no_distributed_sync, set_distributed_sync, sync_observers
 from .batchnorm import sync_batch_norm
 from .calibration import agree_on_batch, global_count
+from .launch import run_local
 from .observers import discard_pending, merge_pending, observe_distributed, syncs_every_batch
 from .settings import DistributedSync, participants, world_size
 
@@ -27,6 +28,7 @@ __all__ = [
     "no_distributed_sync",
     "sync_observers",
     "diverged_state",
+    "run_local",
     "participants",
     "world_size",
     "sync_batch_norm",
