@@ -10,14 +10,18 @@ ranks drift apart) -- DDP's gradient all-reduce runs in both:
   (moving-average activations: one all-reduce per activation quantizer per step; each ConvBn
   one in forward and one in backward), and with MSE-histogram activations (two per quantizer:
   the range, then the counts);
-* **calibration batch** (``fxquant.calibrate`` over 8 batches, per batch): MSE histograms
+* **calibration** (``fxquant.calibrate`` over 8 batches): MSE histograms
   (rank-local, merged once at the end: three collectives in all) and moving averages (one
   all-reduce per quantizer per batch, plus one to agree that every rank has the batch).
 
 Timing in rank 0; both ranks run the same interleaved rounds (each variant ``block`` calls per
 round, fastest call kept; the collectives keep the ranks in lock-step); ratios are medians over
-rounds of (sync on / sync off).  Two ranks on 2 shared cores: absolute times mostly show the
-machine's load; the ratio is the cost of the sync.
+rounds of (sync on / sync off).  fxquant's own collectives are counted and timed by wrapping
+``torch.distributed.all_reduce`` (DDP's gradient buckets go through its C++ reducer and are not
+counted): ``in fxquant collectives`` is the median time per call spent inside them, waiting
+for the other rank included, and ``all_reduce latency`` the median of a lone 2-float all-reduce.
+On a loaded 2-core machine the two ranks mostly wait for CPU time: step times and ratios are
+noisy there, the collective count and latency are the robust numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,11 +45,11 @@ import fxquant
 from bench.common import SuiteResult
 from bench.models import ResidualCNN
 from fxquant.distributed import run_local
-from fxquant.nn import ConvBnNd
 
 __all__ = ["DistConfig", "FULL", "QUICK", "run", "COLUMNS"]
 
-COLUMNS = ["measure", "sync", "ms", "ratio on / off", "collectives per call"]
+COLUMNS = ["measure", "sync", "ms", "ratio on / off", "fxquant collectives per call",
+           "in fxquant collectives (ms)"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,38 @@ def _calib(q: torch.nn.Module, batches: list) -> Callable:
     return calib
 
 
-def _activation_quantizers(q: torch.nn.Module) -> int:
-    return sum(1 for m in q.modules() if isinstance(m, fxquant.FakeQuantize) and not m.is_weight)
+class _Counter:
+    """Counts and times the ``torch.distributed.all_reduce`` calls made while installed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seconds = 0.0
+        self._real = dist.all_reduce
+
+    def __enter__(self) -> _Counter:
+        def counted(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return self._real(*args, **kwargs)
+            finally:
+                self.calls += 1
+                self.seconds += time.perf_counter() - t
+
+        dist.all_reduce = counted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        dist.all_reduce = self._real
+
+
+def _latency() -> float:
+    t = torch.zeros(2)
+    times = []
+    for _ in range(200):
+        s = time.perf_counter()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        times.append(time.perf_counter() - s)
+    return statistics.median(times[20:])
 
 
 def _rank(rank: int, world: int, out: str, cfg: DistConfig) -> None:
@@ -87,16 +122,11 @@ def _rank(rank: int, world: int, out: str, cfg: DistConfig) -> None:
     batches = [torch.randn(cfg.batch, 3, 32, 32, generator=gen) for _ in range(8)]
     mse = fxquant.get_qconfig(observer=fxquant.MSEObserver)
     measures: dict[str, dict[str, Callable]] = {}
-    counts: dict[str, str] = {}
     for label, setter in (("QAT step, moving averages", fxquant.default_qat_qconfig_setter),
                           ("QAT step, MSE histograms", mse)):
         base = fxquant.prepare(model, x, setter)
         fxquant.calibrate(base, batches[:2], progress=False)
         fxquant.set_fake_quantize(base, fxquant.FakeQuantState.QAT)
-        acts = _activation_quantizers(base)
-        bns = sum(1 for m in base.modules() if isinstance(m, ConvBnNd))
-        per = 1 if "moving" in label else 2
-        counts[label] = f"{per * acts} + {2 * bns} (BN) + DDP's gradient buckets"
         measures[label] = {}
         for sync in ("on", "off"):
             q = copy.deepcopy(base).train()
@@ -104,35 +134,43 @@ def _rank(rank: int, world: int, out: str, cfg: DistConfig) -> None:
             ddp = DistributedDataParallel(q)
             opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
             measures[label][sync] = _qat_step(ddp, opt, x, y)
-    for label, setter, per_batch in (
-        ("calibration batch, MSE histograms", fxquant.default_calibration_qconfig_setter, False),
-        ("calibration batch, moving averages", fxquant.default_qat_qconfig_setter, True),
+    for label, setter in (
+        ("calibration of 8 batches, MSE histograms", fxquant.default_calibration_qconfig_setter),
+        ("calibration of 8 batches, moving averages", fxquant.default_qat_qconfig_setter),
     ):
         measures[label] = {}
         for sync in ("on", "off"):
             q = fxquant.prepare(model, x, setter)
             fxquant.set_distributed_sync(q, sync == "on")
             measures[label][sync] = _calib(q, batches)
-        acts = _activation_quantizers(q)
-        counts[label] = f"{acts + 1} per batch" if per_batch else "3 per calibration"
+    counts: dict[str, list[float]] = {}
+    for label, fns in measures.items():  # warm-up, counting fxquant's collectives
+        for sync, fn in fns.items():
+            with _Counter() as c:
+                fn()
+            if sync == "on":
+                counts[label] = [c.calls]
     times: dict[tuple[str, str], list[float]] = {}
-    for fns in measures.values():  # warm-up
-        for fn in fns.values():
-            fn()
+    inside: dict[str, list[float]] = {}
     for _ in range(cfg.rounds):
         for label, fns in measures.items():
             for sync, fn in fns.items():
                 best = float("inf")
                 for _ in range(cfg.block):
-                    t = time.perf_counter()
-                    fn()
-                    best = min(best, time.perf_counter() - t)
-                if label.startswith("calibration"):
-                    best /= len(batches)
+                    with _Counter() as c:
+                        t = time.perf_counter()
+                        fn()
+                        best = min(best, time.perf_counter() - t)
+                    if sync == "on":
+                        inside.setdefault(label, []).append(c.seconds)
                 times.setdefault((label, sync), []).append(best)
+    latency = _latency()
     if rank == 0:
         pathlib.Path(out).write_text(json.dumps({
-            "times": [[k[0], k[1], v] for k, v in times.items()], "counts": counts,
+            "times": [[k[0], k[1], v] for k, v in times.items()],
+            "counts": {k: v[0] for k, v in counts.items()},
+            "inside": {k: statistics.median(v) for k, v in inside.items()},
+            "latency": latency,
         }))
 
 
@@ -158,10 +196,17 @@ def run(quick: bool = False, config: DistConfig | None = None) -> SuiteResult:
             res.rows.append({
                 "measure": label, "sync": sync, "ms": statistics.median(v) * 1e3,
                 "ratio on / off": ratio if sync == "on" else "",
-                "collectives per call": data["counts"][label] if sync == "on" else "",
+                "fxquant collectives per call": data["counts"][label] if sync == "on" else "",
+                "in fxquant collectives (ms)": data["inside"][label] * 1e3
+                if sync == "on" else "",
             })
+    lat = data["latency"] * 1e6
     res.notes.append(
         f"load average at start {load:.2f}; 2 ranks x 1 thread; {cfg.rounds} rounds x "
         f"{cfg.block} calls (fastest per round), median of per-round ratios"
+    )
+    res.notes.append(
+        f"all_reduce latency (2 floats, gloo, this machine now): {lat:.0f} us; the QAT sync "
+        "costs about (collectives per step) x latency"
     )
     return res

@@ -96,14 +96,19 @@ def test_observers_without_a_merge_stay_local_with_a_warning():
     run_ranks(_unknown_observer)
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_disabling_drops_unmerged_statistics(enabled):
+@pytest.mark.parametrize("how", ["enable", "disable", "block"])
+def test_disabling_drops_unmerged_statistics_a_block_keeps_them(how):
     q = fxquant.FakeQuantize(observer=fxquant.MinMaxObserver)
     acc = fxquant.MinMaxObserver()
     acc(torch.ones(3))
     q.observer.__dict__["_fxquant_dist_acc"] = acc  # as a distributed calibration leaves it
-    fxquant.set_distributed_sync(q, enabled)
-    assert acc.has_stats() is enabled
+    if how == "block":
+        with fxquant.no_distributed_sync(q):
+            assert not q.distributed_sync.enabled
+        assert q.distributed_sync.enabled
+    else:
+        fxquant.set_distributed_sync(q, how == "enable")
+    assert acc.has_stats() is (how != "disable")
 
 
 def test_doctests():

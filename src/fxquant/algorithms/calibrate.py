@@ -9,7 +9,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributed import agree_on_batch, global_count, no_distributed_sync, syncs_every_batch
+from ..distributed import (
+    agree_on_batch,
+    discard_pending,
+    global_count,
+    no_distributed_sync,
+    syncs_every_batch,
+)
 from ..fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
 
 __all__ = ["calibrate", "batch_to_args", "model_device"]
@@ -89,7 +95,8 @@ def calibrate(
                 qmodel(*batch_to_args(batch, num_inputs, device))
                 seen += 1
     except BaseException:
-        with no_distributed_sync(qmodel):  # a failing rank starts no collective
+        discard_pending(quantizers)  # a failing rank starts no collective
+        with no_distributed_sync(qmodel):
             set_fake_quantize(qmodel, FakeQuantState.VALIDATION)
         qmodel.train(was_training)
         raise

@@ -49,10 +49,12 @@ def no_distributed_sync(module: nn.Module) -> Iterator[nn.Module]:
     """Rank-local quantizers / ConvBn inside the block (each module's setting restored after).
 
     For work that one rank does alone while the process group is up -- e.g. calibrating or
-    evaluating on rank 0 only -- which would otherwise wait for the other ranks.
+    evaluating on rank 0 only -- which would otherwise wait for the other ranks.  Statistics
+    observed before the block and not merged yet are kept (merged after it as usual).
     """
     saved = [(m, m.distributed_sync) for m in participants(module)]
-    set_distributed_sync(module, False)
+    for m, setting in saved:  # statistics not merged yet are kept for after the block
+        m.distributed_sync = DistributedSync(False, setting.group)
     try:
         yield module
     finally:
