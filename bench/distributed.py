@@ -58,6 +58,7 @@ class DistConfig:
     batch: int = 8
     rounds: int = 7
     block: int = 3
+    calib_batches: int = 8
 
 
 FULL = DistConfig()
@@ -119,7 +120,7 @@ def _rank(rank: int, world: int, out: str, cfg: DistConfig) -> None:
     gen = torch.Generator().manual_seed(rank + 1)
     x = torch.randn(cfg.batch, 3, 32, 32, generator=gen)
     y = torch.randint(0, 10, (cfg.batch,), generator=gen)
-    batches = [torch.randn(cfg.batch, 3, 32, 32, generator=gen) for _ in range(8)]
+    batches = [torch.randn(cfg.batch, 3, 32, 32, generator=gen) for _ in range(cfg.calib_batches)]
     mse = fxquant.get_qconfig(observer=fxquant.MSEObserver)
     measures: dict[str, dict[str, Callable]] = {}
     for label, setter in (("QAT step, moving averages", fxquant.default_qat_qconfig_setter),
@@ -135,8 +136,10 @@ def _rank(rank: int, world: int, out: str, cfg: DistConfig) -> None:
             opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
             measures[label][sync] = _qat_step(ddp, opt, x, y)
     for label, setter in (
-        ("calibration of 8 batches, MSE histograms", fxquant.default_calibration_qconfig_setter),
-        ("calibration of 8 batches, moving averages", fxquant.default_qat_qconfig_setter),
+        (f"calibration of {len(batches)} batches, MSE histograms",
+         fxquant.default_calibration_qconfig_setter),
+        (f"calibration of {len(batches)} batches, moving averages",
+         fxquant.default_qat_qconfig_setter),
     ):
         measures[label] = {}
         for sync in ("on", "off"):

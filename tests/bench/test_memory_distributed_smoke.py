@@ -7,7 +7,7 @@ from tests.distributed.ranks import warm_ddp
 
 
 def test_memory_suite_rows_and_verdicts():
-    cfg = memory.MemoryConfig(width=4, batch=2, batches=12, marks=(1, 10, 12))
+    cfg = memory.MemoryConfig(width=2, batch=2, batches=12, marks=(1, 10, 12))
     res = memory.run(config=cfg)
     assert res.name == "memory" and res.columns == memory.COLUMNS
     variants = {r["variant"] for r in res.rows}
@@ -20,7 +20,8 @@ def test_memory_suite_rows_and_verdicts():
 
 def test_distributed_suite_measures_sync_on_and_off():
     warm_ddp()
-    res = distributed.run(config=distributed.DistConfig(width=2, batch=2, rounds=1, block=1))
+    cfg = distributed.DistConfig(width=2, batch=2, rounds=1, block=1, calib_batches=2)
+    res = distributed.run(config=cfg)
     assert res.name == "distributed" and res.columns == distributed.COLUMNS
     measures = {r["measure"] for r in res.rows}
     assert len(measures) == 4 and len(res.rows) == 8

@@ -6,6 +6,7 @@ step, and a conv + BatchNorm folded into a ``ConvBn2d`` (batch statistics in tra
 ranks see different data; after each of 20 SGD steps every state-dict tensor (weights,
 scales, zero points, observer statistics, BN running statistics) is bit-identical on both ranks,
 with DDP broadcasting buffers (its default) or not.  Without fxquant's sync they drift apart.
+The trained model's state dict loads in a single process and reproduces rank 0's outputs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SETTER = (
 STEPS = 20
 
 
-def _train(rank: int, world: int, broadcast_buffers: bool, sync: bool) -> None:
+def _train(rank: int, world: int, broadcast_buffers: bool, sync: bool, out=None) -> None:
     data = dataset(32)
     q = prepared(SETTER)
     fxquant.set_distributed_sync(q, sync)
@@ -61,12 +62,23 @@ def _train(rank: int, world: int, broadcast_buffers: bool, sync: bool) -> None:
                 "fc.output_fake_quant.observer.hist", "conv1.bn.running_var",
                 "_generated_relu_0.output_fake_quant.scale"):
         assert not torch.equal(start[key], end[key]), f"{key} did not move in QAT"
+    if out is not None and rank == 0:
+        fxquant.set_fake_quantize(q.eval(), fxquant.FakeQuantState.VALIDATION)
+        x = dataset(4, seed=99).tensors[0]
+        torch.save({"state": q.state_dict(), "x": x, "y": q(x)}, out)
 
 
 @pytest.mark.parametrize("broadcast_buffers", [True, False])
-def test_ddp_qat_steps_keep_ranks_identical(broadcast_buffers):
+def test_ddp_qat_steps_keep_ranks_identical(broadcast_buffers, tmp_path):
     warm_ddp()
-    run_ranks(_train, broadcast_buffers, True)
+    out = tmp_path / "ddp_qat.pt"
+    run_ranks(_train, broadcast_buffers, True, out)
+    # the DDP-trained model loads in a single process (weights_only) and computes the same
+    saved = torch.load(out, weights_only=True)
+    q = prepared(SETTER)
+    q.load_state_dict(saved["state"])
+    fxquant.set_fake_quantize(q.eval(), fxquant.FakeQuantState.VALIDATION)
+    assert torch.equal(q(saved["x"]), saved["y"])
 
 
 def test_without_sync_the_ranks_drift_apart():
