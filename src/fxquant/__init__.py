@@ -37,6 +37,7 @@ from .export import (
     VerifyReport,
     export_encodings,
     export_onnx,
+    export_quantsim_config,
     load_encodings,
     verify,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "VerifyReport",
     "export_encodings",
     "load_encodings",
+    "export_quantsim_config",
     "convert",
     "ConvertedModel",
     "ConvertError",
