@@ -20,6 +20,7 @@ from .autoquant import AutoQuant
 from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
+from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
 from .errors import (
     CaptureError,
     CheckpointError,
@@ -125,6 +126,9 @@ __all__ = [
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "set_distributed_sync",
+    "no_distributed_sync",
+    "sync_observers",
     "QConfig",
     "FLOAT",
     "get_qconfig",

@@ -8,8 +8,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import (
+    agree_on_batch,
+    discard_pending,
+    global_count,
+    no_distributed_sync,
+    syncs_every_batch,
+)
 from ..errors import DataError
-from ..fake_quant import FakeQuantState, set_fake_quantize
+from ..fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
 from ..graph.report import num_inputs_of
 from ..modelio import call_model, iter_inputs, model_device
 from ..modelio import num_batches as batch_count
@@ -32,6 +39,12 @@ def calibrate(
     the model's inputs, e.g. labels, are dropped) or a dict of keyword inputs.  The model's
     train/eval mode is restored afterwards.  ``progress=False`` silences the progress bar.
 
+    Under torch.distributed (more than one rank) every rank calls it on its own shard (e.g. a
+    DataLoader with a ``DistributedSampler``) and the observers' statistics are merged at the
+    end, so every rank gets the scales of one process over the union of the data (see
+    :mod:`fxquant.distributed`).  Moving-average observers average each batch over the ranks:
+    then every rank needs the same number of batches (a :class:`DataError` otherwise).
+
     >>> import torch, fxquant
     >>> q = fxquant.prepare(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.randn(1, 4))
     >>> data = [(torch.randn(8, 4), torch.zeros(8)) for _ in range(2)]  # (inputs, labels)
@@ -40,20 +53,43 @@ def calibrate(
     'VALIDATION'
     """
     device = model_device(qmodel)
+    quantizers = [m for m in qmodel.modules() if isinstance(m, FakeQuantize)]
+    synced = [q for q in quantizers if q.distributed_sync.active()]
+    per_batch = [q for q in synced if syncs_every_batch(q)]
+    groups = list({id(q.distributed_sync.group): q.distributed_sync.group for q in per_batch}
+                  .values())
     was_training = qmodel.training
     qmodel.eval()
     set_fake_quantize(qmodel, FakeQuantState.CALIBRATION)
-    batches = iter_inputs(data, num_inputs_of(qmodel), device, num_batches)
     seen = 0
     try:
         with torch.no_grad():
-            for inputs in tqdm(batches, total=batch_count(data, num_batches), desc="calibrate",
-                               disable=not progress, leave=False):
-                call_model(qmodel, inputs)
+            batches = iter(tqdm(iter_inputs(data, num_inputs_of(qmodel), device),
+                                total=batch_count(data, num_batches), desc="calibrate",
+                                disable=not progress, leave=False))
+            while True:
+                done = num_batches is not None and seen >= num_batches
+                batch = _END if done else next(batches, _END)
+                if groups:
+                    names = [q.name for q in per_batch]
+                    agree_on_batch(batch is not _END, seen, groups, names, device)
+                if batch is _END:
+                    break
+                call_model(qmodel, batch)
                 seen += 1
-    finally:
-        set_fake_quantize(qmodel, FakeQuantState.VALIDATION)
+    except BaseException:
+        discard_pending(quantizers)  # a failing rank starts no collective
+        with no_distributed_sync(qmodel):
+            set_fake_quantize(qmodel, FakeQuantState.VALIDATION)
         qmodel.train(was_training)
+        raise
+    set_fake_quantize(qmodel, FakeQuantState.VALIDATION)  # merges the ranks' statistics
+    qmodel.train(was_training)
+    if synced:
+        seen = global_count(seen, synced[0].distributed_sync.group, device)
     if seen == 0:
         raise DataError("calibrate: the data yielded no batch; pass at least one batch")
     return qmodel
+
+
+_END = object()
