@@ -1,8 +1,10 @@
 """fxquant's exceptions: one small hierarchy under :class:`FxquantError`.
 
 Every error fxquant raises for a user mistake is a subclass of :class:`FxquantError` (and of the
-built-in exception a caller would naturally catch: ``ValueError`` for bad values, ``KeyError``
-for unknown names, ``ImportError`` for a missing optional dependency ...).  Its message names
+built-in exception a caller would naturally catch: ``ValueError`` for bad values (a
+:class:`ConfigError` is also a ``TypeError``: a wrong value and a wrong type of an argument are
+one mistake), ``KeyError`` for unknown names, ``ImportError`` for a missing optional dependency
+...).  Its message names
 the module / op / quantizer / file / argument concerned and says what to do, and it is bounded
 in length whatever the input: long names and long lists are shortened by :func:`bounded` /
 :func:`bounded_list`, and the whole message is capped at :data:`MAX_MESSAGE` characters.
@@ -10,7 +12,8 @@ in length whatever the input: long names and long lists are shortened by :func:`
 =====================  ======================================================================
 class                  raised when
 =====================  ======================================================================
-ConfigError            an argument, QConfig, setter or backend cannot be used as given
+ConfigError            an argument, QConfig, setter or backend cannot be used as given (wrong
+                       type or value, e.g. a model that fxquant.prepare did not return)
 DataError              calibration / evaluation data is not something the model can take
 CaptureError           the model cannot be captured or prepared (e.g. prepared twice)
 QuantizerError         a quantizer is used in a way it cannot serve (no scale yet ...)
@@ -99,8 +102,8 @@ class FxquantError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-class ConfigError(FxquantError, ValueError):
-    """An argument, QConfig, setter or backend cannot be used as given."""
+class ConfigError(FxquantError, ValueError, TypeError):
+    """An argument, QConfig, setter or backend cannot be used as given (a wrong value or type)."""
 
 
 class DataError(FxquantError, ValueError):

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, bounded
+from .errors import DataError, FxquantError, bounded
 
 __all__ = [
     "ModelInputs",
@@ -49,6 +49,7 @@ __all__ = [
     "iter_inputs",
     "num_batches",
     "call_model",
+    "call_batch",
     "flatten_outputs",
     "output_tensors",
     "model_device",
@@ -74,6 +75,16 @@ class ModelInputs:
     def batch_size(self) -> int:
         """Size of dim 0 of the first tensor with at least one dim (1 when there is none)."""
         return next((t.shape[0] for t in self.tensors() if t.dim() > 0), 1)
+
+    def describe(self) -> str:
+        """``tensor[2, 3] float32, mask=tensor[2] bool``: for messages (bounded)."""
+        def one(v: Any) -> str:
+            if isinstance(v, torch.Tensor):
+                return f"tensor{list(v.shape)} {str(v.dtype).replace('torch.', '')}"
+            return type(v).__name__
+
+        parts = [one(a) for a in self.args] + [f"{k}={one(v)}" for k, v in self.kwargs.items()]
+        return bounded(", ".join(parts) or "no inputs", 160)
 
 
 def _to(obj: Any, device: torch.device | str) -> Any:
@@ -158,6 +169,26 @@ def num_batches(data: Any, limit: int | None = None) -> int | None:
 def call_model(model: nn.Module | Any, inputs: ModelInputs) -> Any:
     """``model(*inputs.args, **inputs.kwargs)``."""
     return model(*inputs.args, **inputs.kwargs)
+
+
+def call_batch(model: nn.Module | Any, inputs: ModelInputs, index: int, what: str) -> Any:
+    """:func:`call_model` on batch number ``index`` of the data of ``what`` (``"calibrate"``):
+    an empty batch (dimension 0 of size 0), or one the model raises on with anything but an
+    fxquant error (e.g. NaN seen by a quantizer), is a :class:`DataError` naming the batch."""
+    if inputs.batch_size() == 0:
+        raise DataError(f"{what}: batch {index} is empty ({inputs.describe()}); every batch "
+                        "needs at least one sample")
+    try:
+        return call_model(model, inputs)
+    except FxquantError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(
+            f"{what}: the model cannot run on batch {index} ({inputs.describe()}): "
+            f"{type(exc).__name__}: {bounded(first, 200)}; every batch must be what the model "
+            "takes (like the example inputs given to prepare)"
+        ) from exc
 
 
 def _is_dataclass_instance(obj: Any) -> bool:

@@ -66,7 +66,7 @@ def test_zero_point_outside_grid_raises():
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
 def test_rejects_non_positive_scale(scale):
-    with pytest.raises(ValueError, match="scale must be > 0"):
+    with pytest.raises(ValueError, match="scale must be a finite positive scale"):
         FixedScaleObserver(scale)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from torch import nn
 
 from ..distributed import merge_pending
+from ..errors import ConfigError, bounded
 from .fake_quantize import FakeQuantize
 from .state import FakeQuantState
 
@@ -21,8 +22,7 @@ def set_fake_quantize(module: nn.Module, state: FakeQuantState) -> nn.Module:
     BatchNorm statistics and weights, e.g. for a backbone kept in VALIDATION while a head trains
     in QAT.  Returns ``module``.
     """
-    if not isinstance(state, FakeQuantState):
-        raise TypeError(f"state must be a FakeQuantState member, got {state!r}")
+    _check_arguments(module, state)
     quantizers = [m for m in module.modules() if isinstance(m, FakeQuantize)]
     _switch(quantizers, [state] * len(quantizers))
     return module
@@ -40,9 +40,24 @@ def _switch(quantizers: list[FakeQuantize], states: list[FakeQuantState]) -> Non
         q._apply_state(s)
 
 
+def _check_arguments(module: nn.Module, state: FakeQuantState) -> None:
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"set_fake_quantize: module must be an nn.Module (a prepared model or "
+                          f"a submodule of one), got {type(module).__name__}")
+    if not isinstance(state, FakeQuantState):
+        hint = ""
+        if isinstance(state, str) and state.upper() in FakeQuantState.__members__:
+            hint = f"; use fxquant.FakeQuantState.{state.upper()}"
+        raise ConfigError(
+            f"set_fake_quantize: state must be a FakeQuantState member (QAT, CALIBRATION, "
+            f"VALIDATION, FLOAT), got {bounded(repr(state))}{hint}"
+        )
+
+
 @contextlib.contextmanager
 def fake_quantize_state(module: nn.Module, state: FakeQuantState) -> Iterator[nn.Module]:
     """Context manager: ``state`` inside the block, each quantizer's previous state after."""
+    _check_arguments(module, state)
     saved = [(m, m.state) for m in module.modules() if isinstance(m, FakeQuantize)]
     set_fake_quantize(module, state)
     try:

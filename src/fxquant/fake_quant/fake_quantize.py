@@ -70,25 +70,36 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         **observer_kwargs: Any,
     ) -> None:
         super().__init__()
-        obs_factory = as_factory(observer)
+        try:
+            obs_factory = as_factory(observer)
+        except TypeError:
+            raise ConfigError(
+                f"{type(self).__name__}: observer must be an Observer class or "
+                f"Observer.with_args(...), got {bounded(repr(observer))}"
+            ) from None
+        if ch_axis is not None and (isinstance(ch_axis, bool) or not isinstance(ch_axis, int)):
+            raise ConfigError(f"{type(self).__name__}: ch_axis must be None (per tensor) or an "
+                              f"int axis, got {bounded(repr(ch_axis))}")
         if ch_axis is not None and obs_factory.cls is not FixedScaleObserver:
             observer_kwargs.setdefault("ch_axis", ch_axis)
         self.observer: Observer = obs_factory(**observer_kwargs)
         if dtype is None:
             dtype = getattr(self.observer, "dtype", None) or qint8
         if not isinstance(dtype, QDType):
-            raise TypeError(
-                f"FakeQuantize: dtype must be a QDType (e.g. fxquant.qint8), got {dtype!r}"
+            raise ConfigError(
+                f"{type(self).__name__}: dtype must be a QDType (e.g. fxquant.qint8), got "
+                f"{bounded(repr(dtype))}"
             )
         if not isinstance(scale_math, ScaleMath):
-            raise TypeError(f"FakeQuantize: scale_math must be a ScaleMath, got {scale_math!r}")
+            raise ConfigError(f"{type(self).__name__}: scale_math must be a ScaleMath, got "
+                              f"{bounded(repr(scale_math))}")
         self.dtype = dtype
         self.symmetric = bool(symmetric)
         self.ch_axis = ch_axis
         self.power_of_two = bool(power_of_two)
         self.scale_math = scale_math
         self.is_weight = bool(is_weight)
-        self.eps = float(eps)
+        self.eps = check_scale(f"{type(self).__name__}: eps", eps)
         self._name = ""
         self._init_qparams()
         self.register_buffer("calibrated", torch.tensor(False))

@@ -13,15 +13,27 @@ takes over (eager capture of everything around the failing lines).
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..backends import BackendProfile, get_profile
-from ..modelio import as_inputs
+from ..errors import (
+    CaptureError,
+    ConfigError,
+    DataError,
+    FxquantError,
+    UnknownOpNameError,
+    bounded,
+    bounded_list,
+)
+from ..fake_quant import FakeQuantize
+from ..modelio import ModelInputs, as_inputs, call_model, eval_mode
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
-from .capture import RootTraceError, capture
+from .capture import RootTraceError, capture, trace_failure_site
 from .eager import prepare_eager, prepare_islands
 from .report import REPORT_KEY, PrepareReport
 from .stages import GraphPass, PrepareContext, prepare_graph
@@ -68,32 +80,123 @@ def prepare(
             gain quantizer children.  Use ``model`` itself for nothing else afterwards.
 
     The prepared model is in ``FakeQuantState.QAT``; use :func:`fxquant.calibrate` for PTQ.
+
+    Raises:
+        ConfigError: ``model`` is not an ``nn.Module``, a bad setter, backend or option.
+        CaptureError: ``model`` was prepared already (pass the float model).
+        DataError: the model cannot run on ``example_inputs`` (names the failing module).
+        UnknownOpNameError: a ``leaf_modules`` / ``skip_modules`` / setter name matches no
+            module or op of the model.
     """
+    _check_float_model(model)
     profile = get_profile(backend)
     setters = as_setter_tuple(qconfig_setter)
     inputs = as_inputs(example_inputs)
-    skip = frozenset(skip_modules)
+    leaf = _module_paths(model, leaf_modules, "leaf_modules")
+    skip = _module_paths(model, skip_modules, "skip_modules")
+    original = model
     if not inplace:
         model = copy.deepcopy(model)
     try:
-        gm, islands = capture(model, inputs, frozenset(leaf_modules) | skip)
-    except RootTraceError as err:
-        return prepare_eager(
-            model,
-            inputs.args,
-            setters,
-            profile,
-            err,
-            leaf_modules=leaf_modules,
-            skip_modules=skip,
-            fold_bn=fold_bn,
-            kwargs=inputs.kwargs,
-        )
+        try:
+            gm, islands = capture(model, inputs, leaf | skip)
+        except RootTraceError as err:
+            return prepare_eager(
+                model,
+                inputs.args,
+                setters,
+                profile,
+                err,
+                leaf_modules=leaf,
+                skip_modules=skip,
+                fold_bn=fold_bn,
+                kwargs=inputs.kwargs,
+            )
+    except FxquantError:
+        raise
+    except Exception:
+        _check_inputs_fit(original if inplace else model, inputs)
+        raise
     report = PrepareReport(profile=profile, islands=dict(islands))
     report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    ctx = PrepareContext(setters, profile, frozenset(leaf_modules), skip, fold_bn, report)
+    ctx = PrepareContext(setters, profile, leaf, skip, fold_bn, report)
     prepare_graph(GraphPass(gm, ctx, dict(islands)))
     prepare_islands(gm, islands, ctx)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
     return gm
+
+
+def _check_float_model(model: Any) -> None:
+    """``model`` is an ``nn.Module`` that fxquant has not prepared yet."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"prepare: model must be a torch.nn.Module, got {type(model).__name__}; wrap a "
+            "function in an nn.Module whose forward calls it"
+        )
+    meta = getattr(model, "meta", None)
+    prepared = (isinstance(meta, dict) and isinstance(meta.get(REPORT_KEY), PrepareReport)) \
+        or isinstance(getattr(model, "_fxquant_report", None), PrepareReport)
+    quantizer = next((n for n, m in model.named_modules() if isinstance(m, FakeQuantize)), None)
+    if prepared or quantizer is not None:
+        where = "" if quantizer is None else f" (it holds quantizer {bounded(quantizer)!r})"
+        raise CaptureError(
+            f"prepare: {type(model).__name__} is already prepared{where}: pass the float model "
+            "(prepare returns a new model and leaves its argument untouched)"
+        )
+
+
+def _module_paths(model: nn.Module, paths: Iterable[str], what: str) -> frozenset[str]:
+    """``paths`` as a set of module paths of ``model``; errors name the argument."""
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise ConfigError(
+            f"prepare: {what} must be a list of module paths (e.g. [{bounded(paths, 40)!r}]), "
+            f"got {type(paths).__name__}"
+        )
+    out = frozenset(paths)
+    bad = [p for p in out if not isinstance(p, str)]
+    if bad:
+        raise ConfigError(f"prepare: {what} entries are module paths (str), got "
+                          f"{bounded(repr(bad[0]))}")
+    known = [n for n, _ in model.named_modules() if n]
+    unknown = sorted(out - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=3, cutoff=0.4)
+        hint = f"; did you mean {bounded_list(close)}?" if close else \
+            f"; its modules include {bounded_list(known)}"
+        raise UnknownOpNameError(
+            f"prepare: {what} {bounded_list(unknown)} is not a module path of "
+            f"{type(model).__name__}{hint}"
+        )
+    return out
+
+
+def _check_inputs_fit(model: nn.Module, inputs: ModelInputs) -> None:
+    """After capture failed: raise :class:`DataError` when the float model itself
+    cannot run on ``inputs`` (a mistake in the inputs, not in fxquant); return otherwise."""
+    stack: list[str] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        def enter(_m: nn.Module, _a: Any, _name: str = name) -> None:
+            stack.append(_name)
+
+        def leave(_m: nn.Module, _a: Any, _o: Any) -> None:
+            stack.pop()
+
+        hooks += [mod.register_forward_pre_hook(enter), mod.register_forward_hook(leave)]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            call_model(model, inputs)
+    except Exception as own:
+        inner = stack[-1] if stack else ""
+        first = str(own).strip().splitlines()[0] if str(own).strip() else ""
+        where = f"module {bounded(inner)!r} ({type(model.get_submodule(inner)).__name__})" \
+            if inner else f"{type(model).__name__}.forward"
+        raise DataError(
+            f"prepare: {type(model).__name__} cannot run on the example inputs "
+            f"({inputs.describe()}): {where} raised {type(own).__name__}: {bounded(first, 200)} "
+            f"(at {bounded(trace_failure_site(own), 120)}); pass one batch the model accepts"
+        ) from own
+    finally:
+        for h in hooks:
+            h.remove()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..backends import BackendProfile
+from ..errors import ConfigError
 from ..qconfig import OpKind, QConfig
 from .capture import Island
 
@@ -67,14 +68,16 @@ class PrepareReport:
 
 
 def get_report(model: nn.Module) -> PrepareReport:
-    """The :class:`PrepareReport` of a prepared model; clear error for other modules."""
+    """The :class:`PrepareReport` of a prepared model; :class:`~fxquant.ConfigError` (also a
+    ``TypeError``) for anything else."""
     meta = getattr(model, "meta", None)
     rep = meta.get(REPORT_KEY) if isinstance(meta, dict) else None
     if rep is None:
         rep = getattr(model, "_fxquant_report", None)
-    if rep is None:
-        raise TypeError(
-            f"{type(model).__name__} is not a model returned by fxquant.prepare(); prepare it first"
+    if not isinstance(rep, PrepareReport):
+        raise ConfigError(
+            f"{type(model).__name__} is not a model returned by fxquant.prepare(); prepare it "
+            "first: qmodel = fxquant.prepare(model, example_inputs, ...)"
         )
     return rep
 

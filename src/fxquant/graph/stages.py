@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from .. import nn as qnn
 from .._utils import Factory
 from ..backends import BackendProfile
+from ..errors import ConfigError, bounded
 from ..fake_quant import FakeQuantize
 from ..qconfig import (
     OpInfo,
@@ -328,8 +330,17 @@ _WEIGHT_QUANTIZED = (*qnn.FLOAT_TO_QUANT.values(), *qnn.CONV_TO_CONV_BN.values()
 
 def weight_quantizer(factory: Factory, module: nn.Module | None, op: str,
                      axis: int = 0) -> FakeQuantize:
-    """Build a weight quantizer; a per-channel factory gets the weight's output-channel axis."""
-    if factory.arg("ch_axis") is not None:
+    """Build a weight quantizer; a per-channel factory gets the weight's output-channel axis
+    (a ``ch_axis`` outside the weight's dimensions is a :class:`ConfigError` naming the op)."""
+    asked = factory.arg("ch_axis")
+    if asked is not None:
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and not -weight.dim() <= asked < weight.dim():
+            raise ConfigError(
+                f"op {bounded(op)!r}: the weight quantizer's ch_axis={asked} is outside its "
+                f"{weight.dim()}-d weight {list(weight.shape)}; per-channel weights use the "
+                f"output-channel axis: give ch_axis=0 (or None for per tensor)"
+            )
         if module is not None:
             axis = qnn.WEIGHT_AXIS.get(type(module), axis)
         factory = factory.with_args(ch_axis=axis)

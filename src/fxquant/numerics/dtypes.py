@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import ConfigError, bounded
+
 __all__ = [
     "QDType",
     "qint4",
@@ -27,7 +29,7 @@ class QDType:
 
     Attributes:
         bits: bit width (2..32).
-        signed: two's complement signed when True, unsigned otherwise.
+        signed: two's complement signed when True (the default), unsigned otherwise.
         narrow_range: drop the most negative code of a signed type (int8 -> [-127, 127]) or
             the zero code of an unsigned one ([1, 255]), as TensorRT / NVIDIA use for weights.
 
@@ -36,12 +38,22 @@ class QDType:
     """
 
     bits: int
-    signed: bool
+    signed: bool = True
     narrow_range: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 32:
-            raise ValueError(f"QDType.bits must be an int in [2, 32], got {self.bits!r}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) \
+                or not 2 <= self.bits <= 32:
+            raise ConfigError(
+                f"QDType.bits must be an int in [2, 32], got {bounded(repr(self.bits))}; "
+                "e.g. fxquant.qint8 / qint16 / qint4"
+            )
+        for name in ("signed", "narrow_range"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or value not in (True, False):
+                raise ConfigError(f"QDType.{name} must be True or False, got "
+                                  f"{bounded(repr(value))}")
+            object.__setattr__(self, name, bool(value))  # numpy / torch bools -> bool
 
     @property
     def qmin(self) -> int:
@@ -92,8 +104,12 @@ _BY_NAME = {d.name: d for d in (qint4, quint4, qint8, quint8, qint16, quint16, q
 
 def dtype_by_name(name: str) -> QDType:
     """Parse ``qint8`` / ``quint8_narrow`` ... back into a :class:`QDType`."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a quantized dtype name is a str (e.g. 'qint8'), got "
+                          f"{bounded(repr(name))}")
     narrow = name.endswith("_narrow")
     base = name[: -len("_narrow")] if narrow else name
     if base not in _BY_NAME:
-        raise ValueError(f"unknown quantized dtype {name!r}; valid: {sorted(_BY_NAME)}")
+        raise ConfigError(f"unknown quantized dtype {bounded(name)!r}; valid: {sorted(_BY_NAME)} "
+                          "(optionally with '_narrow')")
     return _BY_NAME[base].narrow(narrow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import LazyShapeBuffers, WithArgs
-from ..errors import ObserverError
+from ..errors import ConfigError, ObserverError, bounded
 from ..numerics import DEFAULT_EPS, QDType, choose_qparams
 
 __all__ = ["Observer", "ObserverError", "channel_view"]
@@ -31,12 +31,22 @@ class Observer(LazyShapeBuffers, WithArgs):
 
     def __init__(self, ch_axis: int | None = None) -> None:
         super().__init__()
+        if ch_axis is not None and (isinstance(ch_axis, bool) or not isinstance(ch_axis, int)):
+            raise ConfigError(f"{type(self).__name__}: ch_axis must be None (per tensor) or an "
+                              f"int axis, got {bounded(repr(ch_axis))}")
         self.ch_axis = ch_axis
         self.name = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x
+        if self.ch_axis is not None and not -x.dim() <= self.ch_axis < x.dim():
+            raise ObserverError(
+                f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}) is per channel "
+                f"on axis {self.ch_axis} but observes a {x.dim()}-d tensor of shape "
+                f"{list(x.shape)}; give it an axis in [{-x.dim()}, {x.dim() - 1}] or "
+                "ch_axis=None (per tensor)"
+            )
         with torch.no_grad():
             self._observe(x.detach())
         return x

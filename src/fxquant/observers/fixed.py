@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
+from ..errors import ConfigError, bounded
 from ..numerics import DEFAULT_EPS, QDType
 from .base import Observer, ObserverError
 
-__all__ = ["FixedScaleObserver"]
+__all__ = ["FixedScaleObserver", "check_scale"]
+
+_F32 = torch.finfo(torch.float32)
+
+
+def check_scale(what: str, value: Any) -> float:
+    """``value`` as a scale: a finite positive number whose float32 is a normal number;
+    :class:`ConfigError` naming ``what`` otherwise."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {bounded(repr(value))}")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v) or not _F32.tiny <= v <= _F32.max:
+        raise ConfigError(
+            f"{what} must be a finite positive scale within float32 "
+            f"([{_F32.tiny:.3g}, {_F32.max:.3g}]), got {bounded(repr(value), 40)}"
+        )
+    return v
 
 
 class FixedScaleObserver(Observer):
@@ -23,11 +48,17 @@ class FixedScaleObserver(Observer):
 
     def __init__(self, scale: float, dtype: QDType | None = None, zero_point: int = 0) -> None:
         super().__init__(None)
-        if not float(scale) > 0.0:
-            raise ValueError(f"FixedScaleObserver: scale must be > 0, got {scale}")
+        scale = check_scale("FixedScaleObserver: scale", scale)
+        if dtype is not None and not isinstance(dtype, QDType):
+            raise ConfigError(f"FixedScaleObserver: dtype must be a QDType (e.g. fxquant.qint8) "
+                              f"or None, got {bounded(repr(dtype))}")
+        if isinstance(zero_point, bool) or not isinstance(zero_point, int) \
+                or not -(1 << 31) <= zero_point < (1 << 31):
+            raise ConfigError(f"FixedScaleObserver: zero_point must be an int32 integer, got "
+                              f"{bounded(repr(zero_point))}")
         self.dtype = dtype
-        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float32))
-        self.register_buffer("zero_point", torch.tensor(int(zero_point), dtype=torch.int32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.int32))
 
     def _observe(self, x: torch.Tensor) -> None:
         self._check_finite(*torch.aminmax(x.reshape(-1)))  # min alone misses +Inf

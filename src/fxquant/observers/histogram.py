@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError, bounded
 from ..numerics import QDType
 from ..numerics.range_search import RangeMethod, search_range
 from .base import Observer, ObserverError, channel_view
@@ -55,10 +56,14 @@ class HistogramObserver(Observer):
     ) -> None:
         super().__init__(ch_axis)
         self.method = RangeMethod.parse(method)
-        if not isinstance(bins, int) or bins < 16 or bins & (bins - 1):
-            raise ValueError(f"bins must be a power of two >= 16, got {bins!r}")
-        if not 0.0 < percentile <= 100.0:
-            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        name = type(self).__name__
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 16 or bins & (bins - 1):
+            raise ConfigError(f"{name}: bins must be a power of two >= 16, got "
+                              f"{bounded(repr(bins))}")
+        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) \
+                or not 0.0 < percentile <= 100.0:
+            raise ConfigError(f"{name}: percentile must be in (0, 100], got "
+                              f"{bounded(repr(percentile))}")
         self.bins = bins
         self.percentile = float(percentile)
         per_channel = ch_axis is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError, bounded
 from ..numerics import QDType
 from .base import Observer, channel_view
 
@@ -61,8 +62,13 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     """
 
     def __init__(self, averaging_constant: float = 0.01, ch_axis: int | None = None) -> None:
-        if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
+        if isinstance(averaging_constant, bool) \
+                or not isinstance(averaging_constant, (int, float)) \
+                or not 0.0 < averaging_constant <= 1.0:
+            raise ConfigError(
+                f"{type(self).__name__}: averaging_constant must be in (0, 1], got "
+                f"{bounded(repr(averaging_constant))}"
+            )
         super().__init__(ch_axis)
         self.averaging_constant = float(averaging_constant)
 

@@ -27,7 +27,7 @@ from .._utils import Factory, as_factory
 from ..errors import CheckpointError, ConfigError, bounded, bounded_list
 from ..numerics import QDType, dtype_by_name
 from .base import Observer
-from .fixed import FixedScaleObserver
+from .fixed import FixedScaleObserver, check_scale
 from .histogram import HistogramObserver, MSEObserver, PercentileObserver
 from .minmax import MinMaxObserver, MovingAverageMinMaxObserver
 
@@ -41,21 +41,6 @@ OBSERVER_TYPES: dict[str, type[Observer]] = {
 """The observer types a spec can be serialised with, by name."""
 
 _QUANTIZER_ARGS = frozenset({"self", "ch_axis"})  # decided by the quantizer, not the observer
-_F32 = torch.finfo(torch.float32)
-
-
-def check_scale(what: str, value: Any) -> float:
-    """``value`` as a scale: a finite positive number whose float32 is a normal number;
-    :class:`ConfigError` naming ``what`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{what} must be a number, got {bounded(repr(value))}")
-    v = float(value)
-    if not math.isfinite(v) or not _F32.tiny <= v <= _F32.max:
-        raise ConfigError(
-            f"{what} must be a finite positive scale within float32 "
-            f"([{_F32.tiny:.3g}, {_F32.max:.3g}]), got {v!r}"
-        )
-    return v
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:
@@ -134,8 +119,10 @@ class ObserverSpec:
             check_scale("fixed scale (FixedScaleObserver scale=)", dict(args)["scale"])
         try:
             self.type(**self.kwargs())
+        except ConfigError:
+            raise  # names the observer already
         except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{owner}: {exc}") from None
+            raise ConfigError(f"{owner}: {bounded(exc, 300)}") from None
 
     def kwargs(self) -> dict[str, Any]:
         """The constructor arguments (dtype names back as :class:`~fxquant.numerics.QDType`)."""

@@ -28,11 +28,14 @@ def _as_spec(role: str, value: Any) -> QuantizerSpec | Factory:
     or a partial; a factory of a quantizer class fxquant does not know stays a factory."""
     if isinstance(value, QuantizerSpec):
         return value
-    fac = as_factory(value)
-    if not (isinstance(fac.cls, type) and issubclass(fac.cls, FakeQuantize)):
-        raise TypeError(
+    try:
+        fac = as_factory(value)
+    except TypeError:
+        fac = None
+    if fac is None or not (isinstance(fac.cls, type) and issubclass(fac.cls, FakeQuantize)):
+        raise ConfigError(
             f"QConfig.{role} must build a FakeQuantize (e.g. FakeQuantize.with_args(...)), "
-            f"got {fac!r}"
+            f"got {bounded(repr(value))}"
         )
     if fac.cls in (FakeQuantize, LearnableFakeQuantize):
         return QuantizerSpec(learnable=fac.cls is LearnableFakeQuantize).with_args(

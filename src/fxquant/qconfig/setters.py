@@ -20,7 +20,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from ..errors import UnknownOpNameError
+from ..errors import ConfigError, UnknownOpNameError, bounded, bounded_list
 from .opinfo import OpInfo, SetterContext
 from .qconfig import QConfig
 
@@ -66,9 +66,18 @@ class ModuleNameQconfigSetter:
     """
 
     def __init__(self, qconfigs: Mapping[str, QConfig]) -> None:
+        if not isinstance(qconfigs, Mapping):
+            raise ConfigError(f"ModuleNameQconfigSetter takes a {{name: QConfig}} dict, got "
+                              f"{type(qconfigs).__name__}")
         for k, v in qconfigs.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"ModuleNameQconfigSetter: keys are op names or module paths "
+                                  f"(str), got {bounded(repr(k))}")
             if not isinstance(v, QConfig):
-                raise TypeError(f"ModuleNameQconfigSetter[{k!r}] must be a QConfig, got {v!r}")
+                raise ConfigError(
+                    f"ModuleNameQconfigSetter[{bounded(k)!r}] must be a QConfig (e.g. "
+                    f"fxquant.get_qconfig() or fxquant.FLOAT), got {bounded(repr(v))}"
+                )
         self.qconfigs = dict(qconfigs)
 
     def _match(self, name: str) -> str | None:
@@ -92,29 +101,43 @@ class ModuleNameQconfigSetter:
                 continue
             close = difflib.get_close_matches(key, names, n=5, cutoff=0.4)
             hint = (
-                f" closest valid names: {close}" if close else f" valid names include: {names[:8]}"
+                f" closest valid names: {bounded_list(close)}" if close
+                else f" valid names include: {bounded_list(names)}"
             )
             raise UnknownOpNameError(
-                f"ModuleNameQconfigSetter: {key!r} is not an op or module of the model;{hint}. "
-                "See fxquant.summary(prepared_model) for every op name."
+                f"ModuleNameQconfigSetter: {bounded(key)!r} is not an op or module of the "
+                f"model;{hint}. See fxquant.summary(prepared_model) for every op name."
             )
 
     def __repr__(self) -> str:
         return f"ModuleNameQconfigSetter({sorted(self.qconfigs)})"
 
 
+_SETTER_HINT = (
+    "a qconfig setter is a QConfig, a {name: QConfig} dict, a callable (op, ctx) -> QConfig | "
+    "None such as fxquant.default_qat_qconfig_setter, or a tuple of them"
+)
+
+
 def as_setter_tuple(arg: SetterArg) -> tuple[QconfigSetter, ...]:
-    """Normalise one setter, a QConfig, a ``{name: QConfig}`` dict or a sequence of them."""
+    """Normalise one setter, a QConfig, a ``{name: QConfig}`` dict or a sequence of them;
+    :class:`~fxquant.ConfigError` for anything else."""
     if isinstance(arg, QConfig):
         return (_GlobalSetter(arg),)
     if isinstance(arg, Mapping):
         return (ModuleNameQconfigSetter(arg),)
-    if callable(arg):
+    if callable(arg) and not isinstance(arg, type):
         return (arg,)
-    out: list[QconfigSetter] = []
-    for item in arg:
-        out.extend(as_setter_tuple(item))
-    return tuple(out)
+    if isinstance(arg, Iterable) and not isinstance(arg, (str, bytes)):
+        out: list[QconfigSetter] = []
+        for item in arg:
+            out.extend(as_setter_tuple(item))
+        return tuple(out)
+    hint = ""
+    if isinstance(arg, str):
+        hint = (" (a preset is an object, not its name: e.g. "
+                "fxquant.default_calibration_qconfig_setter)")
+    raise ConfigError(f"qconfig_setter: got {bounded(repr(arg))}{hint}; {_SETTER_HINT}")
 
 
 def resolve_qconfig(
@@ -124,6 +147,11 @@ def resolve_qconfig(
     for s in setters:
         q = s(op, ctx)
         if q is not None:
+            if not isinstance(q, QConfig):
+                raise ConfigError(
+                    f"qconfig setter {bounded(repr(s))} returned {bounded(repr(q))} for op "
+                    f"{bounded(op.name)!r}; a setter returns a QConfig or None"
+                )
             return q
     return None
 
