@@ -59,6 +59,7 @@ from .algorithms import (
     reconstruct,
 )
 from .backends import get_profile
+from .errors import DataError
 from .export import export_encodings
 from .graph import prepare
 from .numerics import QDType, qint8
@@ -194,7 +195,7 @@ class AutoQuant:
             data = itertools.islice(data, num_calibration_batches)
         self.calibration_data = list(data)
         if not self.calibration_data:
-            raise ValueError("AutoQuant: data_loader yielded no batch")
+            raise DataError("AutoQuant: data_loader yielded no batch")
         self.eval_fn = eval_fn
         self.weight_dtype = weight_dtype
         self.act_dtype = act_dtype

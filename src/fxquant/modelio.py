@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, FxquantError, bounded
+from .errors import ConfigError, DataError, FxquantError, bounded
 
 __all__ = [
     "ModelInputs",
@@ -48,6 +48,7 @@ __all__ = [
     "as_batches",
     "iter_inputs",
     "num_batches",
+    "check_num_batches",
     "call_model",
     "call_batch",
     "flatten_outputs",
@@ -147,12 +148,23 @@ def iter_inputs(
     limit: int | None = None,
 ) -> Iterator[ModelInputs]:
     """The batches of ``data`` (:func:`as_batches`) as :class:`ModelInputs` (:func:`as_inputs`
-    with ``num_inputs``), moved to ``device`` when given; at most ``limit`` of them."""
+    with ``num_inputs``), moved to ``device`` when given; at most ``limit`` of them (the
+    ``num_batches`` argument of the caller: :func:`check_num_batches`)."""
+    check_num_batches(limit)
     for i, batch in enumerate(as_batches(data)):
         if limit is not None and i >= limit:
             return
         inputs = as_inputs(batch, num_inputs)
         yield inputs if device is None else inputs.to(device)
+
+
+def check_num_batches(num_batches: Any) -> None:
+    """``num_batches`` is ``None`` (all batches) or an int >= 1; :class:`ConfigError`
+    otherwise."""
+    if num_batches is not None and (isinstance(num_batches, bool)
+                                    or not isinstance(num_batches, int) or num_batches < 1):
+        raise ConfigError(f"num_batches must be None (all batches) or an int >= 1, got "
+                          f"{bounded(repr(num_batches))}")
 
 
 def num_batches(data: Any, limit: int | None = None) -> int | None:

@@ -171,5 +171,8 @@ def test_prepare_inplace_shares_the_parameters():
     q.train()(torch.randn(2, 3, 6, 6)).sum().backward()
     opt.step()
     assert not torch.equal(model[4].weight, before)
-    copy = fxquant.prepare(model, torch.randn(2, 3, 6, 6))
-    assert copy.get_parameter("4.weight") is not model[4].weight
+    with pytest.raises(fxquant.CaptureError, match="already prepared"):
+        fxquant.prepare(model, torch.randn(2, 3, 6, 6))  # it holds quantizers now
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
+    copy = fxquant.prepare(fresh, torch.randn(2, 3, 6, 6))
+    assert copy.get_parameter("3.weight") is not fresh[3].weight

@@ -36,8 +36,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
 from ..graph.ops import layer_traits
+from ..graph.report import check_prepared
 from ..modelio import ModelInputs, call_model
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes
@@ -257,17 +259,17 @@ class AdaRoundOptions:
 
     def __post_init__(self) -> None:
         if self.num_iterations is not None and self.num_iterations < 0:
-            raise ValueError(f"num_iterations must be >= 0, got {self.num_iterations}")
+            raise ConfigError(f"num_iterations must be >= 0, got {self.num_iterations}")
         if not 0.0 <= self.warm_start <= 1.0:
-            raise ValueError(f"warm_start must be in [0, 1], got {self.warm_start}")
+            raise ConfigError(f"warm_start must be in [0, 1], got {self.warm_start}")
         if len(self.beta_range) != 2 or min(self.beta_range) <= 0:
-            raise ValueError(f"beta_range must be two positive numbers, got {self.beta_range}")
+            raise ConfigError(f"beta_range must be two positive numbers, got {self.beta_range}")
         if self.reg_param < 0 or self.lr <= 0:
-            raise ValueError(f"need reg_param >= 0 and lr > 0, got {self.reg_param}, {self.lr}")
+            raise ConfigError(f"need reg_param >= 0 and lr > 0, got {self.reg_param}, {self.lr}")
         if self.batch_size < 1 or self.max_samples < 1:
-            raise ValueError("batch_size and max_samples must be positive")
+            raise ConfigError("batch_size and max_samples must be positive")
         if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be positive or None, got {self.num_threads}")
+            raise ConfigError(f"num_threads must be positive or None, got {self.num_threads}")
 
     def iterations(self, bits: int) -> int:
         return default_iterations(bits) if self.num_iterations is None else self.num_iterations
@@ -474,6 +476,7 @@ def adaround(
     weight quantizer is ``fixed_in_qat``.  Returns ``qmodel`` (changed in place) with a
     :class:`ReconstructionReport` in ``qmodel.reconstruction_report``.
     """
+    check_prepared(qmodel, "adaround")
     opts = AdaRoundOptions(num_iterations, reg_param, tuple(beta_range), warm_start, lr,
                            batch_size, max_samples, progress, seed, num_threads)
     t0 = time.perf_counter()

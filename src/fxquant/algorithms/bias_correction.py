@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import nn as qnn
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
-from ..graph.report import num_inputs_of
+from ..graph.report import check_prepared, num_inputs_of
 from ..modelio import ModelInputs, call_model, iter_inputs, model_device
 
 __all__ = ["CORRECTABLE", "bias_correction", "channel_sums", "corrected_bias"]
@@ -124,7 +124,7 @@ def _check_frozen(qmodel: nn.Module) -> None:
         and m.state in (FakeQuantState.QAT, FakeQuantState.CALIBRATION)
     ]
     if busy:
-        raise ValueError(
+        raise ConfigError(
             f"bias_correction needs frozen quantizers (VALIDATION or FLOAT), but {len(busy)} "
             f"observe data (QAT / CALIBRATION), e.g. {busy[0]!r}: run "
             "fxquant.calibrate(qmodel, data) first"
@@ -206,6 +206,7 @@ def bias_correction(
     (see the module docstring); a module called several times gets the mean shift over all its
     calls.  The model runs in eval mode without gradients; its mode is restored afterwards.
     """
+    check_prepared(qmodel, "bias_correction")
     _check_frozen(qmodel)
     batches = list(iter_inputs(data, num_inputs_of(qmodel), model_device(qmodel), num_batches))
     if not batches:

@@ -37,6 +37,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .. import nn as qnn
+from ..errors import ConfigError
 from . import _chains
 
 __all__ = [
@@ -199,6 +200,8 @@ def fold_bn(model: nn.Module) -> nn.Module:
     >>> bool(torch.allclose(folded(x), m(x), atol=1e-5))
     True
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fold_bn: model must be a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model)
     old = get_bn_fold_report(model)
     report = BnFoldReport(list(old.folded), list(old.skipped))

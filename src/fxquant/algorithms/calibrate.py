@@ -15,10 +15,10 @@ from ..distributed import (
     no_distributed_sync,
     syncs_every_batch,
 )
-from ..errors import ConfigError, DataError, bounded
+from ..errors import DataError
 from ..fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
-from ..graph.report import get_report, num_inputs_of
-from ..modelio import call_batch, iter_inputs, model_device
+from ..graph.report import check_prepared, num_inputs_of
+from ..modelio import call_batch, check_num_batches, iter_inputs, model_device
 from ..modelio import num_batches as batch_count
 
 __all__ = ["calibrate", "model_device"]
@@ -60,13 +60,9 @@ def calibrate(
         ObserverError: NaN / Inf reached a quantizer (names it).
     """
     check_num_batches(num_batches)
-    if not isinstance(qmodel, nn.Module):
-        raise ConfigError(f"calibrate: qmodel must be a model returned by fxquant.prepare(), got "
-                          f"{type(qmodel).__name__}")
+    check_prepared(qmodel, "calibrate")
     device = model_device(qmodel)
     quantizers = [m for m in qmodel.modules() if isinstance(m, FakeQuantize)]
-    if not quantizers:
-        get_report(qmodel)  # ConfigError unless prepared (a prepared model may quantize nothing)
     synced = [q for q in quantizers if q.distributed_sync.active()]
     per_batch = [q for q in synced if syncs_every_batch(q)]
     groups = list({id(q.distributed_sync.group): q.distributed_sync.group for q in per_batch}
@@ -106,12 +102,4 @@ def calibrate(
 
 
 _END = object()
-
-
-def check_num_batches(num_batches: Any) -> None:
-    """``num_batches`` is ``None`` or an int >= 1 (:class:`ConfigError` otherwise)."""
-    if num_batches is not None and (isinstance(num_batches, bool)
-                                    or not isinstance(num_batches, int) or num_batches < 1):
-        raise ConfigError(f"num_batches must be None (all batches) or an int >= 1, got "
-                          f"{bounded(repr(num_batches))}")
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..fake_quant import FakeQuantize
 from ..graph.ops import (
     RELU,
@@ -314,9 +315,9 @@ def equalize(
     and absorbed.  ``progress=False`` silences the progress bar.
     """
     if not isinstance(relu6, Relu6Policy):
-        raise TypeError(f"equalize: relu6 must be a Relu6Policy, got {relu6!r}")
+        raise ConfigError(f"equalize: relu6 must be a Relu6Policy, got {relu6!r}")
     if max_iterations < 1:
-        raise ValueError(f"equalize: max_iterations must be >= 1, got {max_iterations}")
+        raise ConfigError(f"equalize: max_iterations must be >= 1, got {max_iterations}")
     _check_float(model)
     model = fold_bn(model)
     fold_report = get_bn_fold_report(model)
@@ -348,8 +349,11 @@ def equalize(
 
 
 def _check_float(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"equalize: model must be a torch.nn.Module, got "
+                          f"{type(model).__name__}")
     if any(isinstance(m, FakeQuantize) for m in model.modules()):
-        raise TypeError(
+        raise ConfigError(
             "equalize works on float models: call it before fxquant.prepare() (this model "
             "already holds fake quantizers)"
         )

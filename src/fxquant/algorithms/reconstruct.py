@@ -31,7 +31,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..fake_quant import FakeQuantize
+from ..graph.report import check_prepared
 from ..modelio import ModelInputs, call_model
 from . import adaround_math as am
 from .adaround import (
@@ -352,9 +354,10 @@ def reconstruct(
     :class:`~fxquant.algorithms.adaround.ReconstructionReport` in
     ``qmodel.reconstruction_report``.
     """
+    check_prepared(qmodel, "reconstruct")
     granularity = ReconstructGranularity(granularity)
     if not 0.0 <= drop_prob <= 1.0:
-        raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+        raise ConfigError(f"drop_prob must be in [0, 1], got {drop_prob}")
     common = dict(num_iterations=num_iterations, reg_param=reg_param, beta_range=beta_range,
                   warm_start=warm_start, lr=lr, progress=progress, seed=seed)
     opts = AdaRoundOptions(batch_size=batch_size, num_threads=num_threads, **common)

@@ -97,13 +97,15 @@ class BackendProfile:
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
-            raise TypeError(f"BackendProfile.placement must be a Placement, got {self.placement!r}")
+            raise ConfigError(
+                f"BackendProfile.placement must be a Placement, got {self.placement!r}"
+            )
         if not isinstance(self.scale_math, ScaleMath):
-            raise TypeError(
+            raise ConfigError(
                 f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}"
             )
         if self.runtime is not None and not isinstance(self.runtime, Runtime):
-            raise TypeError(f"BackendProfile.runtime must be a Runtime, got {self.runtime!r}")
+            raise ConfigError(f"BackendProfile.runtime must be a Runtime, got {self.runtime!r}")
 
     def numerics_differ(self, other: BackendProfile) -> list[str]:
         """The fields (other than name, engine and runtime) in which ``other`` asks for other

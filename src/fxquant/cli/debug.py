@@ -20,7 +20,7 @@ import torch
 from ..algorithms import calibrate
 from ..backends import PROFILES
 from ..debug import compare, report, sensitivity
-from ..errors import ConfigError, bounded
+from ..errors import ConfigError, bounded, require
 from ..export.atomic import check_writable
 from ..graph import prepare
 from ..qconfig import default_calibration_qconfig_setter
@@ -121,6 +121,7 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report_run(args: argparse.Namespace) -> int:
+    require("matplotlib", "report", "fxquant report")  # before any work
     model, qmodel, data = _prepared(args, [args.out])
     table = compare(model, qmodel, data[: min(2, len(data))])
     sens = _sensitivity(args, model, qmodel, data)

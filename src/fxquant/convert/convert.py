@@ -34,6 +34,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..backends import BackendProfile, get_profile
+from ..errors import ConfigError
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
 from .lowering import ConvertedOp, ConvertError, Execution, lower
@@ -130,7 +131,7 @@ class ConvertedModel(nn.Module):
 def summary(model: ConvertedModel) -> str:
     """The :meth:`ConvertedModel.report` table of a converted model."""
     if not isinstance(model, ConvertedModel):
-        raise TypeError(
+        raise ConfigError(
             f"summary expects a model returned by fxquant.convert, got {type(model).__name__} "
             "(use fxquant.summary for prepared models)"
         )

@@ -44,13 +44,14 @@ from torch import nn
 
 from .._utils import Choice
 from ..backends import Runtime
+from ..errors import DataError
 from ..export import export_onnx
 from ..export.atomic import atomic_path
 from ..export.naming import dq_output, quantized_tensor_name
 from ..fake_quant import FakeQuantize, FakeQuantState, quantizer_states
 from ..graph.report import get_report, num_inputs_of
 from ..modelio import ModelInputs, call_model, eval_mode, iter_inputs, output_tensors
-from ..runtimes import StepCounter, onnx_model, open_session
+from ..runtimes import StepCounter, onnx_model, open_session, require_runtime
 
 __all__ = [
     "CompareRow",
@@ -365,9 +366,12 @@ def compare(
             model is exported to a temporary folder with :func:`fxquant.export_onnx`.
     """
     stages = _stages(stages)
+    for st in stages:
+        if st is not Stage.SIM:
+            require_runtime(st.value, f"compare(stages=[{st.value!r}])")
     batches = list(iter_inputs(inputs, num_inputs_of(qmodel)))
     if not batches:
-        raise ValueError("compare: no inputs")
+        raise DataError("compare: no inputs")
     entries = quantizer_entries(qmodel)
     cum = {e.path: ErrorStats() for e in entries}
     iso = {e.path: ErrorStats() for e in entries}

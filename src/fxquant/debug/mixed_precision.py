@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..algorithms import calibrate
+from ..errors import ConfigError
 from ..fake_quant import FakeQuantize
 from ..graph import prepare
 from ..graph.ops import count_macs, layer_traits
@@ -194,10 +195,10 @@ def search_mixed_precision(
         chosen configuration; ``report`` is a :class:`SearchReport`.
     """
     if objective not in ("size", "bitops"):
-        raise ValueError(f"objective must be 'size' or 'bitops', got {objective!r}")
+        raise ConfigError(f"objective must be 'size' or 'bitops', got {objective!r}")
     cands = sorted({c.bits: c for c in candidates}.values(), key=lambda c: c.bits)
     if not cands:
-        raise ValueError("candidates must not be empty")
+        raise ConfigError("candidates must not be empty")
     calib = list(calib_data)
     example = as_inputs(example_inputs)
     template = TemplateQconfigSetter(TemplateMode.CALIBRATION)
@@ -205,7 +206,7 @@ def search_mixed_precision(
     ops = sorted({g.op_name for g in op_groups(probe, quantizer_entries(probe))},
                  key=list(probe_order(probe)).index)
     if not ops:
-        raise ValueError("search_mixed_precision: the model has no quantizable op")
+        raise ConfigError("search_mixed_precision: the model has no quantizable op")
     was_training = model.training
     model.eval()
     cache: dict[tuple[int, ...], SearchPoint] = {}

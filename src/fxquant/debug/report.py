@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..export.atomic import atomic_path
+from ..errors import ConfigError, require
+from ..export.atomic import atomic_path, check_writable
 from .compare import CompareTable, write_text_atomic
 
 __all__ = ["report", "WORST_HISTOGRAMS"]
@@ -48,12 +49,9 @@ img{max-width:100%;border:1px solid #eee;margin:6px 0}
 
 
 def _plt():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "report", "fxquant.report")
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require("matplotlib.pyplot", "report", "fxquant.report")
 
 
 class _Figures:
@@ -260,8 +258,9 @@ def report(
         embed: inline the PNGs (one file, no PNGs written).
     """
     if compare is None and sensitivity is None and search is None:
-        raise ValueError("report: give at least one of compare=, sensitivity=, search=")
-    path = os.path.abspath(os.fspath(path))
+        raise ConfigError("report: give at least one of compare=, sensitivity=, search=")
+    _plt()  # the optional dependency, checked before any work
+    path = check_writable(path, ConfigError, "report: path")
     figs = _Figures(path, embed)
     body = [f"<h1>{html.escape(title)}</h1>"]
     if compare is not None:

@@ -43,6 +43,7 @@ import torch.fx as fx
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, DataError
 from ..export.atomic import atomic_path
 from ..fake_quant import FakeQuantState
 from ..graph.meta import op_name as node_op_name
@@ -50,6 +51,7 @@ from ..graph.ops import count_macs, layer_traits
 from ..graph.report import get_report, num_inputs_of
 from ..modelio import ModelInputs, eval_mode, iter_inputs
 from ..qconfig import OpKind
+from ..qconfig.sensitive import load_table as load_table_file
 from ..qconfig.sensitive import select_count
 from .compare import (
     ErrorStats,
@@ -150,8 +152,9 @@ class SensitivityTable:
 
 
 def load_table(path: str | os.PathLike[str]) -> list[list[Any]]:
-    """Rows saved by :meth:`SensitivityTable.save` (``weights_only=True``)."""
-    return torch.load(os.fspath(path), weights_only=True)
+    """Rows saved by :meth:`SensitivityTable.save` (``weights_only=True``); a file that is not
+    one raises :class:`~fxquant.CheckpointError` naming it."""
+    return load_table_file(path)
 
 
 # -- groups ---------------------------------------------------------------------------------
@@ -293,13 +296,13 @@ def sensitivity(
         model has several outputs and the metric is built in.
     """
     if mode not in ("one_on", "one_off"):
-        raise ValueError(f"mode must be 'one_on' or 'one_off', got {mode!r}")
+        raise ConfigError(f"mode must be 'one_on' or 'one_off', got {mode!r}")
     user = callable(metric)
     if not user and metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)} or a callable, got {metric!r}")
+        raise ConfigError(f"metric must be one of {sorted(METRICS)} or a callable, got {metric!r}")
     batches = list(iter_inputs(data, num_inputs_of(qmodel)))
     if not batches:
-        raise ValueError("sensitivity: no data")
+        raise DataError("sensitivity: no data")
     entries = quantizer_entries(qmodel)
     groups = op_groups(qmodel, entries)
     flops = _flops(qmodel, batches[0], groups, entries)

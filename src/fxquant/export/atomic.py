@@ -11,24 +11,51 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from ..errors import FxquantError, bounded
+
 __all__ = ["check_writable", "atomic_path", "write_bytes_atomic"]
 
 
-def check_writable(path: str | os.PathLike[str]) -> str:
+def check_writable(
+    path: str | os.PathLike[str], error: type[FxquantError] | None = None, what: str = ""
+) -> str:
     """The absolute path of ``path`` after checking that a file can be created there.
 
+    Args:
+        path: the file to write.
+        error: raise this fxquant error class (its message starting with ``what``, the
+            function or argument) instead of the ``OSError``.
+
     Raises:
-        OSError: the folder does not exist, is not a folder, or is not writable; or ``path`` is
-            an existing folder.
+        OSError: the folder does not exist, is not a folder, or is not writable; ``path`` is
+            an existing folder, or an existing read-only file (replacing it atomically would
+            bypass its permissions).
     """
+    try:
+        return _check_writable(path)
+    except OSError as err:
+        if error is None:
+            raise
+        raise error(f"{what}: {err}; choose a writable file path") from None
+
+
+def _check_writable(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a file path is a str or os.PathLike, got {type(path).__name__}")
     path = os.path.abspath(os.fspath(path))
+    shown = repr(bounded(path, 160))
     folder = os.path.dirname(path)
     if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {path!r}: it is a folder")
+        raise IsADirectoryError(f"cannot write {shown}: it is a folder")
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path!r}: folder {folder!r} does not exist")
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise FileNotFoundError(f"cannot write {shown}: folder {bounded(folder, 160)!r} {what}")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path!r}: folder {folder!r} is not writable")
+        raise PermissionError(f"cannot write {shown}: folder {bounded(folder, 160)!r} is not "
+                              "writable")
+    if os.path.exists(path) and (not os.access(path, os.W_OK)
+                                 or not os.stat(path).st_mode & 0o222):
+        raise PermissionError(f"cannot write {shown}: the file exists and is read-only")
     return path
 
 

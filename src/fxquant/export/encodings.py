@@ -28,7 +28,9 @@ export -> load -> export is byte-identical.
 from __future__ import annotations
 
 import json
+import math
 import os
+import reprlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -37,17 +39,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import EncodingsError
+from ..errors import ConfigError, EncodingsError, bounded, bounded_list, require
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..graph.report import get_report
 from ..numerics import QDType
-from .atomic import write_bytes_atomic
+from .atomic import check_writable, write_bytes_atomic
 from .naming import quantized_tensor_name
 
 __all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings",
            "read_encodings"]
 
 ENCODING_VERSIONS = ("0.6.1", "1.0.0")
+MAX_FILE_BITWIDTH = 64
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
+"""Widest bitwidth an encodings file may name (fxquant's quantizers have 2 to 32 bits)."""
 
 
 # -- the model side: tensor name -> quantizer --------------------------------------------------
@@ -161,9 +166,14 @@ def _quantizer_args(slots: list[_Slot]) -> dict[str, Any]:
 
 
 def _onnx_tensor_names(onnx_path: str | os.PathLike) -> set[str]:
-    import onnx
-
-    graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    onnx = require("onnx", "onnx", "export_encodings(onnx_path=...)")
+    try:
+        graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    except Exception as err:  # OSError, protobuf's DecodeError ...
+        raise EncodingsError(
+            f"onnx_path {_file(onnx_path)} cannot be read as an ONNX model "
+            f"({type(err).__name__}: {bounded(err, 100)}); pass the file export_onnx wrote"
+        ) from None
     names = {o for node in graph.node for o in node.output}
     names.update(v.name for v in graph.input)
     names.update(t.name for t in graph.initializer)
@@ -194,15 +204,19 @@ def export_encodings(
     export -> :func:`load_encodings` -> export reproduces the file byte for byte.
     """
     if version not in ENCODING_VERSIONS:
-        raise ValueError(
-            f"unknown encodings version {version!r}; choose one of {ENCODING_VERSIONS}"
+        raise ConfigError(
+            f"export_encodings: unknown encodings version {bounded(repr(version))}; choose one "
+            f"of {ENCODING_VERSIONS}"
         )
+    if path is not None:
+        path = check_writable(path, EncodingsError, "export_encodings")
+    known = None if onnx_path is None else _onnx_tensor_names(onnx_path)
     slots = sorted(_slots(qmodel).values(), key=lambda s: s.tensor)
     missing_scale = [f"{s.tensor} ({s.path})" for s in slots if not bool(s.quantizer.calibrated)]
     if missing_scale:
         raise EncodingsError(
-            "cannot export encodings: quantizers without a scale (run fxquant.calibrate "
-            f"first): {', '.join(missing_scale)}"
+            f"cannot export encodings: {len(missing_scale)} quantizer(s) without a scale (run "
+            f"fxquant.calibrate first): {bounded_list(missing_scale)}"
         )
     if version == "0.6.1":
         acts: Any = {s.tensor: _legacy_entries(s.quantizer) for s in slots if not s.is_param}
@@ -217,16 +231,20 @@ def export_encodings(
         "quantizer_args": _quantizer_args(slots),
         "version": version,
     }
-    if onnx_path is not None:
-        known = _onnx_tensor_names(onnx_path)
+    if known is not None:
         absent = [s.tensor for s in slots if s.tensor not in known]
         if absent:
             raise EncodingsError(
-                f"{len(absent)} encodings tensor name(s) do not exist in {os.fspath(onnx_path)!r} "
-                f"(node outputs, graph inputs, initializers): {', '.join(absent)}"
+                f"{len(absent)} encodings tensor name(s) do not exist in {_file(onnx_path)} "
+                f"(node outputs, graph inputs, initializers): {bounded_list(absent)}; was it "
+                "exported from this model?"
             )
     if path is not None:
-        write_bytes_atomic(path, _dumps(encodings).encode("utf-8"))
+        try:
+            write_bytes_atomic(path, _dumps(encodings).encode("utf-8"))
+        except OSError as err:
+            raise EncodingsError(f"export_encodings: cannot write {_file(path)}: "
+                                 f"{err.strerror or err}") from None
     return encodings
 
 
@@ -244,24 +262,57 @@ class _FileEncoding:
     narrow_grid: bool  # offsets count from full_qmin + 1 (0.6.1 strict symmetric)
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 60
+_SHOW.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A short repr of a value read from a file (depth, items and length bounded)."""
+    return _SHOW.repr(value)
+
+
+def _file(path: str | os.PathLike) -> str:
+    """The file's name for messages (bounded)."""
+    return repr(bounded(os.fspath(path), 120))
+
+
 def _as_bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise EncodingsError(f"{where}: expected True/False (bool or string), got {value!r}")
+    raise EncodingsError(f"{where}: expected True/False (bool or string), got {_show(value)}")
 
 
 def _as_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise EncodingsError(f"{where}: expected an integer, got {value!r}")
-    return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EncodingsError(f"{where}: expected an integer, got {_show(value)}")
+    return value
 
 
 def _as_float(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EncodingsError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+        raise EncodingsError(f"{where}: expected a number, got {_show(value)}")
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise EncodingsError(f"{where}: expected a finite number, got {_show(value)}")
+    return out
+
+
+def _bitwidth(value: Any, where: str) -> int:
+    bw = _as_int(value, f"{where} bitwidth")
+    if not 1 <= bw <= MAX_FILE_BITWIDTH:
+        raise EncodingsError(
+            f"{where}: bitwidth {_show(bw)} is outside [1, {MAX_FILE_BITWIDTH}]; not an encodings "
+            "file fxquant can read"
+        )
+    return bw
 
 
 def _from_min_max(
@@ -272,25 +323,28 @@ def _from_min_max(
     hi = max(hi, lo + 1e-5)
     steps = (1 << bw) - 1 - (1 if symmetric and strict_sym else 0)
     if symmetric and lo < 0:
-        positive = steps // 2
+        positive = max(1, steps // 2)
         return hi / positive, -positive - (0 if strict_sym else 1), strict_sym
-    scale = (hi - lo) / steps
+    scale = (hi - lo) / max(1, steps)
+    if not (math.isfinite(scale) and scale > 0):
+        return scale, 0, False  # rejected with the tensor's name when planned
     return scale, round(lo / scale), False
 
 
 def _parse_legacy(name: str, entries: Any, strict_sym: bool) -> _FileEncoding:
-    where = f"tensor {name!r}"
+    where = f"tensor {bounded(name)!r}"
     if isinstance(entries, dict):
         entries = [entries]
     if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
         raise EncodingsError(
-            f"{where}: expected a non-empty list of encoding dicts, got {entries!r}"
+            f"{where}: expected a non-empty list of encoding dicts, got {_show(entries)}"
         )
     first = entries[0]
-    is_float = str(first.get("dtype", "int")).lower() == "float"
+    dtype = first.get("dtype", "int")
+    is_float = isinstance(dtype, str) and dtype.lower() == "float"
     if "bitwidth" not in first and "bw" not in first:
         raise EncodingsError(f"{where}: encoding has no 'bitwidth'")
-    bw = _as_int(first.get("bitwidth", first.get("bw")), f"{where} bitwidth")
+    bw = _bitwidth(first.get("bitwidth", first.get("bw")), where)
     sym = _as_bool(first.get("is_symmetric", False), f"{where} is_symmetric")
     if is_float:
         return _FileEncoding(name, True, bw, sym, (), (), False)
@@ -298,7 +352,7 @@ def _parse_legacy(name: str, entries: Any, strict_sym: bool) -> _FileEncoding:
     for i, e in enumerate(entries):
         w = f"{where} channel {i}"
         if (
-            _as_int(e.get("bitwidth", e.get("bw", bw)), f"{w} bitwidth") != bw
+            _bitwidth(e.get("bitwidth", e.get("bw", bw)), w) != bw
             or _as_bool(e.get("is_symmetric", sym), f"{w} is_symmetric") != sym
         ):
             raise EncodingsError(f"{w}: bitwidth / is_symmetric differ between channels")
@@ -307,7 +361,7 @@ def _parse_legacy(name: str, entries: Any, strict_sym: bool) -> _FileEncoding:
             o = _as_int(e["offset"], f"{w} offset")
             if "min" in e and "max" in e and s > 0:
                 span = (_as_float(e["max"], f"{w} max") - _as_float(e["min"], f"{w} min")) / s
-                nar = round(span) == (1 << bw) - 2
+                nar = math.isfinite(span) and round(span) == (1 << bw) - 2
             else:
                 nar = sym and o == -((1 << (bw - 1)) - 1)
         elif "min" in e and "max" in e:
@@ -327,19 +381,24 @@ def _parse_legacy(name: str, entries: Any, strict_sym: bool) -> _FileEncoding:
 
 def _parse_v1(entry: Any, index: int, section: str) -> _FileEncoding:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise EncodingsError(f"{section}[{index}]: expected a dict with a 'name', got {entry!r}")
+        raise EncodingsError(
+            f"{section}[{index}]: expected a dict with a 'name', got {_show(entry)}"
+        )
     name = entry["name"]
-    where = f"tensor {name!r}"
-    for key in ("bw",):
-        if key not in entry:
-            raise EncodingsError(f"{where}: encoding has no {key!r}")
-    bw = _as_int(entry["bw"], f"{where} bw")
+    where = f"tensor {bounded(name)!r}"
+    if "bw" not in entry:
+        raise EncodingsError(f"{where}: encoding has no 'bw'")
+    bw = _bitwidth(entry["bw"], where)
     sym = _as_bool(entry.get("is_sym", False), f"{where} is_sym")
-    if str(entry.get("dtype", "INT")).upper() == "FLOAT":
+    dtype, enc_type = entry.get("dtype", "INT"), entry.get("enc_type", "PER_TENSOR")
+    if not isinstance(dtype, str) or not isinstance(enc_type, str):
+        raise EncodingsError(f"{where}: 'dtype' and 'enc_type' must be strings")
+    if dtype.upper() == "FLOAT":
         return _FileEncoding(name, True, bw, sym, (), (), False)
-    enc_type = str(entry.get("enc_type", "PER_TENSOR")).upper()
+    enc_type = enc_type.upper()
     if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
-        raise EncodingsError(f"{where}: enc_type {enc_type!r} is not supported by fxquant")
+        raise EncodingsError(f"{where}: enc_type {_show(enc_type)} is not supported by fxquant "
+                             "(PER_TENSOR, PER_CHANNEL)")
     if "scale" not in entry or "offset" not in entry:
         raise EncodingsError(f"{where}: encoding needs 'scale' and 'offset'")
     raw_s, raw_o = entry["scale"], entry["offset"]
@@ -354,44 +413,81 @@ def _parse_v1(entry: Any, index: int, section: str) -> _FileEncoding:
     return _FileEncoding(name, False, bw, sym, scales, offsets, False)
 
 
-def _read(path: str | os.PathLike, strict_sym_of: dict[str, bool]) -> list[_FileEncoding]:
+def _load_json(path: str | os.PathLike) -> Any:
+    """The JSON document at ``path``; :class:`EncodingsError` naming the file otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise EncodingsError(f"{os.fspath(path)!r} is not valid JSON: {e}") from None
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise EncodingsError(
+            f"cannot read encodings file {_file(path)}: {e.strerror or type(e).__name__}; "
+            "check the path"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise EncodingsError(
+            f"{_file(path)} is not an encodings JSON file (not UTF-8 text: byte {e.start}); "
+            "pass the file export_encodings / AIMET / QNN wrote"
+        ) from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise EncodingsError(f"{_file(path)} is not an encodings file: its JSON is nested too "
+                             "deeply") from None
+    except ValueError as e:  # JSONDecodeError, and integers too long to convert
+        where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) \
+            else ""
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else bounded(e, 100)
+        raise EncodingsError(f"{_file(path)} is not valid JSON: {msg}{where}") from None
+
+
+def _read(path: str | os.PathLike, strict_sym_of: dict[str, bool]) -> list[_FileEncoding]:
+    data = _load_json(path)
+    try:
+        return _parse_file(path, data, strict_sym_of)
+    except RecursionError:
+        raise EncodingsError(f"{_file(path)}: an entry is nested too deeply") from None
+
+
+def _parse_file(path: str | os.PathLike, data: Any, strict_sym_of: dict[str, bool]
+                ) -> list[_FileEncoding]:
     if not isinstance(data, dict):
-        raise EncodingsError(f"{os.fspath(path)!r}: expected a JSON object at the top level")
+        raise EncodingsError(f"{_file(path)}: expected a JSON object at the top level, got "
+                             f"{type(data).__name__}")
     sections = [data.get(k) for k in ("activation_encodings", "param_encodings")]
     if all(s is None for s in sections):
         raise EncodingsError(
-            f"{os.fspath(path)!r} has neither 'activation_encodings' nor 'param_encodings'"
+            f"{_file(path)} has neither 'activation_encodings' nor 'param_encodings'"
         )
     legacy = all(isinstance(s, dict) for s in sections if s is not None)
     if not legacy and not all(isinstance(s, list) for s in sections if s is not None):
-        raise EncodingsError(f"{os.fspath(path)!r}: encodings sections must be dicts or lists")
-    version = str(data.get("version", "0.6.1" if legacy else "1.0.0"))
-    if version != "1.0.0" and not version.startswith("0."):
+        raise EncodingsError(f"{_file(path)}: encodings sections must be dicts or lists")
+    version = data.get("version", "0.6.1" if legacy else "1.0.0")
+    if not isinstance(version, str) or (version != "1.0.0" and not version.startswith("0.")):
         raise EncodingsError(
-            f"{os.fspath(path)!r}: encodings version {version!r} is not supported "
+            f"{_file(path)}: encodings version {_show(version)} is not supported "
             f"(readable: {', '.join(ENCODING_VERSIONS)})"
         )
     if legacy != version.startswith("0."):
         raise EncodingsError(
-            f"{os.fspath(path)!r}: version {version!r} does not match the layout of its sections"
+            f"{_file(path)}: version {_show(version)} does not match the layout of its sections"
         )
     out: list[_FileEncoding] = []
     for key, sec in zip(("activation_encodings", "param_encodings"), sections, strict=True):
         if sec is None:
             continue
-        if legacy:
-            out += [_parse_legacy(n, e, strict_sym_of.get(n, False)) for n, e in sec.items()]
-        else:
-            out += [_parse_v1(e, i, key) for i, e in enumerate(sec)]
+        try:
+            if legacy:
+                out += [_parse_legacy(n, e, strict_sym_of.get(n, False)) for n, e in sec.items()]
+            else:
+                out += [_parse_v1(e, i, key) for i, e in enumerate(sec)]
+        except EncodingsError as err:
+            raise EncodingsError(f"{_file(path)}: {err}") from None
     names = Counter(e.name for e in out)
     dup = sorted(n for n, c in names.items() if c > 1)
     if dup:
-        raise EncodingsError(f"{os.fspath(path)!r}: tensors listed more than once: {dup}")
+        raise EncodingsError(f"{_file(path)}: tensors listed more than once: {bounded_list(dup)}")
     return out
 
 
@@ -421,11 +517,15 @@ def _plan(
     qmodel: nn.Module, enc: _FileEncoding, slot: _Slot, strict: bool, problems: list[str]
 ) -> _Plan | None:
     fq = slot.quantizer
-    where = f"tensor {enc.name!r} (quantizer {slot.path!r}, {fq.dtype})"
+    where = f"tensor {bounded(enc.name)!r} (quantizer {bounded(slot.path)!r}, {fq.dtype})"
     hint = "; load with strict=False to adopt the file's setting"
     dtype, sym = fq.dtype, fq.symmetric
     if enc.bitwidth != dtype.bits:
-        if strict or not 2 <= enc.bitwidth <= 32:
+        if not 2 <= enc.bitwidth <= 32:
+            problems.append(f"{where}: file bitwidth {enc.bitwidth} cannot be loaded: fxquant "
+                            "quantizers have 2 to 32 bits")
+            return None
+        if strict:
             problems.append(f"{where}: file bitwidth {enc.bitwidth} != {dtype.bits}{hint}")
             return None
         dtype = QDType(enc.bitwidth, dtype.signed, dtype.narrow_range)
@@ -439,10 +539,11 @@ def _plan(
         sym = enc.symmetric
     base = _full_qmin(dtype) + (1 if enc.narrow_grid else 0)
     zps = [base - o for o in enc.offsets]
-    bad = [z for z in zps if not _full_qmin(dtype) <= z <= dtype.qmax]
+    bad = [z for z in zps if not max(_full_qmin(dtype), _INT32_MIN) <= z
+           <= min(dtype.qmax, _INT32_MAX)]
     if bad:
         problems.append(
-            f"{where}: offsets {list(enc.offsets)} put the zero point outside the "
+            f"{where}: offsets {bounded(list(enc.offsets))} put the zero point outside the "
             f"{dtype.bits}-bit grid (0 must be representable)"
         )
         return None
@@ -451,14 +552,16 @@ def _plan(
         if any(z != mid for z in zps):
             if strict:
                 problems.append(
-                    f"{where}: symmetric encoding with offsets {sorted(set(enc.offsets))} does "
+                    f"{where}: symmetric encoding with offsets "
+                    f"{bounded(sorted(set(enc.offsets)))} does "
                     f"not give the symmetric zero point {mid} of {dtype}{hint} (affine)"
                 )
                 return None
             sym = False
     scale = torch.tensor(enc.scales, dtype=torch.float32)
     if not bool(((scale > 0) & torch.isfinite(scale)).all()):  # also catches float32 underflow
-        problems.append(f"{where}: scales must be positive and finite, got {list(enc.scales)}")
+        problems.append(f"{where}: scales must be positive and finite in float32, got "
+                        f"{bounded(list(enc.scales))}")
         return None
     zp = torch.tensor(zps, dtype=torch.int32)
     if fq.ch_axis is None:
@@ -506,13 +609,14 @@ def load_encodings(
     unknown = sorted(e.name for e in entries if e.name not in slots)
     if unknown:
         msg = (
-            f"{os.fspath(path)!r}: {len(unknown)} tensor name(s) match no quantizer of the model: "
-            f"{', '.join(unknown)}"
+            f"{_file(path)}: {len(unknown)} tensor name(s) match no quantizer of the model: "
+            f"{bounded_list(unknown)}"
         )
         if strict:
-            known = sorted(slots)
-            more = f", ... ({len(known)} in all)" if len(known) > 20 else ""
-            raise EncodingsError(msg + f" (model tensors: {', '.join(known[:20])}{more})")
+            raise EncodingsError(
+                msg + f" (model tensors: {bounded_list(sorted(slots))}); was the file written "
+                "for this model? strict=False loads the names that match"
+            )
         warnings.warn(msg, stacklevel=2)
     problems: list[str] = []
     plans: list[_Plan] = []
@@ -521,7 +625,8 @@ def load_encodings(
         if slot is None:
             continue
         if enc.is_float:
-            msg = f"tensor {enc.name!r}: float encodings cannot be loaded into {slot.path!r}"
+            msg = (f"tensor {bounded(enc.name)!r}: float encodings cannot be loaded into "
+                   f"{bounded(slot.path)!r}")
             if strict:
                 problems.append(msg)
             else:
@@ -531,7 +636,8 @@ def load_encodings(
         if plan is not None:
             plans.append(plan)
     if problems:
-        raise EncodingsError(f"cannot load {os.fspath(path)!r}:\n  " + "\n  ".join(problems))
+        more = f"\n  (+{len(problems) - 2} more)" if len(problems) > 2 else ""
+        raise EncodingsError(f"cannot load {_file(path)}:\n  " + "\n  ".join(problems[:2]) + more)
     for p in plans:
         fq = p.slot.quantizer
         fq.dtype, fq.symmetric = p.dtype, p.symmetric

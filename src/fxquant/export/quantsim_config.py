@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ExportError, bounded, require
 from ..fake_quant import FakeQuantize
 from .atomic import write_bytes_atomic
 from .encodings import export_encodings
@@ -105,9 +106,15 @@ def export_quantsim_config(
 
 def _op_types(config: dict[str, Any], acts: dict[str, list[dict[str, Any]]],
               default_sym: bool, onnx_path: str | os.PathLike) -> None:
-    import onnx
-
-    graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    onnx = require("onnx", "onnx", "export_quantsim_config(onnx_path=...)")
+    try:
+        graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    except Exception as err:  # OSError, protobuf's DecodeError ...
+        raise ExportError(
+            f"export_quantsim_config: onnx_path {bounded(os.fspath(onnx_path), 120)!r} cannot "
+            f"be read as an ONNX model ({type(err).__name__}: {bounded(err, 100)}); pass the "
+            "file export_onnx wrote"
+        ) from None
     by_type: dict[str, list[bool | None]] = {}
     for node in graph.node:
         syms = by_type.setdefault(node.op_type, [])

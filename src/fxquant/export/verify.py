@@ -25,7 +25,7 @@ from torch import nn
 
 from .._utils import Choice
 from ..backends import BackendProfile, Runtime
-from ..errors import ConfigError
+from ..errors import ConfigError, VerifyError, bounded
 from ..fake_quant import FakeQuantize, quantizer_states
 from ..graph.ops import node_traits
 from ..graph.report import get_report
@@ -38,11 +38,13 @@ from ..runtimes import (
     TensorDiff,
     onnx_model,
     open_session,
+    require_runtime,
     runtime_version,
     tensor_diff,
 )
 from .integer_sim import integer_simulation
 from .naming import dq_output, quantized_tensor_name
+from .provenance import check_exported_from
 
 __all__ = [
     "TensorDiff",
@@ -241,7 +243,7 @@ def verify(
     The report names the runtime version that ran the file (``VerifyReport.runtime_version``).
     """
     report = get_report(qmodel)
-    rt = _runtime_for(runtime, report.profile)
+    rt = require_runtime(_runtime_for(runtime, report.profile), "verify")
     ref = Reference.parse(reference, "reference")
     if not integer_kernels and rt is not Runtime.ONNXRUNTIME:
         raise ConfigError("integer_kernels=False is supported with runtime='onnxruntime' only")
@@ -252,7 +254,9 @@ def verify(
         ref = Reference.INTEGER if rt is Runtime.ONNXRUNTIME and integer_kernels \
             else Reference.EXACT
     onnx_path = os.fspath(onnx_path)
-    produced = onnx_model.tensor_names(onnx_model.load(onnx_path, "verify"))
+    proto = onnx_model.load(onnx_path, "verify", VerifyError)
+    check_exported_from(qmodel, report, proto, onnx_path)
+    produced = onnx_model.tensor_names(proto)
     watch: dict[str, tuple[str, FakeQuantize]] = {}  # dq tensor -> (quantizer path, module)
     for path, op, role in report.quantizers():
         if role == "weight":
@@ -288,6 +292,11 @@ def verify(
     ref_watch = {dq: (path, ref_model.get_submodule(path)) for dq, (path, _) in watch.items()}
     sim_out = _simulate(ref_model, call, ref_watch if tensors else {}, captured)
     sim32 = _simulate(qmodel, call, {}, {}) if ref is not Reference.FLOAT32 else None
+    if len(out_names) != len(sim_out):
+        raise VerifyError(
+            f"{bounded(onnx_path, 120)!r} has {len(out_names)} output(s) but the model returns "
+            f"{len(sim_out)}: it was not exported from this model"
+        )
     out_q = _output_quantizers(qmodel)
     outputs = []
     for i, (name, sim) in enumerate(zip(out_names, sim_out, strict=False)):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from ..backends import BackendProfile
 from ..errors import ConfigError
+from ..fake_quant import FakeQuantize
 from ..qconfig import OpKind, QConfig
 from .capture import Island
 
-__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report", "num_inputs_of"]
+__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report", "check_prepared",
+           "num_inputs_of"]
 
 REPORT_KEY = "fxquant"
 
@@ -80,6 +83,19 @@ def get_report(model: nn.Module) -> PrepareReport:
             "first: qmodel = fxquant.prepare(model, example_inputs, ...)"
         )
     return rep
+
+
+def check_prepared(model: Any, what: str) -> None:
+    """``model`` holds fxquant quantizers or was prepared (a prepared model may quantize
+    nothing); :class:`~fxquant.ConfigError` naming ``what`` (the function) otherwise."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{what}: expects a model returned by fxquant.prepare(), got "
+                          f"{type(model).__name__}")
+    if not any(isinstance(m, FakeQuantize) for m in model.modules()):
+        try:
+            get_report(model)
+        except ConfigError as err:
+            raise ConfigError(f"{what}: {err}") from None
 
 
 def num_inputs_of(model: nn.Module) -> int | None:

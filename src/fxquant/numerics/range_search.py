@@ -51,6 +51,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import ConfigError
 from .dtypes import QDType
 
 __all__ = [
@@ -90,7 +91,7 @@ class RangeMethod(enum.Enum):
                 if member.value == value.lower():
                     return member
         valid = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"unknown range method {value!r}; valid: {valid}")
+        raise ConfigError(f"unknown range method {value!r}; valid: {valid}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,19 +25,44 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, bounded
+from ..errors import CheckpointError, ConfigError, bounded
 
-__all__ = ["table_rows", "select_count"]
+__all__ = ["table_rows", "select_count", "load_table"]
+
+
+def load_table(path: str | os.PathLike[str]) -> list[list[Any]]:
+    """The rows of a table saved by ``SensitivityTable.save`` (``torch.load`` with
+    ``weights_only=True``); :class:`CheckpointError` naming the file when it is not one."""
+    shown = repr(bounded(os.fspath(path), 120))
+    try:
+        rows = torch.load(os.fspath(path), weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot read sensitivity table {shown}: "
+                              f"{err.strerror or err}; check the path") from None
+    except Exception as err:  # unpickling errors, truncated / foreign files
+        raise CheckpointError(
+            f"{shown} is not a sensitivity table saved by fxquant ({type(err).__name__}: "
+            f"{bounded(str(err).splitlines()[0] if str(err) else '', 80)}); pass the .pt file "
+            "SensitivityTable.save wrote"
+        ) from None
+    if not isinstance(rows, list):
+        raise CheckpointError(f"{shown} is not a sensitivity table (it holds a "
+                              f"{type(rows).__name__}, not a list of rows)")
+    return rows
 
 
 def table_rows(table: Any) -> list[list[Any]]:
     """The rows of a sensitivity table, its rows, or the path of a saved table."""
     if isinstance(table, (str, os.PathLike)):
-        table = torch.load(os.fspath(table), weights_only=True)
+        table = load_table(table)
     as_lists = getattr(table, "as_lists", None)
     if as_lists is not None:
         return as_lists()
-    rows = [list(r) for r in table]
+    try:
+        rows = [list(r) for r in table]
+    except TypeError:
+        raise ConfigError(f"a sensitivity table is a SensitivityTable, its rows or the path of a "
+                          f"saved one; got {type(table).__name__}") from None
     for r in rows:
         if len(r) < 2 or not isinstance(r[0], str):
             raise ConfigError(f"not a sensitivity table row: {bounded(repr(r))}")

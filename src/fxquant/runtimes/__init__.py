@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import require
 from .base import MOVEMENT_OPS, QDQ_OPS, ExecutedOps, Runtime, Session
 from .diff import FLOAT_RTOL, HIST_CLIP, StepCounter, TensorDiff, step_counts, tensor_diff
 from .onnx_runtime import OrtSession
@@ -28,6 +29,7 @@ __all__ = [
     "ExecutedOps",
     "SESSIONS",
     "open_session",
+    "require_runtime",
     "runtime_version",
     "TensorDiff",
     "StepCounter",
@@ -46,6 +48,22 @@ SESSIONS: dict[Runtime, type[Session]] = {
     Runtime.OPENVINO: OpenVinoSession,
 }
 """Runtime -> its :class:`Session` class."""
+
+
+_PACKAGES: dict[Runtime, tuple[tuple[str, str], ...]] = {
+    Runtime.ONNXRUNTIME: (("onnx", "onnx"), ("onnxruntime", "onnx")),
+    Runtime.OPENVINO: (("onnx", "onnx"), ("openvino", "openvino")),
+}
+"""Runtime -> the optional packages (module, fxquant extra) a session of it imports."""
+
+
+def require_runtime(runtime: Runtime | str, purpose: str) -> Runtime:
+    """``runtime`` as a :class:`Runtime` after checking that its packages import; call it up
+    front, before any work (:class:`~fxquant.MissingDependencyError` names the extra)."""
+    rt = Runtime.parse(runtime, "runtime")
+    for module, extra in _PACKAGES[rt]:
+        require(module, extra, purpose)
+    return rt
 
 
 def open_session(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..backends import Runtime
-from ..errors import DataError, bounded_list
+from ..errors import DataError, bounded, bounded_list
 from ..modelio import ModelInputs
 
 __all__ = ["Runtime", "ExecutedOps", "Session", "QDQ_OPS", "MOVEMENT_OPS"]
@@ -138,4 +138,29 @@ class Session(abc.ABC):
                     f"(keyword inputs: {bounded_list(inputs.kwargs)})"
                 )
             tensors.append(value)
-        return [t.detach().cpu().numpy() for t in tensors]
+        arrays = [t.detach().cpu().numpy() for t in tensors]
+        self._check_feeds(arrays)
+        return arrays
+
+    def _check_feeds(self, arrays: list[np.ndarray]) -> None:
+        """Each array fits its input's rank, fixed dimensions and dtype (:class:`DataError`
+        naming the input otherwise, before the runtime sees it)."""
+        types = self.input_types()
+        if len(arrays) != len(types):
+            raise DataError(
+                f"the exported model {bounded(os.path.basename(self.model_path))!r} takes "
+                f"{len(types)} input(s) ({bounded_list(n for n, _, _ in types)}), the batch gives "
+                f"{len(arrays)} tensor(s)"
+            )
+        for arr, (name, dims, dtype) in zip(arrays, types, strict=True):
+            shape_ok = dims is None or (len(dims) == arr.ndim and all(
+                d is None or d == s for d, s in zip(dims, arr.shape, strict=True)))
+            if not shape_ok or (dtype is not None and arr.dtype != dtype):
+                want = "?" if dims is None else "x".join("N" if d is None else str(d) for d in dims)
+                raise DataError(
+                    f"input {bounded(name)!r} of the exported model "
+                    f"{bounded(os.path.basename(self.model_path))!r} is {want} "
+                    f"{dtype if dtype is not None else ''}, the batch gives "
+                    f"{'x'.join(map(str, arr.shape)) or 'a scalar'} {arr.dtype}; pass inputs "
+                    "like the example inputs the file was exported with"
+                )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import VerifyError, bounded
 from ..numerics import QParams
 
 __all__ = ["TensorDiff", "StepCounter", "tensor_diff", "step_counts", "HIST_CLIP", "FLOAT_RTOL"]
@@ -78,8 +79,10 @@ def step_counts(rt: np.ndarray, sim: torch.Tensor, qparams: QParams) -> np.ndarr
 
 def _check_shapes(name: str, rt: np.ndarray, sim: torch.Tensor) -> None:
     if tuple(rt.shape) != tuple(sim.shape):
-        raise ValueError(
-            f"{name}: runtime shape {tuple(rt.shape)} != simulation shape {tuple(sim.shape)}"
+        raise VerifyError(
+            f"{bounded(name)}: runtime shape {tuple(rt.shape)} != simulation shape "
+            f"{tuple(sim.shape)}: the file does not compute what the model does; was it "
+            "exported from this model (with inputs of this shape)?"
         )
 
 

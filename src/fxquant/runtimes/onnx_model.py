@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import require
+from ..errors import ConfigError, FxquantError, bounded, require
 
 __all__ = ["load", "with_outputs", "save_with_outputs", "graph_output_names", "tensor_names"]
 
@@ -15,9 +15,22 @@ def _onnx(purpose: str) -> Any:
     return require("onnx", "onnx", purpose)
 
 
-def load(path: str | os.PathLike[str], purpose: str = "running an exported model") -> Any:
-    """The ``onnx.ModelProto`` at ``path``."""
-    return _onnx(purpose).load(os.fspath(path))
+def load(path: str | os.PathLike[str], purpose: str = "running an exported model",
+         error: type[FxquantError] = ConfigError) -> Any:
+    """The ``onnx.ModelProto`` at ``path``; ``error`` (naming the file and ``purpose``) when it
+    cannot be read or is not an ONNX model."""
+    onnx = _onnx(purpose)
+    shown = repr(bounded(os.fspath(path), 120))
+    try:
+        return onnx.load(os.fspath(path))
+    except OSError as err:
+        raise error(f"{purpose}: cannot read {shown}: {err.strerror or err}; check the path"
+                    ) from None
+    except Exception as err:  # protobuf's DecodeError, truncated files ...
+        raise error(
+            f"{purpose}: {shown} is not an ONNX model ({type(err).__name__}: "
+            f"{bounded(err, 100)}); pass the .onnx file fxquant.export_onnx wrote"
+        ) from None
 
 
 def with_outputs(model: Any, names: Sequence[str]) -> Any:
