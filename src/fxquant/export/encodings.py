@@ -33,6 +33,7 @@ import os
 import reprlib
 import warnings
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -442,16 +443,21 @@ def _load_json(path: str | os.PathLike) -> Any:
         raise EncodingsError(f"{_file(path)} is not valid JSON: {msg}{where}") from None
 
 
-def _read(path: str | os.PathLike, strict_sym_of: dict[str, bool]) -> list[_FileEncoding]:
+def _read(path: str | os.PathLike, strict_sym_of: dict[str, bool],
+          known: Container[str] | None = None, skipped: list[str] | None = None
+          ) -> list[_FileEncoding]:
+    """The file's entries; with ``known``, entries of other tensor names are not parsed (their
+    names go to ``skipped``)."""
     data = _load_json(path)
     try:
-        return _parse_file(path, data, strict_sym_of)
+        return _parse_file(path, data, strict_sym_of, known,
+                           skipped if skipped is not None else [])
     except RecursionError:
         raise EncodingsError(f"{_file(path)}: an entry is nested too deeply") from None
 
 
-def _parse_file(path: str | os.PathLike, data: Any, strict_sym_of: dict[str, bool]
-                ) -> list[_FileEncoding]:
+def _parse_file(path: str | os.PathLike, data: Any, strict_sym_of: dict[str, bool],
+                known: Container[str] | None, skipped: list[str]) -> list[_FileEncoding]:
     if not isinstance(data, dict):
         raise EncodingsError(f"{_file(path)}: expected a JSON object at the top level, got "
                              f"{type(data).__name__}")
@@ -479,9 +485,16 @@ def _parse_file(path: str | os.PathLike, data: Any, strict_sym_of: dict[str, boo
             continue
         try:
             if legacy:
-                out += [_parse_legacy(n, e, strict_sym_of.get(n, False)) for n, e in sec.items()]
+                named = list(sec.items())
             else:
-                out += [_parse_v1(e, i, key) for i, e in enumerate(sec)]
+                named = [(e.get("name") if isinstance(e, dict) else None, e) for e in sec]
+            for i, (name, e) in enumerate(named):
+                if known is not None and isinstance(name, str) and name not in known:
+                    skipped.append(name)
+                elif legacy:
+                    out.append(_parse_legacy(name, e, strict_sym_of.get(name, False)))
+                else:
+                    out.append(_parse_v1(e, i, key))
         except EncodingsError as err:
             raise EncodingsError(f"{_file(path)}: {err}") from None
     names = Counter(e.name for e in out)
@@ -605,8 +618,9 @@ def load_encodings(
     strict_sym_of = {
         n: s.quantizer.symmetric and s.quantizer.dtype.narrow_range for n, s in slots.items()
     }
-    entries = _read(path, strict_sym_of)
-    unknown = sorted(e.name for e in entries if e.name not in slots)
+    skipped: list[str] = []
+    entries = _read(path, strict_sym_of, slots, skipped)
+    unknown = sorted(skipped)
     if unknown:
         msg = (
             f"{_file(path)}: {len(unknown)} tensor name(s) match no quantizer of the model: "

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import DataError
+from ..errors import DataError, bounded
 from ..modelio import ModelInputs
 from .meta import ValueInfo, set_name_override, set_value_info
 from .patterns import is_stub
@@ -197,7 +197,9 @@ def _positional(model: nn.Module, inputs: ModelInputs) -> tuple[Any, ...]:
         bound = sig.bind(*inputs.args, **inputs.kwargs)
     except TypeError as exc:
         raise DataError(
-            f"the example inputs do not match {type(model).__name__}.forward{sig}: {exc}"
+            f"the example inputs do not match {type(model).__name__}.forward"
+            f"{bounded(sig, 160)}: {bounded(exc, 120)}; pass keyword inputs by the names of "
+            "forward's parameters"
         ) from None
     bound.apply_defaults()
     return tuple(bound.arguments[name] for name, p in sig.parameters.items()

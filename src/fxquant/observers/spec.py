@@ -109,6 +109,8 @@ class ObserverSpec:
                 f"{owner}: unknown argument(s) {bounded_list(unknown)}; it takes "
                 f"{bounded_list(valid) or 'no arguments'} (ch_axis comes from the quantizer)"
             )
+        if issubclass(self.type, FixedScaleObserver) and "scale" in raw:
+            check_scale("fixed scale (FixedScaleObserver scale=)", raw["scale"])
         defaults = _defaults(self.type)
         args = tuple(sorted(
             (k, v) for k, v in ((k, _plain(owner, k, v)) for k, v in raw.items())
