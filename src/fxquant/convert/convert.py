@@ -34,7 +34,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..backends import BackendProfile, get_profile
-from ..errors import ConfigError
+from ..errors import ConfigError, bounded
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
 from .lowering import ConvertedOp, ConvertError, Execution, lower
@@ -186,6 +186,12 @@ def convert(
     with scale ``input_scale * weight_scale`` itself, so no int32 overflow check is needed here.
     """
     report = get_report(qmodel)
+    if not isinstance(keep_float, bool):
+        raise ConfigError(
+            f"convert: keep_float is True or False (whether ops torch's engines cannot run stay "
+            f"in float), got {bounded(repr(keep_float))}; to keep named ops in float, prepare "
+            "them with fxquant.FLOAT"
+        )
     profile = _target_profile(report.profile, backend)
     engine = engine_for(profile)
     if report.capture_mode != "fx" or not isinstance(qmodel, fx.GraphModule):

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import ExportError, bounded, require
 from ..fake_quant import FakeQuantize
-from .atomic import write_bytes_atomic
+from .atomic import check_writable, write_bytes_atomic
 from .encodings import export_encodings
 
 __all__ = ["export_quantsim_config", "SUPERGROUPS"]
@@ -69,6 +69,8 @@ def export_quantsim_config(
     Load it with AIMET next to the encodings, e.g. ``aimet_onnx``'s
     ``QuantizationSimModel(onnx_model, config_file=path)`` then ``load_encodings_to_sim``.
     """
+    if path is not None:
+        path = check_writable(path, ExportError, "export_quantsim_config")
     enc = export_encodings(qmodel, None, onnx_path=onnx_path)
     acts: dict[str, list[dict[str, Any]]] = enc["activation_encodings"]
     params: dict[str, list[dict[str, Any]]] = enc["param_encodings"]

@@ -22,7 +22,7 @@ def load(path: str | os.PathLike[str], purpose: str = "running an exported model
     onnx = _onnx(purpose)
     shown = repr(bounded(os.fspath(path), 120))
     try:
-        return onnx.load(os.fspath(path))
+        model = onnx.load(os.fspath(path))
     except OSError as err:
         raise error(f"{purpose}: cannot read {shown}: {err.strerror or err}; check the path"
                     ) from None
@@ -31,6 +31,10 @@ def load(path: str | os.PathLike[str], purpose: str = "running an exported model
             f"{purpose}: {shown} is not an ONNX model ({type(err).__name__}: "
             f"{bounded(err, 100)}); pass the .onnx file fxquant.export_onnx wrote"
         ) from None
+    if not model.HasField("graph") or not model.graph.output:
+        raise error(f"{purpose}: {shown} is not an ONNX model (it has no graph with outputs); "
+                    "pass the .onnx file fxquant.export_onnx wrote")
+    return model
 
 
 def with_outputs(model: Any, names: Sequence[str]) -> Any:
