@@ -4,6 +4,7 @@ string-valued choice enums."""
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,18 @@ from torch import nn
 
 from .errors import ConfigError, bounded
 
-__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory", "Choice"]
+__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory", "Choice", "as_path"]
+
+
+def as_path(value: Any, what: str) -> str:
+    """``value`` (a str or ``os.PathLike``) as a str; :class:`ConfigError` naming ``what`` (the
+    function / argument) otherwise (an int would be taken as a file descriptor)."""
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise ConfigError(f"{what} must be a file path (str or pathlib.Path), got "
+                      f"{bounded(repr(value))}")
 
 
 @dataclass(frozen=True)

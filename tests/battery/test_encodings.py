@@ -16,7 +16,7 @@ import fxquant
 from fxquant import ConfigError, EncodingsError
 from fxquant.errors import MAX_MESSAGE
 
-from .helpers import Net, calibrated, example, expect
+from .helpers import Net, calibrated, expect
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,7 +9,7 @@ from torch import nn
 import fxquant
 from fxquant import CaptureError, ConfigError, DataError, UnknownOpNameError
 
-from .helpers import Net, example, expect
+from .helpers import example, expect
 
 pytestmark = pytest.mark.timeout(120)
 SETTER = fxquant.default_calibration_qconfig_setter
@@ -52,7 +52,8 @@ def test_example_inputs_that_are_no_batch(float_model, inputs):
 
 def test_keyword_inputs_with_a_wrong_name(float_model):
     expect(DataError, lambda: fxquant.prepare(float_model, {"image": example()}, SETTER),
-           ["Net.forward(x", "missing a required argument: 'x'"], "pass keyword inputs by the names")
+           ["Net.forward(x", "missing a required argument: 'x'"],
+           "pass keyword inputs by the names")
 
 
 @pytest.mark.parametrize(("setter", "named"), [

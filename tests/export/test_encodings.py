@@ -464,7 +464,7 @@ def test_export_needs_calibration(tmp_path):
 def test_unwritable_path_leaves_no_file(tmp_path):
     q = _calibrated()
     target = tmp_path / "missing_dir" / "e.json"
-    with pytest.raises(EncodingsError, match="missing_dir.*does not exist"):
+    with pytest.raises(EncodingsError, match=r"missing_dir.*does not exist"):
         export_encodings(q, target)
     assert not target.exists() and not target.parent.exists()
     folder = tmp_path / "is_a_dir"
@@ -496,7 +496,8 @@ def test_onnx_name_check_with_a_hand_built_graph(tmp_path):
     )
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph), path)
-    with pytest.raises(EncodingsError, match=r"1 encodings tensor name\(s\) do not exist.*: 'fc'; was it"):
+    with pytest.raises(EncodingsError,
+                       match=r"1 encodings tensor name\(s\) do not exist.*: 'fc'; was it"):
         export_encodings(q, tmp_path / "e.json", onnx_path=path)
     assert not (tmp_path / "e.json").exists()
 

@@ -29,6 +29,8 @@ import numpy as np
 from ..errors import ConfigError, require
 from ..export.atomic import atomic_path, check_writable
 from .compare import CompareTable, write_text_atomic
+from .mixed_precision import SearchReport
+from .sensitivity import SensitivityTable
 
 __all__ = ["report", "WORST_HISTOGRAMS"]
 
@@ -259,6 +261,15 @@ def report(
     """
     if compare is None and sensitivity is None and search is None:
         raise ConfigError("report: give at least one of compare=, sensitivity=, search=")
+    tables = [] if sensitivity is None else \
+        sensitivity if isinstance(sensitivity, (list, tuple)) else [sensitivity]
+    for given, cls, what in ((compare, CompareTable, "compare= takes fxquant.compare's table"),
+                             *((t, SensitivityTable, "sensitivity= takes fxquant.sensitivity's "
+                                "table(s)") for t in tables),
+                             (search, SearchReport, "search= takes the report of "
+                              "fxquant.search_mixed_precision")):
+        if given is not None and not isinstance(given, cls):
+            raise ConfigError(f"report: {what}, got {type(given).__name__}")
     _plt()  # the optional dependency, checked before any work
     path = check_writable(path, ConfigError, "report: path")
     figs = _Figures(path, embed)
@@ -266,7 +277,6 @@ def report(
     if compare is not None:
         body.append(_compare_section(compare, figs))
     if sensitivity is not None:
-        tables = sensitivity if isinstance(sensitivity, (list, tuple)) else [sensitivity]
         body.append(_sensitivity_section(tables, figs))
     if search is not None:
         body.append(_search_section(search, figs))

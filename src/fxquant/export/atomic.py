@@ -33,7 +33,7 @@ def check_writable(
     """
     try:
         return _check_writable(path)
-    except OSError as err:
+    except (OSError, TypeError) as err:
         if error is None:
             raise
         raise error(f"{what}: {err}; choose a writable file path") from None

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._utils import as_path
 from ..errors import ConfigError, EncodingsError, bounded, bounded_list, require
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..graph.report import get_report
@@ -416,6 +417,7 @@ def _parse_v1(entry: Any, index: int, section: str) -> _FileEncoding:
 
 def _load_json(path: str | os.PathLike) -> Any:
     """The JSON document at ``path``; :class:`EncodingsError` naming the file otherwise."""
+    path = as_path(path, "the encodings path")
     try:
         with open(path, "rb") as f:
             raw = f.read()

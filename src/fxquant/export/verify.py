@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .._utils import Choice
+from .._utils import Choice, as_path
 from ..backends import BackendProfile, Runtime
 from ..errors import ConfigError, VerifyError, bounded
 from ..fake_quant import FakeQuantize, quantizer_states
@@ -253,7 +253,7 @@ def verify(
     if ref is Reference.AUTO:
         ref = Reference.INTEGER if rt is Runtime.ONNXRUNTIME and integer_kernels \
             else Reference.EXACT
-    onnx_path = os.fspath(onnx_path)
+    onnx_path = as_path(onnx_path, "verify: onnx_path")
     proto = onnx_model.load(onnx_path, "verify", VerifyError)
     check_exported_from(qmodel, report, proto, onnx_path)
     produced = onnx_model.tensor_names(proto)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError, bounded
+
 __all__ = ["PerTensor", "PerChannel", "Granularity", "granularity_from_axis"]
 
 
@@ -23,6 +25,10 @@ class PerChannel:
     """
 
     axis: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise ConfigError(f"PerChannel: axis must be an int, got {bounded(repr(self.axis))}")
 
     def __repr__(self) -> str:
         return f"per_channel(axis={self.axis})"

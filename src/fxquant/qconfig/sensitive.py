@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .._utils import as_path
 from ..errors import CheckpointError, ConfigError, bounded
 
 __all__ = ["table_rows", "select_count", "load_table"]
@@ -33,9 +34,10 @@ __all__ = ["table_rows", "select_count", "load_table"]
 def load_table(path: str | os.PathLike[str]) -> list[list[Any]]:
     """The rows of a table saved by ``SensitivityTable.save`` (``torch.load`` with
     ``weights_only=True``); :class:`CheckpointError` naming the file when it is not one."""
-    shown = repr(bounded(os.fspath(path), 120))
+    path = as_path(path, "the sensitivity table path")
+    shown = repr(bounded(path, 120))
     try:
-        rows = torch.load(os.fspath(path), weights_only=True)
+        rows = torch.load(path, weights_only=True)
     except OSError as err:
         raise CheckpointError(f"cannot read sensitivity table {shown}: "
                               f"{err.strerror or err}; check the path") from None

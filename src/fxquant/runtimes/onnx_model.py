@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .._utils import as_path
 from ..errors import ConfigError, FxquantError, bounded, require
 
 __all__ = ["load", "with_outputs", "save_with_outputs", "graph_output_names", "tensor_names"]
@@ -20,7 +21,8 @@ def load(path: str | os.PathLike[str], purpose: str = "running an exported model
     """The ``onnx.ModelProto`` at ``path``; ``error`` (naming the file and ``purpose``) when it
     cannot be read or is not an ONNX model."""
     onnx = _onnx(purpose)
-    shown = repr(bounded(os.fspath(path), 120))
+    path = as_path(path, f"{purpose}: the ONNX path")
+    shown = repr(bounded(path, 120))
     try:
         model = onnx.load(os.fspath(path))
     except OSError as err:
