@@ -39,6 +39,7 @@ from ..graph.meta import op_name
 from ..graph.patterns import classify_function, classify_method, classify_module
 from ..graph.report import PrepareReport, get_report
 from ..qconfig import OpKind
+from .arguments import check_export_arguments
 from .atomic import check_writable, write_bytes_atomic
 
 __all__ = [
@@ -263,6 +264,7 @@ def export_onnx(
         ExportError: uncalibrated quantizer, op without an emitter, float island, dtype the
             opset cannot express, unwritable path (the message names the op / quantizer).
     """
+    check_export_arguments(qmodel, example_inputs, path, keep_float)  # before any work
     try:
         report = get_report(qmodel)
     except TypeError as err:

@@ -22,12 +22,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import DataError, bounded
-from ..modelio import ModelInputs
+from ..errors import DataError, FxquantError, bounded
+from ..modelio import ModelInputs, call_model, eval_mode
 from .meta import ValueInfo, set_name_override, set_value_info
 from .patterns import is_stub
 
-__all__ = ["Island", "RootTraceError", "capture", "trace_failure_site", "propagate_values"]
+__all__ = ["Island", "RootTraceError", "capture", "trace_failure_site", "propagate_values",
+           "check_inputs_fit"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _FXQ_DIR = os.path.dirname(os.path.dirname(__file__))
@@ -204,6 +205,40 @@ def _positional(model: nn.Module, inputs: ModelInputs) -> tuple[Any, ...]:
     bound.apply_defaults()
     return tuple(bound.arguments[name] for name, p in sig.parameters.items()
                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
+def check_inputs_fit(model: nn.Module, inputs: ModelInputs, what: str) -> None:
+    """Run ``model`` (eval mode, no gradients) on ``inputs``: :class:`DataError` naming the
+    innermost module that raised, the inputs' shapes and the failing source line when it
+    cannot run on them (fxquant's own errors pass through); returns otherwise."""
+    stack: list[str] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        def enter(_m: nn.Module, _a: Any, _name: str = name) -> None:
+            stack.append(_name)
+
+        def leave(_m: nn.Module, _a: Any, _o: Any) -> None:
+            stack.pop()
+
+        hooks += [mod.register_forward_pre_hook(enter), mod.register_forward_hook(leave)]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            call_model(model, inputs)
+    except FxquantError:
+        raise
+    except Exception as own:
+        inner = stack[-1] if stack else ""
+        first = str(own).strip().splitlines()[0] if str(own).strip() else ""
+        where = f"module {bounded(inner)!r} ({type(model.get_submodule(inner)).__name__})" \
+            if inner else f"{type(model).__name__}.forward"
+        raise DataError(
+            f"{what}: {type(model).__name__} cannot run on the example inputs "
+            f"({inputs.describe()}): {where} raised {type(own).__name__}: {bounded(first, 200)} "
+            f"(at {bounded(trace_failure_site(own), 120)}); pass one batch the model accepts"
+        ) from own
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def capture(

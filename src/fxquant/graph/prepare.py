@@ -17,23 +17,21 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..backends import BackendProfile, get_profile
 from ..errors import (
     CaptureError,
     ConfigError,
-    DataError,
     FxquantError,
     UnknownOpNameError,
     bounded,
     bounded_list,
 )
 from ..fake_quant import FakeQuantize
-from ..modelio import ModelInputs, as_inputs, call_model, eval_mode
+from ..modelio import as_inputs
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
-from .capture import RootTraceError, capture, trace_failure_site
+from .capture import RootTraceError, capture, check_inputs_fit
 from .eager import prepare_eager, prepare_islands
 from .report import REPORT_KEY, PrepareReport
 from .stages import GraphPass, PrepareContext, prepare_graph
@@ -115,7 +113,7 @@ def prepare(
     except FxquantError:
         raise
     except Exception:
-        _check_inputs_fit(original if inplace else model, inputs)
+        check_inputs_fit(original if inplace else model, inputs, "prepare")
         raise
     report = PrepareReport(profile=profile, islands=dict(islands))
     report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
@@ -169,34 +167,3 @@ def _module_paths(model: nn.Module, paths: Iterable[str], what: str) -> frozense
             f"{type(model).__name__}{hint}"
         )
     return out
-
-
-def _check_inputs_fit(model: nn.Module, inputs: ModelInputs) -> None:
-    """After capture failed: raise :class:`DataError` when the float model itself
-    cannot run on ``inputs`` (a mistake in the inputs, not in fxquant); return otherwise."""
-    stack: list[str] = []
-    hooks = []
-    for name, mod in model.named_modules():
-        def enter(_m: nn.Module, _a: Any, _name: str = name) -> None:
-            stack.append(_name)
-
-        def leave(_m: nn.Module, _a: Any, _o: Any) -> None:
-            stack.pop()
-
-        hooks += [mod.register_forward_pre_hook(enter), mod.register_forward_hook(leave)]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            call_model(model, inputs)
-    except Exception as own:
-        inner = stack[-1] if stack else ""
-        first = str(own).strip().splitlines()[0] if str(own).strip() else ""
-        where = f"module {bounded(inner)!r} ({type(model.get_submodule(inner)).__name__})" \
-            if inner else f"{type(model).__name__}.forward"
-        raise DataError(
-            f"prepare: {type(model).__name__} cannot run on the example inputs "
-            f"({inputs.describe()}): {where} raised {type(own).__name__}: {bounded(first, 200)} "
-            f"(at {bounded(trace_failure_site(own), 120)}); pass one batch the model accepts"
-        ) from own
-    finally:
-        for h in hooks:
-            h.remove()
