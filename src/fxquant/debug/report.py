@@ -29,7 +29,6 @@ import numpy as np
 from ..errors import ConfigError, require
 from ..export.atomic import atomic_path, check_writable
 from .compare import CompareTable, write_text_atomic
-from .mixed_precision import SearchReport
 from .sensitivity import SensitivityTable
 
 __all__ = ["report", "WORST_HISTOGRAMS"]
@@ -265,11 +264,12 @@ def report(
         sensitivity if isinstance(sensitivity, (list, tuple)) else [sensitivity]
     for given, cls, what in ((compare, CompareTable, "compare= takes fxquant.compare's table"),
                              *((t, SensitivityTable, "sensitivity= takes fxquant.sensitivity's "
-                                "table(s)") for t in tables),
-                             (search, SearchReport, "search= takes the report of "
-                              "fxquant.search_mixed_precision")):
+                                "table(s)") for t in tables)):
         if given is not None and not isinstance(given, cls):
             raise ConfigError(f"report: {what}, got {type(given).__name__}")
+    if search is not None and not all(hasattr(search, a) for a in ("points", "chosen", "target")):
+        raise ConfigError(f"report: search= takes the report of fxquant.search_mixed_precision, "
+                          f"got {type(search).__name__}")
     _plt()  # the optional dependency, checked before any work
     path = check_writable(path, ConfigError, "report: path")
     figs = _Figures(path, embed)

@@ -72,7 +72,15 @@ class Observer(LazyShapeBuffers, WithArgs):
                 "data yet: run fxquant.calibrate(...) (or a QAT step) before using its scale"
             )
         lo, hi = self.compute_range(dtype, symmetric)
-        return choose_qparams(lo, hi, dtype, symmetric, power_of_two, eps)
+        scale, zero_point = choose_qparams(lo, hi, dtype, symmetric, power_of_two, eps)
+        if not bool(torch.isfinite(scale).all()):  # a range beyond float32 (power of two ...)
+            raise ObserverError(
+                f"quantizer {self.name or '<unnamed>'!r} ({type(self).__name__}): the observed "
+                f"range [{float(lo.min()):.3g}, {float(hi.max()):.3g}] needs a scale beyond "
+                f"float32 for {dtype}; check the data feeding this tensor, or exclude it from "
+                "quantization"
+            )
+        return scale, zero_point
 
     def _check_finite(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Raise :class:`ObserverError` unless the batch minima ``lo`` and maxima ``hi`` are

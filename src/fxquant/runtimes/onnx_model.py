@@ -30,12 +30,12 @@ def load(path: str | os.PathLike[str], purpose: str = "running an exported model
                     ) from None
     except Exception as err:  # protobuf's DecodeError, truncated files ...
         raise error(
-            f"{purpose}: {shown} is not an ONNX model ({type(err).__name__}: "
+            f"{purpose}: cannot load {shown}: it is not an ONNX model ({type(err).__name__}: "
             f"{bounded(err, 100)}); pass the .onnx file fxquant.export_onnx wrote"
         ) from None
     if not model.HasField("graph") or not model.graph.output:
-        raise error(f"{purpose}: {shown} is not an ONNX model (it has no graph with outputs); "
-                    "pass the .onnx file fxquant.export_onnx wrote")
+        raise error(f"{purpose}: cannot load {shown}: it is not an ONNX model (it has no graph "
+                    "with outputs); pass the .onnx file fxquant.export_onnx wrote")
     return model
 
 
