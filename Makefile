@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev,demo]'
+	$(PYTHON) -m fxquant.numerics.native  # native CPU kernels, once (never fails: pure torch then)
 	touch $@
 
 demo: $(STAMP)

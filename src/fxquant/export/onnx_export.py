@@ -111,15 +111,15 @@ def frozen_quantizers(model: nn.Module, mapping: dict[FakeQuantState, FakeQuantS
     saved = []
     for m in model.modules():
         if isinstance(m, FakeQuantize):
-            saved.append((m, m.state_code.clone()))
+            saved.append((m, m.state))
             new = mapping.get(m.state)
             if new is not None:
-                m.state_code.fill_(new.value)
+                m.set_state_code(new)
     try:
         yield model
     finally:
         for m, code in saved:
-            m.state_code.copy_(code)
+            m.set_state_code(code)
 
 
 @contextlib.contextmanager

@@ -82,10 +82,15 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self._init_qparams()
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("frozen", torch.tensor(bool(fixed_in_qat)))
-        self._frozen = bool(fixed_in_qat)  # Python mirror: no tensor read on the hot path
         self.register_buffer(
             "state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8)
         )
+        # Python mirrors of the buffers above: forward reads no tensor to decide what to do
+        # (refreshed by set_state / set_state_code / load_state_dict; ``_calibrated`` caches
+        # only True, a False is re-read from the buffer)
+        self._frozen = bool(fixed_in_qat)
+        self._state = FakeQuantState.QAT
+        self._calibrated = False
         self._dirty = False
 
     @property
@@ -105,6 +110,8 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if prefix + "frozen" in missing_keys:  # a state dict saved before ``frozen`` existed
             missing_keys.remove(prefix + "frozen")
         self._frozen = bool(self.frozen)
+        self._state = FakeQuantState(int(self.state_code))
+        self._calibrated = bool(self.calibrated)
 
     # -- storage -----------------------------------------------------------------------------
     def _init_qparams(self) -> None:
@@ -113,9 +120,17 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
 
     def _store_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        dev = self.calibrated.device
-        self.scale = scale.to(dev)
-        self.zero_point = zero_point.to(device=dev, dtype=torch.int32)
+        # new tensors (never in place: autograd may hold the old ones), straight into the
+        # buffer table (``Module.__setattr__`` re-registers the buffer: several times slower)
+        bufs = self._buffers
+        dev = bufs["calibrated"].device
+        bufs["scale"] = scale.to(dev)
+        bufs["zero_point"] = zero_point.to(device=dev, dtype=torch.int32)
+
+    def _is_calibrated(self) -> bool:
+        if not self._calibrated:
+            self._calibrated = bool(self.calibrated)
+        return self._calibrated
 
     # -- naming --------------------------------------------------------------------------------
     @property
@@ -155,24 +170,31 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     # -- state ---------------------------------------------------------------------------------
     @property
     def state(self) -> FakeQuantState:
-        return FakeQuantState(int(self.state_code))
+        return self._state
 
     def set_state(self, state: FakeQuantState) -> None:
         """Switch mode; leaving CALIBRATION computes the scale from what was observed."""
         if self._dirty and state is not FakeQuantState.CALIBRATION:
             self.update_qparams()
+        self.set_state_code(state)
+
+    def set_state_code(self, state: FakeQuantState) -> None:
+        """Switch mode *without* computing the scale from pending observations (tools that
+        run a model as it is and restore the previous state afterwards)."""
         self.state_code.fill_(state.value)
+        self._state = FakeQuantState(state)
 
     def update_qparams(self) -> None:
         """Recompute scale / zero point from the observer (no-op if it saw nothing)."""
         self._dirty = False
-        if not self.observer.has_stats():
+        observer = self.observer
+        if not observer.has_stats():
             return
-        s, z = self.observer.calculate_qparams(
-            self.dtype, self.symmetric, self.power_of_two, self.eps
-        )
+        s, z = observer.calculate_qparams(self.dtype, self.symmetric, self.power_of_two, self.eps)
         self._store_qparams(s, z)
-        self.calibrated.fill_(True)
+        if not self._calibrated:
+            self.calibrated.fill_(True)
+            self._calibrated = True
 
     def _observe(self, x: torch.Tensor) -> None:
         self.observer(x)
@@ -180,24 +202,25 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.state
+        # decisions from Python mirrors only: no tensor is read unless something is computed
+        state = self._state
         if state is FakeQuantState.FLOAT or not x.is_floating_point():
             return x
-        if state is FakeQuantState.CALIBRATION:
-            if not (self._frozen and bool(self.calibrated)):
-                self._observe(x)
-            return x
         if state is FakeQuantState.QAT:
-            if not (self.fixed_in_qat and bool(self.calibrated)):
+            if not (self._frozen and self._is_calibrated()):
                 self._observe(x)
                 self.update_qparams()
+        elif state is FakeQuantState.CALIBRATION:
+            if not (self._frozen and self._is_calibrated()):
+                self._observe(x)
+            return x
         elif self._dirty:
             self.update_qparams()
-        if not bool(self.calibrated):
+        if not self._is_calibrated():
             if self.is_weight:
                 self._observe(x)
                 self.update_qparams()
-            if not bool(self.calibrated):
+            if not self._is_calibrated():
                 raise QuantizerError(
                     f"quantizer {self.name or '<unnamed>'!r} has no scale yet: run "
                     "fxquant.calibrate(model, data) or train in FakeQuantState.QAT first"
@@ -205,8 +228,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         return self._fake_quantize(x)
 
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        bufs = self._buffers
         return fake_quantize_ste(
-            x, self.scale, self.zero_point, self.dtype, self.ch_axis, self.scale_math
+            x, bufs["scale"], bufs["zero_point"], self.dtype, self.ch_axis, self.scale_math
         )
 
     def extra_repr(self) -> str:
@@ -260,7 +284,7 @@ class LearnableFakeQuantize(FakeQuantize):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state is FakeQuantState.QAT and bool(self.calibrated):
+        if self._state is FakeQuantState.QAT and self._is_calibrated():
             return self._fake_quantize(x)  # learned: no observation
         return super().forward(x)
 

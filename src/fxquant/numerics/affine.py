@@ -21,6 +21,7 @@ import enum
 
 import torch
 
+from . import native
 from .dtypes import QDType
 
 __all__ = [
@@ -165,12 +166,17 @@ def fake_quantize(
 
     No autograd rule is attached (``round`` has zero gradient); use
     :func:`fxquant.numerics.fake_quantize_ste` for training.  Float32 / float64 inputs on grids
-    of at most 16 bits take :func:`fake_quantize_inplace_path` (in-place passes over one new
-    buffer), or the fused kernel of :mod:`fxquant.numerics.fused` when it is turned on;
+    of at most 16 bits take the one-pass native kernel (:mod:`fxquant.numerics.native`, for
+    contiguous CPU tensors), else the fused kernel of :mod:`fxquant.numerics.fused` when it is
+    turned on, else :func:`fake_quantize_inplace_path` (in-place passes over one new buffer);
     everything else takes :func:`fake_quantize_reference`.  All give bit-identical results
     wherever the fast paths apply (tested).
     """
     if fast_path_applies(x, dtype, scale, zero_point):
+        done = native.fake_quant(x, scale, zero_point, dtype, axis,
+                                 math is ScaleMath.RECIPROCAL, with_mask=False)
+        if done is not None:
+            return done[0]
         from .fused import fused_fake_quantize  # opt-in; None when off or unavailable
 
         fused = fused_fake_quantize(x, scale, zero_point, dtype, axis, math)

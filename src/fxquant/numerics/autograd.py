@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .affine import (
     FAST_PATH_MAX_BITS,
     ScaleMath,
@@ -68,7 +69,11 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, dtype, axis, math):  # type: ignore[override]
         if _ste_fast_path(x, dtype):
-            out, mask = fake_quantize_with_mask(x, scale, zero_point, dtype, axis, math)
+            # one pass with a 1-byte mask where the native kernel applies (backward: one pass)
+            done = native.fake_quant(x, scale, zero_point, dtype, axis,
+                                     math is ScaleMath.RECIPROCAL, with_mask=True)
+            out, mask = done if done is not None else fake_quantize_with_mask(
+                x, scale, zero_point, dtype, axis, math)
             ctx.save_for_backward(mask)
             return out
         q = unclamped_codes(x, scale, zero_point, axis, math)
@@ -83,6 +88,8 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (mask,) = ctx.saved_tensors
+        if mask.dtype == torch.bool:  # grad * mask, bit for bit as with a float 0 / 1 mask
+            return native.masked_grad(grad, mask), None, None, None, None, None
         return grad * mask, None, None, None, None, None
 
 

@@ -1,0 +1,327 @@
+// fxquant native CPU kernels: one memory pass where pure torch makes several.
+//
+// Every kernel computes exactly the IEEE operations of the pure-torch formula it replaces
+// (same operations, same order, same rounding; compiled without -ffast-math and without
+// floating-point contraction), so results are bit-identical.  The Python side
+// (fxquant/numerics/native.py) checks that once per process on tricky inputs before using them,
+// and the test suite checks it on exhaustive sweeps.
+//
+//   fake_quant(x, scale, zero_point, qmin, qmax, inner, reciprocal, with_mask) -> (out, mask)
+//       r    = round_half_even(x / s)        (or x * (1 / s) with `reciprocal`)
+//       c    = clamp(r, qmin - zp, qmax - zp) (NaN stays NaN)
+//       out  = c * s + 0.0                   (+0.0 turns -0.0 into +0.0)
+//       mask = (r == c)                      (uint8; the straight-through estimator's mask)
+//     x is contiguous, viewed as [outer, C, inner]; scale / zero_point have C elements (C = 1:
+//     per tensor); without `with_mask` the mask is empty.
+//   masked_grad(grad, mask) -> grad * float(mask)
+//   histogram(x, shift, bins) -> int64 [bins]
+//       bin = floor(x * 2**shift) + bins / 2, where -0.0 from an underflowing negative x
+//       counts as -1 (every x must land in [0, bins): the caller sizes the range)
+//   div_channel_backward(grad, out, d, inner) -> (grad / d, (out / d) * grad)
+//     the two element-wise parts of the gradient of out = y / d, d per channel [C] of a
+//     contiguous [outer, C, inner] tensor.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;
+
+template <typename T>
+inline T round_half_even(T v) {
+  return std::nearbyint(v);  // default rounding mode: to nearest, ties to even
+}
+
+template <typename T>
+inline T clamp_nan(T v, T lo, T hi) {
+  // torch.clamp: NaN propagates; otherwise min(max(v, lo), hi)
+  T a = v < lo ? lo : v;
+  return a > hi ? hi : a;
+}
+
+template <typename T, bool kRecip, bool kMask>
+void fq_row(const T* __restrict x, T* __restrict out, uint8_t* __restrict mask, int64_t n,
+            T s, T inv, T lo, T hi) {
+  const T zero = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    T v = kRecip ? x[i] * inv : x[i] / s;
+    T r = round_half_even(v);
+    T c = clamp_nan(r, lo, hi);
+    out[i] = c * s + zero;
+    if (kMask) mask[i] = static_cast<uint8_t>(r == c);
+  }
+}
+
+template <typename T, bool kRecip, bool kMask>
+void fq_channels_last(const T* __restrict x, T* __restrict out, uint8_t* __restrict mask,
+                      int64_t n_channels, const T* s, const T* inv, const T* lo, const T* hi) {
+  const T zero = T(0);
+  for (int64_t c = 0; c < n_channels; ++c) {
+    T v = kRecip ? x[c] * inv[c] : x[c] / s[c];
+    T r = round_half_even(v);
+    T q = clamp_nan(r, lo[c], hi[c]);
+    out[c] = q * s[c] + zero;
+    if (kMask) mask[c] = static_cast<uint8_t>(r == q);
+  }
+}
+
+template <typename T, bool kRecip, bool kMask>
+void fq_impl(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, const at::Tensor& scale,
+             const at::Tensor& zp, int64_t qmin, int64_t qmax, int64_t inner) {
+  const int64_t n_channels = scale.numel();
+  const int64_t numel = x.numel();
+  const T* xp = x.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  uint8_t* mp = kMask ? reinterpret_cast<uint8_t*>(mask.mutable_data_ptr<bool>()) : nullptr;
+  const T* sp = scale.const_data_ptr<T>();
+  const T* zpp = zp.const_data_ptr<T>();
+  std::vector<T> inv(n_channels), lo(n_channels), hi(n_channels);
+  for (int64_t c = 0; c < n_channels; ++c) {
+    inv[c] = T(1) / sp[c];
+    lo[c] = static_cast<T>(qmin) - zpp[c];  // exact: integers below 2**24 in magnitude
+    hi[c] = static_cast<T>(qmax) - zpp[c];
+  }
+  const T* lop = lo.data();
+  const T* hip = hi.data();
+  if (n_channels == 1) {
+    at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+      fq_row<T, kRecip, kMask>(xp + b, op + b, kMask ? mp + b : nullptr, e - b, sp[0], inv[0],
+                               lop[0], hip[0]);
+    });
+    return;
+  }
+  if (inner == 1) {  // channels on the last axis: rows of C elements
+    const int64_t rows = numel / n_channels;
+    const int64_t grain = std::max<int64_t>(1, kGrain / n_channels);
+    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t off = r * n_channels;
+        fq_channels_last<T, kRecip, kMask>(xp + off, op + off, kMask ? mp + off : nullptr,
+                                           n_channels, sp, inv.data(), lop, hip);
+      }
+    });
+    return;
+  }
+  const int64_t rows = numel / inner;  // outer * C rows of `inner` contiguous elements
+  const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t c = r % n_channels;
+      const int64_t off = r * inner;
+      fq_row<T, kRecip, kMask>(xp + off, op + off, kMask ? mp + off : nullptr, inner, sp[c],
+                               inv[c], lop[c], hip[c]);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& scale_in,
+                                              const at::Tensor& zero_point, int64_t qmin,
+                                              int64_t qmax, int64_t inner, bool reciprocal,
+                                              bool with_mask) {
+  TORCH_CHECK(x.device().is_cpu() && scale_in.device().is_cpu() && zero_point.device().is_cpu(),
+              "fxquant::fake_quant: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous(), "fxquant::fake_quant: x must be contiguous");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "fxquant::fake_quant: float32 / float64 only");
+  const int64_t n_channels = scale_in.numel();
+  TORCH_CHECK(n_channels >= 1 && zero_point.numel() == n_channels,
+              "fxquant::fake_quant: scale / zero point sizes differ");
+  // as the pure-torch path: scale.to(x.dtype); bounds qmin - zp and qmax - zp in x's dtype
+  // (exact: integers below 2**24 in magnitude)
+  at::Tensor scale = scale_in.to(x.scalar_type()).contiguous().reshape({n_channels});
+  at::Tensor zp = zero_point.to(x.scalar_type()).contiguous().reshape({n_channels});
+  TORCH_CHECK(inner >= 1 && x.numel() % (n_channels * inner) == 0,
+              "fxquant::fake_quant: x does not split into [outer, C, inner]");
+  at::Tensor out = at::empty_like(x);
+  at::Tensor mask = at::empty(with_mask ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kBool));
+  if (x.numel() == 0) return {out, mask};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fxquant_fake_quant", [&] {
+    if (reciprocal) {
+      if (with_mask) fq_impl<scalar_t, true, true>(x, out, mask, scale, zp, qmin, qmax, inner);
+      else fq_impl<scalar_t, true, false>(x, out, mask, scale, zp, qmin, qmax, inner);
+    } else {
+      if (with_mask) fq_impl<scalar_t, false, true>(x, out, mask, scale, zp, qmin, qmax, inner);
+      else fq_impl<scalar_t, false, false>(x, out, mask, scale, zp, qmin, qmax, inner);
+    }
+  });
+  return {out, mask};
+}
+
+template <typename T>
+void masked_grad_impl(const T* __restrict g, const uint8_t* __restrict m, T* __restrict o,
+                      int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = g[i] * static_cast<T>(m[i]);
+}
+
+at::Tensor masked_grad(const at::Tensor& grad, const at::Tensor& mask) {
+  TORCH_CHECK(grad.device().is_cpu() && mask.device().is_cpu(),
+              "fxquant::masked_grad: CPU tensors only");
+  TORCH_CHECK(grad.is_contiguous() && mask.is_contiguous() && grad.sizes() == mask.sizes(),
+              "fxquant::masked_grad: contiguous tensors of one shape only");
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "fxquant::masked_grad: mask must be bool");
+  at::Tensor out = at::empty_like(grad);
+  const uint8_t* mp = reinterpret_cast<const uint8_t*>(mask.const_data_ptr<bool>());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fxquant_masked_grad", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, grad.numel(), kGrain, [&](int64_t b, int64_t e) {
+      masked_grad_impl<scalar_t>(gp + b, mp + b, op + b, e - b);
+    });
+  });
+  return out;
+}
+
+template <typename T>
+void bin_indices(const T* __restrict x, int64_t n, T factor, int32_t half,
+                 int32_t* __restrict idx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    T fl = std::floor(v * factor);
+    fl = (fl == T(0) && v < T(0)) ? T(-1) : fl;  // an underflowing negative value: bin -1
+    idx[i] = static_cast<int32_t>(fl) + half;
+  }
+}
+
+template <typename T>
+void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
+                    int64_t* __restrict counts, bool* bad) {
+  // indices computed in vectorised blocks, then counted into four interleaved 32-bit
+  // sub-histograms (consecutive equal bins do not wait on one another), flushed before they
+  // could overflow
+  constexpr int kWays = 4;
+  constexpr int64_t kBlock = 1024;
+  const int32_t half = static_cast<int32_t>(bins / 2);
+  std::vector<uint32_t> local(static_cast<size_t>(kWays * bins), 0);
+  uint32_t* lp = local.data();
+  int32_t idx[kBlock];
+  uint32_t range_check = 0;
+  int64_t since_flush = 0;
+  auto flush = [&] {
+    for (int w = 0; w < kWays; ++w)
+      for (int64_t b = 0; b < bins; ++b) {
+        counts[b] += lp[w * bins + b];
+        lp[w * bins + b] = 0;
+      }
+    since_flush = 0;
+  };
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t m = std::min(kBlock, n - start);
+    bin_indices<T>(x + start, m, factor, half, idx);
+    uint32_t acc = 0;
+    for (int64_t i = 0; i < m; ++i) acc |= static_cast<uint32_t>(idx[i]);
+    if (acc >= static_cast<uint32_t>(bins)) {  // some index negative or >= bins
+      range_check = 1;
+      break;
+    }
+    int64_t i = 0;
+    for (; i + kWays <= m; i += kWays) {
+      ++lp[idx[i]];
+      ++lp[bins + idx[i + 1]];
+      ++lp[2 * bins + idx[i + 2]];
+      ++lp[3 * bins + idx[i + 3]];
+    }
+    for (; i < m; ++i) ++lp[idx[i]];
+    since_flush += m;
+    if (since_flush >= (int64_t(1) << 30)) flush();
+  }
+  flush();
+  if (range_check) *bad = true;
+}
+
+at::Tensor histogram(const at::Tensor& x, int64_t shift, int64_t bins) {
+  TORCH_CHECK(x.device().is_cpu(), "fxquant::histogram: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous(), "fxquant::histogram: x must be contiguous");
+  TORCH_CHECK(bins >= 2 && (bins & (bins - 1)) == 0, "fxquant::histogram: bins must be 2**k");
+  TORCH_CHECK(bins <= (int64_t(1) << 30), "fxquant::histogram: at most 2**30 bins");
+  const int64_t n = x.numel();
+  const int max_threads = at::get_num_threads();
+  const int64_t grain = 1 << 16;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(max_threads, (n + grain - 1) / grain));
+  at::Tensor partial = at::zeros({chunks, bins}, x.options().dtype(at::kLong));
+  int64_t* pp = partial.mutable_data_ptr<int64_t>();
+  std::vector<char> bad(static_cast<size_t>(chunks), 0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fxquant_histogram", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t factor = static_cast<scalar_t>(std::ldexp(1.0, static_cast<int>(shift)));
+    const int64_t per = (n + chunks - 1) / chunks;
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const int64_t lo = c * per;
+        const int64_t hi = std::min(n, lo + per);
+        bool chunk_bad = false;
+        if (hi > lo) histogram_impl<scalar_t>(xp + lo, hi - lo, factor, bins, pp + c * bins,
+                                               &chunk_bad);
+        bad[c] = chunk_bad;
+      }
+    });
+  });
+  for (int64_t c = 0; c < chunks; ++c)
+    TORCH_CHECK(!bad[c], "fxquant::histogram: a value lies outside the histogram's range");
+  return chunks == 1 ? partial[0] : partial.sum(0);
+}
+
+template <typename T>
+void div_backward_row(const T* __restrict g, const T* __restrict o, T* __restrict gy,
+                      T* __restrict gd, int64_t n, T d) {
+  for (int64_t i = 0; i < n; ++i) {
+    gy[i] = g[i] / d;
+    gd[i] = (o[i] / d) * g[i];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> div_channel_backward(const at::Tensor& grad,
+                                                        const at::Tensor& out,
+                                                        const at::Tensor& d, int64_t inner) {
+  TORCH_CHECK(grad.device().is_cpu(), "fxquant::div_channel_backward: CPU tensors only");
+  TORCH_CHECK(grad.is_contiguous() && out.is_contiguous() && d.is_contiguous() &&
+                  grad.sizes() == out.sizes(),
+              "fxquant::div_channel_backward: contiguous tensors of one shape only");
+  TORCH_CHECK(grad.scalar_type() == out.scalar_type() && d.scalar_type() == out.scalar_type(),
+              "fxquant::div_channel_backward: one dtype only");
+  const int64_t n_channels = d.numel();
+  TORCH_CHECK(inner >= 1 && grad.numel() % (n_channels * inner) == 0,
+              "fxquant::div_channel_backward: grad does not split into [outer, C, inner]");
+  at::Tensor gy = at::empty_like(grad);
+  at::Tensor gd = at::empty_like(grad);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fxquant_div_channel_backward", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* op = out.const_data_ptr<scalar_t>();
+    const scalar_t* dp = d.const_data_ptr<scalar_t>();
+    scalar_t* gyp = gy.mutable_data_ptr<scalar_t>();
+    scalar_t* gdp = gd.mutable_data_ptr<scalar_t>();
+    const int64_t rows = grad.numel() / inner;
+    const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t off = r * inner;
+        div_backward_row<scalar_t>(gp + off, op + off, gyp + off, gdp + off, inner,
+                                   dp[r % n_channels]);
+      }
+    });
+  });
+  return {gy, gd};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fxquant_native, m) {
+  m.def("fake_quant(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
+        "bool reciprocal, bool with_mask) -> (Tensor, Tensor)");
+  m.def("masked_grad(Tensor grad, Tensor mask) -> Tensor");
+  m.def("histogram(Tensor x, int shift, int bins) -> Tensor");
+  m.def("div_channel_backward(Tensor grad, Tensor out, Tensor d, int inner) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
+  m.impl("fake_quant", &fake_quant);
+  m.impl("masked_grad", &masked_grad);
+  m.impl("histogram", &histogram);
+  m.impl("div_channel_backward", &div_channel_backward);
+}
