@@ -31,6 +31,8 @@ from .granularity import Granularity, PerChannel, PerTensor
 __all__ = ["choose_qparams", "DEFAULT_EPS", "QParams"]
 
 DEFAULT_EPS = float(torch.finfo(torch.float32).eps)
+_MIN_NORMAL32 = float(torch.finfo(torch.float32).tiny)
+_MAX_NORMAL32 = float(torch.finfo(torch.float32).max)
 _PER_TENSOR = PerTensor()
 
 
@@ -58,13 +60,14 @@ def choose_qparams(
         if done is not None:
             return (torch.full((), done[0], dtype=torch.float32),
                     torch.full((), done[1], dtype=torch.int32))
-    if _float32_symmetric_applies(min_val, max_val, dtype, symmetric, power_of_two):
+    if _float32_symmetric_applies(min_val, max_val, dtype, symmetric, power_of_two, eps):
         if bool((min_val > max_val).any()):
             raise ValueError(f"choose_qparams: min_val > max_val ({min_val} > {max_val})")
         # float32 throughout gives the float64 result's bits here: max(-min, max, 0) is exact,
         # and a quotient of two float32 numbers rounded once to float64 and then to float32
         # equals the float32 quotient (53 >= 2 * 24 + 2 bits: the double rounding is
-        # innocuous); clamping at eps commutes with the rounding (monotone, eps rounded alike)
+        # innocuous) unless it underflows, and anything below eps (a normal float32) becomes
+        # eps either way (clamping commutes with the monotone rounding)
         scale = torch.maximum(min_val.neg(), max_val).clamp_(min=0.0).div_(dtype.qmax)
         scale = scale.clamp_(min=eps)
         return scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
@@ -99,10 +102,12 @@ def choose_qparams(
 
 
 def _float32_symmetric_applies(min_val, max_val, dtype: QDType, symmetric: bool,
-                               power_of_two: bool) -> bool:
-    """Symmetric signed grid of at most 24 bits (``qmax`` exact in float32) on float32 ranges."""
+                               power_of_two: bool, eps: float) -> bool:
+    """Symmetric signed grid of at most 24 bits (``qmax`` exact in float32) on float32 ranges,
+    with ``eps`` a normal float32 (no scale below it can underflow)."""
     return (
         symmetric and dtype.signed and not power_of_two and dtype.bits <= 24
+        and _MIN_NORMAL32 <= eps <= _MAX_NORMAL32
         and isinstance(min_val, torch.Tensor) and isinstance(max_val, torch.Tensor)
         and min_val.dtype == torch.float32 and max_val.dtype == torch.float32
         and min_val.shape == max_val.shape and min_val.device == max_val.device
