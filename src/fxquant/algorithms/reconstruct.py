@@ -55,6 +55,11 @@ __all__ = ["reconstruct", "ReconstructGranularity"]
 
 _CACHE_BYTES = 512 * 2**20  # bound on one block's cached inputs + targets
 
+DEFAULT_ITERATIONS = 2000
+"""Adam steps per block by default: the W4A4 recipe (MSE activation ranges + block
+reconstruction) lands within about a point of float on the benchmark's CNNs with 2000, in
+minutes on 2 cores (``bench/ptq.py``); BRECQ's / QDrop's 20000 are not needed at this scale."""
+
 
 class ReconstructGranularity(enum.Enum):
     """What :func:`reconstruct` optimises jointly.
@@ -275,7 +280,7 @@ def _reconstruct_block(
 
     before = mse()
     saved = {name: m.weight_fake_quant for name, m in modules.items()}
-    iters = opts.iterations(min(m.weight_fake_quant.dtype.bits for m in modules.values()))
+    iters = DEFAULT_ITERATIONS if opts.num_iterations is None else opts.num_iterations
     handles = []
     try:
         for name, m in modules.items():
@@ -331,7 +336,7 @@ def reconstruct(
     num_batches: int | None = None,
     progress: bool = True,
     seed: int = 0,
-    num_threads: int | None = None,
+    num_threads: int | None = 1,
 ) -> nn.Module:
     """Block reconstruction with QDrop (BRECQ + QDrop) of a calibrated prepared model.
 
@@ -342,14 +347,17 @@ def reconstruct(
             ``"layer"`` (plain :func:`~fxquant.algorithms.adaround`; ``drop_prob`` unused).
         drop_prob: QDrop probability of leaving an activation element unquantized during the
             optimisation (0: BRECQ).
-        num_iterations: Adam steps per block; ``None``: 10000, or 15000 when a layer of the
-            block has weights below 8 bits.
+        num_iterations: Adam steps per block; ``None``: :data:`DEFAULT_ITERATIONS` (2000).
+            Layers that no block covers get AdaRound's own default.
         reg_param, beta_range, warm_start, lr: as for :func:`~fxquant.algorithms.adaround`.
         batch_size: examples per step (for blocks; layers keep AdaRound's row batches).
         progress: show progress bars.
         seed: seeds example sampling and the QDrop masks (same seed, same weights).
-        num_threads: torch intra-op threads while optimising a block (None: torch's setting;
-            layers optimised one by one always use one thread, as in ``adaround``).
+        num_threads: torch intra-op threads while optimising a block (restored afterwards;
+            None: torch's setting).  One step works on a small batch: on 2 cores one thread is
+            the fastest (a second one gains little on an idle machine and costs several times
+            that on a busy one); layers optimised one by one always use one thread, as in
+            ``adaround``.
 
     Returns ``qmodel`` (changed in place; weights frozen to their learned codes) with a
     :class:`~fxquant.algorithms.adaround.ReconstructionReport` in
