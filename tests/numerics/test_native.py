@@ -243,3 +243,74 @@ def test_a_failed_selfcheck_turns_the_kernels_off(fresh_state, monkeypatch):
     monkeypatch.setattr(selfcheck, "run", lambda ops: "fake_quant differs")
     assert not native.available()
     assert "self-check failed: fake_quant differs" in native.why_unavailable()
+
+
+# -- autograd operators (backward in C++) -------------------------------------------------------
+@pytest.mark.parametrize("axis", [None, 1, -1])
+@pytest.mark.parametrize("dtype_x", [torch.float32, torch.float64])
+def test_fake_quant_ste_operator_matches_the_reference_gradient(axis, dtype_x):
+    rng = np.random.default_rng(13)
+    for dtype in (qint8, quint8, QDType(4, True, True), QDType(16, False)):
+        shape = (3, 5, 7)
+        if axis is None:
+            scale = np.asarray(np.float32(0.07))
+            zp = np.asarray(rng.integers(dtype.qmin, dtype.qmax + 1))
+            x = tie_inputs(dtype, zp, scale, shape, rng)
+        else:
+            c = shape[axis]
+            scale = np.ldexp(rng.uniform(1, 2, c), rng.integers(-6, 2, c)).astype(np.float32)
+            zp = rng.integers(dtype.qmin, dtype.qmax + 1, c)
+            b = channel_shape(3, axis, c)
+            x = tie_inputs(dtype, zp.reshape(b), scale.reshape(b), shape, rng)
+        x = torch.from_numpy(x).to(dtype_x)
+        s = torch.from_numpy(np.asarray(scale))
+        z = torch.from_numpy(np.asarray(zp).astype(np.int32))
+        ref = fake_quantize_reference(x, s, z, dtype, axis, ScaleMath.DIVIDE)
+        mask = reference_mask(x, s, z, dtype, axis, ScaleMath.DIVIDE)
+        xa = x.clone().requires_grad_(True)
+        out = native.fake_quant_ste(xa, s, z, dtype, axis, False)
+        assert out is not None and out.grad_fn is not None
+        g = torch.randn(shape, dtype=dtype_x)
+        out.backward(g)
+        assert_same(out.detach(), ref, f"{dtype} forward")
+        assert_same(xa.grad, g * mask.to(dtype_x), f"{dtype} gradient")
+        # a non-contiguous incoming gradient takes grad * mask in C++: same bits
+        xb = x.clone().requires_grad_(True)
+        gt = g.transpose(0, 2).contiguous().transpose(0, 2)
+        native.fake_quant_ste(xb, s, z, dtype, axis, False).backward(gt)
+        assert_same(xb.grad, g * mask.to(dtype_x), f"{dtype} gradient (strided)")
+
+
+def test_channel_divide_operator_matches_autograd():
+    for shape in ((4, 3, 5, 6), (1, 3, 5, 6), (2, 3, 1, 1), (2, 3, 7)):
+        y = torch.randn(shape) * 50
+        d = torch.tensor([0.25, -3.0, 7e-4]).reshape(1, -1, *([1] * (len(shape) - 2)))
+        g = torch.randn(shape)
+        results = []
+        for fn in (native.channel_divide, torch.div):
+            ya, da = y.clone().requires_grad_(True), d.clone().requires_grad_(True)
+            out = fn(ya, da)
+            out.backward(g)
+            results.append((out.detach(), ya.grad, da.grad))
+        for a, b in zip(*results, strict=True):
+            assert_same(a, b, str(shape))
+    assert native.channel_divide(torch.randn(2, 3, 4), torch.ones(3)) is None  # not [1, C, 1]
+
+
+def test_traced_and_subclassed_tensors_take_the_pure_torch_path():
+    """torch.jit.trace sees ordinary operators; tensor subclasses (fake tensors of
+    torch.export / torch.compile) are never handed to the kernels."""
+    from fxquant.fake_quant import FakeQuantize
+
+    fq = FakeQuantize()
+    fq(torch.randn(64))  # QAT: calibrates
+    traced = torch.jit.trace(fq.eval(), torch.randn(64), check_trace=False)
+    assert "fxquant_native" not in str(traced.graph)
+
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.randn(64).as_subclass(Sub)
+    s, z = torch.tensor(0.1), torch.tensor(0, dtype=torch.int32)
+    assert native.fake_quant(x, s, z, qint8, None, False, True) is None
+    assert native.fake_quant(x.as_subclass(torch.Tensor), s, z, qint8, None, False, True)

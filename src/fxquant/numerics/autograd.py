@@ -101,9 +101,19 @@ def fake_quantize_ste(
     axis: int | None = None,
     math: ScaleMath = ScaleMath.DIVIDE,
 ) -> torch.Tensor:
-    """Fake quantization whose backward is the clipped straight-through estimator."""
+    """Fake quantization whose backward is the clipped straight-through estimator.
+
+    Where the native kernels apply, an autograd operator whose backward runs in C++
+    (:func:`fxquant.numerics.native.fake_quant_ste`); else a Python autograd function.  Same
+    bits either way.
+    """
     if not x.requires_grad:
         return fake_quantize(x, scale, zero_point, dtype, axis, math)
+    if _ste_fast_path(x, dtype) and not scale.requires_grad and not zero_point.requires_grad:
+        out = native.fake_quant_ste(x, scale, zero_point, dtype, axis,
+                                    math is ScaleMath.RECIPROCAL)
+        if out is not None:
+            return out
     return _FakeQuantizeSTE.apply(x, scale, zero_point, dtype, axis, math)
 
 

@@ -10,7 +10,10 @@ kernels of ``kernels.cpp`` make one pass each:
 * ``histogram``: the exact fixed-bin histogram of :mod:`fxquant.observers.histogram`, counted
   in per-thread sub-histograms;
 * ``div_channel_backward``: both element-wise parts of the gradient of ``y / d`` (``d`` per
-  channel), the BN-fold division of :class:`fxquant.nn.ConvBn2d` in training.
+  channel), the BN-fold division of :class:`fxquant.nn.ConvBn2d` in training;
+* ``fake_quant_ste`` and ``channel_divide``: the straight-through fake quantization and that
+  division as autograd operators whose backward runs in C++ (no Python call per quantizer in
+  the backward pass).
 
 Every kernel evaluates the same IEEE operations in the same order as the pure-torch formula
 (no ``-ffast-math``, no floating-point contraction), so results are identical bit for bit; the
@@ -23,7 +26,8 @@ first time they are needed, or ahead of time with ``python -m fxquant.numerics.n
 CPU (under ``sys.prefix``, else ``~/.cache/fxquant``).  A failed build is remembered there and
 not retried; everything then takes the pure-torch path (one warning is logged).  They are on by
 default; :func:`enable_native_kernels` / :func:`native_kernels` turn them off (e.g. to compare).
-Only CPU tensors use them.
+Only plain CPU tensors use them: subclasses (fake tensors of ``torch.export`` / ``torch.compile``)
+and ``torch.jit`` tracing take the pure-torch path, which traces into ordinary operators.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ __all__ = [
     "masked_grad",
     "histogram",
     "div_channel_backward",
+    "fake_quant_ste",
+    "channel_divide",
 ]
 
 _log = logging.getLogger(__name__)
@@ -221,7 +227,18 @@ _FLOATS = (torch.float32, torch.float64)
 def _ops():
     ns = torch.ops.fxquant_native
     return (ns.fake_quant.default, ns.masked_grad.default, ns.histogram.default,
-            ns.div_channel_backward.default)
+            ns.div_channel_backward.default, ns.fake_quant_ste.default,
+            ns.channel_divide.default)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain(*ts: torch.Tensor) -> bool:
+    """Ordinary CPU tensors, outside tracing: what the kernels may see."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return all(type(t) in _PLAIN and t.device.type == "cpu" for t in ts)
 
 
 def _ready() -> bool:
@@ -251,9 +268,35 @@ def fake_quant(
     ``mask`` is True where the unclamped code lies in ``[qmin, qmax]``.  Records no autograd
     graph.
     """
-    if not _ready() or x.device.type != "cpu" or x.dtype not in _FLOATS or dtype.bits > MAX_BITS:
+    inner = _fq_inner(x, scale, zero_point, dtype, axis)
+    if inner is None:
         return None
-    if not x.is_contiguous() or scale.device.type != "cpu" or zero_point.device.type != "cpu":
+    out, mask = _State.ops[0](x, scale, zero_point, dtype.qmin, dtype.qmax, inner,
+                              bool(reciprocal), bool(with_mask))
+    return out, (mask if with_mask else None)
+
+
+def fake_quant_ste(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None,
+    reciprocal: bool,
+) -> torch.Tensor | None:
+    """:func:`fake_quant` as an autograd operator (straight-through estimator: the gradient is
+    ``grad * mask``, computed in C++), or None where it does not apply."""
+    inner = _fq_inner(x, scale, zero_point, dtype, axis)
+    if inner is None:
+        return None
+    return _State.ops[4](x, scale, zero_point, dtype.qmin, dtype.qmax, inner, bool(reciprocal))
+
+
+def _fq_inner(x, scale, zero_point, dtype: QDType, axis: int | None) -> int | None:
+    """The ``inner`` size of the ``[outer, C, inner]`` view, or None if the kernel declines."""
+    if not _ready() or x.dtype not in _FLOATS or dtype.bits > MAX_BITS:
+        return None
+    if not x.is_contiguous() or not _plain(x, scale, zero_point):
         return None
     if scale.dim() == 0:
         if zero_point.dim() != 0:
@@ -270,14 +313,12 @@ def fake_quant(
             inner *= d
         if inner == 0:
             return None
-    out, mask = _State.ops[0](x, scale, zero_point, dtype.qmin, dtype.qmax, inner,
-                              bool(reciprocal), bool(with_mask))
-    return out, (mask if with_mask else None)
+    return inner
 
 
 def masked_grad(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``grad * mask`` (``mask`` bool, same shape), in one pass where the kernel applies."""
-    if (_ready() and grad.device.type == "cpu" and grad.dtype in _FLOATS
+    if (_ready() and grad.dtype in _FLOATS and _plain(grad, mask)
             and grad.is_contiguous() and mask.is_contiguous() and grad.shape == mask.shape):
         return _State.ops[1](grad, mask)
     return grad * mask
@@ -289,7 +330,7 @@ def histogram(x: torch.Tensor, shift: int, bins: int) -> torch.Tensor | None:
 
     Every value must fall inside ``[0, bins)`` (finite ``x`` with ``|x| < 2**-shift * bins/2``).
     """
-    if not _ready() or x.device.type != "cpu" or x.dtype not in _FLOATS:
+    if not _ready() or x.dtype not in _FLOATS or not _plain(x):
         return None
     if not x.is_contiguous() or bins > 1 << 30:
         return None
@@ -301,10 +342,10 @@ def div_channel_backward(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(grad / d, (out / d) * grad)`` for ``[N, C, *]`` tensors and ``d`` of ``C`` entries
     broadcast along axis 1, in one pass; None where the kernel does not apply."""
-    if (not _ready() or grad.device.type != "cpu" or grad.dtype not in _FLOATS
+    if (not _ready() or grad.dtype not in _FLOATS or not _plain(grad, out, d)
             or grad.dtype != out.dtype or d.dtype != out.dtype or grad.dim() < 2
             or not (grad.is_contiguous() and out.is_contiguous()) or grad.shape != out.shape
-            or d.numel() != grad.shape[1] or d.device.type != "cpu"):
+            or d.numel() != grad.shape[1]):
         return None
     inner = 1
     for s in grad.shape[2:]:
@@ -312,3 +353,14 @@ def div_channel_backward(
     if inner == 0 or grad.numel() == 0:
         return None
     return _State.ops[3](grad, out, d.contiguous(), inner)
+
+
+def channel_divide(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+    """``y / d`` for ``d`` shaped ``[1, C, 1, ...]`` as an autograd operator whose backward is
+    autograd's rule for a division, bit for bit, in two passes computed in C++; None where it
+    does not apply."""
+    if (not _ready() or y.dtype not in _FLOATS or not _plain(y, d) or y.dim() < 2
+            or d.dim() != y.dim() or d.dtype != y.dtype or d.shape[1] != y.shape[1]
+            or any(s != 1 for i, s in enumerate(d.shape) if i != 1)):
+        return None
+    return _State.ops[5](y, d)

@@ -20,9 +20,18 @@
 //   div_channel_backward(grad, out, d, inner) -> (grad / d, (out / d) * grad)
 //     the two element-wise parts of the gradient of out = y / d, d per channel [C] of a
 //     contiguous [outer, C, inner] tensor.
+//
+// Two of them also come as autograd operators whose backward runs in C++ (no Python function
+// call per quantizer and step):
+//   fake_quant_ste(x, scale, zero_point, qmin, qmax, inner, reciprocal) -> out
+//       forward fake_quant with the mask saved; backward masked_grad (grad * mask)
+//   channel_divide(y, d) -> y / d   (d shaped [1, C, 1, ...], y contiguous [N, C, ...])
+//       backward: grad / d, and -sum((out / d) * grad) over the dimensions where d is 1,
+//       the bits of autograd's own rule for a division (negation is exact)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -309,6 +318,90 @@ std::tuple<at::Tensor, at::Tensor> div_channel_backward(const at::Tensor& grad,
   return {gy, gd};
 }
 
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor grad_times_mask(const at::Tensor& grad, const at::Tensor& mask) {
+  if (grad.is_contiguous() && grad.sizes() == mask.sizes() &&
+      (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble))
+    return masked_grad(grad, mask);
+  return grad * mask;  // same bits: the bool promotes to 0.0 / 1.0
+}
+
+class FakeQuantSTE : public torch::autograd::Function<FakeQuantSTE> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                            int64_t inner, bool reciprocal) {
+    auto result = fake_quant(x, scale, zero_point, qmin, qmax, inner, reciprocal, true);
+    ctx->saved_data["mask"] = std::get<1>(result);
+    return std::get<0>(result);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor mask = ctx->saved_data["mask"].toTensor();
+    at::Tensor gx = grads[0].defined() ? grad_times_mask(grads[0], mask) : at::Tensor();
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor fake_quant_ste_autograd(const at::Tensor& x, const at::Tensor& scale,
+                                   const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                                   int64_t inner, bool reciprocal) {
+  return FakeQuantSTE::apply(x, scale, zero_point, qmin, qmax, inner, reciprocal);
+}
+
+at::Tensor fake_quant_ste_cpu(const at::Tensor& x, const at::Tensor& scale,
+                              const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                              int64_t inner, bool reciprocal) {
+  return std::get<0>(fake_quant(x, scale, zero_point, qmin, qmax, inner, reciprocal, false));
+}
+
+class ChannelDivide : public torch::autograd::Function<ChannelDivide> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& d) {
+    at::Tensor out = at::div(y, d);
+    ctx->save_for_backward({out, d});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& out = saved[0];
+    const at::Tensor& d = saved[1];
+    const at::Tensor& g = grads[0];
+    const bool need_y = ctx->needs_input_grad(0), need_d = ctx->needs_input_grad(1);
+    if (!g.defined()) return {at::Tensor(), at::Tensor()};
+    if (!need_d) return {need_y ? at::div(g, d) : at::Tensor(), at::Tensor()};
+    at::Tensor gy, t;
+    const bool fused = g.is_contiguous() && out.is_contiguous() && g.sizes() == out.sizes() &&
+                       g.dim() >= 2 && g.scalar_type() == out.scalar_type() &&
+                       d.scalar_type() == out.scalar_type() && d.numel() == g.size(1) &&
+                       (g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble) &&
+                       g.numel() > 0;
+    if (fused) {
+      std::tie(gy, t) = div_channel_backward(g, out, d.reshape({-1}).contiguous(),
+                                             g.numel() / (g.size(0) * g.size(1)));
+    } else {
+      gy = at::div(g, d);
+      t = at::mul(at::div(out, d), g);
+    }
+    // as autograd's sum_to: the dimensions where d is 1 and the output is not
+    std::vector<int64_t> dims;
+    for (int64_t i = 0; i < out.dim(); ++i)
+      if (d.size(i) == 1 && out.size(i) != 1) dims.push_back(i);
+    at::Tensor gd = dims.empty() ? t : at::sum(t, dims, /*keepdim=*/true);
+    return {need_y ? gy : at::Tensor(), gd.neg_()};
+  }
+};
+
+at::Tensor channel_divide_autograd(const at::Tensor& y, const at::Tensor& d) {
+  return ChannelDivide::apply(y, d);
+}
+
+at::Tensor channel_divide_cpu(const at::Tensor& y, const at::Tensor& d) { return at::div(y, d); }
+
 }  // namespace
 
 TORCH_LIBRARY(fxquant_native, m) {
@@ -317,6 +410,9 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("masked_grad(Tensor grad, Tensor mask) -> Tensor");
   m.def("histogram(Tensor x, int shift, int bins) -> Tensor");
   m.def("div_channel_backward(Tensor grad, Tensor out, Tensor d, int inner) -> (Tensor, Tensor)");
+  m.def("fake_quant_ste(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
+        "bool reciprocal) -> Tensor");
+  m.def("channel_divide(Tensor y, Tensor d) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -324,4 +420,11 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("masked_grad", &masked_grad);
   m.impl("histogram", &histogram);
   m.impl("div_channel_backward", &div_channel_backward);
+  m.impl("fake_quant_ste", &fake_quant_ste_cpu);
+  m.impl("channel_divide", &channel_divide_cpu);
+}
+
+TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {
+  m.impl("fake_quant_ste", &fake_quant_ste_autograd);
+  m.impl("channel_divide", &channel_divide_autograd);
 }

@@ -120,10 +120,39 @@ def _check_div_backward(divb, gen) -> str | None:
     return None
 
 
+def _check_autograd_ops(fq_ste, divide, gen) -> str | None:
+    """The autograd operators: values and gradients against torch's own autograd."""
+    for dtype in (torch.float32, torch.float64):
+        x = _inputs(dtype, 0.05, gen)[:2000].reshape(4, 5, 100)
+        s, z = torch.tensor(0.05), torch.tensor(3, dtype=torch.int32)
+        ref, mask = _reference_fq(x, s.to(dtype), z.to(dtype), -128, 127, False)
+        g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+        xa = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = fq_ste(xa, s, z, -128, 127, 1, False)
+            out.backward(g)
+        if not (_same_bits(out.detach(), ref) and _same_bits(xa.grad, g * mask.to(dtype))):
+            return f"fake_quant_ste {dtype}"
+        y = torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64).to(dtype) * 10
+        d = torch.tensor([0.3, -2.0, 1.7, 5e-3], dtype=dtype).reshape(1, -1, 1, 1)
+        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+        got, want = [], []
+        with torch.enable_grad():
+            for fn, acc in ((divide, got), (torch.div, want)):
+                ya, da = y.clone().requires_grad_(True), d.clone().requires_grad_(True)
+                o = fn(ya, da)
+                o.backward(gy)
+                acc += [o.detach(), ya.grad, da.grad]
+        if not all(_same_bits(a, b) for a, b in zip(got, want, strict=True)):
+            return f"channel_divide {dtype}"
+    return None
+
+
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
-    fq, masked_grad, hist, divb = ops
+    fq, masked_grad, hist, divb, fq_ste, divide = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        return (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
-                or _check_div_backward(divb, gen))
+        problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
+                   or _check_div_backward(divb, gen))
+    return problem or _check_autograd_ops(fq_ste, divide, gen)
