@@ -19,7 +19,8 @@ from ..numerics import (
     granularity_from_axis,
     qint8,
 )
-from ..observers import FixedScaleObserver, MinMaxObserver, Observer
+from ..numerics import native
+from ..observers import FixedScaleObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer
 from .state import FakeQuantState
 
 __all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError"]
@@ -200,6 +201,39 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self.observer(x)
         self._dirty = True
 
+    def _observe_native(self, x: torch.Tensor, update: bool) -> bool:
+        """``_observe(x)`` (and ``update_qparams()`` if ``update``) in one native call for the
+        min-max observers; False (nothing done) where the Python path must run."""
+        obs = self.observer
+        kind = type(obs)
+        if kind is MovingAverageMinMaxObserver:
+            averaging = obs.averaging_constant
+        elif kind is MinMaxObserver:
+            averaging = None
+        else:
+            return False
+        if x.numel() == 0:
+            return False
+        bufs = obs._buffers
+        got = native.observe_qparams(x.detach(), bufs["min_val"], bufs["max_val"], averaging,
+                                     obs.ch_axis, self.dtype, self.symmetric, self.power_of_two,
+                                     self.eps, update)
+        if got is None:
+            return False
+        scale, zero_point, status = got
+        self._dirty = True
+        if not update:
+            return True
+        if status == native.OBSERVED_ONLY:
+            self.update_qparams()
+            return True
+        self._dirty = False
+        self._store_qparams(scale, zero_point)
+        if not self._calibrated:
+            self.calibrated.fill_(True)
+            self._calibrated = True
+        return True
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # decisions from Python mirrors only: no tensor is read unless something is computed
@@ -207,11 +241,11 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if state is FakeQuantState.FLOAT or not x.is_floating_point():
             return x
         if state is FakeQuantState.QAT:
-            if not (self._frozen and self._is_calibrated()):
+            if not (self._frozen and self._is_calibrated()) and not self._observe_native(x, True):
                 self._observe(x)
                 self.update_qparams()
         elif state is FakeQuantState.CALIBRATION:
-            if not (self._frozen and self._is_calibrated()):
+            if not (self._frozen and self._is_calibrated()) and not self._observe_native(x, False):
                 self._observe(x)
             return x
         elif self._dirty:

@@ -11,6 +11,9 @@ kernels of ``kernels.cpp`` make one pass each:
   in per-thread sub-histograms;
 * ``div_channel_backward``: both element-wise parts of the gradient of ``y / d`` (``d`` per
   channel), the BN-fold division of :class:`fxquant.nn.ConvBn2d` in training;
+* ``observe_qparams``: a min-max / moving-average observer's statistics update and
+  :func:`fxquant.numerics.choose_qparams` of the new range in one call (the same ATen
+  operations and float64 arithmetic as the Python observers and qparams);
 * ``fake_quant_ste`` and ``channel_divide``: the straight-through fake quantization and that
   division as autograd operators whose backward runs in C++ (no Python call per quantizer in
   the backward pass).
@@ -60,6 +63,7 @@ __all__ = [
     "div_channel_backward",
     "fake_quant_ste",
     "channel_divide",
+    "observe_qparams",
 ]
 
 _log = logging.getLogger(__name__)
@@ -228,7 +232,7 @@ def _ops():
     ns = torch.ops.fxquant_native
     return (ns.fake_quant.default, ns.masked_grad.default, ns.histogram.default,
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
-            ns.channel_divide.default)
+            ns.channel_divide.default, ns.observe_qparams.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -364,3 +368,38 @@ def channel_divide(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
             or any(s != 1 for i, s in enumerate(d.shape) if i != 1)):
         return None
     return _State.ops[5](y, d)
+
+
+OBSERVED_ONLY = 2
+"""``observe_qparams`` status: statistics updated, qparams left to the caller."""
+
+
+def observe_qparams(
+    x: torch.Tensor,
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    averaging: float | None,
+    axis: int | None,
+    dtype: QDType,
+    symmetric: bool,
+    power_of_two: bool,
+    eps: float,
+    compute: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int] | None:
+    """Update min-max statistics (``averaging``: the moving-average constant, None: running
+    min / max) with ``x`` in place and, if ``compute``, return the new ``(scale, zero_point)``.
+
+    Returns ``(scale, zero_point, 0)``; ``(None, None, OBSERVED_ONLY)`` when the statistics were
+    updated but the qparams are left to the caller; None when nothing was touched (the caller
+    runs its Python path: not applicable here, a first per-channel batch, NaN / Inf ...).
+    """
+    if not _ready() or x.dtype != torch.float32 or not _plain(x, min_val, max_val):
+        return None
+    ax = -1 if axis is None else axis % x.dim()
+    avg = -1.0 if averaging is None else float(averaging)
+    scale, zp, status = _State.ops[6](x, min_val, max_val, avg, ax, dtype.qmin, dtype.qmax,
+                                      bool(symmetric), dtype.signed, bool(power_of_two),
+                                      float(eps), dtype.bits, bool(compute))
+    if status == 1:
+        return None
+    return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)

@@ -21,6 +21,16 @@
 //     the two element-wise parts of the gradient of out = y / d, d per channel [C] of a
 //     contiguous [outer, C, inner] tensor.
 //
+//   observe_qparams(x, min_val!, max_val!, averaging, axis, qmin, qmax, symmetric, is_signed,
+//                   power_of_two, eps, bits, compute) -> (scale, zero_point, status)
+//       MinMaxObserver (averaging < 0) / MovingAverageMinMaxObserver statistics of x, then
+//       choose_qparams of the new range, in one call: the same ATen operations as the Python
+//       observers (aminmax / amin / amax, minimum / maximum, add_ with alpha) and, per tensor,
+//       the float64 arithmetic of fxquant.numerics.qparams._choose_qparams_float.  status 0:
+//       done; 1: nothing touched (the caller runs its Python path: first per-channel batch,
+//       NaN / Inf, empty or non-float32 x); 2: statistics updated, qparams left to the caller
+//       (cases the Python arithmetic handles differently: power of two, zero scales ...).
+//
 // Two of them also come as autograd operators whose backward runs in C++ (no Python function
 // call per quantizer and step):
 //   fake_quant_ste(x, scale, zero_point, qmin, qmax, inner, reciprocal) -> out
@@ -318,6 +328,105 @@ std::tuple<at::Tensor, at::Tensor> div_channel_backward(const at::Tensor& grad,
   return {gy, gd};
 }
 
+// -- fused observer statistics + qparams -------------------------------------------------------
+constexpr int64_t kDone = 0, kUntouched = 1, kObservedOnly = 2;
+
+std::tuple<at::Tensor, at::Tensor> channel_aminmax(const at::Tensor& v) {
+  at::Tensor lo = at::amin(v, 1), hi = at::amax(v, 1);
+  if (at::logical_or(lo == 0, hi == 0).any().item<bool>()) return at::aminmax(v, 1);
+  return {lo, hi};
+}
+
+bool all_finite(const at::Tensor& lo, const at::Tensor& hi) {
+  if (lo.dim() == 0) return std::isfinite(lo.item<double>()) && std::isfinite(hi.item<double>());
+  if (std::isfinite(at::sub(lo, hi).sum().item<double>())) return true;
+  return at::isfinite(lo).all().item<bool>() && at::isfinite(hi).all().item<bool>();
+}
+
+bool has_stats(const at::Tensor& mn, const at::Tensor& mx) {
+  if (mn.dim() == 0) return mn.item<double>() <= mx.item<double>();
+  return mn.numel() > 0 && at::le(mn, mx).all().item<bool>();
+}
+
+float to_float32(double v) { return static_cast<float>(v); }  // nearest, ties to even
+
+// fxquant.numerics.qparams._choose_qparams_float, step by step; false where it returns None
+bool choose_scalar(double lo, double hi, int64_t qmin, int64_t qmax, bool symmetric,
+                   bool is_signed, double eps, float* scale_out, int64_t* zp_out) {
+  lo = std::min(lo, 0.0);
+  hi = std::max(hi, 0.0);
+  double scale, zp;
+  if (symmetric) {
+    const double amax = std::max(-lo, hi);
+    if (is_signed) {
+      zp = 0.0;
+      scale = amax / static_cast<double>(qmax);
+    } else {
+      const int64_t mid = (qmin + qmax + 1) / 2;  // qmin >= 0: floor division
+      zp = static_cast<double>(mid);
+      scale = amax / static_cast<double>(qmax - mid);
+    }
+    scale = std::max(scale, eps);
+    if (!(scale > 0.0 && scale < INFINITY)) return false;
+  } else {
+    scale = std::max((hi - lo) / static_cast<double>(qmax - qmin), eps);
+    if (!(scale > 0.0 && scale < INFINITY)) return false;
+    zp = std::min(std::max(static_cast<double>(qmin) - std::nearbyint(lo / scale),
+                           static_cast<double>(qmin)), static_cast<double>(qmax));
+  }
+  const float s32 = std::max(to_float32(scale), to_float32(eps));
+  if (!(s32 < INFINITY)) return false;
+  *scale_out = s32;
+  *zp_out = static_cast<int64_t>(zp);
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
+    const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, double averaging,
+    int64_t axis, int64_t qmin, int64_t qmax, bool symmetric, bool is_signed, bool power_of_two,
+    double eps, int64_t bits, bool compute) {
+  const at::Tensor none;
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.numel() == 0 ||
+      min_val.scalar_type() != at::kFloat || max_val.scalar_type() != at::kFloat ||
+      !min_val.device().is_cpu())
+    return {none, none, kUntouched};
+  at::Tensor lo, hi;
+  if (axis < 0) {
+    std::tie(lo, hi) = at::aminmax(x);
+  } else {
+    const int64_t c = x.size(axis);
+    std::tie(lo, hi) = channel_aminmax(x.movedim(axis, 0).reshape({c, -1}));
+  }
+  if (!all_finite(lo, hi) || min_val.sizes() != lo.sizes()) return {none, none, kUntouched};
+  if (averaging < 0) {  // MinMaxObserver._combine
+    at::minimum_out(min_val, min_val, lo);
+    at::maximum_out(max_val, max_val, hi);
+  } else if (!has_stats(min_val, max_val)) {  // MovingAverageMinMaxObserver: first batch
+    min_val.copy_(lo);
+    max_val.copy_(hi);
+  } else {
+    min_val.add_(at::sub(lo, min_val), averaging);
+    max_val.add_(at::sub(hi, max_val), averaging);
+  }
+  if (!compute || power_of_two || !has_stats(min_val, max_val)) return {none, none, kObservedOnly};
+  if (axis < 0) {
+    float s32;
+    int64_t zp;
+    if (!choose_scalar(min_val.item<double>(), max_val.item<double>(), qmin, qmax, symmetric,
+                       is_signed, eps, &s32, &zp))
+      return {none, none, kObservedOnly};
+    return {at::scalar_tensor(s32, x.options()),
+            at::scalar_tensor(zp, x.options().dtype(at::kInt)), kDone};
+  }
+  // choose_qparams' float32 path: symmetric signed grids of at most 24 bits, normal eps
+  const double min_normal = 1.1754943508222875e-38, max_normal = 3.4028234663852886e+38;
+  if (!(symmetric && is_signed && bits <= 24 && eps >= min_normal && eps <= max_normal))
+    return {none, none, kObservedOnly};
+  at::Tensor scale = at::maximum(min_val.neg(), max_val).clamp_min_(0.0).div_(qmax);
+  scale.clamp_min_(eps);
+  return {scale, at::zeros(scale.sizes(), scale.options().dtype(at::kInt)), kDone};
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -413,6 +522,9 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("fake_quant_ste(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
         "bool reciprocal) -> Tensor");
   m.def("channel_divide(Tensor y, Tensor d) -> Tensor");
+  m.def("observe_qparams(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float averaging, "
+        "int axis, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
+        "float eps, int bits, bool compute) -> (Tensor, Tensor, int)");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -422,6 +534,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("div_channel_backward", &div_channel_backward);
   m.impl("fake_quant_ste", &fake_quant_ste_cpu);
   m.impl("channel_divide", &channel_divide_cpu);
+  m.impl("observe_qparams", &observe_qparams);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {

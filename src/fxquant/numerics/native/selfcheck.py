@@ -148,11 +148,49 @@ def _check_autograd_ops(fq_ste, divide, gen) -> str | None:
     return None
 
 
+def _reference_qparams(lo, hi, qmin, qmax, symmetric):
+    """The float64 arithmetic of ``choose_qparams`` (signed grids) on one range."""
+    lo64, hi64 = lo.double().clamp(max=0.0), hi.double().clamp(min=0.0)
+    if symmetric:
+        scale, zp = torch.maximum(-lo64, hi64) / qmax, torch.zeros_like(lo64)
+        scale = scale.clamp(min=2.0**-23)
+    else:
+        scale = ((hi64 - lo64) / (qmax - qmin)).clamp(min=2.0**-23)
+        zp = (qmin - torch.round(lo64 / scale)).clamp(qmin, qmax)
+    return scale.float().clamp(min=2.0**-23), zp.int()
+
+
+def _check_observe(observe, gen) -> str | None:
+    """Running and moving-average statistics and the qparams of the new range."""
+    for averaging in (-1.0, 0.01):
+        for symmetric in (True, False):
+            mn, mx = torch.tensor(float("inf")), torch.tensor(float("-inf"))
+            ref_mn, ref_mx = mn.clone(), mx.clone()
+            for step in range(3):
+                x = torch.randn(500, generator=gen) * (step + 1) + 0.3
+                s, z, status = observe(x, mn, mx, averaging, -1, -128, 127, symmetric, True,
+                                       False, 2.0**-23, 8, True)
+                lo, hi = torch.aminmax(x)
+                if averaging < 0:
+                    ref_mn, ref_mx = torch.minimum(ref_mn, lo), torch.maximum(ref_mx, hi)
+                elif step == 0:
+                    ref_mn, ref_mx = lo.clone(), hi.clone()
+                else:
+                    ref_mn.add_(lo - ref_mn, alpha=averaging)
+                    ref_mx.add_(hi - ref_mx, alpha=averaging)
+                rs, rz = _reference_qparams(ref_mn, ref_mx, -128, 127, symmetric)
+                if status != 0 or not (_same_bits(mn, ref_mn) and _same_bits(mx, ref_mx)
+                                       and _same_bits(s, rs) and torch.equal(z, rz)):
+                    return f"observe_qparams averaging={averaging} symmetric={symmetric}"
+    return None
+
+
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
-    fq, masked_grad, hist, divb, fq_ste, divide = ops
+    fq, masked_grad, hist, divb, fq_ste, divide, observe = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
                    or _check_div_backward(divb, gen))
+        problem = problem or _check_observe(observe, gen)
     return problem or _check_autograd_ops(fq_ste, divide, gen)
