@@ -17,9 +17,9 @@ from ..numerics import (
     fake_quantize_lsq,
     fake_quantize_ste,
     granularity_from_axis,
+    native,
     qint8,
 )
-from ..numerics import native
 from ..observers import FixedScaleObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer
 from .state import FakeQuantState
 
