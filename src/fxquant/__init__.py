@@ -8,7 +8,6 @@ Typical flow::
 """
 
 from .algorithms import (
-    AutoQuant,
     Relu6Policy,
     adaround,
     bias_correction,
@@ -17,9 +16,11 @@ from .algorithms import (
     fold_bn,
     reconstruct,
 )
-from .backends import PROFILES, BackendProfile, Placement, get_profile
+from .autoquant import AutoQuant
+from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
+from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
 from .errors import (
     CaptureError,
     CheckpointError,
@@ -36,6 +37,7 @@ from .export import (
     VerifyReport,
     export_encodings,
     export_onnx,
+    export_quantsim_config,
     load_encodings,
     verify,
 )
@@ -44,6 +46,7 @@ from .fake_quant import (
     FakeQuantState,
     LearnableFakeQuantize,
     QuantizerError,
+    QuantizerSpec,
     fake_quantize_state,
     set_fake_quantize,
 )
@@ -88,8 +91,7 @@ from .qconfig import (
     sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
     sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "prepare",
@@ -113,15 +115,20 @@ __all__ = [
     "VerifyReport",
     "export_encodings",
     "load_encodings",
+    "export_quantsim_config",
     "convert",
     "ConvertedModel",
     "ConvertError",
     "FakeQuantize",
     "LearnableFakeQuantize",
+    "QuantizerSpec",
     "FakeQuantState",
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "set_distributed_sync",
+    "no_distributed_sync",
+    "sync_observers",
     "QConfig",
     "FLOAT",
     "get_qconfig",
@@ -158,6 +165,7 @@ __all__ = [
     "ScaleMath",
     "BackendProfile",
     "Placement",
+    "Runtime",
     "PROFILES",
     "get_profile",
     "FxquantError",

@@ -44,7 +44,8 @@ from ..numerics import QDType
 from .atomic import write_bytes_atomic
 from .naming import quantized_tensor_name
 
-__all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings"]
+__all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings",
+           "read_encodings"]
 
 ENCODING_VERSIONS = ("0.6.1", "1.0.0")
 
@@ -79,18 +80,15 @@ def _slots(qmodel: nn.Module) -> dict[str, _Slot]:
 
 def _full_qmin(dtype: QDType) -> int:
     """Lowest code of ``dtype``'s full grid (narrow range ignored)."""
-    return -(1 << (dtype.bits - 1)) if dtype.signed else 0
+    return dtype.narrow(False).qmin
 
 
 def _qparams(fq: FakeQuantize) -> tuple[list[float], list[int]]:
-    """The scales (exact float32 values) and integer zero points the quantizer uses."""
-    scale = fq.scale.detach()
-    zp = fq.zero_point.detach()
-    if isinstance(fq, LearnableFakeQuantize):  # what its forward uses
-        scale = scale.clamp(min=fq.eps)
-        zp = torch.round(zp).clamp(fq.dtype.qmin, fq.dtype.qmax)
-    scales = scale.to(torch.float32).cpu().reshape(-1).tolist()
-    zps = [int(v) for v in zp.cpu().reshape(-1).tolist()]
+    """The scales (exact float32 values) and integer zero points the quantizer applies
+    (:meth:`~fxquant.FakeQuantize.qparams`)."""
+    qp = fq.qparams()
+    scales = qp.scale.cpu().reshape(-1).tolist()
+    zps = [int(v) for v in qp.zero_point.cpu().reshape(-1).tolist()]
     return scales, zps
 
 
@@ -449,7 +447,7 @@ def _plan(
         )
         return None
     if sym:
-        mid = 0 if dtype.signed else (dtype.qmin + dtype.qmax + 1) // 2
+        mid = dtype.symmetric_zero_point
         if any(z != mid for z in zps):
             if strict:
                 problems.append(
@@ -544,3 +542,15 @@ def load_encodings(
         fq.calibrated.fill_(True)
         fq._dirty = False  # the loaded values win over anything observed before
     return qmodel
+
+
+def read_encodings(path: str | os.PathLike) -> list[_FileEncoding]:
+    """Every tensor entry of an AIMET / QNN encodings file, validated but not applied to a
+    model (what ``fxquant inspect`` prints).
+
+    Each entry has ``name``, ``is_float``, ``bitwidth``, ``symmetric``, ``scales`` and
+    ``offsets`` (one per channel, AIMET's unsigned convention ``x = (q + offset) * scale``)
+    and ``narrow_grid`` (0.6.1 strict-symmetric grids of ``2^bw - 2`` steps).  A file that
+    cannot be read raises :class:`EncodingsError` naming it.
+    """
+    return _read(path, {})
