@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .affine import (
     ScaleMath,
     fake_quantize_inplace_path,
     fake_quantize_reference,
     fast_path_applies,
 )
-from . import native
 from .dtypes import QDType
 from .fused import fused_fake_quantize
 
