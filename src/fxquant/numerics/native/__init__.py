@@ -42,6 +42,7 @@ import os
 import pathlib
 import platform
 import sys
+import time
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -162,20 +163,29 @@ def _library_path(folder: pathlib.Path) -> pathlib.Path:
     return folder / f"{LIB_NAME}.so"
 
 
-def build(verbose: bool = False) -> pathlib.Path:
+def build(verbose: bool = False, force: bool = False) -> pathlib.Path:
     """Compile the kernels for this environment (if not done yet); returns the library path.
 
-    Raises whatever the compiler raised; a failure is also recorded so that later processes do
-    not try again (delete the build folder to retry).
+    Raises whatever the compiler raised; a compiler failure is also recorded so that later
+    processes do not try again (``force=True``, or ``python -m fxquant.numerics.native
+    --force``, tries again).  A missing ``ninja`` is not recorded: installing it is enough.
     """
-    from torch.utils import cpp_extension  # optional machinery: g++ and ninja
+    # imported here: cpp_extension imports setuptools, needed only to build
+    from torch.utils import cpp_extension
 
     folder = build_dir()
     lib = _library_path(folder)
-    if lib.exists():
-        return lib
-    folder.mkdir(parents=True, exist_ok=True)
     failed = folder / "FAILED"
+    if force:
+        failed.unlink(missing_ok=True)
+    if _built(folder):
+        return lib
+    cpp_extension.verify_ninja_availability()  # RuntimeError, not recorded
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"  # torch's build lock: left behind by a killed build, it would hang
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
     try:
         cpp_extension.load(
             name=LIB_NAME,
@@ -190,7 +200,16 @@ def build(verbose: bool = False) -> pathlib.Path:
         failed.write_text(f"{type(exc).__name__}: {exc}")
         raise
     failed.unlink(missing_ok=True)
+    (folder / "OK").write_text(torch.__version__)  # the library is complete
     return lib
+
+
+STALE_LOCK_SECONDS = 900
+"""A build lock older than this is left over from a killed build (a build takes ~1 minute)."""
+
+
+def _built(folder: pathlib.Path) -> bool:
+    return (folder / "OK").exists() and _library_path(folder).exists()
 
 
 def _load() -> None:
@@ -203,7 +222,7 @@ def _load() -> None:
                                + failed.read_text().strip().splitlines()[0][:200])
         lib = _library_path(folder)
         if not hasattr(torch.ops, LIB_NAME) or not hasattr(torch.ops.fxquant_native, "fake_quant"):
-            if not lib.exists():
+            if not _built(folder):
                 _log.warning("fxquant: building native CPU kernels once for this environment "
                              "(about a minute) in %s", folder)
                 build()
