@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fxquant demo
 
 test: $(STAMP) browser
+	$(PYTHON) -m fxquant.numerics.native  # (re)builds the native kernels if their source changed
 	$(PYTHON) -m pytest -n 2 -q
 
 # headless Chromium renders the HTML report in tests/debug (Debian package; best effort: the test

@@ -314,3 +314,22 @@ def test_traced_and_subclassed_tensors_take_the_pure_torch_path():
     s, z = torch.tensor(0.1), torch.tensor(0, dtype=torch.int32)
     assert native.fake_quant(x, s, z, qint8, None, False, True) is None
     assert native.fake_quant(x.as_subclass(torch.Tensor), s, z, qint8, None, False, True)
+
+
+def test_double_backward_takes_differentiable_operations():
+    """create_graph=True: the first gradient stays differentiable, as with the Python path."""
+    from fxquant.numerics import fake_quantize_ste
+
+    x = torch.randn(4, 6) * 2
+    s, z = torch.tensor(0.1), torch.tensor(0, dtype=torch.int32)
+    results = []
+    for on in (True, False):
+        xa = x.clone().requires_grad_(True)
+        w = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        with native.native_kernels(on):
+            y = fake_quantize_ste(xa, s, z, qint8)
+            (gx,) = torch.autograd.grad((y * w).sum(), xa, create_graph=True)
+            gx.square().sum().backward()
+        results.append((gx.detach(), w.grad))
+    assert_same(results[0][0], results[1][0], "first gradient")
+    assert_same(results[0][1], results[1][1], "second-order gradient")

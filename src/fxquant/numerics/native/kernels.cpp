@@ -431,7 +431,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::Tensor grad_times_mask(const at::Tensor& grad, const at::Tensor& mask) {
-  if (grad.is_contiguous() && grad.sizes() == mask.sizes() &&
+  // a gradient that requires grad (create_graph=True) takes differentiable ATen operations
+  if (!grad.requires_grad() && grad.is_contiguous() && grad.sizes() == mask.sizes() &&
       (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble))
     return masked_grad(grad, mask);
   return grad * mask;  // same bits: the bool promotes to 0.0 / 1.0
@@ -484,7 +485,8 @@ class ChannelDivide : public torch::autograd::Function<ChannelDivide> {
     if (!g.defined()) return {at::Tensor(), at::Tensor()};
     if (!need_d) return {need_y ? at::div(g, d) : at::Tensor(), at::Tensor()};
     at::Tensor gy, t;
-    const bool fused = g.is_contiguous() && out.is_contiguous() && g.sizes() == out.sizes() &&
+    const bool fused = !g.requires_grad() && g.is_contiguous() && out.is_contiguous() &&
+                       g.sizes() == out.sizes() &&
                        g.dim() >= 2 && g.scalar_type() == out.scalar_type() &&
                        d.scalar_type() == out.scalar_type() && d.numel() == g.size(1) &&
                        (g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble) &&
