@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
-__all__ = ["Placement", "BackendProfile", "PROFILES", "get_profile"]
+__all__ = ["Placement", "FixedOutput", "BackendProfile", "PROFILES", "get_profile",
+           "op_type_key"]
 
 
 class Placement(enum.Enum):
@@ -26,6 +27,29 @@ class Placement(enum.Enum):
 
     OUTPUTS = "outputs"
     WEIGHTED_INPUTS = "weighted_inputs"
+
+
+def op_type_key(op_type: str) -> str:
+    """How profiles name op types: lower case without underscores (``Softmax`` / ``softmax``,
+    ``AvgPool2d`` / ``avg_pool2d`` -> ``avgpool2d``)."""
+    return op_type.lower().replace("_", "")
+
+
+@dataclass(frozen=True)
+class FixedOutput:
+    """A runtime's fixed output grid for some op types (TFLite: SOFTMAX / LOGISTIC int8 output
+    scale 1/256, zero point -128).
+
+    Attributes:
+        op_types: op types (:func:`op_type_key` form: ``softmax``, ``sigmoid``).
+        bits: the activation width this grid is for (8 or 16).
+        scale / zero_point: the grid.
+    """
+
+    op_types: frozenset[str]
+    bits: int
+    scale: float
+    zero_point: int
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,12 @@ class BackendProfile:
         float_input_ops: ops (by function name, e.g. ``softmax``) whose input stays float: no
             quantizer right before them, so the runtime runs them in float instead of an
             approximate integer kernel (ONNX Runtime's QLinearSoftmax rounds its table down).
+        fixed_outputs: output grids the runtime fixes for some op types (prepare gives those
+            ops a fixed-scale output quantizer whatever the qconfig's observer).
+        same_grid_ops: op types whose integer kernel writes its input's grid (TFLite's average
+            pooling and resizing): prepare gives the output the input's quantizer.
+        shared_grid_ops: op types whose inputs and output must share one grid (TFLite's
+            concatenation): prepare makes their quantizers one.
         max_qdq_bits: widest activation grid exported as QuantizeLinear / DequantizeLinear;
             wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
             Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
@@ -69,6 +99,15 @@ class BackendProfile:
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
     max_qdq_bits: int = 16
+    fixed_outputs: tuple[FixedOutput, ...] = ()
+    same_grid_ops: frozenset[str] = frozenset()
+    shared_grid_ops: frozenset[str] = frozenset()
+
+    def fixed_output(self, op_type: str, bits: int) -> FixedOutput | None:
+        """The fixed output grid of ``op_type`` at ``bits`` (``None``: free)."""
+        key = op_type_key(op_type)
+        return next((f for f in self.fixed_outputs if key in f.op_types and f.bits == bits),
+                    None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -78,6 +117,18 @@ class BackendProfile:
                 f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}"
             )
 
+
+# TFLite's integer kernels fix these output grids (LiteRT refuses other scales): int8
+# SOFTMAX / LOGISTIC 1/256 zp -128, TANH 1/128 zp 0, LOG_SOFTMAX 16/256 zp 127; 16x8: 1/32768
+# zp 0 (TANH / LOGISTIC / SOFTMAX)
+_SIGMOID = frozenset({"softmax", "sigmoid"})
+_TANH = frozenset({"tanh"})
+TFLITE_FIXED_OUTPUTS = (
+    FixedOutput(_SIGMOID, 8, 1.0 / 256.0, -128),
+    FixedOutput(_TANH, 8, 1.0 / 128.0, 0),
+    FixedOutput(frozenset({"logsoftmax"}), 8, 16.0 / 256.0, 127),
+    FixedOutput(_SIGMOID | _TANH, 16, 1.0 / 32768.0, 0),
+)
 
 # x86 / fbgemm: activations quint8 with reduce_range (codes 0..127) so that u8*s8 pair sums
 # cannot saturate vpmaddubsw on AVX2 CPUs; weights per-channel qint8; torch kernels multiply by
@@ -136,6 +187,19 @@ PROFILES: dict[str, BackendProfile] = {
             requantize_before_add=False,
             float_input_ops=frozenset({"mean"}),
             max_qdq_bits=8,
+        ),
+        # LiteRT / TFLite: int8 asymmetric activations, symmetric narrow-range per-channel int8
+        # weights, int32 bias (int64 for 16x8, whose int16 activations are symmetric)
+        BackendProfile(
+            "tflite",
+            activation_dtype=qint8,
+            weight_dtype=qint8.narrow(),
+            activation_symmetric=False,
+            int32_bias=True,
+            fixed_outputs=TFLITE_FIXED_OUTPUTS,
+            same_grid_ops=frozenset({"avgpool1d", "avgpool2d", "interpolate", "upsample",
+                                     "upsamplingnearest2d", "upsamplingbilinear2d"}),
+            shared_grid_ops=frozenset({"cat", "concat", "concatenate"}),
         ),
         BackendProfile(
             "tensorrt",

@@ -47,6 +47,7 @@ from .patterns import (
     function_name,
 )
 from .plan import plan_placement
+from .profile_rules import fix_outputs, share_grids
 from .report import REPORT_KEY, OpRecord, PrepareReport
 
 __all__ = ["prepare", "as_input_tuple"]
@@ -177,6 +178,8 @@ def _prepare_graph(
             qconfigs[n] = None
         else:
             qconfigs[n] = resolve_qconfig(setters, info, ctx)
+    op_types = {n: info.op_type for n, info in infos.items()}
+    fix_outputs(qconfigs, op_types, profile)
     for n, info in infos.items():
         report.ops[info.name] = OpRecord(
             info.name,
@@ -206,10 +209,22 @@ def _prepare_graph(
         path = attach(gm, names[consumer], f"input_fake_quant_{i}", vq.factory(), f"{op}.input_{i}")
         insert_on_edge(gm, value, consumer, path)
         report.ops[op].quantizers[f"input_{i}"] = path_prefix + path
+    _share_grids(gm, kinds, op_types, profile, report, path_prefix)
     _explain_float(report, shown, kinds, qconfigs, plan)
     gm.graph.lint()
     gm.recompile()
     return shown
+
+
+def _share_grids(gm, kinds, op_types, profile, report, path_prefix) -> None:
+    """Profile grid-sharing rules (:mod:`.profile_rules`): aliased quantizers, report updated."""
+    moved = share_grids(gm, kinds, op_types, profile)
+    for old, new in moved.items():
+        gm.delete_submodule(old)
+        for rec in report.ops.values():
+            for role, path in rec.quantizers.items():
+                if path == path_prefix + old:
+                    rec.quantizers[role] = path_prefix + new
 
 
 def _prepare_islands(
