@@ -3,6 +3,13 @@
 A :class:`BackendProfile` fixes the defaults a template setter uses: dtypes, symmetry,
 granularity, narrow range, scale rounding (:class:`~fxquant.numerics.ScaleMath`) and where
 activation quantizers are placed (:class:`Placement`).  Setters can still override any op.
+
+A profile that names a ``runtime`` also lists the patterns that runtime runs as one integer
+kernel (:class:`FusedKernel`, e.g. ONNX Runtime's ``DQ -> Conv -> Q`` = ``QLinearConv``): in eval
+mode a prepared model computes exactly those ops with the runtime's integer arithmetic
+(:mod:`fxquant.graph.simulation`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
+the QDQ files :func:`fxquant.export_onnx` writes (``tests/graph/test_simulation_ort.py`` checks
+it against ORT's optimized graph, and :func:`fxquant.verify` warns where they disagree).
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from dataclasses import dataclass
 
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
-__all__ = ["Placement", "BackendProfile", "PROFILES", "get_profile"]
+__all__ = ["Placement", "KernelOp", "FusedKernel", "BackendProfile", "PROFILES", "get_profile",
+           "ORT_KERNELS"]
 
 
 class Placement(enum.Enum):
@@ -26,6 +34,77 @@ class Placement(enum.Enum):
 
     OUTPUTS = "outputs"
     WEIGHTED_INPUTS = "weighted_inputs"
+
+
+class KernelOp(enum.Enum):
+    """What a fused integer kernel computes (matched on the prepared graph).
+
+    CONV: a weight-quantized ``Conv1d/2d/3d`` (ConvBn included).
+    LINEAR: a weight-quantized ``Linear`` / ``F.linear``.
+    MATMUL: ``@`` / ``torch.matmul`` of two quantized tensors.
+    ADD / MUL: ``+`` / ``*`` of two quantized tensors.
+    GLOBAL_AVG_POOL: adaptive average pooling to size 1.
+    AVG_POOL: ``avg_pool1d/2d/3d`` (``AvgPool`` modules).
+    SIGMOID: ``sigmoid``.
+    """
+
+    CONV = "conv"
+    LINEAR = "linear"
+    MATMUL = "matmul"
+    ADD = "add"
+    MUL = "mul"
+    GLOBAL_AVG_POOL = "global_avg_pool"
+    AVG_POOL = "avg_pool"
+    SIGMOID = "sigmoid"
+
+
+@dataclass(frozen=True)
+class FusedKernel:
+    """One pattern a runtime runs as a single integer kernel.
+
+    The pattern is ``DQ(inputs) -> op -> [relu / clip] -> Q``: every tensor input comes from a
+    per-tensor quantizer of at most ``max_bits`` bits (through pure data movement such as
+    reshape or max pooling), and -- with ``quantized_output`` -- the op's only consumer is a
+    per-tensor output quantizer (clipping activations in between are absorbed when the output
+    grid already implies them, as ORT's Relu / Clip + QuantizeLinear fusion requires).
+
+    Attributes:
+        op: what the kernel computes.
+        kernel: the runtime's name for it (``QLinearConv``, ``QGemm`` ...).
+        input_ndim: only for inputs of this rank (``None``: any rank); the first matching entry
+            of a profile's table wins.
+        quantized_output: the output quantizer is part of the kernel; ``False``: the kernel
+            returns float (``MatMulIntegerToFloat``) and its consumers run as they are.
+        max_bits: the widest activation grid the kernel takes.
+    """
+
+    op: KernelOp
+    kernel: str
+    input_ndim: int | None = None
+    quantized_output: bool = True
+    max_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, KernelOp):
+            raise TypeError(f"FusedKernel.op must be a KernelOp, got {self.op!r}")
+
+
+ORT_KERNELS: tuple[FusedKernel, ...] = (
+    FusedKernel(KernelOp.CONV, "QLinearConv"),
+    # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add
+    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndim=2),
+    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", quantized_output=False),
+    FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
+    FusedKernel(KernelOp.ADD, "QLinearAdd"),
+    FusedKernel(KernelOp.MUL, "QLinearMul"),
+    FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
+    FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
+    FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
+)
+"""ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
+kernels in files written by :func:`fxquant.export_onnx` (``QLinearConcat`` and
+``QLinearLeakyRelu`` are fused too, but their lookup tables compute exactly what the float
+simulation computes, so they need no kernel of their own)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +132,9 @@ class BackendProfile:
             wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
             Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
             16-bit Q/DQ through its 8-bit path).
+        runtime: the runtime whose integer arithmetic the model computes in eval mode
+            (``"onnxruntime"``; ``None``: the float simulation, no runtime arithmetic).
+        kernels: the patterns ``runtime`` runs as fused integer kernels, in priority order.
     """
 
     name: str
@@ -69,6 +151,8 @@ class BackendProfile:
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
     max_qdq_bits: int = 16
+    runtime: str | None = None
+    kernels: tuple[FusedKernel, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -121,6 +205,8 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             int32_bias=True,
             float_input_ops=frozenset({"softmax", "log_softmax"}),
+            runtime="onnxruntime",
+            kernels=ORT_KERNELS,
         ),
         # OpenVINO CPU: u8 activations / i8 per-channel weights like ORT; conv + residual add
         # become one kernel with a sum post-op, so the conv output is not requantized.  Its

@@ -343,7 +343,7 @@ class _IntegerAdd(nn.Module):
         qb = torch.round(b / self.b_scale) + self.b_zp
         v = ort_math.qlinear_add(qa, self.a_scale, self.a_zp, qb, self.b_scale, self.b_zp,
                                  self.out_scale, self.out_zp)
-        return (v - self.out_zp) * self.out_scale
+        return (torch.round(v) - self.out_zp) * self.out_scale  # ORT rounds v + zp
 
 
 # binary ops: kernel -> (functions, method name, emulator); both inputs must be quantized

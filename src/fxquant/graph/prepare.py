@@ -48,6 +48,7 @@ from .patterns import (
 )
 from .plan import plan_placement
 from .report import REPORT_KEY, OpRecord, PrepareReport
+from .simulation import install as install_simulation
 
 __all__ = ["prepare", "as_input_tuple"]
 
@@ -130,7 +131,7 @@ def prepare(
     _prepare_islands(gm, islands, setters, profile, leaf_modules, skip, fold_bn, report)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
-    return gm
+    return install_simulation(gm)
 
 
 def _prepare_graph(
