@@ -1,8 +1,10 @@
 """Backend profiles (dtypes, symmetry, granularity, placement) as data."""
 
 from .profiles import (
+    ORT_EXACT_IN_FLOAT,
     ORT_KERNELS,
     PROFILES,
+    RUNTIME_KERNELS,
     BackendProfile,
     FusedKernel,
     KernelOp,
@@ -18,4 +20,6 @@ __all__ = [
     "KernelOp",
     "FusedKernel",
     "ORT_KERNELS",
+    "ORT_EXACT_IN_FLOAT",
+    "RUNTIME_KERNELS",
 ]

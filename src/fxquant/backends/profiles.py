@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
 __all__ = ["Placement", "KernelOp", "FusedKernel", "BackendProfile", "PROFILES", "get_profile",
-           "ORT_KERNELS"]
+           "ORT_KERNELS", "ORT_EXACT_IN_FLOAT", "RUNTIME_KERNELS"]
 
 
 class Placement(enum.Enum):
@@ -46,6 +46,7 @@ class KernelOp(enum.Enum):
     GLOBAL_AVG_POOL: adaptive average pooling to size 1.
     AVG_POOL: ``avg_pool1d/2d/3d`` (``AvgPool`` modules).
     SIGMOID: ``sigmoid``.
+    MEAN: ``mean`` over the trailing dimensions (e.g. ``x.mean((2, 3))``).
     """
 
     CONV = "conv"
@@ -56,6 +57,7 @@ class KernelOp(enum.Enum):
     GLOBAL_AVG_POOL = "global_avg_pool"
     AVG_POOL = "avg_pool"
     SIGMOID = "sigmoid"
+    MEAN = "mean"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class FusedKernel:
         quantized_output: the output quantizer is part of the kernel; ``False``: the kernel
             returns float (``MatMulIntegerToFloat``) and its consumers run as they are.
         max_bits: the widest activation grid the kernel takes.
+        integer: an integer kernel the runtime fuses; ``False``: a float op the runtime runs with
+            float arithmetic of its own that fxquant reproduces (its input must come from a
+            quantizer, so that both start from the same values).
     """
 
     op: KernelOp
@@ -83,6 +88,7 @@ class FusedKernel:
     input_ndim: int | None = None
     quantized_output: bool = True
     max_bits: int = 8
+    integer: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.op, KernelOp):
@@ -100,11 +106,16 @@ ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
     FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
     FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
+    # not fused: a float ReduceMean, whose Eigen summation order fxquant reproduces
+    FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
 )
 """ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
-kernels in files written by :func:`fxquant.export_onnx` (``QLinearConcat`` and
-``QLinearLeakyRelu`` are fused too, but their lookup tables compute exactly what the float
-simulation computes, so they need no kernel of their own)."""
+kernels in files written by :func:`fxquant.export_onnx`."""
+
+ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
+"""ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing
+lookup tables built from float32 ``DequantizeLinear -> f -> QuantizeLinear`` with an ``f``
+(identity, ``x if x >= 0 else alpha * x``) torch computes identically."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,11 @@ PROFILES: dict[str, BackendProfile] = {
         ),
     )
 }
+
+
+RUNTIME_KERNELS: dict[str, tuple[FusedKernel, ...]] = {"onnxruntime": ORT_KERNELS}
+"""Runtime name -> the patterns it fuses (for verifying a model against a runtime other than its
+profile's)."""
 
 
 def get_profile(backend: str | BackendProfile) -> BackendProfile:

@@ -50,7 +50,7 @@ from torch import nn
 from torch.fx.graph import CodeGen
 
 from .. import nn as qnn
-from ..backends import FusedKernel, KernelOp
+from ..backends import RUNTIME_KERNELS, FusedKernel, KernelOp
 from ..errors import ConfigError
 from ..fake_quant import FakeQuantize
 from ..numerics import ScaleMath
@@ -60,6 +60,7 @@ from ..runtime_math import (
     BinaryKernel,
     GlobalAvgPoolKernel,
     LookupKernel,
+    MeanKernel,
     RuntimeKernel,
     WeightedKernel,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "simulation",
     "float_simulation",
     "runtime_plan",
+    "runtime_simulation",
     "install",
     "SIMULATION_KEY",
 ]
@@ -202,7 +204,9 @@ class _Runtime:
     plan: RuntimePlan
 
 
-_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, _Runtime] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[str, _Runtime]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _runtime_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
@@ -212,7 +216,7 @@ def _runtime_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
     report = gm.meta.get(REPORT_KEY)
     if report is None or not report.profile.kernels or _tracing(args, kwargs):
         return _FLOAT
-    rt = _runtime(gm)
+    rt = _runtime(gm, report.profile.runtime or "", report.profile.kernels)
     if rt.module is None:
         return _FLOAT
     return rt.module(*args, **kwargs)
@@ -223,14 +227,15 @@ def _fetch(root: nn.Module, target: str) -> Any:
     return getattr(root.get_submodule(owner) if owner else root, attr)
 
 
-def _runtime(gm: fx.GraphModule) -> _Runtime:
-    rt = _CACHE.get(gm)
+def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...]) -> _Runtime:
+    per_model = _CACHE.setdefault(gm, {})
+    rt = per_model.get(runtime)
     if rt is not None and (rt.code is gm.code or rt.code == gm.code) and all(
         _fetch(gm, t) is obj for t, obj in rt.objects
     ):
         return rt
-    rt = _build(gm)
-    _CACHE[gm] = rt
+    rt = _build(gm, runtime, kernels)
+    per_model[runtime] = rt
     return rt
 
 
@@ -297,12 +302,16 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
         return KernelOp.GLOBAL_AVG_POOL if _all_ones(size) else None
     if n.op == "call_function" and n.target in _AVG_POOL_FUNCTIONS:
         return KernelOp.AVG_POOL
+    if n.op == "call_function" and n.target is F.linear:
+        return KernelOp.LINEAR
     if n.op in ("call_function", "call_method"):
         name = function_name(n.target)
         if name in _BINARY:
             return _BINARY[name]
         if name == "sigmoid":
             return KernelOp.SIGMOID
+        if name == "mean":
+            return KernelOp.MEAN
     return None
 
 
@@ -333,16 +342,32 @@ def _per_tensor(fq: FakeQuantize, bits: int) -> str | None:
     return None
 
 
-def _input_quantizer(gm: fx.GraphModule, v: Any, bits: int) -> tuple[FakeQuantize | None, str]:
+def _dynamic(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that depend on a model input (the others are constants the exporter folds)."""
+    out: set[fx.Node] = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" or any(a in out for a in n.all_input_nodes):
+            out.add(n)
+    return out
+
+
+def _input_quantizer(gm: fx.GraphModule, v: Any, bits: int,
+                     dynamic: set[fx.Node]) -> tuple[FakeQuantize | None, str]:
     """The per-tensor quantizer whose grid ``v`` lies on (through pure data movement)."""
+    moved = False
     while isinstance(v, fx.Node):
         fq = _quantizer(gm, v)
         if fq is not None:
+            if moved and v not in dynamic:
+                # a quantized constant moved by reshape / slicing: the export folds it into an
+                # initializer + ops without requantizing, so the runtime fuses nothing across it
+                return None, f"quantizer {fq.name!r} of a constant reaches the op through " \
+                             "data movement"
             why = _per_tensor(fq, bits)
             return (None, why) if why else (fq, "")
         if not _is_share(gm, v) or not v.args:
             break
-        v = v.args[0]
+        v, moved = v.args[0], True
     return None, "an input does not come straight from a quantizer"
 
 
@@ -408,7 +433,7 @@ def _entry(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> FusedK
     return None
 
 
-def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel):
+def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
     """``(kernel module, tensor name source quantizer / module, why not)`` for op node ``n``."""
     op, bits = entry.op, entry.max_bits
     out_fq, clip = None, None
@@ -416,6 +441,21 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel):
         out_fq, clip, why = _output_quantizer(gm, n, bits)
         if out_fq is None:
             return None, why
+    if op is KernelOp.LINEAR and n.op == "call_function":  # F.linear(x, fq(weight), bias)
+        w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+        wfq = _quantizer(gm, w) if isinstance(w, fx.Node) else None
+        if wfq is None or wfq.dtype.bits > bits or wfq.ch_axis not in (None, 0):
+            return None, "the weight is not an 8-bit grid per output channel"
+        in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+        if in_fq is None:
+            return None, why
+        return WeightedKernel(entry.kernel, None, in_fq, out_fq, clip,
+                              float_output=not entry.quantized_output, weight_fq=wfq), ""
+    if op is KernelOp.MEAN:
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if in_fq is None:
+            return None, why
+        return MeanKernel(_fallback(gm, n), in_fq), ""
     if op in (KernelOp.CONV, KernelOp.LINEAR):
         layer = gm.get_submodule(str(n.target))
         wfq = layer.weight_fake_quant
@@ -425,7 +465,7 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel):
             return None, "the weight is not an 8-bit grid per output channel"
         if len(n.args) != 1 or n.kwargs:
             return None, "not a one-input call"
-        in_fq, why = _input_quantizer(gm, n.args[0], bits)
+        in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
         if in_fq is None:
             return None, why
         return WeightedKernel(entry.kernel, layer, in_fq, out_fq, clip,
@@ -435,14 +475,14 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel):
     if op in (KernelOp.ADD, KernelOp.MUL, KernelOp.MATMUL):
         if len(n.args) < 2 or not all(isinstance(a, fx.Node) for a in n.args[:2]):
             return None, "not an op of two tensors"
-        a_fq, why_a = _input_quantizer(gm, n.args[0], bits)
-        b_fq, why_b = _input_quantizer(gm, n.args[1], bits)
+        a_fq, why_a = _input_quantizer(gm, n.args[0], bits, dynamic)
+        b_fq, why_b = _input_quantizer(gm, n.args[1], bits, dynamic)
         if a_fq is None or b_fq is None:
             return None, why_a or why_b
         return BinaryKernel(entry.kernel, fallback, a_fq, b_fq, out_fq, clip), ""
     if not n.args:
         return None, "no input"
-    in_fq, why = _input_quantizer(gm, n.args[0], bits)
+    in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
     if in_fq is None:
         return None, why
     if clip is not None:
@@ -487,12 +527,11 @@ def _quantizer_ops(report) -> dict[str, str]:
     return names
 
 
-def _build(gm: fx.GraphModule) -> _Runtime:
+def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> _Runtime:
     report = get_report(gm)
-    profile = report.profile
     code = gm.code
-    plan = RuntimePlan(profile.runtime)
-    if not profile.kernels:
+    plan = RuntimePlan(runtime or None)
+    if not table:
         return _Runtime(code, [], None, plan)
     paths = {id(m): p for p, m in gm.named_modules()}
     names = _quantizer_ops(report)
@@ -500,18 +539,23 @@ def _build(gm: fx.GraphModule) -> _Runtime:
     val_map: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, val_map))
     kernels: dict[str, RuntimeKernel] = {}
+    dynamic = _dynamic(gm.graph)
     for n in list(gm.graph.nodes):
         op = _kernel_op(gm, n)
-        entry = None if op is None else _entry(profile.kernels, op, n)
+        entry = None if op is None else _entry(table, op, n)
         if entry is None:
             continue
-        kernel, why = _make_kernel(gm, n, entry)
+        kernel, why = _make_kernel(gm, n, entry, dynamic)
         if kernel is None:
             plan.skipped[_op_name(gm, n, names, paths)] = f"{entry.kernel}: {why}"
             continue
         # the tensor the kernel produces: its output quantizer's, or (float output) the op's
-        owner = kernel.quantizers[-1] if entry.quantized_output else kernel.quantizers[1]
-        tensor = names.get(paths.get(id(owner), ""), n.name)
+        if entry.quantized_output:
+            tensor = names.get(paths.get(id(kernel.quantizers[-1]), ""), n.name)
+        elif isinstance(kernel, WeightedKernel):
+            tensor = names.get(paths.get(id(kernel.wfq), ""), n.name)
+        else:
+            tensor = _op_name(gm, n, names, paths)
         target = f"_fxquant_kernel_{len(kernels)}"
         kernels[target] = kernel
         plan.kernels[tensor] = entry.kernel
@@ -521,14 +565,16 @@ def _build(gm: fx.GraphModule) -> _Runtime:
         new.replace_all_uses_with(call)
         graph.erase_node(new)
     if not kernels:
-        return _Runtime(code, [], None, plan)
+        objects = [(str(n.target), _fetch(gm, str(n.target))) for n in gm.graph.nodes
+                   if n.op in ("call_module", "get_attr")]
+        return _Runtime(code, objects, None, plan)
+    # every module / attribute the model's graph reads: a replaced one invalidates the build
+    objects = [(str(n.target), _fetch(gm, str(n.target))) for n in gm.graph.nodes
+               if n.op in ("call_module", "get_attr")]
     root: dict[str, Any] = dict(kernels)
-    objects: list[tuple[str, Any]] = []
     for n in graph.nodes:
         if n.op in ("call_module", "get_attr") and n.target not in kernels:
-            obj = _fetch(gm, str(n.target))
-            root[str(n.target)] = obj
-            objects.append((str(n.target), obj))
+            root[str(n.target)] = _fetch(gm, str(n.target))
     graph.lint()
     module = fx.GraphModule(root, graph, "RuntimeSimulation")
     module.eval()
@@ -551,9 +597,27 @@ def runtime_plan(qmodel: nn.Module) -> RuntimePlan:
     do not (ops the runtime might fuse whose pattern does not match: a float input, a 16-bit
     grid, a second consumer ...).  Per call, a kernel may still fall back while its quantizers
     are not settled (calibration, QAT still observing)."""
+    return runtime_simulation(qmodel)[1]
+
+
+def runtime_simulation(
+    qmodel: nn.Module, runtime: str | None = None
+) -> tuple[nn.Module | None, RuntimePlan]:
+    """A module computing ``qmodel`` with ``runtime``'s arithmetic, and its plan.
+
+    ``runtime``: default the profile's; another runtime's fused-kernel table
+    (:data:`fxquant.backends.RUNTIME_KERNELS`) serves to compare a model prepared for one target
+    with another runtime (what :func:`fxquant.verify` does).  The module shares ``qmodel``'s
+    modules and quantizers (it is not a copy: do not train it); it is ``None`` when nothing would
+    run differently from the float simulation (no runtime, an eager capture, no fused op).
+    """
     report = _report(qmodel)
+    if runtime is None:
+        name, table = report.profile.runtime, report.profile.kernels
+    else:
+        name, table = runtime, RUNTIME_KERNELS.get(runtime, ())
     if not isinstance(qmodel, fx.GraphModule):
-        return RuntimePlan(report.profile.runtime, {}, {
-            "<model>": "captured eagerly: the float simulation runs"} if report.profile.kernels
-            else {})
-    return _runtime(qmodel).plan
+        return None, RuntimePlan(name, {}, {
+            "<model>": "captured eagerly: the float simulation runs"} if table else {})
+    rt = _runtime(qmodel, name or "", table)
+    return rt.module, rt.plan

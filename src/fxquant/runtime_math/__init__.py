@@ -13,6 +13,7 @@ from .kernels import (
     BinaryKernel,
     GlobalAvgPoolKernel,
     LookupKernel,
+    MeanKernel,
     RuntimeKernel,
     WeightedKernel,
     settled,
@@ -27,5 +28,6 @@ __all__ = [
     "GlobalAvgPoolKernel",
     "AvgPoolKernel",
     "LookupKernel",
+    "MeanKernel",
     "settled",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "GlobalAvgPoolKernel",
     "AvgPoolKernel",
     "LookupKernel",
+    "MeanKernel",
     "settled",
     "LOOKUP_FUNCTIONS",
 ]
@@ -63,7 +64,7 @@ class _Grid:
     """A per-tensor quantizer's grid as the kernels use it: float32 0-d scale, int zero point,
     code bounds, and the largest ``|code - zero_point|``."""
 
-    __slots__ = ("scale", "zp", "qmin", "qmax", "bound", "qp")
+    __slots__ = ("bound", "qmax", "qmin", "qp", "scale", "zp")
 
     def __init__(self, fq: FakeQuantize) -> None:
         qp = fq.qparams()
@@ -102,9 +103,15 @@ class RuntimeKernel(nn.Module):
         self.fallback = fallback
         self.quantizers = nn.ModuleList(quantizers)
 
+    def current_quantizers(self) -> tuple[FakeQuantize, ...]:
+        """The quantizers this call reads."""
+        return tuple(self.quantizers)  # type: ignore[arg-type]
+
     def why_not(self, *args: Any, **kwargs: Any) -> str | None:
         """Why this call runs the fallback (None: it runs the runtime arithmetic)."""
-        for fq in self.quantizers:
+        for fq in self.current_quantizers():
+            if not isinstance(fq, FakeQuantize):
+                return "a quantizer was removed"
             if not settled(fq):
                 return f"quantizer {fq.name or '?'!r} is not settled ({fq.state.name})"
         return self.check(*args, **kwargs)
@@ -144,25 +151,47 @@ def _weight_and_bias(layer: nn.Module) -> tuple[Tensor, Tensor | None]:
 
 
 class WeightedKernel(RuntimeKernel):
-    """A weight-quantized conv / linear module: ``QLinearConv`` / ``QGemm`` (exact int32
-    accumulation over the codes, int32 bias, float32 requantization) or, with ``float_output``,
-    ``MatMulIntegerToFloat`` (``float32(acc) * (sx * sw)`` then the float bias add)."""
+    """A weight-quantized conv / linear: ``QLinearConv`` / ``QGemm`` (exact int32 accumulation
+    over the codes, int32 bias, float32 requantization) or, with ``float_output``,
+    ``MatMulIntegerToFloat`` (``float32(acc) * (sx * sw)`` then the float bias add).
 
-    def __init__(self, kernel: str, layer: nn.Module, in_fq: FakeQuantize,
+    ``layer``: the conv / linear module (called with the input only), or ``None`` for
+    ``F.linear(x, weight, bias)`` whose weight argument comes from ``weight_fq``.
+    """
+
+    def __init__(self, kernel: str, layer: nn.Module | None, in_fq: FakeQuantize,
                  out_fq: FakeQuantize | None, clip: tuple[float | None, float | None] | None,
-                 float_output: bool = False) -> None:
-        wfq = layer.weight_fake_quant
-        fqs = (in_fq, wfq) if out_fq is None else (in_fq, wfq, out_fq)
-        super().__init__(kernel, layer, fqs)
+                 float_output: bool = False, weight_fq: FakeQuantize | None = None) -> None:
+        fqs = (in_fq,) if out_fq is None else (in_fq, out_fq)
+        super().__init__(kernel, layer if layer is not None else torch.nn.functional.linear, fqs)
         self.layer = layer
-        self.in_fq, self.wfq, self.out_fq = in_fq, wfq, out_fq
+        self.weight_fq = weight_fq
+        self.in_fq, self.out_fq = in_fq, out_fq
         self.clip = clip
         self.float_output = float_output
-        self.is_conv = not isinstance(layer, nn.Linear)
+        self.is_conv = layer is not None and not isinstance(layer, nn.Linear)
 
-    def check(self, x: Tensor) -> str | None:
+    @property
+    def wfq(self) -> FakeQuantize:
+        """The weight quantizer (a module's is read at every call: it may be replaced)."""
+        return self.weight_fq if self.layer is None else self.layer.weight_fake_quant
+
+    def current_quantizers(self) -> tuple[FakeQuantize, ...]:
+        return (*self.quantizers, self.wfq)  # type: ignore[return-value]
+
+    def _operands(self, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(input, fake-quantized weight or None, bias)`` of this call."""
+        if self.layer is not None:
+            return args[0], None, None
+        names = ("input", "weight", "bias")
+        a = dict(zip(names, args, strict=False)) | dict(kwargs)
+        return a["input"], a["weight"], a.get("bias")
+
+    def check(self, *args: Any, **kwargs: Any) -> str | None:
         if isinstance(self.layer, qnn.ConvBnNd) and self.layer.bn.training:
             return "BatchNorm in training mode"
+        if self.layer is not None and (len(args) != 1 or kwargs):
+            return "not a one-input call"
         qp = self.wfq.qparams()
         if qp.axis not in (None, 0):
             return "weight not quantized per output channel"
@@ -170,38 +199,47 @@ class WeightedKernel(RuntimeKernel):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
-    def _bias_codes(self, b: Tensor | None, s_in: Tensor, s_c: Tensor) -> Tensor | None:
-        if b is None:
-            return None
-        codes, _ = quantize_bias(b, s_in, s_c)  # OverflowError: handled by the caller
-        return codes.double()
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        if self.why_not(x) is not None:
-            return self.fallback(x)
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        if self.why_not(*args, **kwargs) is not None:
+            return self.fallback(*args, **kwargs)
         try:
-            return self.compute(x)
+            return self.compute(*args, **kwargs)
         except OverflowError:  # int32 bias overflow: the exporter raises the weight scale
-            return self.fallback(x)
+            return self.fallback(*args, **kwargs)
 
-    def compute(self, x: Tensor) -> Tensor:
-        grid_in = _Grid(self.in_fq)
-        wqp: QParams = self.wfq.qparams()
+    def _weight_codes(self, wq: Tensor | None) -> tuple[Tensor, Tensor | None, QParams]:
+        """Centred weight codes, the float bias, the weight grid."""
+        qp: QParams = self.wfq.qparams()
+        axis = qp.axis
+        if self.layer is None:  # F.linear: the argument is already on the weight grid
+            assert wq is not None
+            s = qp.scale.to(_F32)
+            return torch.round(wq.to(_F32) / (s.reshape(-1, 1) if axis is not None else s)), \
+                None, qp
         w, b = _weight_and_bias(self.layer)
-        channels = w.shape[0]
-        axis = wqp.axis
-        codes = quantize_codes(w.to(_F32), wqp.scale, wqp.zero_point, wqp.dtype, axis,
-                               wqp.scale_math)
-        zp_w = wqp.zero_point.to(_F32)
-        codes = codes - (zp_w.reshape(-1, *([1] * (codes.dim() - 1))) if axis is not None
-                         else zp_w.reshape(()))
-        s_c = channel_scale(wqp.scale, channels)
+        codes = quantize_codes(w.to(_F32), qp.scale, qp.zero_point, qp.dtype, axis,
+                               qp.scale_math)
+        zp = qp.zero_point.to(_F32)
+        codes = codes - (zp.reshape(-1, *([1] * (codes.dim() - 1))) if axis is not None
+                         else zp.reshape(()))
+        return codes, b, qp
+
+    def compute(self, *args: Any, **kwargs: Any) -> Tensor:
+        x, wq, bias_arg = self._operands(args, kwargs)
+        grid_in = _Grid(self.in_fq)
+        codes, b, wqp = self._weight_codes(wq)
+        if self.layer is None and isinstance(bias_arg, Tensor):
+            b = bias_arg.detach()
+        s_c = channel_scale(wqp.scale, codes.shape[0])
         xc = grid_in.centred(x)
         if self.float_output:  # MatMulIntegerToFloat; the bias is a float Add after it
             acc = exact_linear(xc, codes, None, grid_in.bound)
             y = acc * (grid_in.scale * s_c)
             return y if b is None else y + b.to(_F32)
-        bias = self._bias_codes(b, grid_in.scale, s_c)
+        bias = None
+        if b is not None:
+            q, _ = quantize_bias(b, grid_in.scale, s_c)  # OverflowError: see forward
+            bias = q.double()
         assert self.out_fq is not None
         out = _Grid(self.out_fq)
         mult = ort.requantize_multiplier(grid_in.scale, s_c, out.scale)
@@ -211,7 +249,7 @@ class WeightedKernel(RuntimeKernel):
             def conv(xi: Tensor, wi: Tensor, bi: Tensor | None) -> Tensor:
                 return qnn.conv_forward(layer, xi, wi, bi)
 
-            acc = exact_conv(conv, xc, codes, bias, grid_in.bound, self.layer.groups)
+            acc = exact_conv(conv, xc, codes, bias, grid_in.bound, layer.groups)
             mult = mult.reshape(-1, *([1] * (acc.dim() - 2)))
         else:
             acc = exact_linear(xc, codes, bias, grid_in.bound)
@@ -354,6 +392,41 @@ class LookupKernel(RuntimeKernel):
                                  out.qmin, out.qmax)
         index = (g.codes(x) - g.qmin).long()
         return out.value(table[index])
+
+
+class MeanKernel(RuntimeKernel):
+    """ORT's float ``ReduceMean`` over the trailing dimensions of a quantized tensor (Eigen's
+    summation order; see :func:`fxquant.runtime_math.ort.reduce_mean_trailing`)."""
+
+    def __init__(self, fallback: Callable[..., Any], in_fq: FakeQuantize) -> None:
+        super().__init__("ReduceMean", fallback, (in_fq,))
+
+    @staticmethod
+    def _args(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        a = dict(zip(("input", "dim", "keepdim"), args, strict=False)) | dict(kwargs)
+        a.setdefault("keepdim", False)
+        return a
+
+    def check(self, *args: Any, **kwargs: Any) -> str | None:
+        a = self._args(*args, **kwargs)
+        x, dim = a.get("input"), a.get("dim")
+        if not isinstance(x, Tensor) or a.get("dtype") is not None or dim is None:
+            return "not a mean over given dimensions"
+        dims = sorted(d % x.dim() for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
+        if dims != list(range(x.dim() - len(dims), x.dim())) or not x.is_contiguous():
+            return "not a mean over the trailing dimensions of a contiguous tensor"
+        return None
+
+    def compute(self, *args: Any, **kwargs: Any) -> Tensor:
+        a = self._args(*args, **kwargs)
+        x, dim = a["input"], a["dim"]
+        k = len(dim) if isinstance(dim, (tuple, list)) else 1
+        lead = tuple(x.shape[: x.dim() - k])
+        n = 1
+        for s in x.shape[x.dim() - k:]:
+            n *= s
+        y = ort.reduce_mean_trailing(x, n).reshape(lead)
+        return y.reshape(*lead, *([1] * k)) if a["keepdim"] else y
 
 
 LOOKUP_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"QLinearSigmoid": ort.logistic}

@@ -15,8 +15,9 @@ zero points and code bounds plain ints.  Every function returns saturated output
 
 Two rounding conventions meet here, and mixing them up flips ties:
 
-* ``QLinearConv`` / ``QGemm`` / ``QLinearMatMul`` / ``QLinearGlobalAveragePool`` / ``QuantizeLinear``
-  round the scaled value and *then* add the output zero point (MLAS ``MlasRequantizeOutput``);
+* ``QLinearConv`` / ``QGemm`` / ``QLinearMatMul`` / ``QLinearGlobalAveragePool`` /
+  ``QuantizeLinear`` round the scaled value and *then* add the output zero point (MLAS
+  ``MlasRequantizeOutput``);
 * ``QLinearAdd`` / ``QLinearMul`` / ``QLinearAveragePool`` fold the output zero point into the
   float32 value and round the sum: ``x.5`` goes to the even *code*, not to the even offset from
   the zero point (with an odd zero point the two differ by one).
@@ -34,11 +35,13 @@ __all__ = [
     "requantize_multiplier",
     "requantize",
     "qlinear_add",
+    "qlinear_add_value",
     "qlinear_mul",
     "global_average_pool",
     "average_pool",
     "logistic",
     "lookup_table",
+    "reduce_mean_trailing",
     "broadcast_roles",
 ]
 
@@ -120,7 +123,19 @@ def qlinear_add(
     b: Tensor, b_scale: Tensor, b_zero_point: int,
     out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int,
 ) -> Tensor:
-    """``QLinearAdd`` (com.microsoft) of code tensors ``a`` and ``b`` (broadcasting as ORT does).
+    """``QLinearAdd`` (com.microsoft) of code tensors ``a`` and ``b`` (broadcasting as ORT does):
+    :func:`qlinear_add_value` rounded half to even and saturated."""
+    v = qlinear_add_value(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale,
+                          out_zero_point)
+    return _saturate(v, qmin, qmax)
+
+
+def qlinear_add_value(
+    a: Tensor, a_scale: Tensor, a_zero_point: int,
+    b: Tensor, b_scale: Tensor, b_zero_point: int,
+    out_scale: Tensor, out_zero_point: int,
+) -> Tensor:
+    """The float32 value ``QLinearAdd`` rounds (output zero point included).
 
     MLAS computes ``ra = sa / sc``, ``rb = sb / sc`` and the fixed part
     ``zc - fma(ra, za, rb * zb)`` in float32, then per element ``fma(a, ra, fma(b, rb, fixed))``,
@@ -136,8 +151,7 @@ def qlinear_add(
         a_scale, b_scale, a_zero_point, b_zero_point = b_scale, a_scale, b_zero_point, a_zero_point
     ra, rb = _f32(a_scale) / sc, _f32(b_scale) / sc
     a, b = torch.broadcast_tensors(a.to(_F32), b.to(_F32))
-    v = _add_kernel(a, ra, a_zero_point, b, rb, b_zero_point, out_zero_point, roles != "vector")
-    return _saturate(v, qmin, qmax)
+    return _add_kernel(a, ra, a_zero_point, b, rb, b_zero_point, out_zero_point, roles != "vector")
 
 
 def qlinear_mul(
@@ -215,7 +229,7 @@ def _prod(v: Sequence[int]) -> int:
 def _window_offsets(kernel_size: Sequence[int]) -> list[tuple[int, ...]]:
     offsets: list[tuple[int, ...]] = [()]
     for k in kernel_size:
-        offsets = [o + (i,) for o in offsets for i in range(k)]
+        offsets = [(*o, i) for o in offsets for i in range(k)]
     return offsets
 
 
@@ -228,6 +242,55 @@ def _window_counts(ones: Tensor, kernel_size, stride, out_size) -> Tensor:
         ]
         total += ones[tuple(index)]
     return total
+
+
+# -- float kernels with ORT's own arithmetic ---------------------------------------------------
+_SSE = 4  # Eigen's float packet in ORT's CPU build (SSE)
+
+
+def _eigen_row_sums(rows: Tensor, start: int) -> Tensor:
+    """Eigen's vectorized ``sum()`` of rows whose first 16-byte aligned element is ``start``:
+    packets of 4 from ``start`` (two accumulators, combined, plus an odd last packet), the
+    packet reduced as ``(p0 + p2) + (p1 + p3)``, then the unaligned head and the tail added one
+    by one; fewer than 4 aligned elements: a plain left-to-right sum."""
+    n = rows.shape[-1]
+    start = min(start, n)
+    body = n - start
+    aligned = body // _SSE * _SSE
+    if aligned == 0:
+        acc = rows[..., 0].clone()
+        for i in range(1, n):
+            acc = acc + rows[..., i]
+        return acc
+    aligned2 = body // (2 * _SSE) * (2 * _SSE)
+    p0 = rows[..., start:start + _SSE].clone()
+    if aligned > _SSE:
+        p1 = rows[..., start + _SSE:start + 2 * _SSE].clone()
+        for i in range(start + 2 * _SSE, start + aligned2, 2 * _SSE):
+            p0 = p0 + rows[..., i:i + _SSE]
+            p1 = p1 + rows[..., i + _SSE:i + 2 * _SSE]
+        p0 = p0 + p1
+        if aligned > aligned2:
+            p0 = p0 + rows[..., start + aligned2:start + aligned2 + _SSE]
+    acc = (p0[..., 0] + p0[..., 2]) + (p0[..., 1] + p0[..., 3])
+    for i in (*range(start), *range(start + aligned, n)):
+        acc = acc + rows[..., i]
+    return acc
+
+
+def reduce_mean_trailing(x: Tensor, n: int) -> Tensor:
+    """ORT's float ``ReduceMean`` over the trailing ``n`` elements of each row of a contiguous
+    float32 tensor (``x.reshape(-1, n)``): Eigen's SSE ``sum()`` per row -- whose grouping
+    depends on where the row starts relative to a 16-byte boundary of the 64-byte aligned
+    buffer -- divided by ``n`` in float32.  Returns ``[rows]``."""
+    rows = x.to(_F32).reshape(-1, n)
+    out = torch.empty(rows.shape[0], dtype=_F32)
+    offsets = (torch.arange(rows.shape[0]) * n) % _SSE
+    for off in range(_SSE):
+        idx = (offsets == off).nonzero().flatten()
+        if idx.numel():
+            out[idx] = _eigen_row_sums(rows[idx], (_SSE - off) % _SSE)
+    return out / float(n)
 
 
 # -- lookup-table kernels (QLinearSigmoid) ------------------------------------------------------
