@@ -170,7 +170,7 @@ def test_kernels_fall_back_while_quantizers_are_not_settled(resnet):
 def test_tracing_sees_the_float_simulation(resnet):
     """fx tracing (like torch.export / torch.onnx.export / jit tracing, recognised by the
     prologue) records the plain fake-quant graph, never the runtime kernels."""
-    qmodel, x = resnet
+    qmodel, _ = resnet
 
     class LeafQuantizers(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:

@@ -126,7 +126,10 @@ def test_mobilenet_v2_residual_blocks_equal_ort(tmp_path):
     asymmetric grids): the add ORT runs as QLinearAdd rounds ``v + zc`` -- the flip the float
     simulation and the former emulation both got wrong."""
     model = _settle_bn(_inverted_residual_net(), (16, 3, 32, 32))
-    data = (lambda n, s: _images(n, s, 32))
+
+    def data(n: int, seed: int) -> torch.Tensor:
+        return _images(n, seed, 32)
+
     qmodel = _calibrated(model, data)
     plan = fxquant.runtime_plan(qmodel)
     assert sum(k == "QLinearAdd" for k in plan.kernels.values()) == 3 and not plan.skipped
@@ -146,8 +149,11 @@ def test_torchvision_models_equal_ort(name, tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = _settle_bn(getattr(torchvision.models, name)(num_classes=10), (16, 3, 64, 64))
-    data = (lambda n, s: _images(n, s, 64))
+
+    def data(n: int, seed: int) -> torch.Tensor:
+        return _images(n, seed, 64)
+
     qmodel = _calibrated(model, data, batches=2)
-    steps, float_steps, report = _compare(qmodel, data(2, 0), (data(32, 99),), tmp_path, name)
+    steps, _, report = _compare(qmodel, data(2, 0), (data(32, 99),), tmp_path, name)
     assert (steps == 0).all(), str(report)
     assert all(t.identical == 1.0 for t in report.tensors), str(report)

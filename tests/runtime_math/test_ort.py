@@ -270,7 +270,7 @@ def test_average_pool_matches_qlinearaveragepool(kernel, stride, pad, include, t
     """QLinearAveragePool sums the dequantized window in float32, in row-major order, divides,
     and rounds ``y / sy + zy`` -- the zero point included."""
     rng = np.random.default_rng(9)
-    total, exact_total = 0, 0
+    total = 0
     for _ in range(4):
         sx, sy = F32(rng.uniform(0.01, 0.1)), F32(rng.uniform(0.005, 0.1))
         zx, zy = int(rng.integers(0, 256)), int(rng.integers(0, 256))

@@ -612,7 +612,7 @@ def runtime_simulation(
     run differently from the float simulation (no runtime, an eager capture, no fused op).
     """
     report = _report(qmodel)
-    if runtime is None:
+    if runtime is None or runtime == report.profile.runtime:
         name, table = report.profile.runtime, report.profile.kernels
     else:
         name, table = runtime, RUNTIME_KERNELS.get(runtime, ())
