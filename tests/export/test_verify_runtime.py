@@ -45,7 +45,7 @@ def test_reference_is_the_runtime_simulation(tmp_path):
     assert report.not_emulated == {} and report.kernel_mismatch == {}
     assert report.outputs[0].identical == 1.0
     text = str(report)
-    assert "fxquant verify (onnxruntime 1." in text and "reference: runtime" in text
+    assert "runtime: onnxruntime 1." in text and "reference: runtime" in text
     with torch.no_grad():  # the reference is exactly what qmodel.eval() computes
         out = qmodel.eval()(x)
     exact = verify(qmodel, path, x, reference="exact", tensors=False)

@@ -234,3 +234,14 @@ def test_sixteen_bit_ops_stay_float():
     fxquant.calibrate(qmodel, [torch.randn(16, 16)], progress=False)
     plan = fxquant.runtime_plan(qmodel)
     assert plan.kernels == {} and "16-bit" in plan.skipped["fc"]
+
+
+def test_algorithms_that_hook_layers_run_the_float_simulation(resnet):
+    """Bias correction measures through its layers' forward hooks, which the runtime graph does
+    not call: it runs the float simulation, for an onnxruntime-profile model as for any other."""
+    qmodel, x = resnet
+    model = copy.deepcopy(qmodel)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fxquant.bias_correction(model, [x[:16], x[16:]], progress=False)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and all(k.endswith("bias") for k in changed)

@@ -169,12 +169,12 @@ class VerifyReport:
                 if self.not_emulated else ")"
         mismatch = [f"kernel mismatch: {t}: {why}" for t, why in self.kernel_mismatch.items()]
         return "\n".join([
-            f"fxquant verify ({self.runtime_version or self.runtime}): "
-            f"{len(self.outputs)} output(s), "
+            f"fxquant verify ({self.runtime}): {len(self.outputs)} output(s), "
             f"{len(self.tensors)} quantized tensor(s) compared with the simulation "
             f"[reference: {ref}]",
             line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
             f"integer ops: {ops}", f"float ops:   {flo}", *mismatch,
+            f"runtime: {self.runtime_version or self.runtime}",
         ])
 
 
