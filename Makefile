@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev,demo]'
+	# torchvision's model definitions for the runtime-simulation tests (pure Python parts only:
+	# its compiled ops do not load next to the CPU torch; see bench/_tv_shim.py)
+	$(PIP) install -c constraints.txt --no-deps torchvision==0.28.0
 	touch $@
 
 demo: $(STAMP)

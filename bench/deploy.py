@@ -27,9 +27,10 @@ the median over rounds of the ratio of the two variants' block medians in the sa
 
 Accuracy: output SQNR of every variant vs torch fp32 on a held-out random batch;
 ``fxquant.verify`` (runtime vs fxquant's simulation: % identical output codes; for ONNX Runtime
-the simulation is evaluated with ORT's integer arithmetic, for OpenVINO exactly in float64; the
-"plain f32 sim" figure says how often the float32 fake-quant model agrees with that reference:
-the network amplifies 1-step rounding differences layer by layer) for the fxquant QDQ files;
+the simulation is the eval-mode model with ORT's integer arithmetic, for OpenVINO the float
+simulation in float64; the "plain f32 sim" figure says how often the float simulation agrees
+with that reference: the network amplifies 1-step rounding differences layer by layer) for the
+fxquant QDQ files;
 SQNR of the x86 int8 model vs its simulation.  A variant that fails to build or run
 is a row with its error.
 """

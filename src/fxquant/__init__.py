@@ -48,7 +48,14 @@ from .fake_quant import (
     fake_quantize_state,
     set_fake_quantize,
 )
-from .graph import prepare
+from .graph import (
+    RuntimePlan,
+    Simulation,
+    float_simulation,
+    prepare,
+    runtime_plan,
+    simulation,
+)
 from .numerics import (
     PerChannel,
     PerTensor,
@@ -94,6 +101,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "prepare",
+    "Simulation",
+    "simulation",
+    "float_simulation",
+    "runtime_plan",
+    "RuntimePlan",
     "calibrate",
     "fold_bn",
     "equalize",

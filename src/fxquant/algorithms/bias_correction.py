@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .. import nn as qnn
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
+from ..graph.simulation import float_simulation
 from .calibrate import batch_to_args, model_device
 
 __all__ = ["CORRECTABLE", "bias_correction", "channel_sums", "corrected_bias"]
@@ -221,8 +222,8 @@ def bias_correction(
     device = model_device(qmodel)
     was_training = qmodel.training
     qmodel.eval()
-    try:
-        with torch.no_grad():
+    try:  # the float simulation: the layers' forward hooks measure its bias shift
+        with torch.no_grad(), float_simulation():
             order, calls = _execution_order(qmodel, batches[0], num_inputs, device, layers)
             for name in tqdm(order, desc="bias correction", disable=not progress, leave=False):
                 module = layers[name]

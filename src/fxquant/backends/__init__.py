@@ -1,5 +1,29 @@
 """Backend profiles (dtypes, symmetry, granularity, placement) as data."""
 
-from .profiles import PROFILES, BackendProfile, FixedOutput, Placement, get_profile, op_type_key
+from .profiles import (
+    ORT_EXACT_IN_FLOAT,
+    ORT_KERNELS,
+    PROFILES,
+    RUNTIME_KERNELS,
+    BackendProfile,
+    FixedOutput,
+    FusedKernel,
+    KernelOp,
+    Placement,
+    get_profile,
+    op_type_key,
+)
 
-__all__ = ["BackendProfile", "Placement", "FixedOutput", "PROFILES", "get_profile", "op_type_key"]
+__all__ = [
+    "BackendProfile",
+    "Placement",
+    "PROFILES",
+    "get_profile",
+    "KernelOp",
+    "FusedKernel",
+    "ORT_KERNELS",
+    "ORT_EXACT_IN_FLOAT",
+    "RUNTIME_KERNELS",
+    "FixedOutput",
+    "op_type_key",
+]

@@ -3,6 +3,13 @@
 A :class:`BackendProfile` fixes the defaults a template setter uses: dtypes, symmetry,
 granularity, narrow range, scale rounding (:class:`~fxquant.numerics.ScaleMath`) and where
 activation quantizers are placed (:class:`Placement`).  Setters can still override any op.
+
+A profile that names a ``runtime`` also lists the patterns that runtime runs as one integer
+kernel (:class:`FusedKernel`, e.g. ONNX Runtime's ``DQ -> Conv -> Q`` = ``QLinearConv``): in eval
+mode a prepared model computes exactly those ops with the runtime's integer arithmetic
+(:mod:`fxquant.graph.simulation`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
+the QDQ files :func:`fxquant.export_onnx` writes (``tests/graph/test_simulation_ort.py`` checks
+it against ORT's optimized graph, and :func:`fxquant.verify` warns where they disagree).
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ from dataclasses import dataclass
 
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
-__all__ = ["Placement", "FixedOutput", "BackendProfile", "PROFILES", "get_profile",
-           "op_type_key"]
+__all__ = ["Placement", "KernelOp", "FusedKernel", "FixedOutput", "BackendProfile", "PROFILES",
+           "get_profile", "op_type_key", "ORT_KERNELS", "ORT_EXACT_IN_FLOAT", "RUNTIME_KERNELS"]
 
 
 class Placement(enum.Enum):
@@ -27,6 +34,88 @@ class Placement(enum.Enum):
 
     OUTPUTS = "outputs"
     WEIGHTED_INPUTS = "weighted_inputs"
+
+
+class KernelOp(enum.Enum):
+    """What a fused integer kernel computes (matched on the prepared graph).
+
+    CONV: a weight-quantized ``Conv1d/2d/3d`` (ConvBn included).
+    LINEAR: a weight-quantized ``Linear`` / ``F.linear``.
+    MATMUL: ``@`` / ``torch.matmul`` of two quantized tensors.
+    ADD / MUL: ``+`` / ``*`` of two quantized tensors.
+    GLOBAL_AVG_POOL: adaptive average pooling to size 1.
+    AVG_POOL: ``avg_pool1d/2d/3d`` (``AvgPool`` modules).
+    SIGMOID: ``sigmoid``.
+    MEAN: ``mean`` over the trailing dimensions (e.g. ``x.mean((2, 3))``).
+    """
+
+    CONV = "conv"
+    LINEAR = "linear"
+    MATMUL = "matmul"
+    ADD = "add"
+    MUL = "mul"
+    GLOBAL_AVG_POOL = "global_avg_pool"
+    AVG_POOL = "avg_pool"
+    SIGMOID = "sigmoid"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class FusedKernel:
+    """One pattern a runtime runs as a single integer kernel.
+
+    The pattern is ``DQ(inputs) -> op -> [relu / clip] -> Q``: every tensor input comes from a
+    per-tensor quantizer of at most ``max_bits`` bits (through pure data movement such as
+    reshape or max pooling), and -- with ``quantized_output`` -- the op's only consumer is a
+    per-tensor output quantizer (clipping activations in between are absorbed when the output
+    grid already implies them, as ORT's Relu / Clip + QuantizeLinear fusion requires).
+
+    Attributes:
+        op: what the kernel computes.
+        kernel: the runtime's name for it (``QLinearConv``, ``QGemm`` ...).
+        input_ndim: only for inputs of this rank (``None``: any rank); the first matching entry
+            of a profile's table wins.
+        quantized_output: the output quantizer is part of the kernel; ``False``: the kernel
+            returns float (``MatMulIntegerToFloat``) and its consumers run as they are.
+        max_bits: the widest activation grid the kernel takes.
+        integer: an integer kernel the runtime fuses; ``False``: a float op the runtime runs with
+            float arithmetic of its own that fxquant reproduces (its input must come from a
+            quantizer, so that both start from the same values).
+    """
+
+    op: KernelOp
+    kernel: str
+    input_ndim: int | None = None
+    quantized_output: bool = True
+    max_bits: int = 8
+    integer: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, KernelOp):
+            raise TypeError(f"FusedKernel.op must be a KernelOp, got {self.op!r}")
+
+
+ORT_KERNELS: tuple[FusedKernel, ...] = (
+    FusedKernel(KernelOp.CONV, "QLinearConv"),
+    # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add
+    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndim=2),
+    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", quantized_output=False),
+    FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
+    FusedKernel(KernelOp.ADD, "QLinearAdd"),
+    FusedKernel(KernelOp.MUL, "QLinearMul"),
+    FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
+    FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
+    FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
+    # not fused: a float ReduceMean, whose Eigen summation order fxquant reproduces
+    FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
+)
+"""ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
+kernels in files written by :func:`fxquant.export_onnx`."""
+
+ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
+"""ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing
+lookup tables built from float32 ``DequantizeLinear -> f -> QuantizeLinear`` with an ``f``
+(identity, ``x if x >= 0 else alpha * x``) torch computes identically."""
 
 
 def op_type_key(op_type: str) -> str:
@@ -73,16 +162,19 @@ class BackendProfile:
         float_input_ops: ops (by function name, e.g. ``softmax``) whose input stays float: no
             quantizer right before them, so the runtime runs them in float instead of an
             approximate integer kernel (ONNX Runtime's QLinearSoftmax rounds its table down).
+        max_qdq_bits: widest activation grid exported as QuantizeLinear / DequantizeLinear;
+            wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
+            Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
+            16-bit Q/DQ through its 8-bit path).
         fixed_outputs: output grids the runtime fixes for some op types (prepare gives those
             ops a fixed-scale output quantizer whatever the qconfig's observer).
         same_grid_ops: op types whose integer kernel writes its input's grid (TFLite's average
             pooling and resizing): prepare gives the output the input's quantizer.
         shared_grid_ops: op types whose inputs and output must share one grid (TFLite's
             concatenation): prepare makes their quantizers one.
-        max_qdq_bits: widest activation grid exported as QuantizeLinear / DequantizeLinear;
-            wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
-            Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
-            16-bit Q/DQ through its 8-bit path).
+        runtime: the runtime whose integer arithmetic the model computes in eval mode
+            (``"onnxruntime"``; ``None``: the float simulation, no runtime arithmetic).
+        kernels: the patterns ``runtime`` runs as fused integer kernels, in priority order.
     """
 
     name: str
@@ -99,6 +191,8 @@ class BackendProfile:
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
     max_qdq_bits: int = 16
+    runtime: str | None = None
+    kernels: tuple[FusedKernel, ...] = ()
     fixed_outputs: tuple[FixedOutput, ...] = ()
     same_grid_ops: frozenset[str] = frozenset()
     shared_grid_ops: frozenset[str] = frozenset()
@@ -172,6 +266,8 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             int32_bias=True,
             float_input_ops=frozenset({"softmax", "log_softmax"}),
+            runtime="onnxruntime",
+            kernels=ORT_KERNELS,
         ),
         # OpenVINO CPU: u8 activations / i8 per-channel weights like ORT; conv + residual add
         # become one kernel with a sum post-op, so the conv output is not requantized.  Its
@@ -209,6 +305,11 @@ PROFILES: dict[str, BackendProfile] = {
         ),
     )
 }
+
+
+RUNTIME_KERNELS: dict[str, tuple[FusedKernel, ...]] = {"onnxruntime": ORT_KERNELS}
+"""Runtime name -> the patterns it fuses (for verifying a model against a runtime other than its
+profile's)."""
 
 
 def get_profile(backend: str | BackendProfile) -> BackendProfile:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..graph.simulation import float_simulation
 from ..numerics import QDType, qint4, qint8, qint16
 from ..qconfig import OpInfo, OpKind, QConfig, SetterContext
 from ..qconfig.templates import (
@@ -163,7 +164,7 @@ def _bitops(qmodel: nn.Module, example: tuple[Any, ...]) -> float:
                 total[0] += macs * _w.dtype.bits * last_bits[0] / batch
             hooks.append(m.register_forward_hook(w_hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float_simulation():  # every layer's forward runs (its hooks count)
             qmodel.eval()(*example)
     finally:
         for h in hooks:

@@ -5,7 +5,6 @@ export or a verification runs.
 """
 
 from .encodings import export_encodings, load_encodings
-from .integer_sim import IntegerSimulation, integer_simulation
 from .onnx_export import ExportError, ExportResult, ExportWarning, export_onnx
 from .quantsim_config import export_quantsim_config
 from .verify import TensorDiff, VerifyReport, verify
@@ -18,8 +17,6 @@ __all__ = [
     "verify",
     "VerifyReport",
     "TensorDiff",
-    "integer_simulation",
-    "IntegerSimulation",
     "export_encodings",
     "load_encodings",
     "export_quantsim_config",

@@ -842,7 +842,7 @@ def layer_norm(L: Lowerer, n: fx.Node) -> Dyn:
     w = L.value(n.args[2]) if len(n.args) > 2 else None
     b = L.value(n.args[3]) if len(n.args) > 3 else None
     eps = float(n.args[4]) if len(n.args) > 4 else 1e-5
-    grid, covered, _, _ = L.output_grid(n, False)
+    grid, covered, _ = L.output_grid(n, False)
     if L.quantize:
         L.note_float(n, "TFLite has no integer layer norm (it runs in float32)")
     xf = L.as_layout(L.dequantized(x), identity(x.rank))

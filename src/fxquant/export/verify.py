@@ -11,10 +11,13 @@ OpenVINO's runtime model (each layer's runtime precision).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import importlib.metadata
 import os
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +27,17 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..backends import RUNTIME_KERNELS
+from ..errors import bounded, bounded_list
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
-from .integer_sim import integer_simulation
+from ..graph.simulation import float_simulation, runtime_simulation
 from .naming import dq_output, quantized_tensor_name
 from .onnx_export import _eval_mode, frozen_quantizers, quantizer_index
+from .ort_fusion import ORT_INTEGER_OPS, fused_kernels, kernel_mismatches
 
-__all__ = ["TensorDiff", "VerifyReport", "verify", "RUNTIMES", "HIST_CLIP", "FLOAT_RTOL"]
+__all__ = ["TensorDiff", "VerifyReport", "verify", "RUNTIMES", "HIST_CLIP", "FLOAT_RTOL",
+           "KernelMismatchWarning"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 HIST_CLIP = 5
@@ -39,13 +46,6 @@ FLOAT_RTOL = 1e-5
 """A float (unquantized) output element counts as identical within this fraction of the
 output's largest magnitude."""
 
-_ORT_INTEGER = frozenset({
-    "QLinearConv", "NhwcQLinearConv", "QLinearConvTranspose", "QGemm", "QLinearMatMul",
-    "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
-    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat", "QLinearWhere",
-    "QLinearReduceMean", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul",
-})
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 _MOVEMENT = frozenset({
     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Slice",
@@ -56,6 +56,11 @@ _MOVEMENT = frozenset({
 })
 _OV_QUANT = frozenset({"FakeQuantize"})
 _OV_INT = ("i8", "u8", "i4", "u4", "i16", "u16")
+
+
+class KernelMismatchWarning(UserWarning):
+    """The runtime fused other ops than the backend profile's kernel table says (the simulation
+    then computes a different kernel than the runtime at those tensors)."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +115,13 @@ class VerifyReport:
         float_ops: compute op / layer types still running in float (Q/DQ and pure data
             movement such as Reshape / Transpose / MaxPool are not counted).
         reference: how the simulation was evaluated (see :func:`verify`'s ``reference``).
-        emulated: with ``reference="integer"``: kernel -> number of fused ops computed with the
-            runtime's integer arithmetic; ``not_emulated``: quantized tensor -> why its fused
-            op was evaluated in float64 instead.
+        emulated: with ``reference="runtime"``: kernel -> number of ops the simulation computed
+            with the runtime's integer arithmetic; ``not_emulated``: op -> why an op the
+            runtime might fuse ran as float ops in the simulation.
+        runtime_version: version of the runtime that ran the file (``onnxruntime 1.32.0``).
+        kernel_mismatch: tensor -> how the kernels the simulation computes differ from the
+            ones ONNX Runtime fused (read from its optimized graph); empty when they agree.
+            Also reported as a :class:`KernelMismatchWarning`.
     """
 
     runtime: str
@@ -123,6 +132,8 @@ class VerifyReport:
     reference: str = "exact"
     emulated: dict[str, int] = field(default_factory=dict)
     not_emulated: dict[str, str] = field(default_factory=dict)
+    runtime_version: str = ""
+    kernel_mismatch: dict[str, str] = field(default_factory=dict)
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Every output passes :meth:`TensorDiff.ok`."""
@@ -156,12 +167,14 @@ class VerifyReport:
             ref += f" (runtime arithmetic emulated for {emu}"
             ref += f"; {len(self.not_emulated)} fused op(s) not emulated)" \
                 if self.not_emulated else ")"
+        mismatch = [f"kernel mismatch: {t}: {why}" for t, why in self.kernel_mismatch.items()]
         return "\n".join([
             f"fxquant verify ({self.runtime}): {len(self.outputs)} output(s), "
             f"{len(self.tensors)} quantized tensor(s) compared with the simulation "
             f"[reference: {ref}]",
             line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
-            f"integer ops: {ops}", f"float ops:   {flo}",
+            f"integer ops: {ops}", f"float ops:   {flo}", *mismatch,
+            f"runtime: {self.runtime_version or self.runtime}",
         ])
 
 
@@ -272,34 +285,39 @@ def verify(
         reference: how the simulation is evaluated.  Every choice runs the same quantizers,
             scales and weight codes; they differ in arithmetic only:
 
-            * ``"integer"`` (ONNX Runtime): the ops ORT fused into integer kernels (read from
-              its optimized graph) compute as those kernels do -- exact int32 accumulation,
-              the int32 bias, float32 requantization
-              (:func:`fxquant.export.integer_sim.integer_simulation`); everything else in
-              float64.  Differences left are the runtime's float ops and kernels not
-              emulated (listed in the report);
-            * ``"exact"``: the simulation in float64 (exact sums of the integer-valued
+            * ``"runtime"`` (ONNX Runtime): the model in eval mode with the runtime's integer
+              arithmetic (:mod:`fxquant.graph.simulation`) -- exact int32 accumulation, the
+              int32 bias, float32 requantization and each fused kernel's own rounding -- at
+              every op the runtime's fused-kernel table names (the profile's, or
+              :data:`fxquant.backends.RUNTIME_KERNELS` for a model prepared for another
+              target); where the table and ORT's optimized graph disagree the report lists it
+              (``kernel_mismatch``) and a :class:`KernelMismatchWarning` is issued.
+              Differences left are the runtime's float ops (LayerNorm, GELU ...);
+              ``"integer"`` is the former name of this reference;
+            * ``"exact"``: the float simulation in float64 (exact sums of the integer-valued
               products; requantization without float32 rounding);
-            * ``"float32"``: ``qmodel`` as is;
-            * ``"auto"`` (default): ``"integer"`` for ONNX Runtime with integer kernels, else
+            * ``"float32"``: the float simulation (:attr:`fxquant.Simulation.FLOAT`);
+            * ``"auto"`` (default): ``"runtime"`` for ONNX Runtime with integer kernels, else
               ``"exact"``.
 
-            ``TensorDiff.float32_identical`` says how often the plain float32 model agrees
-            with the chosen reference.
+            ``TensorDiff.float32_identical`` says how often the float32 float simulation
+            agrees with the chosen reference.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if not integer_kernels and runtime != "onnxruntime":
         raise ValueError("integer_kernels=False is supported with runtime='onnxruntime' only")
-    if reference not in ("auto", "integer", "exact", "float32"):
+    if reference not in ("auto", "runtime", "integer", "exact", "float32"):
         raise ValueError(
-            f"reference must be 'auto', 'integer', 'exact' or 'float32', got {reference!r}"
+            "reference must be 'auto', 'runtime', 'exact' or 'float32', got "
+            f"{bounded(repr(reference))}"
         )
-    if reference == "integer" and (runtime != "onnxruntime" or not integer_kernels):
-        raise ValueError("reference='integer' emulates ONNX Runtime's integer kernels: use it "
-                         "with runtime='onnxruntime' and integer_kernels=True")
+    reference = "runtime" if reference == "integer" else reference
+    if reference == "runtime" and (runtime not in RUNTIME_KERNELS or not integer_kernels):
+        raise ValueError("reference='runtime' computes a runtime's integer kernels; fxquant "
+                         f"reproduces {sorted(RUNTIME_KERNELS)}' (with integer_kernels=True)")
     if reference == "auto":
-        reference = "integer" if runtime == "onnxruntime" and integer_kernels else "exact"
+        reference = "runtime" if runtime in RUNTIME_KERNELS and integer_kernels else "exact"
     import onnx
 
     onnx_path = os.fspath(onnx_path)
@@ -323,25 +341,36 @@ def verify(
         rt_out, rt_extra, int_ops, float_ops, fused = _run_ort(
             model, onnx_path, feeds, extra, threads, integer_kernels
         )
+        version = f"onnxruntime {_version('onnxruntime')}"
     else:
         rt_out, rt_extra, int_ops, float_ops = _run_openvino(
             model, onnx_path, feeds, extra, threads
         )
+        version = f"openvino {_version('openvino')}"
     emulated: dict[str, int] = {}
     not_emulated: dict[str, str] = {}
-    if reference == "integer":
-        isim = integer_simulation(qmodel, fused)
-        ref_model = isim.model
-        emulated = dict(sorted(Counter(isim.emulated.values()).items()))
-        not_emulated = dict(isim.skipped)
+    mismatch: dict[str, str] = {}
+    ref_model: nn.Module = qmodel
+    float_ref = True
+    if reference == "runtime":
+        module, plan = runtime_simulation(qmodel, runtime)
+        emulated = dict(sorted(Counter(plan.kernels.values()).items()))
+        not_emulated = dict(plan.skipped)
+        mismatch = kernel_mismatches(plan.kernels, fused)
+        if mismatch:
+            warnings.warn(
+                f"the simulation's fused kernels differ from what {runtime} fused at "
+                f"{len(mismatch)} tensor(s): {bounded_list(mismatch.items())}",
+                KernelMismatchWarning, stacklevel=2,
+            )
+        if module is not None:
+            ref_model, float_ref = module, False
     elif reference == "exact":
         ref_model = copy.deepcopy(qmodel).double()
-    else:
-        ref_model = qmodel
     captured: dict[str, torch.Tensor] = {}
     ref_watch = {dq: (path, ref_model.get_submodule(path)) for dq, (path, _) in watch.items()}
-    sim_out = _simulate(ref_model, args, ref_watch if tensors else {}, captured)
-    sim32 = _simulate(qmodel, args, {}, {}) if reference != "float32" else None
+    sim_out = _simulate(ref_model, args, ref_watch if tensors else {}, captured, float_ref)
+    sim32 = _simulate(qmodel, args, {}, {}, True) if reference != "float32" else None
     out_q = _output_quantizers(qmodel)
     out_names = [o.name for o in model.graph.output]
     outputs = []
@@ -358,12 +387,20 @@ def verify(
         for dq in extra if dq in rt_extra and dq in captured
     ]
     return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops,
-                        reference, emulated, not_emulated)
+                        reference, emulated, not_emulated, version, mismatch)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _simulate(qmodel: nn.Module, args: tuple[Any, ...], watch: dict[str, Any],
-              captured: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Run the simulation (eval, QAT quantizers held frozen); capture ``watch`` quantizers."""
+              captured: dict[str, torch.Tensor], float_sim: bool) -> list[torch.Tensor]:
+    """Run ``qmodel`` (eval, QAT quantizers held frozen; the float simulation if ``float_sim``);
+    capture ``watch`` quantizers."""
     params = [p for p in qmodel.parameters()] + [b for b in qmodel.buffers()]
     dtype = next((t.dtype for t in params if t.is_floating_point()), torch.float32)
     args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
@@ -374,7 +411,8 @@ def _simulate(qmodel: nn.Module, args: tuple[Any, ...], watch: dict[str, Any],
             captured[_dq] = out.detach().clone()
         hooks.append(fq.register_forward_hook(hook))
     try:
-        with torch.no_grad(), _eval_mode(qmodel), frozen_quantizers(
+        mode = float_simulation() if float_sim else contextlib.nullcontext()
+        with torch.no_grad(), _eval_mode(qmodel), mode, frozen_quantizers(
             qmodel, {FakeQuantState.QAT: FakeQuantState.VALIDATION}
         ):
             return _flatten_outputs(qmodel(*args))
@@ -419,7 +457,7 @@ def _run_ort(model, path: str, feeds: list[np.ndarray], extra: list[str], thread
         outs = sess.run(None, dict(zip(names, feeds, strict=True)))
         optimized = onnx.load(opt).graph.node
         counts = Counter(n.op_type for n in optimized)
-        fused = _fused_outputs(optimized, model)
+        fused = fused_kernels(optimized, model)
         rt_extra: dict[str, np.ndarray] = {}
         if extra:
             aug = os.path.join(tmp, "instrumented.onnx")
@@ -427,53 +465,10 @@ def _run_ort(model, path: str, feeds: list[np.ndarray], extra: list[str], thread
             s2 = ort.InferenceSession(aug, options(), providers=["CPUExecutionProvider"])
             res = s2.run(extra, dict(zip(names, feeds, strict=True)))
             rt_extra = dict(zip(extra, res, strict=True))
-    integer = {k: v for k, v in counts.items() if k in _ORT_INTEGER}
+    integer = {k: v for k, v in counts.items() if k in ORT_INTEGER_OPS}
     flt = {k: v for k, v in counts.items()
-           if k not in _ORT_INTEGER and k not in _QDQ and k not in _MOVEMENT}
+           if k not in ORT_INTEGER_OPS and k not in _QDQ and k not in _MOVEMENT}
     return outs, rt_extra, dict(sorted(integer.items())), dict(sorted(flt.items())), fused
-
-
-_FUSABLE_CLIPS = frozenset({"Relu", "Clip"})
-
-
-def _fused_outputs(nodes, original) -> dict[str, str]:
-    """Quantized tensor name -> ORT kernel, for the fused integer kernels of an optimized graph.
-
-    A fused kernel's output keeps either the QuantizeLinear's output name (``<tensor>_quantized``)
-    or the name of the op node it replaced (``<op>/<OpType>``); from that node the original graph
-    leads, through Relu / Clip nodes ORT dropped, to the QuantizeLinear of the tensor.  (Scale
-    names cannot be used: ORT merges identical initializers.)
-    """
-    by_name = {n.name: n for n in original.graph.node}
-    consumers: dict[str, list] = {}
-    for n in original.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    suffix = "_quantized"
-    fused: dict[str, str] = {}
-    for n in nodes:
-        if n.op_type not in _ORT_INTEGER or not n.output:
-            continue
-        out = n.output[0]
-        if n.op_type == "MatMulIntegerToFloat" and out.endswith("_matmul"):
-            fused[out[: -len("_matmul")]] = n.op_type  # a Linear's MatMul (float output)
-            continue
-        if out.endswith(suffix):
-            fused[out[: -len(suffix)]] = n.op_type
-            continue
-        node = by_name.get(out)
-        while node is not None and node.output:
-            users = consumers.get(node.output[0], [])
-            if len(users) != 1:
-                break
-            node = users[0]
-            if node.op_type == "QuantizeLinear":
-                if node.output[0].endswith(suffix):
-                    fused[node.output[0][: -len(suffix)]] = n.op_type
-                break
-            if node.op_type not in _FUSABLE_CLIPS:
-                break
-    return fused
 
 
 def _rt(info: Any, key: str) -> str:

@@ -3,6 +3,7 @@
 from .capture import Island, RootTraceError
 from .prepare import as_input_tuple, prepare
 from .report import OpRecord, PrepareReport, get_report
+from .simulation import RuntimePlan, Simulation, float_simulation, runtime_plan, simulation
 
 __all__ = [
     "prepare",
@@ -12,4 +13,9 @@ __all__ = [
     "OpRecord",
     "PrepareReport",
     "get_report",
+    "Simulation",
+    "RuntimePlan",
+    "simulation",
+    "float_simulation",
+    "runtime_plan",
 ]

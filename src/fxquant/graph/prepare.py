@@ -49,6 +49,7 @@ from .patterns import (
 from .plan import plan_placement
 from .profile_rules import fix_outputs, share_grids
 from .report import REPORT_KEY, OpRecord, PrepareReport
+from .simulation import install as install_simulation
 
 __all__ = ["prepare", "as_input_tuple"]
 
@@ -137,7 +138,7 @@ def prepare(
     _prepare_islands(gm, islands, setters, profile, leaf_modules, skip, fold_bn, report)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
-    return gm
+    return install_simulation(gm)
 
 
 def _prepare_graph(

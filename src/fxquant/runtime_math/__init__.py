@@ -1,0 +1,33 @@
+"""Runtime arithmetic: what a deployment runtime's integer kernels compute, bit for bit.
+
+* :mod:`.ort`: ONNX Runtime's (MLAS) kernels as pure functions on code tensors;
+* :mod:`.exact`: exact integer accumulation (conv / linear / matmul over codes) with float
+  kernels;
+* :mod:`.kernels`: modules that compute one op of a prepared model with a runtime's arithmetic
+  (placed by :mod:`fxquant.graph.simulation`, the eval-mode runtime simulation).
+"""
+
+from . import exact, ort
+from .kernels import (
+    AvgPoolKernel,
+    BinaryKernel,
+    GlobalAvgPoolKernel,
+    LookupKernel,
+    MeanKernel,
+    RuntimeKernel,
+    WeightedKernel,
+    settled,
+)
+
+__all__ = [
+    "ort",
+    "exact",
+    "RuntimeKernel",
+    "WeightedKernel",
+    "BinaryKernel",
+    "GlobalAvgPoolKernel",
+    "AvgPoolKernel",
+    "LookupKernel",
+    "MeanKernel",
+    "settled",
+]
