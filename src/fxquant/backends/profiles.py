@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
 __all__ = ["Placement", "KernelOp", "FusedKernel", "FixedOutput", "BackendProfile", "PROFILES",
-           "get_profile", "op_type_key", "ORT_KERNELS", "ORT_EXACT_IN_FLOAT", "RUNTIME_KERNELS"]
+           "get_profile", "op_type_key", "ORT_KERNELS", "LITERT_KERNELS", "ORT_EXACT_IN_FLOAT",
+           "RUNTIME_KERNELS"]
 
 
 class Placement(enum.Enum):
@@ -111,6 +112,15 @@ ORT_KERNELS: tuple[FusedKernel, ...] = (
 )
 """ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
 kernels in files written by :func:`fxquant.export_onnx`."""
+
+LITERT_KERNELS: tuple[FusedKernel, ...] = (
+    FusedKernel(KernelOp.CONV, "CONV_2D"),
+    FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED"),
+)
+"""LiteRT (XNNPACK delegate, the interpreter's default on CPU): int8 CONV_2D /
+DEPTHWISE_CONV_2D / FULLY_CONNECTED accumulate exactly in int32 and requantize in float32
+(``float(acc) * (s_in * s_w / s_out)``, rounded half to even, plus the zero point) -- the same
+arithmetic as ONNX Runtime's QLinearConv / QGemm (``tests/export/test_tflite_export.py``)."""
 
 ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
 """ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing
@@ -296,6 +306,8 @@ PROFILES: dict[str, BackendProfile] = {
             same_grid_ops=frozenset({"avgpool1d", "avgpool2d", "interpolate", "upsample",
                                      "upsamplingnearest2d", "upsamplingbilinear2d"}),
             shared_grid_ops=frozenset({"cat", "concat", "concatenate"}),
+            runtime="litert",
+            kernels=LITERT_KERNELS,
         ),
         BackendProfile(
             "tensorrt",
@@ -307,7 +319,8 @@ PROFILES: dict[str, BackendProfile] = {
 }
 
 
-RUNTIME_KERNELS: dict[str, tuple[FusedKernel, ...]] = {"onnxruntime": ORT_KERNELS}
+RUNTIME_KERNELS: dict[str, tuple[FusedKernel, ...]] = {"onnxruntime": ORT_KERNELS,
+                                                      "litert": LITERT_KERNELS}
 """Runtime name -> the patterns it fuses (for verifying a model against a runtime other than its
 profile's)."""
 

@@ -887,7 +887,8 @@ def layer_norm(L: Lowerer, n: fx.Node) -> Dyn:
 def batch_norm(L: Lowerer, n: fx.Node) -> Dyn:
     x = _dyn(L, n.args[0], n)
     w, b, mu, var = (L.value(a) for a in n.args[1:5])
-    eps_at = 6 if "legit" in str(n.target) else 7  # _native_batch_norm_legit_no_training / batch_norm
+    # eps: _native_batch_norm_legit_no_training's 7th argument, batch_norm's 8th
+    eps_at = 6 if "legit" in str(n.target) else 7
     eps = float(n.args[eps_at]) if len(n.args) > eps_at else 1e-5
     if not all(isinstance(v, Const) or v is None for v in (w, b, mu, var)):
         raise ExportError(f"{n.name}: batch norm statistics must be constants")

@@ -1,0 +1,198 @@
+"""LiteRT's (TFLite's) integer arithmetic as pure functions on code tensors.
+
+TFLite requantizes with a fixed-point multiplier: a real multiplier ``m`` (``input_scale *
+weight_scale / output_scale`` ...) becomes ``(q, shift)`` with ``m ~= q * 2^(shift - 31)``,
+``q`` in ``[2^30, 2^31)`` (:func:`quantize_multiplier`), and an int32 value ``x`` is scaled by
+``MultiplyByQuantizedMultiplier``: a saturating rounding doubling high multiply
+(``(x * 2^left * q + 2^30) >> 31``, ties away from zero) followed by a rounding right shift
+(ties away from zero) -- :func:`multiply_by_quantized_multiplier`.  Integer kernels built on it:
+
+* conv / fully connected / batch matmul: exact int32 accumulation + int32 bias, requantized
+  per output channel, plus the output zero point, clamped to the fused activation's range
+  (:func:`requantize`);
+* ADD / SUB: both inputs (minus their zero points) shifted left by 20 (int8; 15 for int16),
+  scaled to the common ``2 * max(input scales)`` grid, added, scaled to the output
+  (:func:`add`);
+* MUL: the product of the centred inputs scaled by ``s_a * s_b / s_out`` (:func:`mul`);
+* AVERAGE_POOL_2D: the sum of the raw codes divided by the count, rounded half away from zero
+  (input and output share the grid) (:func:`average_pool`);
+* MEAN: the centred sum scaled by ``s_in / (s_out * count)`` (:func:`mean`).
+
+Every function works on int64 torch tensors holding the codes and returns codes; tests compare
+them code for code with LiteRT's builtin kernels (``tests/runtime_math/test_tflite.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "quantize_multiplier",
+    "multiply_by_quantized_multiplier",
+    "requantize",
+    "activation_range",
+    "add",
+    "mul",
+    "average_pool",
+    "mean",
+    "ADD_LEFT_SHIFT",
+]
+
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+
+ADD_LEFT_SHIFT = {8: 20, 16: 15}
+"""Left shift of ADD / SUB's inputs by activation width (TFLite's ``left_shift``)."""
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``(q, shift)`` with ``m = q * 2^(shift - 31)``.
+
+    ``frexp`` splits ``m`` into ``f * 2^shift`` with ``f`` in ``[0.5, 1)``; ``q =
+    round(f * 2^31)`` (ties away from zero); ``q == 2^31`` halves it and bumps the shift; a
+    shift below -31 flushes to zero.
+    """
+    if m == 0.0:
+        return 0, 0
+    frac, shift = math.frexp(m)
+    q = int(math.copysign(math.floor(abs(frac) * 2.0**31 + 0.5), frac))
+    if q == 2**31:
+        q //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return q, shift
+
+
+def _round_div_pot(x: Tensor, exponent: Tensor | int) -> Tensor:
+    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2^exponent``, ties away from zero."""
+    e = torch.as_tensor(exponent, dtype=torch.int64)
+    mask = (torch.ones_like(e) << e) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0).to(torch.int64)
+    return (x >> e) + (remainder > threshold).to(torch.int64)
+
+
+def _srdhm(a: Tensor, b: Tensor) -> Tensor:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int32 values held in int64."""
+    overflow = (a == _I32_MIN) & (b == _I32_MIN)
+    ab = a * b
+    nudge = torch.where(ab >= 0, torch.tensor(1 << 30), torch.tensor(1 - (1 << 30)))
+    num = ab + nudge
+    # C++ integer division by 2^31 truncates toward zero
+    high = torch.where(num >= 0, num >> 31, -((-num) >> 31))
+    return torch.where(overflow, torch.tensor(_I32_MAX), high)
+
+
+def multiply_by_quantized_multiplier(x: Tensor, q: Tensor | int, shift: Tensor | int) -> Tensor:
+    """TFLite's ``MultiplyByQuantizedMultiplier(x, q, shift)`` (double rounding): int32 ``x``
+    (int64 tensor) times ``q * 2^(shift - 31)``; ``q`` / ``shift`` broadcast (per channel)."""
+    q = torch.as_tensor(q, dtype=torch.int64)
+    shift = torch.as_tensor(shift, dtype=torch.int64)
+    left = shift.clamp(min=0)
+    right = (-shift).clamp(min=0)
+    shifted = (x * (torch.ones_like(left) << left)).clamp(_I32_MIN, _I32_MAX)
+    return _round_div_pot(_srdhm(shifted, q), right)
+
+
+def multiply_by_quantized_multiplier_64(x: Tensor, q: Tensor | int, shift: Tensor | int
+                                        ) -> Tensor:
+    """The int64-accumulator form (16x8 kernels): ``q`` rounded to 16 bits, then
+    ``(x * q16 + round) >> (15 - shift)``."""
+    q = torch.as_tensor(q, dtype=torch.int64)
+    shift = torch.as_tensor(shift, dtype=torch.int64)
+    q16 = (q + (1 << 15)) >> 16
+    total = 15 - shift
+    rnd = torch.ones_like(total) << (total - 1)
+    return ((x * q16 + rnd) >> total).clamp(_I32_MIN, _I32_MAX)
+
+
+def activation_range(act: str, scale: float, zero_point: int, qmin: int, qmax: int
+                     ) -> tuple[int, int]:
+    """The code range of a fused activation (``NONE`` / ``RELU`` / ``RELU6``)."""
+    if act == "NONE":
+        return qmin, qmax
+    lo = max(qmin, zero_point)
+    if act == "RELU":
+        return lo, qmax
+    if act == "RELU6":
+        return lo, min(qmax, zero_point + round(6.0 / scale))
+    raise ValueError(f"unknown fused activation {act!r}")
+
+
+def channel_multipliers(in_scale: float, w_scales: Tensor, out_scale: float
+                        ) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(q, shift)`` of ``in_scale * w_scale / out_scale`` computed in double
+    from the float32 scales, as TFLite's ``PopulateConvolutionQuantizationParams``."""
+    qs, shifts = [], []
+    for ws in w_scales.reshape(-1).tolist():
+        m = float(torch.tensor(in_scale, dtype=torch.float32)) * float(
+            torch.tensor(ws, dtype=torch.float32)) / float(torch.tensor(out_scale,
+                                                                        dtype=torch.float32))
+        q, s = quantize_multiplier(m)
+        qs.append(q)
+        shifts.append(s)
+    return torch.tensor(qs, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
+
+
+def requantize(acc: Tensor, q: Tensor, shift: Tensor, zero_point: int, lo: int, hi: int,
+               wide: bool = False) -> Tensor:
+    """Codes of an int32 (int64 for ``wide``: 16x8) accumulator: scaled, plus the zero point,
+    clamped to ``[lo, hi]``.  ``q`` / ``shift`` broadcast against ``acc``."""
+    fn = multiply_by_quantized_multiplier_64 if wide else multiply_by_quantized_multiplier
+    return (fn(acc, q, shift) + zero_point).clamp(lo, hi)
+
+
+def add(a: Tensor, a_scale: float, a_zp: int, b: Tensor, b_scale: float, b_zp: int,
+        out_scale: float, out_zp: int, lo: int, hi: int, bits: int = 8,
+        subtract: bool = False) -> Tensor:
+    """TFLite's quantized ADD / SUB (``PrepareGeneralSubOp`` / ``reference_integer_ops::Add``)."""
+    left = ADD_LEFT_SHIFT[bits]
+    f32 = torch.float32
+    sa, sb, so = (float(torch.tensor(v, dtype=f32)) for v in (a_scale, b_scale, out_scale))
+    twice_max = 2.0 * max(sa, sb)
+    qa, sha = quantize_multiplier(sa / twice_max)
+    qb, shb = quantize_multiplier(sb / twice_max)
+    qo, sho = quantize_multiplier(twice_max / ((1 << left) * so))
+    if subtract:
+        qb = -qb
+    xa = (a - a_zp) * (1 << left)
+    xb = (b - b_zp) * (1 << left)
+    sa_ = multiply_by_quantized_multiplier(xa, qa, sha)
+    sb_ = multiply_by_quantized_multiplier(xb, qb, shb)
+    out = multiply_by_quantized_multiplier(sa_ + sb_, qo, sho) + out_zp
+    return out.clamp(lo, hi)
+
+
+def mul(a: Tensor, a_scale: float, a_zp: int, b: Tensor, b_scale: float, b_zp: int,
+        out_scale: float, out_zp: int, lo: int, hi: int) -> Tensor:
+    """TFLite's quantized MUL: ``(a - za) * (b - zb)`` scaled by ``sa * sb / so``."""
+    f32 = torch.float32
+    m = float(torch.tensor(a_scale, dtype=f32)) * float(torch.tensor(b_scale, dtype=f32)) / \
+        float(torch.tensor(out_scale, dtype=f32))
+    q, s = quantize_multiplier(m)
+    prod = (a - a_zp) * (b - b_zp)
+    return (multiply_by_quantized_multiplier(prod, q, s) + out_zp).clamp(lo, hi)
+
+
+def average_pool(total: Tensor, count: Tensor | int, lo: int, hi: int) -> Tensor:
+    """Average of raw codes whose sum is ``total``: rounded half away from zero (C++ integer
+    division of ``total +- count / 2``), clamped.  Input and output share the grid."""
+    c = torch.as_tensor(count, dtype=torch.int64)
+    half = c // 2
+    num = torch.where(total > 0, total + half, total - half)
+    quotient = torch.where(num >= 0, num // c, -((-num) // c))
+    return quotient.clamp(lo, hi)
+
+
+def mean(centred_sum: Tensor, count: int, in_scale: float, out_scale: float, out_zp: int,
+         lo: int, hi: int) -> Tensor:
+    """TFLite's int8 MEAN: the sum of ``q - zp_in`` scaled by ``s_in / (s_out * count)``."""
+    f32 = torch.float32
+    real = float(torch.tensor(in_scale, dtype=f32)) / float(torch.tensor(out_scale, dtype=f32))
+    shift = 63 - (count - 1).bit_length() if count > 1 else 63
+    del shift
+    q, s = quantize_multiplier(real / count)
+    return (multiply_by_quantized_multiplier(centred_sum, q, s) + out_zp).clamp(lo, hi)
