@@ -25,9 +25,9 @@ import torch
 
 from ..errors import ConfigError, require
 from ..modelio import ModelInputs, as_inputs, flatten_outputs
-from .tflite_writer import read_metadata
+from .tflite_writer import read_metadata, read_ops
 
-__all__ = ["LiteRTSession", "LiteRTTensor", "KERNELS", "litert_version"]
+__all__ = ["LiteRTSession", "LiteRTTensor", "KERNELS", "litert_version", "tflite_op_counts"]
 
 KERNELS = ("builtin", "xnnpack", "reference")
 
@@ -159,3 +159,22 @@ class LiteRTSession:
                 np.asarray(q.get("zero_points", [])), int(q.get("quantized_dimension", 0)),
             )
         return out
+
+
+_MOVES = frozenset({"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "STRIDED_SLICE", "SLICE",
+                    "PAD", "CONCATENATION", "MAX_POOL_2D", "SQUEEZE", "EXPAND_DIMS",
+                    "RESIZE_NEAREST_NEIGHBOR"})
+
+
+def tflite_op_counts(data: bytes) -> tuple[dict[str, int], dict[str, int]]:
+    """``(integer ops, float ops)`` of a TFLite flatbuffer: operator name -> count, by the
+    type of each operator's first output (QUANTIZE / DEQUANTIZE and pure data movement are
+    not counted)."""
+    ints: dict[str, int] = {}
+    floats: dict[str, int] = {}
+    for name, out_type in read_ops(data):
+        if name in _MOVES:
+            continue
+        bucket = floats if out_type == "FLOAT32" else ints
+        bucket[name] = bucket.get(name, 0) + 1
+    return dict(sorted(ints.items())), dict(sorted(floats.items()))

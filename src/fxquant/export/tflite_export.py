@@ -135,6 +135,7 @@ def _input(L: Lowerer, n: fx.Node, name: str) -> Dyn:
             L.model.inputs.append(t)
             d = L.quantized(Dyn(t, perm, u8, shape), grid, f"{name}_int8")
         L.values[qdq] = d
+        L.record(d, path)
         return d
     dtype = "FLOAT32" if not isinstance(n.meta.get("val"), torch.Tensor) or \
         n.meta["val"].is_floating_point() else "INT32"
@@ -232,6 +233,8 @@ def _io_meta(L: Lowerer, cp_inputs: ModelInputs, names_in: tuple[str, ...],
                                                       strict=False)],
         "outputs": [entry(t, p, nm) for t, p, nm in zip(L.model.outputs, L.output_perms,
                                                        names_out, strict=False)],
+        "tensors": [{"tensor": L.model.tensors[t].name, "quantizer": q, "perm": list(p)}
+                    for t, q, p in L.quantized_tensors],
     }
 
 

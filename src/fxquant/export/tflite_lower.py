@@ -173,6 +173,13 @@ class Lowerer:
         self._float_of: dict[int, int] = {}
         self._names: set[str] = set()
         self._quantizers = {p: m for p, m in qmodel.named_modules() if isinstance(m, FakeQuantize)}
+        self.quantized_tensors: list[tuple[int, str, tuple[int, ...]]] = []
+
+    def record(self, v: Dyn, quantizer: str) -> None:
+        """Remember that ``v`` holds what ``quantizer`` produces (for verification)."""
+        entry = (v.tensor, quantizer, v.perm)
+        if entry not in self.quantized_tensors:
+            self.quantized_tensors.append(entry)
 
     # -- names and tensors ------------------------------------------------------------------
     def unique(self, name: str) -> str:

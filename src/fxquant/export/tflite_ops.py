@@ -84,6 +84,8 @@ def _out(L: Lowerer, n: fx.Node, shape: tuple[int, ...], perm: tuple[int, ...],
     d = Dyn(t, perm, grid, shape)
     for c in covered:
         L.values[c] = d
+    if covered:
+        L.record(d, L.qparams(covered[-1])[1])
     return d
 
 
@@ -878,7 +880,9 @@ def layer_norm(L: Lowerer, n: fx.Node) -> Dyn:
         cur = nxt
     out = Dyn(cur, identity(x.rank), None, x.shape)
     if grid is not None:
-        out = L.quantized(out, grid, _tensor_name(L.qparams(covered[-1])[1]))
+        path = L.qparams(covered[-1])[1]
+        out = L.quantized(out, grid, _tensor_name(path))
+        L.record(out, path)
         for c in covered:
             L.values[c] = out
     return out
@@ -921,7 +925,9 @@ def qdq(L: Lowerer, n: fx.Node) -> Any:
         return Const(v.value, qp, path)
     if not isinstance(v, Dyn) or not L.quantize:
         return v
-    return L.quantized(v, grid_of(qp, path), _tensor_name(path))
+    out = L.quantized(v, grid_of(qp, path), _tensor_name(path))
+    L.record(out, path)
+    return out
 
 
 HANDLERS: dict[Any, Handler] = {

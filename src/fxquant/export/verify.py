@@ -32,6 +32,7 @@ from ..errors import bounded, bounded_list
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
 from ..graph.simulation import float_simulation, runtime_simulation
+from .litert import LiteRTSession, tflite_op_counts
 from .naming import dq_output, quantized_tensor_name
 from .onnx_export import _eval_mode, frozen_quantizers, quantizer_index
 from .ort_fusion import ORT_INTEGER_OPS, fused_kernels, kernel_mismatches
@@ -39,7 +40,7 @@ from .ort_fusion import ORT_INTEGER_OPS, fused_kernels, kernel_mismatches
 __all__ = ["TensorDiff", "VerifyReport", "verify", "RUNTIMES", "HIST_CLIP", "FLOAT_RTOL",
            "KernelMismatchWarning"]
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "litert")
 HIST_CLIP = 5
 """Histogram bins beyond +-HIST_CLIP steps are merged into +-HIST_CLIP."""
 FLOAT_RTOL = 1e-5
@@ -305,6 +306,9 @@ def verify(
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "litert":
+        return _verify_litert(qmodel, onnx_path, inputs, tensors=tensors, reference=reference,
+                              num_threads=num_threads)
     if not integer_kernels and runtime != "onnxruntime":
         raise ValueError("integer_kernels=False is supported with runtime='onnxruntime' only")
     if reference not in ("auto", "runtime", "integer", "exact", "float32"):
@@ -388,6 +392,76 @@ def verify(
     ]
     return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops,
                         reference, emulated, not_emulated, version, mismatch)
+
+
+def _verify_litert(qmodel: nn.Module, path: str | os.PathLike[str], inputs: Any, *,
+                   tensors: bool, reference: str, num_threads: int | None) -> VerifyReport:
+    """:func:`verify` for a TFLite file (:func:`fxquant.export_tflite`) in LiteRT.
+
+    Outputs come from LiteRT's default CPU path (the XNNPACK delegate); the quantized tensors
+    inside from a second run on LiteRT's builtin kernels with every tensor kept (a delegate's
+    intermediate tensors are not readable).  ``reference="auto"`` / ``"runtime"``: the model's
+    eval mode with LiteRT's arithmetic (:data:`fxquant.backends.LITERT_KERNELS`).
+    """
+    if reference not in ("auto", "runtime", "integer", "exact", "float32"):
+        raise ValueError(f"reference must be 'auto', 'runtime', 'exact' or 'float32', got "
+                         f"{bounded(repr(reference))}")
+    reference = "runtime" if reference in ("auto", "integer") else reference
+    threads = num_threads or torch.get_num_threads()
+    args = _as_inputs(inputs)
+    session = LiteRTSession(path, kernels="xnnpack", threads=threads)
+    rt_out = [t.numpy() for t in session.run(args)]
+    meta = session.meta
+    int_ops, float_ops = tflite_op_counts(session.data)
+    ref_model: nn.Module = qmodel
+    float_ref = True
+    emulated: dict[str, int] = {}
+    not_emulated: dict[str, str] = {}
+    if reference == "runtime":
+        module, plan = runtime_simulation(qmodel, "litert")
+        emulated = dict(sorted(Counter(plan.kernels.values()).items()))
+        not_emulated = dict(plan.skipped)
+        if module is not None:
+            ref_model, float_ref = module, False
+    elif reference == "exact":
+        ref_model = copy.deepcopy(qmodel).double()
+    entries = meta.get("tensors", []) if tensors else []
+    watch = {e["tensor"]: (e["quantizer"], ref_model.get_submodule(e["quantizer"]))
+             for e in entries}
+    captured: dict[str, torch.Tensor] = {}
+    sim_out = _simulate(ref_model, args, watch, captured, float_ref)
+    sim32 = _simulate(qmodel, args, {}, {}, True) if reference != "float32" else None
+    out_q = _output_quantizers(qmodel)
+    outputs = []
+    names = [o.get("name", f"output_{i}") for i, o in enumerate(meta.get("outputs", []))]
+    for i, (rt, sim) in enumerate(zip(rt_out, sim_out, strict=False)):
+        qpath = out_q[i] if i < len(out_q) else None
+        fq = qmodel.get_submodule(qpath) if qpath else None
+        name = names[i] if i < len(names) else f"output_{i}"
+        d = _diff(name, rt, sim, fq, qpath)
+        if sim32 is not None and i < len(sim32) and fq is not None:
+            agree = _diff(name, sim32[i].double().numpy(), sim, fq, qpath).identical
+            d = dataclasses.replace(d, float32_identical=agree)
+        outputs.append(d)
+    tensor_diffs = []
+    if entries:
+        inner = LiteRTSession(path, kernels="builtin", threads=threads,
+                              preserve_all_tensors=True)
+        inner.run(args)
+        values = inner.tensors()
+        for e in entries:
+            t = values.get(e["tensor"])
+            if t is None or not t.quantized or e["tensor"] not in captured:
+                continue
+            perm = e["perm"]
+            inv = [perm.index(i) for i in range(len(perm))]
+            real = (t.value.astype(np.float64) - float(t.zero_point[0])) * float(t.scale[0])
+            rt = np.transpose(real, inv) if len(perm) == real.ndim else real
+            tensor_diffs.append(_diff(e["tensor"], rt, captured[e["tensor"]], watch[e["tensor"]][1],
+                                      e["quantizer"]))
+    version = f"ai-edge-litert {_version('ai-edge-litert')} (XNNPACK outputs, builtin tensors)"
+    return VerifyReport("litert", tuple(outputs), tuple(tensor_diffs), int_ops, float_ops,
+                        reference, emulated, not_emulated, version, {})
 
 
 def _version(package: str) -> str:
