@@ -37,6 +37,7 @@ from .export import (
     export_encodings,
     export_onnx,
     export_quantsim_config,
+    export_tflite,
     load_encodings,
     verify,
 )
@@ -127,6 +128,7 @@ __all__ = [
     "export_encodings",
     "load_encodings",
     "export_quantsim_config",
+    "export_tflite",
     "convert",
     "ConvertedModel",
     "ConvertError",

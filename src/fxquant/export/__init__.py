@@ -1,4 +1,4 @@
-"""Export of prepared models: ONNX QDQ (fxquant's own emitter) and verification in runtimes.
+"""Export of prepared models: ONNX QDQ, TFLite, and verification in runtimes.
 
 Importing this package does not import onnx / onnxruntime / openvino; they are loaded when an
 export or a verification runs.
@@ -7,6 +7,7 @@ export or a verification runs.
 from .encodings import export_encodings, load_encodings
 from .onnx_export import ExportError, ExportResult, ExportWarning, export_onnx
 from .quantsim_config import export_quantsim_config
+from .tflite_export import TFLiteExport, TFLiteExportWarning, export_tflite
 from .verify import TensorDiff, VerifyReport, verify
 
 __all__ = [
@@ -20,4 +21,7 @@ __all__ = [
     "export_encodings",
     "load_encodings",
     "export_quantsim_config",
+    "export_tflite",
+    "TFLiteExport",
+    "TFLiteExportWarning",
 ]
