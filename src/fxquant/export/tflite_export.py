@@ -127,12 +127,14 @@ def _input(L: Lowerer, n: fx.Node, name: str) -> Dyn:
         if L.io_dtype == "int8":
             t = L.new(name, permuted(shape, perm), grid)
             L.model.inputs.append(t)
+            L.input_perms.append(perm)
             d = Dyn(t, perm, grid, shape)
         else:
             u8 = type(grid)(grid.scale, grid.zero_point + 128, "UINT8", grid.qmin + 128,
                             grid.qmax + 128, grid.source)
             t = L.new(name, permuted(shape, perm), u8, dtype="UINT8")
             L.model.inputs.append(t)
+            L.input_perms.append(perm)
             d = L.quantized(Dyn(t, perm, u8, shape), grid, f"{name}_int8")
         L.values[qdq] = d
         L.record(d, path)
@@ -141,6 +143,7 @@ def _input(L: Lowerer, n: fx.Node, name: str) -> Dyn:
         n.meta["val"].is_floating_point() else "INT32"
     t = L.new(name, permuted(shape, perm), None, dtype=dtype)
     L.model.inputs.append(t)
+    L.input_perms.append(perm)
     return Dyn(t, perm, None, shape)
 
 
@@ -210,15 +213,7 @@ def lower(qmodel: nn.Module, example_inputs: Any, *, nhwc_io: bool = True,
                 L.output_perms.append(perm)
         else:
             raise ExportError(f"unexpected node {n.op} {bounded(n.name)} in the captured program")
-    L.input_perms = [_input_perm(L, t) for t in L.model.inputs]
     return L, cp.inputs
-
-
-def _input_perm(L: Lowerer, tensor: int) -> tuple[int, ...]:
-    for v in L.values.values():
-        if isinstance(v, Dyn) and v.tensor == tensor:
-            return v.perm
-    return identity(len(L.model.tensors[tensor].shape))
 
 
 def _io_meta(L: Lowerer, cp_inputs: ModelInputs, names_in: tuple[str, ...],

@@ -920,6 +920,8 @@ def identity_op(L: Lowerer, n: fx.Node) -> Any:
 
 def qdq(L: Lowerer, n: fx.Node) -> Any:
     v = L.value(n.args[0])
+    if not L.quantize:  # the float model: quantizers are dropped
+        return v
     qp, path = L.qparams(n)
     if isinstance(v, Const):
         return Const(v.value, qp, path)
