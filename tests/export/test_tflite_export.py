@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from bench.models import TinyTransformer
 from torch import nn
 
 import fxquant
-from bench.models import TinyTransformer
 from fxquant.export.litert import LiteRTSession, tflite_op_counts
 from fxquant.export.tflite_export import TFLiteExportWarning
 from fxquant.export.tflite_writer import read_ops
