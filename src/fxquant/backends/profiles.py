@@ -116,11 +116,14 @@ kernels in files written by :func:`fxquant.export_onnx`."""
 LITERT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.CONV, "CONV_2D"),
     FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED"),
+    FusedKernel(KernelOp.ADD, "ADD"),
 )
 """LiteRT (XNNPACK delegate, the interpreter's default on CPU): int8 CONV_2D /
 DEPTHWISE_CONV_2D / FULLY_CONNECTED accumulate exactly in int32 and requantize in float32
 (``float(acc) * (s_in * s_w / s_out)``, rounded half to even, plus the zero point) -- the same
-arithmetic as ONNX Runtime's QLinearConv / QGemm (``tests/export/test_tflite_export.py``)."""
+arithmetic as ONNX Runtime's QLinearConv / QGemm; ADD: XNNPACK's integer multipliers at a common
+shift (:func:`fxquant.runtime_math.tflite.xnnpack_add`).  Checked code for code against LiteRT in
+``tests/runtime_math/test_tflite.py`` and ``tests/export/test_tflite_export.py``."""
 
 ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
 """ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing

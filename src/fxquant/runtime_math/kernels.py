@@ -29,7 +29,7 @@ from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..numerics import QParams
 from ..numerics.affine import quantize_codes
 from ..numerics.bias import channel_scale, quantize_bias
-from . import ort
+from . import ort, tflite
 from .exact import exact_conv, exact_linear, exact_matmul
 
 __all__ = [
@@ -281,6 +281,11 @@ class BinaryKernel(RuntimeKernel):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
             return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))
+        if self.kernel == "ADD":  # LiteRT (XNNPACK delegate)
+            codes = tflite.xnnpack_add(ga.codes(a).long(), float(ga.scale), ga.zp,
+                                       gb.codes(b).long(), float(gb.scale), gb.zp,
+                                       float(out.scale), out.zp, out.qmin, out.qmax)
+            return out.value(codes.to(_F32))
         fn = ort.qlinear_add if self.kernel == "QLinearAdd" else ort.qlinear_mul
         codes = fn(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
                    out.scale, out.zp, out.qmin, out.qmax)

@@ -25,7 +25,9 @@ them code for code with LiteRT's builtin kernels (``tests/runtime_math/test_tfli
 from __future__ import annotations
 
 import math
+import struct
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,6 +41,7 @@ __all__ = [
     "average_pool",
     "mean",
     "ADD_LEFT_SHIFT",
+    "xnnpack_add",
 ]
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
@@ -196,3 +199,25 @@ def mean(centred_sum: Tensor, count: int, in_scale: float, out_scale: float, out
     del shift
     q, s = quantize_multiplier(real / count)
     return (multiply_by_quantized_multiplier(centred_sum, q, s) + out_zp).clamp(lo, hi)
+
+
+def xnnpack_add(a: Tensor, a_scale: float, a_zp: int, b: Tensor, b_scale: float, b_zp: int,
+                out_scale: float, out_zp: int, lo: int, hi: int) -> Tensor:
+    """LiteRT's ADD on its XNNPACK delegate (the default CPU path), int8.
+
+    The input-to-output scale ratios (float32) become integer multipliers at a common shift
+    chosen so that the larger one has 20 bits below its leading one (``shift = 147 -
+    exponent(max ratio)``); ``acc = a * ma + b * mb + bias`` with ``bias = 2^(shift - 1) -
+    ma * za - mb * zb``; the output is ``(acc >> shift) + zo`` (an arithmetic shift: ties round
+    up), clamped.
+    """
+    f32 = np.float32
+    ra = float(f32(f32(a_scale) / f32(out_scale)))
+    rb = float(f32(f32(b_scale) / f32(out_scale)))
+    biased_exponent = struct.unpack("<I", struct.pack("<f", max(ra, rb)))[0] >> 23
+    shift = 127 + 20 - biased_exponent
+    ma = int(np.rint(f32(2.0**shift) * f32(ra)))
+    mb = int(np.rint(f32(2.0**shift) * f32(rb)))
+    bias = (1 << (shift - 1)) - ma * a_zp - mb * b_zp
+    acc = a.to(torch.int64) * ma + b.to(torch.int64) * mb + bias
+    return ((acc >> shift) + out_zp).clamp(lo, hi)
