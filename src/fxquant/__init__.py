@@ -20,6 +20,7 @@ from .algorithms import (
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
+from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
 from .errors import (
     CaptureError,
     CheckpointError,
@@ -138,6 +139,9 @@ __all__ = [
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "set_distributed_sync",
+    "no_distributed_sync",
+    "sync_observers",
     "QConfig",
     "FLOAT",
     "get_qconfig",

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory
+from ..distributed import DistributedSync, merge_pending, observe_distributed
 from ..errors import QuantizerError
 from ..numerics import (
     DEFAULT_EPS,
@@ -43,7 +44,12 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     ``forward(x)`` returns a tensor of ``x``'s shape; what it does depends on :attr:`state`
     (see :class:`FakeQuantState`).  Buffers ``scale`` (float32, 0-d or ``[C]``),
     ``zero_point`` (int32), ``calibrated`` and ``state_code`` hold all state.
+
+    Under ``torch.distributed`` the observer's statistics are merged across ranks (see
+    :mod:`fxquant.distributed`; ``distributed_sync`` holds the setting).
     """
+
+    distributed_sync: DistributedSync = DistributedSync()
 
     def __init__(
         self,
@@ -162,7 +168,17 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         return FakeQuantState(int(self.state_code))
 
     def set_state(self, state: FakeQuantState) -> None:
-        """Switch mode; leaving CALIBRATION computes the scale from what was observed."""
+        """Switch mode; leaving CALIBRATION computes the scale from what was observed.
+
+        Under torch.distributed, leaving CALIBRATION first merges what every rank observed (a
+        collective; :func:`set_fake_quantize` merges all its quantizers at once).
+        """
+        if state is not FakeQuantState.CALIBRATION and self.state is FakeQuantState.CALIBRATION:
+            merge_pending([self])
+        self._apply_state(state)
+
+    def _apply_state(self, state: FakeQuantState) -> None:
+        """Switch mode without a distributed merge (the caller merged already)."""
         if self._dirty and state is not FakeQuantState.CALIBRATION:
             self.update_qparams()
         self.state_code.fill_(state.value)
@@ -179,7 +195,10 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self.calibrated.fill_(True)
 
     def _observe(self, x: torch.Tensor) -> None:
-        self.observer(x)
+        if self.distributed_sync.active():  # torch.distributed with > 1 rank, not opted out
+            observe_distributed(self, x, self.state is FakeQuantState.CALIBRATION)
+        else:
+            self.observer(x)
         self._dirty = True
 
     # -- forward -------------------------------------------------------------------------------
