@@ -117,13 +117,17 @@ LITERT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.CONV, "CONV_2D"),
     FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED"),
     FusedKernel(KernelOp.ADD, "ADD"),
+    FusedKernel(KernelOp.MATMUL, "BATCH_MATMUL"),
 )
 """LiteRT (XNNPACK delegate, the interpreter's default on CPU): int8 CONV_2D /
 DEPTHWISE_CONV_2D / FULLY_CONNECTED accumulate exactly in int32 and requantize in float32
 (``float(acc) * (s_in * s_w / s_out)``, rounded half to even, plus the zero point) -- the same
 arithmetic as ONNX Runtime's QLinearConv / QGemm; ADD: XNNPACK's integer multipliers at a common
-shift (:func:`fxquant.runtime_math.tflite.xnnpack_add`).  Checked code for code against LiteRT in
-``tests/runtime_math/test_tflite.py`` and ``tests/export/test_tflite_export.py``."""
+shift (:func:`fxquant.runtime_math.tflite.xnnpack_add`); BATCH_MATMUL: XNNPACK takes it (float32
+requantization) only when the right operand's zero point is 0, else LiteRT's builtin kernel
+requantizes in fixed point (:func:`fxquant.runtime_math.tflite.requantize_product`).  Checked
+code for code against LiteRT in ``tests/runtime_math/test_tflite.py`` and
+``tests/export/test_tflite_export.py``."""
 
 ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
 """ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing

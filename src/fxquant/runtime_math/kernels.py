@@ -277,7 +277,15 @@ class BinaryKernel(RuntimeKernel):
 
     def compute(self, a: Tensor, b: Tensor) -> Tensor:
         ga, gb, out = _Grid(self.a_fq), _Grid(self.b_fq), _Grid(self.out_fq)
-        if self.kernel == "QLinearMatMul":
+        if self.kernel == "BATCH_MATMUL" and gb.zp != 0:
+            # LiteRT: XNNPACK takes a quantized BATCH_MATMUL only when its right operand has
+            # zero point 0 (like GEMM weights); else the builtin kernel requantizes in fixed point
+            acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
+            codes = tflite.requantize_product(acc.to(torch.int64), float(ga.scale),
+                                              float(gb.scale), float(out.scale), out.zp,
+                                              out.qmin, out.qmax)
+            return out.value(codes.to(_F32))
+        if self.kernel in ("QLinearMatMul", "BATCH_MATMUL"):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
             return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))

@@ -42,6 +42,7 @@ __all__ = [
     "mean",
     "ADD_LEFT_SHIFT",
     "xnnpack_add",
+    "requantize_product",
 ]
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
@@ -221,3 +222,14 @@ def xnnpack_add(a: Tensor, a_scale: float, a_zp: int, b: Tensor, b_scale: float,
     bias = (1 << (shift - 1)) - ma * a_zp - mb * b_zp
     acc = a.to(torch.int64) * ma + b.to(torch.int64) * mb + bias
     return ((acc >> shift) + out_zp).clamp(lo, hi)
+
+
+def requantize_product(acc: Tensor, a_scale: float, b_scale: float, out_scale: float,
+                       out_zp: int, lo: int, hi: int) -> Tensor:
+    """BATCH_MATMUL's output codes: the exact int32 accumulator of two per-tensor operands
+    scaled by ``s_a * s_b / s_out`` (double product of the float32 scales) with
+    :func:`multiply_by_quantized_multiplier`, plus the zero point, clamped."""
+    f32 = np.float32
+    q, shift = quantize_multiplier(float(f32(a_scale)) * float(f32(b_scale)) /
+                                   float(f32(out_scale)))
+    return requantize(acc, torch.tensor(q), torch.tensor(shift), out_zp, lo, hi)
