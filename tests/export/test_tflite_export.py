@@ -82,8 +82,10 @@ def test_int16x8_model(tmp_path):
     assert all(t == np.int64 for n, t in types.items() if n.endswith("_bias"))
     assert all(t == np.int8 for n, t in types.items() if n.endswith("_weight"))
     report = fxquant.verify(q, path, data[1], runtime="litert", tensors=False)
-    # 16x8 kernels run on LiteRT's builtin kernels (not emulated yet)
-    assert report.outputs[0].identical >= 0.97 and report.outputs[0].max_step_diff <= 1, report
+    # LiteRT's builtin 16x8 kernels: conv / fully connected / mean emulated code for code
+    assert report.outputs[0].identical >= 0.99 and report.outputs[0].max_step_diff <= 1, report
+    assert report.emulated == {"CONV_2D_16x8": 7, "FULLY_CONNECTED_16x8": 1, "MEAN_16x8": 1}
+    assert report.outputs[0].float32_identical < 0.99
 
 
 def test_transformer_encoder_matches_litert(tmp_path):

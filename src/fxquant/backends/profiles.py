@@ -118,6 +118,10 @@ LITERT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED"),
     FusedKernel(KernelOp.ADD, "ADD"),
     FusedKernel(KernelOp.MATMUL, "BATCH_MATMUL"),
+    FusedKernel(KernelOp.CONV, "CONV_2D_16x8", max_bits=16),
+    FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED_16x8", max_bits=16),
+    FusedKernel(KernelOp.MEAN, "MEAN_16x8", max_bits=16),
+    FusedKernel(KernelOp.GLOBAL_AVG_POOL, "MEAN_16x8", max_bits=16),
 )
 """LiteRT (XNNPACK delegate, the interpreter's default on CPU): int8 CONV_2D /
 DEPTHWISE_CONV_2D / FULLY_CONNECTED accumulate exactly in int32 and requantize in float32
@@ -127,7 +131,10 @@ shift (:func:`fxquant.runtime_math.tflite.xnnpack_add`); BATCH_MATMUL: XNNPACK t
 requantization) only when the right operand's zero point is 0, else LiteRT's builtin kernel
 requantizes in fixed point (:func:`fxquant.runtime_math.tflite.requantize_product`).  Checked
 code for code against LiteRT in ``tests/runtime_math/test_tflite.py`` and
-``tests/export/test_tflite_export.py``."""
+``tests/export/test_tflite_export.py``.  16x8 CONV_2D / FULLY_CONNECTED run on LiteRT's builtin
+kernels: exact accumulation, int64 bias, fixed-point requantization with a 16-bit multiplier
+(:func:`fxquant.runtime_math.tflite.multiply_by_quantized_multiplier_64`); 16-bit MEAN / global
+average pooling: :func:`fxquant.runtime_math.tflite.mean`."""
 
 ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
 """ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing

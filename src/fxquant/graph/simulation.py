@@ -58,6 +58,7 @@ from ..qconfig import OpKind
 from ..runtime_math import (
     AvgPoolKernel,
     BinaryKernel,
+    FixedPointMeanKernel,
     GlobalAvgPoolKernel,
     LookupKernel,
     MeanKernel,
@@ -433,6 +434,26 @@ def _entry(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> FusedK
     return None
 
 
+def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
+    """``(dims, keepdim)`` of a ``mean`` node with explicit dimensions (None: other forms)."""
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+    if dim is None or "dtype" in n.kwargs:
+        return None
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    if not all(isinstance(d, int) for d in dims) or not isinstance(keep, bool):
+        return None
+    return dims, keep
+
+
+def _alternatives(kernels: tuple[FusedKernel, ...], first: FusedKernel, n: fx.Node
+                  ) -> list[FusedKernel]:
+    """Wider entries of the table for the same op, tried when ``first`` does not match
+    (LiteRT's 16x8 kernels after its 8-bit ones)."""
+    return [k for k in kernels if k.max_bits > first.max_bits and k.op is first.op and
+            (k.input_ndim is None or k.input_ndim == _first_ndim(n))]
+
+
 def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
     """``(kernel module, tensor name source quantizer / module, why not)`` for op node ``n``."""
     op, bits = entry.op, entry.max_bits
@@ -451,6 +472,16 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, why
         return WeightedKernel(entry.kernel, None, in_fq, out_fq, clip,
                               float_output=not entry.quantized_output, weight_fq=wfq), ""
+    if entry.kernel == FixedPointMeanKernel.NAME:  # LiteRT's 16-bit MEAN (mean / global pool)
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if in_fq is None or out_fq is None:
+            return None, why or "the output is not quantized"
+        if in_fq.dtype.bits <= 8:
+            return None, "an 8-bit input (the kernel takes 16-bit activations)"
+        dims = None if op is KernelOp.GLOBAL_AVG_POOL else _mean_dims(n)
+        if op is KernelOp.MEAN and dims is None:
+            return None, "not a mean over given dimensions"
+        return FixedPointMeanKernel(_fallback(gm, n), in_fq, out_fq, dims), ""
     if op is KernelOp.MEAN:
         in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
         if in_fq is None:
@@ -546,6 +577,11 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> 
         if entry is None:
             continue
         kernel, why = _make_kernel(gm, n, entry, dynamic)
+        for alt in _alternatives(table, entry, n) if kernel is None else ():
+            kernel, _ = _make_kernel(gm, n, alt, dynamic)  # e.g. a 16-bit kernel
+            if kernel is not None:
+                entry = alt
+                break
         if kernel is None:
             plan.skipped[_op_name(gm, n, names, paths)] = f"{entry.kernel}: {why}"
             continue

@@ -7,10 +7,11 @@
   (placed by :mod:`fxquant.graph.simulation`, the eval-mode runtime simulation).
 """
 
-from . import exact, ort
+from . import exact, ort, tflite
 from .kernels import (
     AvgPoolKernel,
     BinaryKernel,
+    FixedPointMeanKernel,
     GlobalAvgPoolKernel,
     LookupKernel,
     MeanKernel,
@@ -21,10 +22,12 @@ from .kernels import (
 
 __all__ = [
     "ort",
+    "tflite",
     "exact",
     "RuntimeKernel",
     "WeightedKernel",
     "BinaryKernel",
+    "FixedPointMeanKernel",
     "GlobalAvgPoolKernel",
     "AvgPoolKernel",
     "LookupKernel",

@@ -40,6 +40,7 @@ __all__ = [
     "AvgPoolKernel",
     "LookupKernel",
     "MeanKernel",
+    "FixedPointMeanKernel",
     "settled",
     "LOOKUP_FUNCTIONS",
 ]
@@ -195,9 +196,18 @@ class WeightedKernel(RuntimeKernel):
         qp = self.wfq.qparams()
         if qp.axis not in (None, 0):
             return "weight not quantized per output channel"
+        if self.fixed_point:  # LiteRT 16x8: a fused relu / relu6 clamps the output codes
+            if self.in_fq.qparams().dtype.bits <= 8:
+                return "an 8-bit input (the 16x8 kernel takes 16-bit activations)"
+            return None
         if self.out_fq is not None and not _clip_implied(self.clip, _Grid(self.out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
+
+    @property
+    def fixed_point(self) -> bool:
+        """LiteRT's 16x8 kernels: int64 accumulator, fixed-point requantization."""
+        return self.kernel.endswith("_16x8")
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         if self.why_not(*args, **kwargs) is not None:
@@ -237,11 +247,15 @@ class WeightedKernel(RuntimeKernel):
             y = acc * (grid_in.scale * s_c)
             return y if b is None else y + b.to(_F32)
         bias = None
-        if b is not None:
+        if b is not None and self.fixed_point:  # int64 bias
+            bias = torch.round(b.detach().double() / (grid_in.scale * s_c).double())
+        elif b is not None:
             q, _ = quantize_bias(b, grid_in.scale, s_c)  # OverflowError: see forward
             bias = q.double()
         assert self.out_fq is not None
         out = _Grid(self.out_fq)
+        if self.fixed_point:
+            return out.value(self._fixed_point(x, xc, codes, bias, grid_in, s_c, out))
         mult = ort.requantize_multiplier(grid_in.scale, s_c, out.scale)
         if self.is_conv:
             layer = self.layer
@@ -254,6 +268,38 @@ class WeightedKernel(RuntimeKernel):
         else:
             acc = exact_linear(xc, codes, bias, grid_in.bound)
         return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))
+
+
+    def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
+                     grid_in: _Grid, s_c: Tensor, out: _Grid) -> Tensor:
+        """LiteRT's 16x8 conv / fully connected: exact accumulation, int64 bias, per-channel
+        fixed-point requantization (:func:`fxquant.runtime_math.tflite.requantize`)."""
+        bound = grid_in.bound
+        if self.is_conv:
+            layer = self.layer
+
+            def conv(xi: Tensor, wi: Tensor, bi: Tensor | None) -> Tensor:
+                return qnn.conv_forward(layer, xi, wi, bi)
+
+            acc = exact_conv(conv, xc, codes, bias, bound, layer.groups)
+            shape = (-1, *([1] * (acc.dim() - 2)))
+        else:
+            acc = exact_linear(xc, codes, bias, bound)
+            shape = (-1,)
+        q, shift = tflite.channel_multipliers(float(grid_in.scale), s_c, float(out.scale))
+        lo, hi = out.qmin, out.qmax
+        if self.clip is not None:
+            c_lo, c_hi = self.clip
+            if c_lo is not None:
+                lo = max(lo, out.zp + round(c_lo / float(out.scale)))
+            if c_hi is not None:
+                hi = min(hi, out.zp + round(c_hi / float(out.scale)))
+        # LiteRT's 16x8 conv kernels scale with a 16-bit multiplier, its fully connected one
+        # with the 32-bit multiplier in one rounding step
+        codes_out = tflite.requantize(acc.to(torch.int64), q.reshape(shape),
+                                      shift.reshape(shape), out.zp, lo, hi,
+                                      mode="wide" if self.is_conv else "single")
+        return codes_out.to(_F32)
 
 
 # -- QLinearAdd / QLinearMul / QLinearMatMul -----------------------------------------------------
@@ -440,6 +486,44 @@ class MeanKernel(RuntimeKernel):
             n *= s
         y = ort.reduce_mean_trailing(x, n).reshape(lead)
         return y.reshape(*lead, *([1] * k)) if a["keepdim"] else y
+
+
+class FixedPointMeanKernel(RuntimeKernel):
+    """LiteRT's 16-bit MEAN (``x.mean(dims)`` or global average pooling): the exact sum of
+    ``q - zp`` requantized by :func:`fxquant.runtime_math.tflite.mean` (TFLite's builtin
+    kernel; XNNPACK takes no 16-bit tensors).
+
+    ``dims``: ``(dims, keepdim)`` of a mean; ``None``: global pooling over the spatial dims.
+    """
+
+    NAME = "MEAN_16x8"
+
+    def __init__(self, fallback: Callable[..., Any], in_fq: FakeQuantize, out_fq: FakeQuantize,
+                 dims: tuple[tuple[int, ...], bool] | None) -> None:
+        super().__init__(self.NAME, fallback, (in_fq, out_fq))
+        self.in_fq, self.out_fq = in_fq, out_fq
+        self.dims = dims
+
+    def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
+        if not isinstance(x, Tensor) or (self.dims is None and x.dim() < 3):
+            return "input is not a batched tensor"
+        if self.in_fq.qparams().dtype.bits <= 8:
+            return "an 8-bit input (the 16-bit kernel takes 16-bit activations)"
+        return None
+
+    def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
+        g, out = _Grid(self.in_fq), _Grid(self.out_fq)
+        if self.dims is None:
+            dims, keep = tuple(range(2, x.dim())), True
+        else:
+            dims, keep = tuple(d % x.dim() for d in self.dims[0]), self.dims[1]
+        count = 1
+        for d in dims:
+            count *= x.shape[d]
+        total = g.centred(x).to(torch.int64).sum(dims, keepdim=keep)
+        codes = tflite.mean(total, count, float(g.scale), float(out.scale), out.zp, out.qmin,
+                            out.qmax)
+        return out.value(codes.to(_F32))
 
 
 LOOKUP_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"QLinearSigmoid": ort.logistic}

@@ -43,6 +43,7 @@ __all__ = [
     "ADD_LEFT_SHIFT",
     "xnnpack_add",
     "requantize_product",
+    "multiply_by_quantized_multiplier_single",
 ]
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
@@ -103,11 +104,11 @@ def multiply_by_quantized_multiplier(x: Tensor, q: Tensor | int, shift: Tensor |
 
 def multiply_by_quantized_multiplier_64(x: Tensor, q: Tensor | int, shift: Tensor | int
                                         ) -> Tensor:
-    """The int64-accumulator form (16x8 kernels): ``q`` rounded to 16 bits, then
-    ``(x * q16 + round) >> (15 - shift)``."""
+    """The int64-accumulator form (16x8 conv kernels): ``q`` rounded to 16 bits (capped at
+    ``0x7FFF``), then ``(x * q16 + round) >> (15 - shift)``."""
     q = torch.as_tensor(q, dtype=torch.int64)
     shift = torch.as_tensor(shift, dtype=torch.int64)
-    q16 = (q + (1 << 15)) >> 16
+    q16 = torch.where(q < 0x7FFF0000, (q + (1 << 15)) >> 16, torch.tensor(0x7FFF))
     total = 15 - shift
     rnd = torch.ones_like(total) << (total - 1)
     return ((x * q16 + rnd) >> total).clamp(_I32_MIN, _I32_MAX)
@@ -141,13 +142,30 @@ def channel_multipliers(in_scale: float, w_scales: Tensor, out_scale: float
     return torch.tensor(qs, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
 
 
-def requantize(acc: Tensor, q: Tensor, shift: Tensor, zero_point: int, lo: int, hi: int,
-               wide: bool = False) -> Tensor:
-    """Codes of an int32 (int64 for ``wide``: 16x8) accumulator: scaled, plus the zero point,
-    clamped to ``[lo, hi]``.  ``q`` / ``shift`` broadcast against ``acc``."""
-    fn = multiply_by_quantized_multiplier_64 if wide else multiply_by_quantized_multiplier
-    return (fn(acc, q, shift) + zero_point).clamp(lo, hi)
+def multiply_by_quantized_multiplier_single(x: Tensor, q: Tensor | int, shift: Tensor | int
+                                            ) -> Tensor:
+    """Single rounding: ``(x * q + 2^(30 - shift)) >> (31 - shift)`` on int64 (LiteRT's 16x8
+    FULLY_CONNECTED)."""
+    q = torch.as_tensor(q, dtype=torch.int64)
+    total = 31 - torch.as_tensor(shift, dtype=torch.int64)
+    return ((x * q + (torch.ones_like(total) << (total - 1))) >> total).clamp(_I32_MIN, _I32_MAX)
 
+
+_REQUANTIZERS = {
+    "double": multiply_by_quantized_multiplier,
+    "wide": multiply_by_quantized_multiplier_64,
+    "single": multiply_by_quantized_multiplier_single,
+}
+
+
+def requantize(acc: Tensor, q: Tensor, shift: Tensor, zero_point: int, lo: int, hi: int,
+               wide: bool = False, mode: str | None = None) -> Tensor:
+    """Codes of an accumulator: scaled (``mode``: ``"double"`` -- the int8 kernels' double
+    rounding --, ``"wide"`` -- the 16-bit multiplier of the 16x8 conv kernels -- or
+    ``"single"``; ``wide=True`` means ``"wide"``), plus the zero point, clamped to ``[lo, hi]``.
+    ``q`` / ``shift`` broadcast against ``acc``."""
+    fn = _REQUANTIZERS[mode or ("wide" if wide else "double")]
+    return (fn(acc, q, shift) + zero_point).clamp(lo, hi)
 
 def add(a: Tensor, a_scale: float, a_zp: int, b: Tensor, b_scale: float, b_zp: int,
         out_scale: float, out_zp: int, lo: int, hi: int, bits: int = 8,
@@ -193,14 +211,18 @@ def average_pool(total: Tensor, count: Tensor | int, lo: int, hi: int) -> Tensor
 
 def mean(centred_sum: Tensor, count: int, in_scale: float, out_scale: float, out_zp: int,
          lo: int, hi: int) -> Tensor:
-    """TFLite's int8 MEAN: the sum of ``q - zp_in`` scaled by ``s_in / (s_out * count)``."""
-    f32 = torch.float32
-    real = float(torch.tensor(in_scale, dtype=f32)) / float(torch.tensor(out_scale, dtype=f32))
-    shift = 63 - (count - 1).bit_length() if count > 1 else 63
-    del shift
-    q, s = quantize_multiplier(real / count)
-    return (multiply_by_quantized_multiplier(centred_sum, q, s) + out_zp).clamp(lo, hi)
+    """TFLite's quantized MEAN: the sum of ``q - zp_in`` scaled by ``s_in / (s_out * count)``.
 
+    The multiplier of ``s_in / s_out`` absorbs the division: shifted left by ``floor(log2
+    count)`` (at most 32, and no further than its own exponent allows), divided by ``count``
+    (integer division), then applied with :func:`multiply_by_quantized_multiplier`.
+    """
+    f32 = np.float32
+    q0, s0 = quantize_multiplier(float(f32(in_scale)) / float(f32(out_scale)))
+    shift = min(count.bit_length() - 1, 32, 31 + s0)
+    q = (q0 << shift) // count
+    out = multiply_by_quantized_multiplier(centred_sum, q, s0 - shift) + out_zp
+    return out.clamp(lo, hi)
 
 def xnnpack_add(a: Tensor, a_scale: float, a_zp: int, b: Tensor, b_scale: float, b_zp: int,
                 out_scale: float, out_zp: int, lo: int, hi: int) -> Tensor:
