@@ -139,8 +139,8 @@ def _input(L: Lowerer, n: fx.Node, name: str) -> Dyn:
         L.values[qdq] = d
         L.record(d, path)
         return d
-    dtype = "FLOAT32" if not isinstance(n.meta.get("val"), torch.Tensor) or \
-        n.meta["val"].is_floating_point() else "INT32"
+    val = n.meta.get("val")
+    dtype = "FLOAT32" if not isinstance(val, torch.Tensor) else _TYPES.get(val.dtype, "FLOAT32")
     t = L.new(name, permuted(shape, perm), None, dtype=dtype)
     L.model.inputs.append(t)
     L.input_perms.append(perm)
@@ -174,6 +174,8 @@ def _output(L: Lowerer, v: Any, name: str) -> tuple[int, tuple[int, ...]]:
 
 
 _SKIP_PREFIXES = ("_assert", "sym_constrain", "_check")
+_TYPES = {torch.float32: "FLOAT32", torch.int64: "INT64", torch.int32: "INT32",
+          torch.bool: "BOOL", torch.uint8: "UINT8", torch.int8: "INT8", torch.int16: "INT16"}
 
 
 def lower(qmodel: nn.Module, example_inputs: Any, *, nhwc_io: bool = True,

@@ -606,8 +606,12 @@ def _requantize_to(L: Lowerer, n: fx.Node, v: Dyn, grid: Grid, covered: list[fx.
 def _pool_emit(L: Lowerer, n: fx.Node, x: Dyn, opcode: str, k: tuple[int, int],
                s: tuple[int, int], p: tuple[int, int], ceil_mode: bool, grid: Grid | None,
                covered: list[fx.Node]) -> Dyn:
-    # pooling pads nothing TFLite could add: only SAME padding matches torch's
-    xq, pad = _padding(L, n, x, k, s, (1, 1), p, ceil_mode, pad_value_ok=False)
+    try:  # SAME padding where it is torch's
+        xq, pad = _padding(L, n, x, k, s, (1, 1), p, ceil_mode, pad_value_ok=False)
+    except ExportError:
+        if opcode != "MAX_POOL_2D" or ceil_mode:
+            raise
+        xq, pad = _pad_lowest(L, n, x, p), _PAD_VALID  # max pooling ignores the lowest value
     name = None if covered else (f"{n.name}" if grid is None or opcode != "MAX_POOL_2D"
                                  else n.name)
     out = _out(L, n, L.shape(n), NHWC, grid, covered, name)
@@ -615,6 +619,23 @@ def _pool_emit(L: Lowerer, n: fx.Node, x: Dyn, opcode: str, k: tuple[int, int],
            ("Pool2DOptions", {"Padding": pad, "StrideW": s[1], "StrideH": s[0],
                               "FilterWidth": k[1], "FilterHeight": k[0]}))
     return out
+
+
+def _pad_lowest(L: Lowerer, n: fx.Node, x: Dyn, p: tuple[int, int]) -> Dyn:
+    """``x`` (NHWC) padded spatially with its lowest value (PADV2): what max pooling's implicit
+    -inf padding does."""
+    h, w = x.shape[2], x.shape[3]
+    pads = [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]]
+    if x.grid is not None:
+        value = L.const(f"{n.name}_pad_value", np.asarray(x.grid.qmin), x.grid.dtype,
+                        x.grid.quant())
+    else:
+        value = L.const(f"{n.name}_pad_value", np.asarray(np.finfo(np.float32).min), "FLOAT32")
+    shape = (x.shape[0], x.shape[1], h + 2 * p[0], w + 2 * p[1])
+    out = L.new(f"{n.name}_pad", permuted(shape, NHWC), x.grid)
+    L.emit("PADV2", [L.get(x, NHWC), L.const(f"{n.name}_paddings", np.asarray(pads, np.int32),
+                                             "INT32"), value], [out])
+    return Dyn(out, NHWC, x.grid, shape)
 
 
 def avg_pool2d(L: Lowerer, n: fx.Node) -> Dyn:
@@ -701,9 +722,14 @@ def cat(L: Lowerer, n: fx.Node) -> Dyn:
             else:
                 p = _float_inputs(L, n, [p], why)[0]
             tensors.append(L.get(p, perm))
+        elif grid is not None:  # a constant part, on the output grid (what the quantizer does)
+            v = (p.float_value() if isinstance(p, Const) else torch.tensor(float(p)))
+            v = v.reshape((1,) * (rank - v.dim()) + tuple(v.shape)).permute(perm)
+            codes = torch.round(v.double() / grid.scale) + grid.zero_point
+            tensors.append(L.const(f"{n.name}_part{i}", codes.clamp(grid.qmin, grid.qmax),
+                                   grid.dtype, grid.quant()))
         else:
-            tensors.append(_operand(L, p, perm, rank, grid.dtype if grid else None,
-                                    f"{n.name}_part{i}"))
+            tensors.append(_operand(L, p, perm, rank, None, f"{n.name}_part{i}"))
     out = _out(L, n, out_shape, perm, grid, covered, None if grid is not None else n.name)
     L.emit("CONCATENATION", tensors, [out.tensor],
            ("ConcatenationOptions", {"Axis": invert(perm)[dim]}))
@@ -914,6 +940,119 @@ def batch_norm(L: Lowerer, n: fx.Node) -> Dyn:
     return res if not isinstance(n.meta.get("val"), (tuple, list)) else (res, None, None)
 
 
+def _float_unary(L: Lowerer, n: fx.Node, why: str,
+                 steps: Callable[[Lowerer, int, tuple[int, ...], str], int]) -> Dyn:
+    """An elementwise op written as float32 TFLite ops (``steps`` emits them from the float
+    input tensor and returns the result tensor), quantized afterwards when a quantizer
+    follows."""
+    x = _dyn(L, n.args[0], n)
+    grid, covered, _ = L.output_grid(n, False)
+    if L.quantize:
+        L.note_float(n, why)
+    xf = L.dequantized(x)
+    shape = permuted(x.shape, xf.perm)
+    out = Dyn(steps(L, xf.tensor, shape, n.name), xf.perm, None, x.shape)
+    if grid is not None:
+        path = L.qparams(covered[-1])[1]
+        out = L.quantized(out, grid, _tensor_name(path))
+        L.record(out, path)
+        for c in covered:
+            L.values[c] = out
+    return out
+
+
+def _hardsigmoid_steps(L: Lowerer, x: int, shape: tuple[int, ...], name: str) -> int:
+    a, b, c = (L.new(f"{name}_{k}", shape, None) for k in ("plus3", "relu6", "out"))
+    L.emit("ADD", [x, L.const(f"{name}_3", np.float32(3.0), "FLOAT32")], [a], ("AddOptions", {}))
+    L.emit("RELU6", [a], [b])
+    L.emit("MUL", [b, L.const(f"{name}_sixth", np.float32(1 / 6), "FLOAT32")], [c],
+           ("MulOptions", {}))
+    return c
+
+
+def _silu_steps(L: Lowerer, x: int, shape: tuple[int, ...], name: str) -> int:
+    a, b = L.new(f"{name}_sigmoid", shape, None), L.new(f"{name}_out", shape, None)
+    L.emit("LOGISTIC", [x], [a])
+    L.emit("MUL", [x, a], [b], ("MulOptions", {}))
+    return b
+
+
+def hardsigmoid(L: Lowerer, n: fx.Node) -> Dyn:
+    return _float_unary(L, n, "TFLite has no hard sigmoid (ADD, RELU6, MUL in float32)",
+                        _hardsigmoid_steps)
+
+
+def silu(L: Lowerer, n: fx.Node) -> Dyn:
+    return _float_unary(L, n, "TFLite has no SiLU (LOGISTIC, MUL in float32)", _silu_steps)
+
+
+def sdpa(L: Lowerer, n: fx.Node) -> Dyn:
+    """``F.scaled_dot_product_attention`` in float32: BATCH_MATMUL (adj_y), MUL by the scale,
+    [ADD the mask], SOFTMAX, BATCH_MATMUL."""
+    q, k, v = (_dyn(L, a, n) for a in n.args[:3])
+    mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
+    dropout = n.args[4] if len(n.args) > 4 else n.kwargs.get("dropout_p", 0.0)
+    causal = n.args[5] if len(n.args) > 5 else n.kwargs.get("is_causal", False)
+    scale = n.kwargs.get("scale", n.args[6] if len(n.args) > 6 else None)
+    if dropout or n.kwargs.get("enable_gqa"):
+        raise ExportError(f"{n.name}: scaled_dot_product_attention with dropout / GQA has no "
+                          "TFLite form")
+    grid, covered, _ = L.output_grid(n, False)
+    if L.quantize:
+        L.note_float(n, "attention (scaled_dot_product_attention) runs in float32")
+    qf, kf, vf = (L.as_layout(L.dequantized(t), identity(t.rank)) for t in (q, k, v))
+    scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
+    s_shape = (*q.shape[:-1], k.shape[-2])
+    scores, scaled = L.new(f"{n.name}_scores", s_shape, None), L.new(f"{n.name}_scaled", s_shape,
+                                                                      None)
+    L.emit("BATCH_MATMUL", [qf.tensor, kf.tensor], [scores],
+           ("BatchMatMulOptions", {"AdjX": False, "AdjY": True}))
+    L.emit("MUL", [scores, L.const(f"{n.name}_scale", np.float32(scale), "FLOAT32")], [scaled],
+           ("MulOptions", {}))
+    cur = scaled
+    add: Any = None
+    if causal:
+        tq, tk = s_shape[-2], s_shape[-1]
+        add = Const(torch.full((tq, tk), float("-inf")).triu(1).clamp(min=-1e30))
+    elif mask is not None:
+        add = L.value(mask)
+        if isinstance(add, Const) and add.value.dtype == torch.bool:
+            add = Const(torch.where(add.value, 0.0, -1e30))
+    if add is not None:
+        masked = L.new(f"{n.name}_masked", s_shape, None)
+        other = (L.get(L.dequantized(add)) if isinstance(add, Dyn) else
+                 _operand(L, add, identity(len(s_shape)), len(s_shape), None, f"{n.name}_mask"))
+        L.emit("ADD", [cur, other], [masked], ("AddOptions", {}))
+        cur = masked
+    probs = L.new(f"{n.name}_probs", s_shape, None)
+    L.emit("SOFTMAX", [cur], [probs], ("SoftmaxOptions", {"Beta": 1.0}))
+    o_shape = L.shape(n)
+    out_t = L.new(n.name, o_shape, None)
+    L.emit("BATCH_MATMUL", [probs, vf.tensor], [out_t],
+           ("BatchMatMulOptions", {"AdjX": False, "AdjY": False}))
+    out = Dyn(out_t, identity(len(o_shape)), None, o_shape)
+    if grid is not None:
+        path = L.qparams(covered[-1])[1]
+        out = L.quantized(out, grid, _tensor_name(path))
+        L.record(out, path)
+        for c in covered:
+            L.values[c] = out
+    return out
+
+
+def embedding(L: Lowerer, n: fx.Node) -> Dyn:
+    """``F.embedding(indices, weight)`` as GATHER of the (fake-quantized) float table; the
+    output quantizer, if any, is a QUANTIZE after it."""
+    w, idx = L.value(n.args[0]), _dyn(L, n.args[1], n)
+    if not isinstance(w, Const):
+        raise ExportError(f"{n.name}: the embedding table must be a constant for TFLite")
+    table = L.const(f"{n.name}_table", w.float_value(), "FLOAT32")
+    shape = L.shape(n)
+    out = L.new(n.name, shape, None)
+    L.emit("GATHER", [table, L.get(idx)], [out], ("GatherOptions", {"Axis": 0}))
+    return Dyn(out, identity(len(shape)), None, shape)
+
+
 def identity_op(L: Lowerer, n: fx.Node) -> Any:
     return L.value(n.args[0])
 
@@ -948,8 +1087,17 @@ HANDLERS: dict[Any, Handler] = {
     aten.hardtanh_: relu,
     aten.clamp: relu,
     aten.sigmoid: sigmoid,
+    aten.sigmoid_: sigmoid,
     aten.tanh: tanh,
+    aten.tanh_: tanh,
     aten.hardswish: hardswish,
+    aten.hardswish_: hardswish,
+    aten.hardsigmoid: hardsigmoid,
+    aten.hardsigmoid_: hardsigmoid,
+    aten.silu: silu,
+    aten.silu_: silu,
+    aten.clamp_: relu,
+    aten.relu6_: relu,
     aten.gelu: gelu,
     aten.leaky_relu: leaky_relu,
     aten.softmax: softmax,
@@ -981,6 +1129,8 @@ HANDLERS: dict[Any, Handler] = {
     aten.upsample_nearest2d: resize,
     aten.upsample_bilinear2d: resize,
     aten.layer_norm: layer_norm,
+    aten.embedding: embedding,
+    aten.scaled_dot_product_attention: sdpa,
     aten.batch_norm: batch_norm,
     aten._native_batch_norm_legit_no_training: batch_norm,
     aten.dropout: identity_op,
