@@ -188,3 +188,59 @@ def test_float_export_matches_torch(tmp_path):
     out = LiteRTSession(path).run(data[1])[0]
     with torch.no_grad():
         assert torch.allclose(out, model(data[1]), atol=1e-4)
+
+
+class _ImageOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        y = F.max_pool2d(F.hardswish(self.conv(x)), 3, 2, 1)       # PADV2 + MAX_POOL_2D
+        y = F.interpolate(y, scale_factor=2.0, mode="nearest")       # RESIZE_NEAREST_NEIGHBOR
+        z = F.relu(self.up(F.pad(y, (1, 1, 1, 1))))                  # PAD, TRANSPOSE_CONV
+        z = self.dw(z) * F.hardsigmoid(z)                            # hard sigmoid in float32
+        w = torch.cat([torch.sigmoid(z), torch.tanh(z)], 1)         # fixed grids, shared grid
+        return F.avg_pool2d(F.leaky_relu(w, 0.1), 2).flatten(1)
+
+
+class _SeqOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, tokens):
+        h = self.fc(self.emb(tokens))
+        q = h.view(2, -1, 2, 8).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        return F.silu(a.transpose(1, 2).reshape(2, -1, 16)).softmax(-1)
+
+
+@pytest.mark.parametrize("make,example", [
+    (_ImageOps, lambda g: torch.randn(2, 3, 16, 16, generator=g)),
+    (_SeqOps, lambda g: torch.randint(0, 20, (2, 6), generator=g)),
+], ids=["image_ops", "sequence_ops"])
+def test_op_zoo_runs_in_litert(make, example, tmp_path):
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    data = [example(g) for _ in range(3)]
+    q = fxquant.prepare(make().eval(), data[0], fxquant.default_calibration_qconfig_setter,
+                        backend="tflite")
+    fxquant.calibrate(q, data, progress=False)
+    result, path = _export(q, data[0], tmp_path)
+    out = LiteRTSession(path).run(data[1])[0]
+    ref = q(data[1])
+    fq = [m for m in q.modules() if isinstance(m, fxquant.FakeQuantize)][-1].qparams()
+    assert float(fq.steps(out, ref).max()) <= 2
+    if make is _ImageOps:
+        assert {"PADV2", "MAX_POOL_2D", "RESIZE_NEAREST_NEIGHBOR", "TRANSPOSE_CONV", "PAD",
+                "HARD_SWISH", "LOGISTIC", "TANH", "LEAKY_RELU", "AVERAGE_POOL_2D",
+                "CONCATENATION", "DEPTHWISE_CONV_2D"} <= set(result.ops)
+        assert [w for _, w in result.float_ops] == [
+            "TFLite has no hard sigmoid (ADD, RELU6, MUL in float32)"]
+    else:
+        assert {"GATHER", "BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"} <= set(result.ops)
+        assert len(result.float_ops) == 2  # attention and SiLU

@@ -311,7 +311,7 @@ def conv_transpose2d(L: Lowerer, n: fx.Node) -> Dyn:
     else:
         raise ExportError(f"{n.name}: padding {padding} / output_padding {out_pad} has no "
                           "TFLite TRANSPOSE_CONV form")
-    grid, covered, _, why = _decide(L, n, [x])
+    grid, covered, act, why = _decide(L, n, [x], fusable=True)
     layout = (1, 2, 3, 0)  # [Cin, Cout, kh, kw] -> [Cout, kh, kw, Cin]
     wq = None
     if grid is not None:
@@ -320,7 +320,7 @@ def conv_transpose2d(L: Lowerer, n: fx.Node) -> Dyn:
             raise ExportError(f"{n.name}: transposed-conv weight must be per channel on axis 1")
         wq = _weight(L, n, args[1], layout, 0)
         if wq is None:
-            grid, covered, why = None, [], "its weight is not quantized"
+            grid, covered, act, why = None, [], "NONE", "its weight is not quantized"
     shape_t = L.int_const(f"{n.name}_output_shape", permuted(out_shape, NHWC))
     if grid is None:
         xq = _float_inputs(L, n, [x], why)[0]
@@ -335,7 +335,8 @@ def conv_transpose2d(L: Lowerer, n: fx.Node) -> Dyn:
         out = _out(L, n, out_shape, NHWC, grid, covered)
     L.emit("TRANSPOSE_CONV", [shape_t, wt, L.get(xq, NHWC), bt], [out.tensor],
            ("TransposeConvOptions", {"Padding": pad, "StrideW": stride[1],
-                                     "StrideH": stride[0]}))
+                                     "StrideH": stride[0],
+                                     "FusedActivationFunction": _ACT[act]}))
     return out
 
 

@@ -106,8 +106,8 @@ def share_grids(gm: fx.GraphModule, kinds: dict[fx.Node, OpKind], op_types: dict
             src = _root_quantizer(gm, part, kinds)
             src_fq = _quantizer(gm, src)
             if src is None or src_fq is None or src_fq.dtype != out_fq.dtype or \
-                    src.target == out_q.target:
-                continue
+                    src.target == out_q.target or isinstance(src_fq.observer, FixedScaleObserver):
+                continue  # a fixed grid (softmax / logistic ...) stays; the exporter requantizes
             moved[str(src.target)] = str(out_q.target)
             _retarget(gm, str(src.target), str(out_q.target))
     if moved:
