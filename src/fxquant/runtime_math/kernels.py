@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import nn as qnn
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..numerics import QParams
-from ..numerics.affine import quantize_codes
+from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
 from . import ort
 from .exact import exact_conv, exact_linear, exact_matmul
@@ -75,8 +75,10 @@ class _Grid:
         self.bound = float(max(self.zp - self.qmin, self.qmax - self.zp))
 
     def centred(self, x: Tensor) -> Tensor:
-        """``q - zp`` of a tensor on this grid (``x == (q - zp) * scale`` in float32: exact)."""
-        return torch.round(x.to(_F32) / self.scale)
+        """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
+        ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
+        magnitude), so rounding recovers it exactly."""
+        return torch.mul(x.to(_F32), 1.0 / self.scale).round_()
 
     def codes(self, x: Tensor) -> Tensor:
         """The raw codes ``q`` of a tensor on this grid."""
@@ -217,12 +219,12 @@ class WeightedKernel(RuntimeKernel):
             return torch.round(wq.to(_F32) / (s.reshape(-1, 1) if axis is not None else s)), \
                 None, qp
         w, b = _weight_and_bias(self.layer)
-        codes = quantize_codes(w.to(_F32), qp.scale, qp.zero_point, qp.dtype, axis,
-                               qp.scale_math)
-        zp = qp.zero_point.to(_F32)
-        codes = codes - (zp.reshape(-1, *([1] * (codes.dim() - 1))) if axis is not None
-                         else zp.reshape(()))
-        return codes, b, qp
+        view = (-1, *([1] * (w.dim() - 1))) if axis is not None else ()
+        zp = qp.zero_point.to(_F32).reshape(view)
+        # q - zp = clamp(round(w / s), qmin - zp, qmax - zp): QuantizeLinear's codes, centred
+        codes = unclamped_codes(w.to(_F32), qp.scale, torch.zeros_like(qp.scale), axis,
+                                qp.scale_math)
+        return torch.clamp(codes, qp.dtype.qmin - zp, qp.dtype.qmax - zp, out=codes), b, qp
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
         x, wq, bias_arg = self._operands(args, kwargs)
@@ -253,7 +255,9 @@ class WeightedKernel(RuntimeKernel):
             mult = mult.reshape(-1, *([1] * (acc.dim() - 2)))
         else:
             acc = exact_linear(xc, codes, bias, grid_in.bound)
-        return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))
+        # round(acc * m) * s_out: the output quantizer after the kernel saturates it (the value
+        # it sees is on its grid, so it reproduces q - zp exactly)
+        return ort.requantize_unsaturated(acc, mult).mul_(out.scale)
 
 
 # -- QLinearAdd / QLinearMul / QLinearMatMul -----------------------------------------------------
@@ -280,10 +284,16 @@ class BinaryKernel(RuntimeKernel):
         if self.kernel == "QLinearMatMul":
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
-            return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))
-        fn = ort.qlinear_add if self.kernel == "QLinearAdd" else ort.qlinear_mul
-        codes = fn(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
-                   out.scale, out.zp, out.qmin, out.qmax)
+            return ort.requantize_unsaturated(acc, mult).mul_(out.scale)  # saturated by its
+            # output quantizer, as for QLinearConv
+        if self.kernel == "QLinearAdd":
+            bounds = (max(abs(g.qmin), abs(g.qmax)) for g in (ga, gb))
+            codes = ort.qlinear_add(
+                ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp, out.scale, out.zp,
+                out.qmin, out.qmax, *bounds)
+        else:
+            codes = ort.qlinear_mul(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
+                                    out.scale, out.zp, out.qmin, out.qmax)
         return out.value(codes)
 
 
