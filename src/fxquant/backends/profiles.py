@@ -47,6 +47,7 @@ class KernelOp(enum.Enum):
     AVG_POOL: ``avg_pool1d/2d/3d`` (``AvgPool`` modules).
     SIGMOID: ``sigmoid``.
     MEAN: ``mean`` over the trailing dimensions (e.g. ``x.mean((2, 3))``).
+    SILU: ``silu`` (``x * sigmoid(x)``).
     """
 
     CONV = "conv"
@@ -58,6 +59,7 @@ class KernelOp(enum.Enum):
     AVG_POOL = "avg_pool"
     SIGMOID = "sigmoid"
     MEAN = "mean"
+    SILU = "silu"
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,11 @@ ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
     FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
     FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
-    # not fused: a float ReduceMean, whose Eigen summation order fxquant reproduces
+    # not fused -- float ops whose arithmetic fxquant reproduces: ReduceMean's Eigen summation
+    # order, MLAS's logistic for Sigmoid (and SiLU exported as x * Sigmoid(x))
     FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.SIGMOID, "Sigmoid", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.SILU, "Sigmoid*x", quantized_output=False, integer=False),
 )
 """ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
 kernels in files written by :func:`fxquant.export_onnx`."""

@@ -64,7 +64,7 @@ from ..runtime_math import (
     RuntimeKernel,
     WeightedKernel,
 )
-from ..runtime_math.kernels import LOOKUP_FUNCTIONS
+from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
 from .meta import value_info
 from .patterns import classify_function, classify_method, classify_module, function_name
 from .report import REPORT_KEY, get_report
@@ -296,6 +296,8 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
             return KernelOp.AVG_POOL
         if isinstance(m, nn.Sigmoid):
             return KernelOp.SIGMOID
+        if isinstance(m, nn.SiLU):
+            return KernelOp.SILU
         return None
     if n.op == "call_function" and n.target in _GAP_FUNCTIONS:
         size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
@@ -310,6 +312,8 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
             return _BINARY[name]
         if name == "sigmoid":
             return KernelOp.SIGMOID
+        if name == "silu":
+            return KernelOp.SILU
         if name == "mean":
             return KernelOp.MEAN
     return None
@@ -426,11 +430,10 @@ def _first_ndim(n: fx.Node) -> int | None:
     return None if info is None or info.shape is None else len(info.shape)
 
 
-def _entry(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> FusedKernel | None:
-    for k in kernels:
-        if k.op is op and (k.input_ndim is None or k.input_ndim == _first_ndim(n)):
-            return k
-    return None
+def _entries(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> list[FusedKernel]:
+    """The table's entries for ``op`` at node ``n``, in priority order."""
+    return [k for k in kernels
+            if k.op is op and (k.input_ndim is None or k.input_ndim == _first_ndim(n))]
 
 
 def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
@@ -456,6 +459,12 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
         if in_fq is None:
             return None, why
         return MeanKernel(_fallback(gm, n), in_fq), ""
+    if not entry.integer:  # a float op computed with the runtime's own float function
+        fn = FLOAT_FUNCTIONS.get(entry.kernel)
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if fn is None or in_fq is None:
+            return None, why or f"no arithmetic for {entry.kernel}"
+        return FloatFunctionKernel(entry.kernel, _fallback(gm, n), fn, in_fq), ""
     if op in (KernelOp.CONV, KernelOp.LINEAR):
         layer = gm.get_submodule(str(n.target))
         wfq = layer.weight_fake_quant
@@ -542,12 +551,16 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> 
     dynamic = _dynamic(gm.graph)
     for n in list(gm.graph.nodes):
         op = _kernel_op(gm, n)
-        entry = None if op is None else _entry(table, op, n)
-        if entry is None:
-            continue
-        kernel, why = _make_kernel(gm, n, entry, dynamic)
+        entries = [] if op is None else _entries(table, op, n)
+        kernel, whys = None, []
+        for entry in entries:  # the first entry whose pattern matches
+            kernel, why = _make_kernel(gm, n, entry, dynamic)
+            if kernel is not None:
+                break
+            whys.append(f"{entry.kernel}: {why}")
         if kernel is None:
-            plan.skipped[_op_name(gm, n, names, paths)] = f"{entry.kernel}: {why}"
+            if whys:
+                plan.skipped[_op_name(gm, n, names, paths)] = "; ".join(whys)
             continue
         # the tensor the kernel produces: its output quantizer's, or (float output) the op's
         if entry.quantized_output:

@@ -40,7 +40,9 @@ __all__ = [
     "AvgPoolKernel",
     "LookupKernel",
     "MeanKernel",
+    "FloatFunctionKernel",
     "settled",
+    "FLOAT_FUNCTIONS",
     "LOOKUP_FUNCTIONS",
 ]
 
@@ -438,6 +440,33 @@ class MeanKernel(RuntimeKernel):
         y = ort.reduce_mean_trailing(x, n).reshape(lead)
         return y.reshape(*lead, *([1] * k)) if a["keepdim"] else y
 
+
+class FloatFunctionKernel(RuntimeKernel):
+    """An elementwise float op the runtime computes with a float32 function of its own (ORT's
+    Sigmoid: MLAS's logistic approximation), on a quantized input."""
+
+    def __init__(self, kernel: str, fallback: Callable[..., Any], fn: Callable[[Tensor], Tensor],
+                 in_fq: FakeQuantize) -> None:
+        super().__init__(kernel, fallback, (in_fq,))
+        self.fn = fn
+
+    def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
+        if not isinstance(x, Tensor) or rest or any(v for v in kwargs.values()):
+            return "not a plain one-tensor call"
+        return None
+
+    def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
+        return self.fn(x)
+
+
+def _silu(x: Tensor) -> Tensor:
+    """SiLU as exported (``Mul(x, Sigmoid(x))``) and run by ORT in float32."""
+    return x.to(_F32) * ort.logistic(x)
+
+
+FLOAT_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"Sigmoid": ort.logistic,
+                                                           "Sigmoid*x": _silu}
+"""Float kernels -> the runtime's float32 implementation."""
 
 LOOKUP_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"QLinearSigmoid": ort.logistic}
 """Lookup-table kernels -> the runtime's float32 implementation of their function."""
