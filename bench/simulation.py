@@ -141,7 +141,6 @@ def _torchvision_row(name: str, tmp: str, rounds: int) -> dict[str, Any]:
 
     ensure_torchvision_importable()
     import torchvision
-
     from torchvision.ops import StochasticDepth
 
     gen = torch.Generator().manual_seed(0)
