@@ -33,6 +33,8 @@ SUITES: dict[str, str] = {  # name -> module path
     "coverage": "bench.coverage",
     "ptq": "bench.ptq",
     "simulation": "bench.simulation",
+    "memory": "bench.memory",
+    "distributed": "bench.distributed",
 }
 RESULTS = ROOT / "bench" / "results"
 README_MARK = ("<!-- bench-table -->", "<!-- /bench-table -->")

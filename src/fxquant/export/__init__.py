@@ -6,6 +6,7 @@ export or a verification runs.
 
 from .encodings import export_encodings, load_encodings
 from .onnx_export import ExportError, ExportResult, ExportWarning, export_onnx
+from .quantsim_config import export_quantsim_config
 from .verify import TensorDiff, VerifyReport, verify
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "TensorDiff",
     "export_encodings",
     "load_encodings",
+    "export_quantsim_config",
 ]
