@@ -75,8 +75,8 @@ class FusedKernel:
     Attributes:
         op: what the kernel computes.
         kernel: the runtime's name for it (``QLinearConv``, ``QGemm`` ...).
-        input_ndim: only for inputs of this rank (``None``: any rank); the first matching entry
-            of a profile's table wins.
+        input_ndims: only for inputs of these ranks (``None``: any rank); the first entry whose
+            pattern matches wins.
         quantized_output: the output quantizer is part of the kernel; ``False``: the kernel
             returns float (``MatMulIntegerToFloat``) and its consumers run as they are.
         max_bits: the widest activation grid the kernel takes.
@@ -87,7 +87,7 @@ class FusedKernel:
 
     op: KernelOp
     kernel: str
-    input_ndim: int | None = None
+    input_ndims: tuple[int, ...] | None = None
     quantized_output: bool = True
     max_bits: int = 8
     integer: bool = True
@@ -100,8 +100,9 @@ class FusedKernel:
 ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.CONV, "QLinearConv"),
     # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add
-    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndim=2),
-    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", quantized_output=False),
+    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndims=(2,)),
+    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", input_ndims=(3, 4, 5, 6),
+                quantized_output=False),
     FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
     FusedKernel(KernelOp.ADD, "QLinearAdd"),
     FusedKernel(KernelOp.MUL, "QLinearMul"),

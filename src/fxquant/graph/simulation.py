@@ -433,7 +433,7 @@ def _first_ndim(n: fx.Node) -> int | None:
 def _entries(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> list[FusedKernel]:
     """The table's entries for ``op`` at node ``n``, in priority order."""
     return [k for k in kernels
-            if k.op is op and (k.input_ndim is None or k.input_ndim == _first_ndim(n))]
+            if k.op is op and (k.input_ndims is None or _first_ndim(n) in k.input_ndims)]
 
 
 def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
