@@ -85,7 +85,7 @@ def test_cnns_equal_ort_code_for_code(name, tmp_path):
     assert (steps == 0).all(), report
     assert report.reference == "runtime" and report.kernel_mismatch == {}
     assert report.runtime_version.startswith("onnxruntime 1.")
-    assert f"runtime: {report.runtime_version}" in str(report)
+    assert f"ran in:      {report.runtime_version}" in str(report)
     assert all(t.identical == 1.0 for t in report.tensors), str(report)
     assert report.outputs[0].float32_identical is not None
     if name == "resnet":

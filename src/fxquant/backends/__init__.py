@@ -9,12 +9,14 @@ from .profiles import (
     FusedKernel,
     KernelOp,
     Placement,
+    Runtime,
     get_profile,
 )
 
 __all__ = [
     "BackendProfile",
     "Placement",
+    "Runtime",
     "PROFILES",
     "get_profile",
     "KernelOp",

@@ -39,7 +39,7 @@ import contextvars
 import enum
 import operator
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ from ..runtime_math import (
 )
 from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
 from .meta import value_info
-from .patterns import classify_function, classify_method, classify_module, function_name
+from .ops import canonical_name, clip_bounds, node_traits
 from .report import REPORT_KEY, get_report
 
 __all__ = [
@@ -204,7 +204,7 @@ class _Runtime:
     plan: RuntimePlan
 
 
-_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[str, _Runtime]] = (
+_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple, _Runtime]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -227,15 +227,17 @@ def _fetch(root: nn.Module, target: str) -> Any:
     return getattr(root.get_submodule(owner) if owner else root, attr)
 
 
-def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...]) -> _Runtime:
+def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...],
+             only: frozenset[str] | None = None) -> _Runtime:
     per_model = _CACHE.setdefault(gm, {})
-    rt = per_model.get(runtime)
+    key = (runtime, only)
+    rt = per_model.get(key)
     if rt is not None and (rt.code is gm.code or rt.code == gm.code) and all(
         _fetch(gm, t) is obj for t, obj in rt.objects
     ):
         return rt
-    rt = _build(gm, runtime, kernels)
-    per_model[runtime] = rt
+    rt = _build(gm, runtime, kernels, only)
+    per_model[key] = rt
     return rt
 
 
@@ -272,10 +274,6 @@ _GAP_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_p
 _BINARY = {"add": KernelOp.ADD, "mul": KernelOp.MUL, "matmul": KernelOp.MATMUL,
            "bmm": KernelOp.MATMUL}
 _IN_PLACE = frozenset({operator.iadd, operator.imul, "add_", "mul_"})
-# clipping activations ORT drops before a QuantizeLinear whose grid implies them
-_RELU = (0.0, None)
-_CLIP_MODULES = {nn.ReLU: _RELU, nn.ReLU6: (0.0, 6.0)}
-_CLIP_FUNCTIONS = {F.relu: _RELU, torch.relu: _RELU, F.relu6: (0.0, 6.0)}
 
 
 def _all_ones(size: Any) -> bool:
@@ -307,7 +305,7 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
     if n.op == "call_function" and n.target is F.linear:
         return KernelOp.LINEAR
     if n.op in ("call_function", "call_method"):
-        name = function_name(n.target)
+        name = canonical_name(n.target)
         if name in _BINARY:
             return _BINARY[name]
         if name == "sigmoid":
@@ -320,13 +318,10 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
 
 
 def _is_share(gm: fx.GraphModule, n: fx.Node) -> bool:
-    if n.op == "call_module":
-        return classify_module(gm.get_submodule(str(n.target))) is OpKind.SHARE
-    if n.op == "call_function":
-        return classify_function(n) is OpKind.SHARE
-    if n.op == "call_method":
-        return classify_method(n) is OpKind.SHARE
-    return False
+    """An op that only moves its input's values (the op-trait table's SHARE kind)."""
+    if n.op not in ("call_module", "call_function", "call_method"):
+        return False
+    return node_traits(n, gm).kind is OpKind.SHARE
 
 
 def _quantizer(gm: fx.GraphModule, n: fx.Node) -> FakeQuantize | None:
@@ -376,25 +371,16 @@ def _input_quantizer(gm: fx.GraphModule, v: Any, bits: int,
 
 
 def _clip(gm: fx.GraphModule, n: fx.Node) -> tuple[float | None, float | None] | None:
-    """The bounds of a clipping activation node (None: not one)."""
-    if n.op == "call_module":
-        m = gm.get_submodule(str(n.target))
-        if type(m) in _CLIP_MODULES:
-            return _CLIP_MODULES[type(m)]
-        if type(m) is nn.Hardtanh:
-            return (m.min_val, m.max_val)
+    """The bounds of a clipping activation node (None: not one): the op-trait table's clip-like
+    ops, and ``clamp`` with constant bounds (exported as Clip)."""
+    if n.op not in ("call_module", "call_function", "call_method"):
         return None
-    if n.op == "call_function" and n.target in _CLIP_FUNCTIONS:
-        return _CLIP_FUNCTIONS[n.target]
-    name = function_name(n.target) if n.op in ("call_function", "call_method") else ""
-    if name == "relu":
-        return _RELU
-    if name in ("clamp", "hardtanh"):
-        lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min", n.kwargs.get("min_val"))
-        hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max", n.kwargs.get("max_val"))
-        if name == "hardtanh":
-            lo = -1.0 if lo is None else lo
-            hi = 1.0 if hi is None else hi
+    bounds = clip_bounds(n, gm)
+    if bounds is not None:
+        return bounds
+    if n.op != "call_module" and canonical_name(n.target) == "clamp":
+        lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
+        hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
         if all(b is None or isinstance(b, (int, float)) for b in (lo, hi)):
             return (lo, hi)
     return None
@@ -536,7 +522,8 @@ def _quantizer_ops(report) -> dict[str, str]:
     return names
 
 
-def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> _Runtime:
+def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
+           only: frozenset[str] | None = None) -> _Runtime:
     report = get_report(gm)
     code = gm.code
     plan = RuntimePlan(runtime or None)
@@ -569,6 +556,9 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> 
             tensor = names.get(paths.get(id(kernel.wfq), ""), n.name)
         else:
             tensor = _op_name(gm, n, names, paths)
+        if only is not None and entry.integer and tensor not in only:
+            plan.skipped[tensor] = f"{entry.kernel}: the runtime did not fuse it"
+            continue
         target = f"_fxquant_kernel_{len(kernels)}"
         kernels[target] = kernel
         plan.kernels[tensor] = entry.kernel
@@ -614,15 +604,17 @@ def runtime_plan(qmodel: nn.Module) -> RuntimePlan:
 
 
 def runtime_simulation(
-    qmodel: nn.Module, runtime: str | None = None
+    qmodel: nn.Module, runtime: str | None = None, fused: Collection[str] | None = None
 ) -> tuple[nn.Module | None, RuntimePlan]:
     """A module computing ``qmodel`` with ``runtime``'s arithmetic, and its plan.
 
     ``runtime``: default the profile's; another runtime's fused-kernel table
     (:data:`fxquant.backends.RUNTIME_KERNELS`) serves to compare a model prepared for one target
-    with another runtime (what :func:`fxquant.verify` does).  The module shares ``qmodel``'s
-    modules and quantizers (it is not a copy: do not train it); it is ``None`` when nothing would
-    run differently from the float simulation (no runtime, an eager capture, no fused op).
+    with another runtime (what :func:`fxquant.verify` does).  ``fused``: only the integer kernels
+    producing these tensors (the ones the runtime was seen to fuse; ``None``: the table decides).
+    The module shares ``qmodel``'s modules and quantizers (it is not a copy: do not train it); it
+    is ``None`` when nothing would run differently from the float simulation (no runtime, an
+    eager capture, no fused op).
     """
     report = _report(qmodel)
     if runtime is None or runtime == report.profile.runtime:
@@ -632,5 +624,6 @@ def runtime_simulation(
     if not isinstance(qmodel, fx.GraphModule):
         return None, RuntimePlan(name, {}, {
             "<model>": "captured eagerly: the float simulation runs"} if table else {})
-    rt = _runtime(qmodel, name or "", table)
+    only = None if fused is None else frozenset(fused)
+    rt = _runtime(qmodel, name or "", table, only)
     return rt.module, rt.plan
