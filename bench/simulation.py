@@ -202,9 +202,11 @@ def run(quick: bool = False) -> SuiteResult:
     return res
 
 
-if __name__ == "__main__":
-    from bench.common import markdown_table
-
-    result = run(quick="--quick" in sys.argv)
-    print(markdown_table(result))
-    print("\n".join(result.notes))
+if __name__ == "__main__":  # python bench/simulation.py [--quick] [model ...]: rows as they come
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rounds = 5 if "--quick" in sys.argv else 15
+    with tempfile.TemporaryDirectory(prefix="fxquant_bench_sim_") as tmp:
+        for name in names or (*ZOO_MODELS, *TORCHVISION_MODELS):
+            row = (_zoo_row if name in ZOO_MODELS else _torchvision_row)(name, tmp, rounds)
+            print(" | ".join(str(row.get(c, "")) for c in COLUMNS), flush=True)
+    print(f"load average {os.getloadavg()}")

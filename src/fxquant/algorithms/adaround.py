@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
 from ..graph.ops import layer_traits
-from ..graph.simulation import float_simulation
+from ..graph.simulate import float_simulation
 from ..modelio import ModelInputs, call_model
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes

@@ -40,7 +40,7 @@ from .. import nn as qnn
 from ..errors import DataError
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
 from ..graph.report import num_inputs_of
-from ..graph.simulation import float_simulation
+from ..graph.simulate import float_simulation
 from ..modelio import ModelInputs, call_model, iter_inputs, model_device
 
 __all__ = ["CORRECTABLE", "bias_correction", "channel_sums", "corrected_bias"]

@@ -11,7 +11,7 @@ another one.
 A profile that names a ``runtime`` also lists the patterns that runtime runs as one integer
 kernel (:class:`FusedKernel`, e.g. ONNX Runtime's ``DQ -> Conv -> Q`` = ``QLinearConv``): in eval
 mode a prepared model computes exactly those ops with the runtime's integer arithmetic
-(:mod:`fxquant.graph.simulation`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
+(:mod:`fxquant.graph.simulate`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
 the QDQ files :func:`fxquant.export_onnx` writes (``tests/graph/test_simulation_ort.py`` checks
 it against ORT's optimized graph, and :func:`fxquant.verify` warns where they disagree).
 """
@@ -173,7 +173,7 @@ class BackendProfile:
         runtime: the :class:`Runtime` :func:`fxquant.verify` checks exports in (``None``: any),
             and whose arithmetic the model computes in eval mode when ``kernels`` is not empty.
         kernels: the patterns ``runtime`` runs as fused integer kernels, in priority order (the
-            runtime simulation, :mod:`fxquant.graph.simulation`; empty: the float simulation).
+            runtime simulation, :mod:`fxquant.graph.simulate`; empty: the float simulation).
     """
 
     name: str

@@ -42,7 +42,7 @@ from ..fake_quant import FakeQuantize
 from ..graph import prepare
 from ..graph.ops import count_macs, layer_traits
 from ..graph.report import get_report
-from ..graph.simulation import float_simulation
+from ..graph.simulate import float_simulation
 from ..modelio import ModelInputs, as_inputs, call_model
 from ..numerics import QDType, qint4, qint8, qint16
 from ..qconfig import OpInfo, OpKind, QConfig, SetterContext

@@ -30,7 +30,7 @@ from ..errors import ConfigError, bounded_list
 from ..fake_quant import FakeQuantize, quantizer_states
 from ..graph.ops import node_traits
 from ..graph.report import get_report
-from ..graph.simulation import float_simulation, runtime_simulation
+from ..graph.simulate import float_simulation, runtime_simulation
 from ..modelio import as_inputs, eval_mode, output_tensors
 from ..qconfig import OpKind
 from ..runtimes import (
@@ -261,7 +261,7 @@ def verify(
             only:
 
             * ``"runtime"`` (ONNX Runtime): the model in eval mode with the runtime's integer
-              arithmetic (:mod:`fxquant.graph.simulation`) -- exact int32 accumulation, the
+              arithmetic (:mod:`fxquant.graph.simulate`) -- exact int32 accumulation, the
               int32 bias, float32 requantization and each fused kernel's own rounding -- at
               every op the runtime's fused-kernel table names (the profile's, or
               :data:`fxquant.backends.RUNTIME_KERNELS` for a model prepared for another

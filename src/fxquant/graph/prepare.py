@@ -24,7 +24,7 @@ from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, va
 from .capture import RootTraceError, capture
 from .eager import prepare_eager, prepare_islands
 from .report import REPORT_KEY, PrepareReport
-from .simulation import install as install_simulation
+from .simulate import install as install_simulation
 from .stages import GraphPass, PrepareContext, prepare_graph
 
 __all__ = ["prepare", "as_input_tuple"]

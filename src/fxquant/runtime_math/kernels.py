@@ -1,6 +1,6 @@
 """Ops computed with a runtime's integer arithmetic: the modules of the runtime simulation.
 
-Each kernel stands in for one op of a prepared model (:mod:`fxquant.graph.simulation` puts it
+Each kernel stands in for one op of a prepared model (:mod:`fxquant.graph.simulate` puts it
 there) and takes the op's own arguments.  It reads the grids of the quantizers around the op
 (``FakeQuantize.qparams()``, at every call, so it follows what the model's quantizers apply) and
 computes what the runtime's fused kernel computes, returning the dequantized output (on the
