@@ -32,6 +32,7 @@ SUITES: dict[str, str] = {  # name -> module path
     "accuracy": "bench.accuracy",
     "coverage": "bench.coverage",
     "ptq": "bench.ptq",
+    "simulation": "bench.simulation",
     "memory": "bench.memory",
     "distributed": "bench.distributed",
 }

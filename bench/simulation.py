@@ -8,8 +8,9 @@ For each model, prepared for the ``onnxruntime`` profile and calibrated (PTQ), e
   ``qmodel.eval()(x)`` (the runtime simulation) and of the float simulation, top-1 accuracy of
   the float simulation, the runtime simulation and ORT, and how many test images the runtime
   simulation and ORT classify differently;
-* torchvision's MobileNetV2 / MNASNet / ResNet-18 (random weights, BatchNorm statistics from
-  random images, 64 px), on random images;
+* torchvision's MobileNetV2 / MNASNet / ResNet-18 / EfficientNet-B0 (random weights, BatchNorm
+  statistics from random images, 64 px; EfficientNet's stochastic depth dropped), on random
+  images;
 * cost: eval-mode forward time of the runtime simulation / the float simulation (median of paired
   interleaved rounds, batch 64, in this process; the load average is in the notes).
 
@@ -42,7 +43,7 @@ from bench.zoo import get_trained  # noqa: E402
 __all__ = ["run", "COLUMNS", "ZOO_MODELS", "TORCHVISION_MODELS"]
 
 ZOO_MODELS = ("plain_cnn", "residual_cnn", "depthwise_cnn", "tiny_transformer")
-TORCHVISION_MODELS = ("mobilenet_v2", "mnasnet1_0", "resnet18")
+TORCHVISION_MODELS = ("mobilenet_v2", "mnasnet1_0", "resnet18", "efficientnet_b0")
 COLUMNS = ["model", "runtime sim = ORT", "max steps", "float sim = ORT", "float max steps",
            "acc float sim", "acc runtime sim", "acc ORT", "images classified differently",
            "eval cost runtime / float"]
@@ -140,10 +141,15 @@ def _torchvision_row(name: str, tmp: str, rounds: int) -> dict[str, Any]:
 
     ensure_torchvision_importable()
     import torchvision
+    from torchvision.ops import StochasticDepth
 
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10)
+    for m in list(model.modules()):  # identity in eval mode; no ONNX emitter: dropped
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, StochasticDepth):
+                setattr(m, child_name, nn.Identity())
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None
@@ -196,9 +202,11 @@ def run(quick: bool = False) -> SuiteResult:
     return res
 
 
-if __name__ == "__main__":
-    from bench.common import markdown_table
-
-    result = run(quick="--quick" in sys.argv)
-    print(markdown_table(result))
-    print("\n".join(result.notes))
+if __name__ == "__main__":  # python bench/simulation.py [--quick] [model ...]: rows as they come
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rounds = 5 if "--quick" in sys.argv else 15
+    with tempfile.TemporaryDirectory(prefix="fxquant_bench_sim_") as tmp:
+        for name in names or (*ZOO_MODELS, *TORCHVISION_MODELS):
+            row = (_zoo_row if name in ZOO_MODELS else _torchvision_row)(name, tmp, rounds)
+            print(" | ".join(str(row.get(c, "")) for c in COLUMNS), flush=True)
+    print(f"load average {os.getloadavg()}")

@@ -125,7 +125,7 @@ def test_runtime_matches_simulation(name, backend, runtime, exported):
         pytest.xfail(reason)
     assert report.ok(max_steps=2, min_identical=0.99), str(report)
     if runtime == "onnxruntime" and backend == "onnxruntime" and name in ("resnet", "depthwise"):
-        # every op runs in an emulated integer kernel: code for code (see test_integer_sim.py)
+        # every op runs in an emulated integer kernel: code for code (test_simulation_ort.py)
         assert out.identical == 1.0 and not report.not_emulated and not report.float_ops, \
             str(report)
 

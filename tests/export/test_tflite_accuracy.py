@@ -11,7 +11,7 @@ from bench.models import TinyTransformer
 from torch import nn
 
 import fxquant
-from fxquant.export.litert import LiteRTSession
+from fxquant.runtimes.litert_runtime import LiteRTSession
 
 from ..algorithms.digits import train_on_digits
 
@@ -58,7 +58,7 @@ def test_litert_accuracy_equals_simulation(make, tmp_path):
     with torch.no_grad():
         float_acc = float((model(x_te).argmax(1) == y_te).float().mean()) * 100
         sim_acc = float((q(x_te).argmax(1) == y_te).float().mean()) * 100
-    rt = LiteRTSession(tmp_path / "m.tflite", kernels="xnnpack").run(x_te)[0]
+    rt = LiteRTSession(tmp_path / "m.tflite", kernels="xnnpack").run_tensors(x_te)[0]
     rt_acc = float((rt.argmax(1) == y_te).float().mean()) * 100
     print(f"{make.__name__}: float {float_acc:.2f}  simulation {sim_acc:.2f}  LiteRT {rt_acc:.2f}")
     assert float_acc > 85

@@ -12,9 +12,8 @@ from bench.models import TinyTransformer
 from torch import nn
 
 import fxquant
-from fxquant.export.litert import LiteRTSession, tflite_op_counts
 from fxquant.export.tflite_export import TFLiteExportWarning
-from fxquant.export.tflite_writer import read_ops
+from fxquant.runtimes.litert_runtime import LiteRTSession, read_ops, tflite_op_counts
 
 from .models import DepthwiseNet, ResNetSmall
 
@@ -140,14 +139,14 @@ def test_io_dtypes_and_layout(tmp_path):
         s = LiteRTSession(path)
         assert s.input_details[0]["dtype"] == np.dtype(io)
         assert tuple(s.input_details[0]["shape"]) == (2, 8, 8, 3)
-        out = s.run(data[1])[0]
+        out = s.run_tensors(data[1])[0]
         ref = q(data[1])
         step = float(result and next(m for m in q.modules() if isinstance(
             m, fxquant.FakeQuantize) and not m.is_weight and "1" in (m.name or "")).scale)
         assert float((out - ref).abs().max()) <= step * 1.01
     result, path = _export(q, data[0], tmp_path, "nchw.tflite", nhwc_io=False)
     assert result.inputs[0][3] == "NCHW" and result.ops.get("TRANSPOSE") == 2
-    assert torch.allclose(LiteRTSession(path).run(data[1])[0], q(data[1]), atol=0.05)
+    assert torch.allclose(LiteRTSession(path).run_tensors(data[1])[0], q(data[1]), atol=0.05)
 
 
 def test_float_island_and_errors(tmp_path):
@@ -185,7 +184,7 @@ def test_float_export_matches_torch(tmp_path):
     q, data = _prepared(model, (2, 3, 16, 16))
     result, path = _export(q, data[0], tmp_path, quantize=False)
     assert "QUANTIZE" not in result.ops and "DEQUANTIZE" not in result.ops
-    out = LiteRTSession(path).run(data[1])[0]
+    out = LiteRTSession(path).run_tensors(data[1])[0]
     with torch.no_grad():
         assert torch.allclose(out, model(data[1]), atol=1e-4)
 
@@ -231,7 +230,7 @@ def test_op_zoo_runs_in_litert(make, example, tmp_path):
                         backend="tflite")
     fxquant.calibrate(q, data, progress=False)
     result, path = _export(q, data[0], tmp_path)
-    out = LiteRTSession(path).run(data[1])[0]
+    out = LiteRTSession(path).run_tensors(data[1])[0]
     ref = q(data[1])
     fq = [m for m in q.modules() if isinstance(m, fxquant.FakeQuantize)][-1].qparams()
     assert float(fq.steps(out, ref).max()) <= 2

@@ -45,7 +45,7 @@ def test_reference_is_the_runtime_simulation(tmp_path):
     assert report.not_emulated == {} and report.kernel_mismatch == {}
     assert report.outputs[0].identical == 1.0
     text = str(report)
-    assert "runtime: onnxruntime 1." in text and "reference: runtime" in text
+    assert "ran in:      onnxruntime 1." in text and "reference: runtime" in text
     with torch.no_grad():  # the reference is exactly what qmodel.eval() computes
         out = qmodel.eval()(x)
     exact = verify(qmodel, path, x, reference="exact", tensors=False)
@@ -63,17 +63,22 @@ def test_a_table_that_misses_a_fusion_is_reported(tmp_path):
         report = verify(qmodel, path, x, tensors=False)
     assert set(report.kernel_mismatch) == {"layer1._generated_relu_1", "layer2._generated_relu_1",
                                            "layer3._generated_relu_1"}
-    assert all("runs QLinearAdd; the simulation runs float ops" in why
+    assert all("the runtime runs QLinearAdd; the simulation runs float ops" in why
                for why in report.kernel_mismatch.values())
     assert "kernel mismatch: layer1._generated_relu_1" in str(report)
 
 
 def test_other_profiles_use_the_runtimes_table(tmp_path):
-    """A model prepared for another target, verified in ORT: the reference computes ORT's
-    kernels from RUNTIME_KERNELS (the model's own eval mode stays the float simulation)."""
-    qmodel, path, x = _resnet("x86", tmp_path)
-    report = verify(qmodel, path, x, tensors=False)
+    """A model prepared for another target, verified in ORT: the reference computes the kernels
+    ORT was seen to fuse (its table would mispredict int8-activation fusions); the model's own
+    eval mode stays the float simulation."""
+    qmodel, path, x = _resnet("generic", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelMismatchWarning)  # not its table: no warning
+        report = verify(qmodel, path, x, tensors=False)
     assert report.reference == "runtime"
+    assert report.emulated.get("QLinearConv", 0) >= 1  # what ORT fused for int8 activations
+    assert any("did not fuse" in why for why in report.not_emulated.values())
     assert fxquant.runtime_plan(qmodel).runtime is None
-    with pytest.raises(ValueError, match="reference='runtime'"):
+    with pytest.raises(fxquant.ConfigError, match="reference='runtime'"):
         verify(qmodel, path, x, "openvino", reference="runtime")

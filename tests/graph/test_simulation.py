@@ -1,4 +1,4 @@
-"""fxquant.graph.simulation: which simulation a prepared model runs, and when.
+"""fxquant.graph.simulate: which simulation a prepared model runs, and when.
 
 Eval mode computes the profile's runtime arithmetic at every op of its fused-kernel table; train
 mode, ``Simulation.FLOAT``, ``float_simulation()`` and tracing run the float simulation; kernels
@@ -19,7 +19,7 @@ import fxquant
 from fxquant import FakeQuantState, Simulation
 from fxquant.errors import ConfigError
 from fxquant.fake_quant import FakeQuantize
-from fxquant.graph.simulation import SIMULATION_KEY
+from fxquant.graph.simulate import SIMULATION_KEY
 
 from ..export import models as M
 
@@ -245,3 +245,11 @@ def test_algorithms_that_hook_layers_run_the_float_simulation(resnet):
     fxquant.bias_correction(model, [x[:16], x[16:]], progress=False)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed and all(k.endswith("bias") for k in changed)
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("fxquant.graph.simulate")
+    assert doctest.testmod(module, raise_on_error=True).attempted > 0

@@ -359,3 +359,20 @@ def test_reduce_mean_matches_ort_float_reduce_mean(n, tmp_path):
     assert np.array_equal(got, y)
     if n in (5, 9, 25, 49):
         assert not np.array_equal(_t(x).mean(-1).numpy(), y)
+
+
+def test_silu_matches_ort_sigmoid_times_x():
+    """SiLU as exported (``Mul(x, Sigmoid(x))``) in ORT's float kernels, bit for bit."""
+    from fxquant.runtime_math.kernels import FLOAT_FUNCTIONS
+
+    x = np.random.default_rng(13).uniform(-12, 12, 200_000).astype(F32)
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]),
+                               helper.make_node("Mul", ["x", "s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0]
+    assert np.array_equal(FLOAT_FUNCTIONS["Sigmoid*x"](_t(x)).numpy(), y)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant.export.litert import LiteRTSession
 from fxquant.runtime_math import tflite as T
+from fxquant.runtimes.litert_runtime import LiteRTSession
 
 pytest.importorskip("ai_edge_litert")
 
@@ -43,7 +43,7 @@ def test_add_code_for_code(tmp_path, kernels):
     qa, qb = q.x.output_fake_quant.qparams(), q.y.output_fake_quant.qparams()
     qo = next(m for n, m in q.named_modules()
               if "add" in n and isinstance(m, fxquant.FakeQuantize)).qparams()
-    got = qo.quantize(LiteRTSession(tmp_path / "add.tflite", kernels=kernels).run((x, y))[0])
+    got = qo.quantize(LiteRTSession(tmp_path / "add.tflite", kernels=kernels).run_tensors(x, y)[0])
     args = (qa.quantize(x).long(), float(qa.scale), int(qa.zero_point), qb.quantize(y).long(),
             float(qb.scale), int(qb.zero_point), float(qo.scale), int(qo.zero_point), -128, 127)
     fn = T.xnnpack_add if kernels == "xnnpack" else T.add

@@ -1,6 +1,7 @@
 """Backend profiles (dtypes, symmetry, granularity, placement) as data."""
 
 from .profiles import (
+    LITERT_KERNELS,
     ORT_EXACT_IN_FLOAT,
     ORT_KERNELS,
     PROFILES,
@@ -10,6 +11,7 @@ from .profiles import (
     FusedKernel,
     KernelOp,
     Placement,
+    Runtime,
     get_profile,
     op_type_key,
 )
@@ -17,6 +19,7 @@ from .profiles import (
 __all__ = [
     "BackendProfile",
     "Placement",
+    "Runtime",
     "PROFILES",
     "get_profile",
     "KernelOp",
@@ -24,6 +27,7 @@ __all__ = [
     "ORT_KERNELS",
     "ORT_EXACT_IN_FLOAT",
     "RUNTIME_KERNELS",
+    "LITERT_KERNELS",
     "FixedOutput",
     "op_type_key",
 ]

@@ -3,11 +3,15 @@
 A :class:`BackendProfile` fixes the defaults a template setter uses: dtypes, symmetry,
 granularity, narrow range, scale rounding (:class:`~fxquant.numerics.ScaleMath`) and where
 activation quantizers are placed (:class:`Placement`).  Setters can still override any op.
+It also names what deploys the model: the torch quantized ``engine`` :func:`fxquant.convert`
+builds for, and the :class:`Runtime` :func:`fxquant.verify` checks an export in.  ``prepare``
+records the profile; ``convert`` and ``verify`` default to it and warn when asked for
+another one.
 
 A profile that names a ``runtime`` also lists the patterns that runtime runs as one integer
 kernel (:class:`FusedKernel`, e.g. ONNX Runtime's ``DQ -> Conv -> Q`` = ``QLinearConv``): in eval
 mode a prepared model computes exactly those ops with the runtime's integer arithmetic
-(:mod:`fxquant.graph.simulation`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
+(:mod:`fxquant.graph.simulate`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
 the QDQ files :func:`fxquant.export_onnx` writes (``tests/graph/test_simulation_ort.py`` checks
 it against ORT's optimized graph, and :func:`fxquant.verify` warns where they disagree).
 """
@@ -15,13 +19,29 @@ it against ORT's optimized graph, and :func:`fxquant.verify` warns where they di
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from .._utils import Choice
+from ..errors import ConfigError, bounded
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
-__all__ = ["Placement", "KernelOp", "FusedKernel", "FixedOutput", "BackendProfile", "PROFILES",
-           "get_profile", "op_type_key", "ORT_KERNELS", "LITERT_KERNELS", "ORT_EXACT_IN_FLOAT",
-           "RUNTIME_KERNELS"]
+__all__ = ["Placement", "Runtime", "KernelOp", "FusedKernel", "FixedOutput", "BackendProfile",
+           "PROFILES", "get_profile", "op_type_key", "ORT_KERNELS", "LITERT_KERNELS",
+           "ORT_EXACT_IN_FLOAT", "RUNTIME_KERNELS"]
+
+
+class Runtime(Choice):
+    """The runtimes fxquant runs exported models in (:mod:`fxquant.runtimes`); members equal
+    their names (``Runtime.ONNXRUNTIME == "onnxruntime"``).
+
+    ONNXRUNTIME: ONNX Runtime, CPU execution provider.
+    OPENVINO: OpenVINO, CPU plugin (fp32 inference precision).
+    LITERT: LiteRT (TFLite) interpreter, CPU (its default XNNPACK delegate).
+    """
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    LITERT = "litert"
 
 
 class Placement(enum.Enum):
@@ -48,6 +68,7 @@ class KernelOp(enum.Enum):
     AVG_POOL: ``avg_pool1d/2d/3d`` (``AvgPool`` modules).
     SIGMOID: ``sigmoid``.
     MEAN: ``mean`` over the trailing dimensions (e.g. ``x.mean((2, 3))``).
+    SILU: ``silu`` (``x * sigmoid(x)``).
     """
 
     CONV = "conv"
@@ -59,6 +80,7 @@ class KernelOp(enum.Enum):
     AVG_POOL = "avg_pool"
     SIGMOID = "sigmoid"
     MEAN = "mean"
+    SILU = "silu"
 
 
 @dataclass(frozen=True)
@@ -74,8 +96,8 @@ class FusedKernel:
     Attributes:
         op: what the kernel computes.
         kernel: the runtime's name for it (``QLinearConv``, ``QGemm`` ...).
-        input_ndim: only for inputs of this rank (``None``: any rank); the first matching entry
-            of a profile's table wins.
+        input_ndims: only for inputs of these ranks (``None``: any rank); the first entry whose
+            pattern matches wins.
         quantized_output: the output quantizer is part of the kernel; ``False``: the kernel
             returns float (``MatMulIntegerToFloat``) and its consumers run as they are.
         max_bits: the widest activation grid the kernel takes.
@@ -86,7 +108,7 @@ class FusedKernel:
 
     op: KernelOp
     kernel: str
-    input_ndim: int | None = None
+    input_ndims: tuple[int, ...] | None = None
     quantized_output: bool = True
     max_bits: int = 8
     integer: bool = True
@@ -99,16 +121,20 @@ class FusedKernel:
 ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.CONV, "QLinearConv"),
     # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add
-    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndim=2),
-    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", quantized_output=False),
+    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndims=(2,)),
+    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", input_ndims=(3, 4, 5, 6),
+                quantized_output=False),
     FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
     FusedKernel(KernelOp.ADD, "QLinearAdd"),
     FusedKernel(KernelOp.MUL, "QLinearMul"),
     FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
     FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
     FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
-    # not fused: a float ReduceMean, whose Eigen summation order fxquant reproduces
+    # not fused -- float ops whose arithmetic fxquant reproduces: ReduceMean's Eigen summation
+    # order, MLAS's logistic for Sigmoid (and SiLU exported as x * Sigmoid(x))
     FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.SIGMOID, "Sigmoid", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.SILU, "Sigmoid*x", quantized_output=False, integer=False),
 )
 """ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
 kernels in files written by :func:`fxquant.export_onnx`."""
@@ -129,12 +155,11 @@ DEPTHWISE_CONV_2D / FULLY_CONNECTED accumulate exactly in int32 and requantize i
 arithmetic as ONNX Runtime's QLinearConv / QGemm; ADD: XNNPACK's integer multipliers at a common
 shift (:func:`fxquant.runtime_math.tflite.xnnpack_add`); BATCH_MATMUL: XNNPACK takes it (float32
 requantization) only when the right operand's zero point is 0, else LiteRT's builtin kernel
-requantizes in fixed point (:func:`fxquant.runtime_math.tflite.requantize_product`).  Checked
-code for code against LiteRT in ``tests/runtime_math/test_tflite.py`` and
-``tests/export/test_tflite_export.py``.  16x8 CONV_2D / FULLY_CONNECTED run on LiteRT's builtin
-kernels: exact accumulation, int64 bias, fixed-point requantization with a 16-bit multiplier
-(:func:`fxquant.runtime_math.tflite.multiply_by_quantized_multiplier_64`); 16-bit MEAN / global
-average pooling: :func:`fxquant.runtime_math.tflite.mean`."""
+requantizes in fixed point (:func:`fxquant.runtime_math.tflite.requantize_product`).  16x8
+CONV_2D / FULLY_CONNECTED run on LiteRT's builtin kernels: exact accumulation, int64 bias,
+fixed-point requantization (:func:`fxquant.runtime_math.tflite.requantize`); 16-bit MEAN / global
+average pooling: :func:`fxquant.runtime_math.tflite.mean`.  Checked code for code against LiteRT
+in ``tests/runtime_math/test_tflite.py`` and ``tests/export/test_tflite_export.py``."""
 
 ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
 """ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing
@@ -190,15 +215,19 @@ class BackendProfile:
             wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
             Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
             16-bit Q/DQ through its 8-bit path).
+        activation_symmetric_16: 16-bit activations (``activation_dtype_16``) are symmetric.
+        engine: the ``torch.backends.quantized.engine`` :func:`fxquant.convert` builds for
+            (``None``: the profile has no torch engine).
+        runtime: the :class:`Runtime` :func:`fxquant.verify` checks exports in (``None``: any),
+            and whose arithmetic the model computes in eval mode when ``kernels`` is not empty.
+        kernels: the patterns ``runtime`` runs as fused integer kernels, in priority order (the
+            runtime simulation, :mod:`fxquant.graph.simulate`; empty: the float simulation).
         fixed_outputs: output grids the runtime fixes for some op types (prepare gives those
             ops a fixed-scale output quantizer whatever the qconfig's observer).
         same_grid_ops: op types whose integer kernel writes its input's grid (TFLite's average
             pooling and resizing): prepare gives the output the input's quantizer.
         shared_grid_ops: op types whose inputs and output must share one grid (TFLite's
             concatenation): prepare makes their quantizers one.
-        runtime: the runtime whose integer arithmetic the model computes in eval mode
-            (``"onnxruntime"``; ``None``: the float simulation, no runtime arithmetic).
-        kernels: the patterns ``runtime`` runs as fused integer kernels, in priority order.
     """
 
     name: str
@@ -215,7 +244,9 @@ class BackendProfile:
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
     max_qdq_bits: int = 16
-    runtime: str | None = None
+    activation_symmetric_16: bool = True
+    engine: str | None = None
+    runtime: Runtime | None = None
     kernels: tuple[FusedKernel, ...] = ()
     fixed_outputs: tuple[FixedOutput, ...] = ()
     same_grid_ops: frozenset[str] = frozenset()
@@ -234,6 +265,19 @@ class BackendProfile:
             raise TypeError(
                 f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}"
             )
+        if self.runtime is not None and not isinstance(self.runtime, Runtime):
+            raise TypeError(f"BackendProfile.runtime must be a Runtime, got {self.runtime!r}")
+
+    def numerics_differ(self, other: BackendProfile) -> list[str]:
+        """The fields (other than name, engine, runtime and its kernels) in which ``other`` asks
+        for other numerics or placement than this profile; empty when a model prepared for one is
+        what the other would have prepared."""
+        skip = {"name", "engine", "runtime", "kernels"}
+        return [f.name for f in fields(self)
+                if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)]
+
+    def __repr__(self) -> str:
+        return f"BackendProfile({self.name!r})"
 
 
 # TFLite's integer kernels fix these output grids (LiteRT refuses other scales): int8
@@ -264,6 +308,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             scale_math=ScaleMath.RECIPROCAL,
             int32_bias=True,
+            engine="x86",
         ),
         BackendProfile(
             "fbgemm",
@@ -272,6 +317,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             scale_math=ScaleMath.RECIPROCAL,
             int32_bias=True,
+            engine="fbgemm",
         ),
         BackendProfile(
             "qnnpack",
@@ -281,6 +327,7 @@ PROFILES: dict[str, BackendProfile] = {
             weight_per_channel=False,
             scale_math=ScaleMath.RECIPROCAL,
             int32_bias=True,
+            engine="qnnpack",
         ),
         # ORT CPU fuses U8S8 (uint8 activations, int8 per-channel weights) into QLinearConv.
         BackendProfile(
@@ -290,7 +337,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             int32_bias=True,
             float_input_ops=frozenset({"softmax", "log_softmax"}),
-            runtime="onnxruntime",
+            runtime=Runtime.ONNXRUNTIME,
             kernels=ORT_KERNELS,
         ),
         # OpenVINO CPU: u8 activations / i8 per-channel weights like ORT; conv + residual add
@@ -307,6 +354,7 @@ PROFILES: dict[str, BackendProfile] = {
             requantize_before_add=False,
             float_input_ops=frozenset({"mean"}),
             max_qdq_bits=8,
+            runtime=Runtime.OPENVINO,
         ),
         # LiteRT / TFLite: int8 asymmetric activations, symmetric narrow-range per-channel int8
         # weights, int32 bias (int64 for 16x8, whose int16 activations are symmetric)
@@ -320,7 +368,7 @@ PROFILES: dict[str, BackendProfile] = {
             same_grid_ops=frozenset({"avgpool1d", "avgpool2d", "interpolate", "upsample",
                                      "upsamplingnearest2d", "upsamplingbilinear2d"}),
             shared_grid_ops=frozenset({"cat", "concat", "concatenate"}),
-            runtime="litert",
+            runtime=Runtime.LITERT,
             kernels=LITERT_KERNELS,
         ),
         BackendProfile(
@@ -340,10 +388,18 @@ profile's)."""
 
 
 def get_profile(backend: str | BackendProfile) -> BackendProfile:
-    """Look a profile up by name (a :class:`BackendProfile` is returned as is)."""
+    """Look a profile up by name (a :class:`BackendProfile` is returned as is).
+
+    >>> get_profile("openvino").runtime, get_profile("x86").engine
+    (<Runtime.OPENVINO: 'openvino'>, 'x86')
+    """
     if isinstance(backend, BackendProfile):
         return backend
-    try:
-        return PROFILES[backend]
-    except KeyError:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(PROFILES)}") from None
+    profile = PROFILES.get(backend) if isinstance(backend, str) else None
+    if profile is None:
+        raise ConfigError(
+            f"unknown backend {bounded(repr(backend))}; choose one of {sorted(PROFILES)} or "
+            "pass a BackendProfile"
+        )
+    return profile
+

@@ -6,8 +6,9 @@ quantizers as ``fxquant::quantize_dequantize``) -> :mod:`.tflite_lower` / :mod:`
 has no integer kernel) -> :mod:`.tflite_writer` (the ``tflite`` schema package's builders) ->
 LiteRT loads and runs the file once on the example inputs -> atomic rename.
 
-The file carries a metadata entry ``fxquant`` (JSON: the inputs' / outputs' torch names, shapes
-and layouts) that :mod:`fxquant.export.litert` reads to feed torch-layout tensors.
+The file carries a metadata entry ``fxquant`` (JSON: the inputs' / outputs' torch names and
+layouts, and which TFLite tensor holds which quantizer's values) that
+:mod:`fxquant.runtimes.litert_runtime` reads to feed torch-layout tensors and to compare tensors.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from torch import nn
 
 from ..errors import ConfigError, ExportError, bounded, require
 from ..modelio import ModelInputs
+from ..runtimes.litert_runtime import LiteRTSession
 from .atomic import check_writable, write_bytes_atomic
-from .litert import LiteRTSession
 from .program import capture
 from .tflite_lower import NHWC, QDQ, Const, Dyn, Lowerer, grid_of, identity, permuted
 from .tflite_ops import lower_node
@@ -295,7 +296,8 @@ def export_tflite(
     data = serialize(L.model)
     if check:
         try:
-            LiteRTSession(data).run(inputs)
+            with LiteRTSession(data, kernels="builtin") as session:
+                session.run(session.feeds(inputs))
         except Exception as exc:
             raise ExportError(
                 f"LiteRT refused the TFLite file fxquant wrote for {type(qmodel).__name__}: "

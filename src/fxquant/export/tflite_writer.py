@@ -28,8 +28,7 @@ import numpy as np
 
 from ..errors import require
 
-__all__ = ["TFLQuant", "TFLTensor", "TFLOp", "TFLModel", "serialize", "read_metadata", "read_ops",
-           "NUMPY_TYPES"]
+__all__ = ["TFLQuant", "TFLTensor", "TFLOp", "TFLModel", "serialize", "NUMPY_TYPES"]
 
 NUMPY_TYPES: dict[str, np.dtype] = {
     "FLOAT32": np.dtype(np.float32),
@@ -294,33 +293,3 @@ def serialize(model: TFLModel) -> bytes:
     b.Finish(md.ModelEnd(b), file_identifier=b"TFL3")
     return bytes(b.Output())
 
-
-def read_metadata(data: bytes, key: str) -> bytes | None:
-    """The bytes of metadata entry ``key`` of a TFLite flatbuffer (``None`` if absent)."""
-    tfl = _schema()
-    model = tfl.Model.Model.GetRootAsModel(data, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() is not None and entry.Name().decode() == key:
-            buf = model.Buffers(entry.Buffer())
-            return bytes(buf.DataAsNumpy().tobytes()) if buf.DataLength() else b""
-    return None
-
-
-def read_ops(data: bytes) -> list[tuple[str, str]]:
-    """``(builtin operator name, type of its first output)`` for every operator of subgraph 0."""
-    tfl = _schema()
-    model = tfl.Model.Model.GetRootAsModel(data, 0)
-    names = {v: k for k, v in vars(tfl.BuiltinOperator.BuiltinOperator).items()
-             if not k.startswith("_")}
-    types = {v: k for k, v in vars(tfl.TensorType.TensorType).items() if not k.startswith("_")}
-    sg = model.Subgraphs(0)
-    out = []
-    for i in range(sg.OperatorsLength()):
-        op = sg.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        value = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        first = sg.Tensors(op.Outputs(0)) if op.OutputsLength() else None
-        out.append((names.get(value, str(value)),
-                    types.get(first.Type(), "?") if first is not None else "?"))
-    return out

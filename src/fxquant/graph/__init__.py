@@ -3,7 +3,7 @@
 from .capture import Island, RootTraceError
 from .prepare import as_input_tuple, prepare
 from .report import OpRecord, PrepareReport, get_report
-from .simulation import RuntimePlan, Simulation, float_simulation, runtime_plan, simulation
+from .simulate import RuntimePlan, Simulation, float_simulation, runtime_plan, simulation
 
 __all__ = [
     "prepare",

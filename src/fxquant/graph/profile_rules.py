@@ -1,6 +1,6 @@
 """Backend rules that tie quantizers to op types (profile data applied at prepare time).
 
-* :func:`fix_outputs` -- ``BackendProfile.fixed_outputs``: ops whose runtime kernel has a fixed
+* :func:`fix_output` -- ``BackendProfile.fixed_outputs``: ops whose runtime kernel has a fixed
   output grid (TFLite's softmax / logistic / tanh) get a fixed-scale output quantizer, whatever
   observer the qconfig names.
 * :func:`share_grids` -- ``BackendProfile.same_grid_ops``: the op's output quantizer *is* its
@@ -23,28 +23,25 @@ from ..observers import FixedScaleObserver
 from ..qconfig import OpKind, QConfig
 from .meta import is_float_tensor
 
-__all__ = ["fix_outputs", "share_grids"]
+__all__ = ["fix_output", "share_grids"]
 
 
-def fix_outputs(qconfigs: dict[fx.Node, QConfig | None], op_types: dict[fx.Node, str],
-                profile: BackendProfile) -> None:
-    """Replace the output factory of fixed-grid op types (in place)."""
-    if not profile.fixed_outputs:
-        return
-    for n, q in qconfigs.items():
-        if q is None or q.output is None:
-            continue
-        probe = q.output()
-        fixed = profile.fixed_output(op_types.get(n, ""), probe.dtype.bits)
-        if fixed is None:
-            continue
-        qconfigs[n] = dataclasses.replace(q, output=FakeQuantize.with_args(
-            observer=FixedScaleObserver.with_args(
-                scale=fixed.scale, dtype=probe.dtype, zero_point=fixed.zero_point),
-            dtype=probe.dtype,
-            symmetric=fixed.zero_point == 0,
-            scale_math=probe.scale_math,
-        ))
+def fix_output(q: QConfig | None, op_type: str, profile: BackendProfile) -> QConfig | None:
+    """``q`` with a fixed-scale output quantizer when ``profile`` fixes ``op_type``'s output
+    grid at ``q``'s output width (else ``q`` itself)."""
+    if not profile.fixed_outputs or q is None or q.output is None:
+        return q
+    probe = q.output()
+    fixed = profile.fixed_output(op_type, probe.dtype.bits)
+    if fixed is None:
+        return q
+    return dataclasses.replace(q, output=FakeQuantize.with_args(
+        observer=FixedScaleObserver.with_args(
+            scale=fixed.scale, dtype=probe.dtype, zero_point=fixed.zero_point),
+        dtype=probe.dtype,
+        symmetric=fixed.zero_point == 0,
+        scale_math=probe.scale_math,
+    ))
 
 
 def _quantizer(gm: fx.GraphModule, n: object) -> FakeQuantize | None:

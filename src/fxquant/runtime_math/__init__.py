@@ -4,7 +4,7 @@
 * :mod:`.exact`: exact integer accumulation (conv / linear / matmul over codes) with float
   kernels;
 * :mod:`.kernels`: modules that compute one op of a prepared model with a runtime's arithmetic
-  (placed by :mod:`fxquant.graph.simulation`, the eval-mode runtime simulation).
+  (placed by :mod:`fxquant.graph.simulate`, the eval-mode runtime simulation).
 """
 
 from . import exact, ort, tflite

@@ -60,15 +60,15 @@ def _bounded(
 ) -> Tensor:
     """``float32(call(x, w) + bias)`` exactly; ``w``: ``[C_out, reduction, *rest]``, split along
     its axis 1 (``x``'s ``x_axis``)."""
-    w_abs = w.detach().abs().double()
-    per_pair = w_abs.sum(tuple(range(2, w.dim()))) if w.dim() > 2 else w_abs  # [C_out, red]
-    per_channel = per_pair.sum(1) * x_bound
+    w_abs = w.detach().abs()  # float32 sums of |codes| are exact (< 2^24 per channel)
+    per_channel = w_abs.sum(tuple(range(1, w.dim()))).double() * x_bound
     if bias is not None:
         per_channel = per_channel + bias.detach().abs().double()
     if _full_precision() and bool((per_channel <= _LIMIT).all()):
         return call(x.float(), w.float(), None if bias is None else bias.float())
     if _full_precision() and splittable:
-        ranges = _chunks(per_pair.amax(0) * x_bound, _LIMIT)
+        per_pair = w_abs.sum(tuple(range(2, w.dim()))) if w.dim() > 2 else w_abs  # [C_out, red]
+        ranges = _chunks(per_pair.amax(0).double() * x_bound, _LIMIT)
         if ranges is not None and len(ranges) > 1:
             total = None
             for lo, hi in ranges:

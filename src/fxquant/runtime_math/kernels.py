@@ -1,6 +1,6 @@
 """Ops computed with a runtime's integer arithmetic: the modules of the runtime simulation.
 
-Each kernel stands in for one op of a prepared model (:mod:`fxquant.graph.simulation` puts it
+Each kernel stands in for one op of a prepared model (:mod:`fxquant.graph.simulate` puts it
 there) and takes the op's own arguments.  It reads the grids of the quantizers around the op
 (``FakeQuantize.qparams()``, at every call, so it follows what the model's quantizers apply) and
 computes what the runtime's fused kernel computes, returning the dequantized output (on the
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import nn as qnn
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..numerics import QParams
-from ..numerics.affine import quantize_codes
+from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
 from . import ort, tflite
 from .exact import exact_conv, exact_linear, exact_matmul
@@ -41,7 +41,9 @@ __all__ = [
     "LookupKernel",
     "MeanKernel",
     "FixedPointMeanKernel",
+    "FloatFunctionKernel",
     "settled",
+    "FLOAT_FUNCTIONS",
     "LOOKUP_FUNCTIONS",
 ]
 
@@ -76,8 +78,10 @@ class _Grid:
         self.bound = float(max(self.zp - self.qmin, self.qmax - self.zp))
 
     def centred(self, x: Tensor) -> Tensor:
-        """``q - zp`` of a tensor on this grid (``x == (q - zp) * scale`` in float32: exact)."""
-        return torch.round(x.to(_F32) / self.scale)
+        """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
+        ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
+        magnitude), so rounding recovers it exactly."""
+        return torch.mul(x.to(_F32), 1.0 / self.scale).round_()
 
     def codes(self, x: Tensor) -> Tensor:
         """The raw codes ``q`` of a tensor on this grid."""
@@ -227,12 +231,12 @@ class WeightedKernel(RuntimeKernel):
             return torch.round(wq.to(_F32) / (s.reshape(-1, 1) if axis is not None else s)), \
                 None, qp
         w, b = _weight_and_bias(self.layer)
-        codes = quantize_codes(w.to(_F32), qp.scale, qp.zero_point, qp.dtype, axis,
-                               qp.scale_math)
-        zp = qp.zero_point.to(_F32)
-        codes = codes - (zp.reshape(-1, *([1] * (codes.dim() - 1))) if axis is not None
-                         else zp.reshape(()))
-        return codes, b, qp
+        view = (-1, *([1] * (w.dim() - 1))) if axis is not None else ()
+        zp = qp.zero_point.to(_F32).reshape(view)
+        # q - zp = clamp(round(w / s), qmin - zp, qmax - zp): QuantizeLinear's codes, centred
+        codes = unclamped_codes(w.to(_F32), qp.scale, torch.zeros_like(qp.scale), axis,
+                                qp.scale_math)
+        return torch.clamp(codes, qp.dtype.qmin - zp, qp.dtype.qmax - zp, out=codes), b, qp
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
         x, wq, bias_arg = self._operands(args, kwargs)
@@ -267,7 +271,9 @@ class WeightedKernel(RuntimeKernel):
             mult = mult.reshape(-1, *([1] * (acc.dim() - 2)))
         else:
             acc = exact_linear(xc, codes, bias, grid_in.bound)
-        return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))
+        # round(acc * m) * s_out: the output quantizer after the kernel saturates it (the value
+        # it sees is on its grid, so it reproduces q - zp exactly)
+        return ort.requantize_unsaturated(acc, mult).mul_(out.scale)
 
 
     def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
@@ -334,15 +340,21 @@ class BinaryKernel(RuntimeKernel):
         if self.kernel in ("QLinearMatMul", "BATCH_MATMUL"):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
-            return out.value(ort.requantize(acc, mult, out.zp, out.qmin, out.qmax))
+            return ort.requantize_unsaturated(acc, mult).mul_(out.scale)  # saturated by its
+            # output quantizer, as for QLinearConv
         if self.kernel == "ADD":  # LiteRT (XNNPACK delegate)
             codes = tflite.xnnpack_add(ga.codes(a).long(), float(ga.scale), ga.zp,
                                        gb.codes(b).long(), float(gb.scale), gb.zp,
                                        float(out.scale), out.zp, out.qmin, out.qmax)
             return out.value(codes.to(_F32))
-        fn = ort.qlinear_add if self.kernel == "QLinearAdd" else ort.qlinear_mul
-        codes = fn(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
-                   out.scale, out.zp, out.qmin, out.qmax)
+        if self.kernel == "QLinearAdd":
+            bounds = (max(abs(g.qmin), abs(g.qmax)) for g in (ga, gb))
+            codes = ort.qlinear_add(
+                ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp, out.scale, out.zp,
+                out.qmin, out.qmax, *bounds)
+        else:
+            codes = ort.qlinear_mul(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
+                                    out.scale, out.zp, out.qmin, out.qmax)
         return out.value(codes)
 
 
@@ -525,6 +537,33 @@ class FixedPointMeanKernel(RuntimeKernel):
                             out.qmax)
         return out.value(codes.to(_F32))
 
+
+class FloatFunctionKernel(RuntimeKernel):
+    """An elementwise float op the runtime computes with a float32 function of its own (ORT's
+    Sigmoid: MLAS's logistic approximation), on a quantized input."""
+
+    def __init__(self, kernel: str, fallback: Callable[..., Any], fn: Callable[[Tensor], Tensor],
+                 in_fq: FakeQuantize) -> None:
+        super().__init__(kernel, fallback, (in_fq,))
+        self.fn = fn
+
+    def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
+        if not isinstance(x, Tensor) or rest or any(v for v in kwargs.values()):
+            return "not a plain one-tensor call"
+        return None
+
+    def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
+        return self.fn(x)
+
+
+def _silu(x: Tensor) -> Tensor:
+    """SiLU as exported (``Mul(x, Sigmoid(x))``) and run by ORT in float32."""
+    return x.to(_F32) * ort.logistic(x)
+
+
+FLOAT_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"Sigmoid": ort.logistic,
+                                                           "Sigmoid*x": _silu}
+"""Float kernels -> the runtime's float32 implementation."""
 
 LOOKUP_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"QLinearSigmoid": ort.logistic}
 """Lookup-table kernels -> the runtime's float32 implementation of their function."""

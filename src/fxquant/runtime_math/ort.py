@@ -34,9 +34,13 @@ from torch import Tensor
 __all__ = [
     "requantize_multiplier",
     "requantize",
+    "requantize_centred",
+    "requantize_unsaturated",
     "qlinear_add",
     "qlinear_add_value",
+    "qlinear_add_table",
     "qlinear_mul",
+    "qlinear_mul_table",
     "global_average_pool",
     "average_pool",
     "logistic",
@@ -80,8 +84,21 @@ def requantize(acc: Tensor, multiplier: Tensor, zero_point: int, qmin: int, qmax
     ``float32(acc)`` (the one rounding ORT's int32 -> float conversion does); the multiplier
     broadcasts (``[C, 1, 1]`` for NCHW conv outputs, ``[C]`` for linear outputs).
     """
-    v = acc.to(_F32) * multiplier.to(_F32)
-    return torch.round(v).add_(zero_point).clamp_(qmin, qmax)
+    return requantize_centred(acc, multiplier, zero_point, qmin, qmax).add_(zero_point)
+
+
+def requantize_centred(acc: Tensor, multiplier: Tensor, zero_point: int, qmin: int,
+                       qmax: int) -> Tensor:
+    """:func:`requantize` minus the zero point (``q - zp``; the saturation bounds are integers, so
+    clamping before or after adding ``zp`` is the same)."""
+    return requantize_unsaturated(acc.clone(), multiplier).clamp_(qmin - zero_point,
+                                                                  qmax - zero_point)
+
+
+def requantize_unsaturated(acc: Tensor, multiplier: Tensor) -> Tensor:
+    """``round(float32(acc) * multiplier)`` in place on a float32 ``acc`` (the caller saturates:
+    a quantizer's own clamp does it when the result feeds one)."""
+    return acc.mul_(multiplier.to(_F32)).round_()
 
 
 # -- QLinearAdd / QLinearMul --------------------------------------------------------------------
@@ -122,18 +139,46 @@ def qlinear_add(
     a: Tensor, a_scale: Tensor, a_zero_point: int,
     b: Tensor, b_scale: Tensor, b_zero_point: int,
     out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int,
+    a_bound: float | None = None, b_bound: float | None = None,
 ) -> Tensor:
     """``QLinearAdd`` (com.microsoft) of code tensors ``a`` and ``b`` (broadcasting as ORT does):
-    :func:`qlinear_add_value` rounded half to even and saturated."""
-    v = qlinear_add_value(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale,
-                          out_zero_point)
+    :func:`qlinear_add_value` rounded half to even and saturated.  ``a_bound`` / ``b_bound``:
+    the largest ``|code|`` of each input (default 2^16)."""
+    # Only the rounded code matters: evaluate in plain float32 (within a few float32 roundings of
+    # ORT's fma result), and redo exactly -- in float64, emulating the fmas -- just the elements
+    # that lie within a margin of a rounding boundary (x.5), where that error could matter.
+    sc = _f32(out_scale)
+    roles = broadcast_roles(a.shape, b.shape)
+    ra, rb = _f32(a_scale) / sc, _f32(b_scale) / sc
+    fixed = float(out_zero_point) - (float(ra) * a_zero_point + float(rb) * b_zero_point)
+    a32, b32 = a.to(_F32), b.to(_F32)
+    v = torch.mul(b32, rb)
+    v = v.add_(a32, alpha=float(ra)) if v.shape == a32.shape else torch.add(v, a32, alpha=float(ra))
+    v.add_(fixed)
+    # float32 error bound: a few roundings of terms up to |code| * ratio (codes < 2^16)
+    terms = 2.0**16 * (float(ra) + float(rb)) if a_bound is None else \
+        a_bound * float(ra) + b_bound * float(rb)
+    margin = max(_TIE_MARGIN, 8.0 * (terms + abs(fixed)) * 2.0**-24)
+    off = torch.round(v).sub_(v).abs_()  # 0.5 at a tie
+    near = off >= 0.5 - margin
+    if margin >= 0.25 or bool(near.any()):
+        idx = near.reshape(-1).nonzero().reshape(-1)
+        ea, eb = (t.expand(v.shape).reshape(-1).index_select(0, idx) for t in (a32, b32))
+        exact = qlinear_add_value(ea, a_scale, a_zero_point, eb, b_scale, b_zero_point,
+                                  out_scale, out_zero_point, roles=roles)
+        v = v.reshape(-1).index_copy_(0, idx, exact).reshape(v.shape)
     return _saturate(v, qmin, qmax)
+
+
+_TIE_MARGIN = 2.0**-10
+"""Plain float32 evaluation of QLinearAdd's value (magnitude < 2^10) is within 2^-12 of ORT's;
+elements closer than this to ``x.5`` are recomputed exactly."""
 
 
 def qlinear_add_value(
     a: Tensor, a_scale: Tensor, a_zero_point: int,
     b: Tensor, b_scale: Tensor, b_zero_point: int,
-    out_scale: Tensor, out_zero_point: int,
+    out_scale: Tensor, out_zero_point: int, *, roles: str | None = None,
 ) -> Tensor:
     """The float32 value ``QLinearAdd`` rounds (output zero point included).
 
@@ -145,13 +190,47 @@ def qlinear_add_value(
     operand, so a broadcast first input swaps the roles (:func:`broadcast_roles`).
     """
     sc = _f32(out_scale)
-    roles = broadcast_roles(a.shape, b.shape)
+    roles = broadcast_roles(a.shape, b.shape) if roles is None else roles
     if roles == "scalar_a":  # ORT calls MLAS with (b, a): b is the span, a the scalar
         a, b = b, a
         a_scale, b_scale, a_zero_point, b_zero_point = b_scale, a_scale, b_zero_point, a_zero_point
     ra, rb = _f32(a_scale) / sc, _f32(b_scale) / sc
     a, b = torch.broadcast_tensors(a.to(_F32), b.to(_F32))
     return _add_kernel(a, ra, a_zero_point, b, rb, b_zero_point, out_zero_point, roles != "vector")
+
+
+def qlinear_add_table(
+    a_scale: Tensor, a_zero_point: int, a_range: tuple[int, int],
+    b_scale: Tensor, b_zero_point: int, b_range: tuple[int, int],
+    out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int, roles: str = "vector",
+) -> Tensor:
+    """:func:`qlinear_add`'s output code for every pair of input codes: a
+    ``[len(a_range), len(b_range)]`` table (row ``a - a_range[0]``, column ``b - b_range[0]``),
+    for the broadcast ``roles`` (:func:`broadcast_roles`).  An 8-bit QLinearAdd is a lookup in
+    it."""
+    a = torch.arange(a_range[0], a_range[1] + 1, dtype=_F32).reshape(-1, 1)
+    b = torch.arange(b_range[0], b_range[1] + 1, dtype=_F32).reshape(1, -1)
+    sc = _f32(out_scale)
+    if roles == "scalar_a":  # MLAS sees (b, a): b the span, a the per-span scalar
+        ra, rb = _f32(a_scale) / sc, _f32(b_scale) / sc
+        v = _add_kernel(b, rb, b_zero_point, a, ra, a_zero_point, out_zero_point, True)
+    else:
+        ra, rb = _f32(a_scale) / sc, _f32(b_scale) / sc
+        v = _add_kernel(a, ra, a_zero_point, b, rb, b_zero_point, out_zero_point,
+                        roles == "scalar_b")
+    return _saturate(v, qmin, qmax)
+
+
+def qlinear_mul_table(
+    a_scale: Tensor, a_zero_point: int, a_range: tuple[int, int],
+    b_scale: Tensor, b_zero_point: int, b_range: tuple[int, int],
+    out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int,
+) -> Tensor:
+    """:func:`qlinear_mul` for every pair of input codes (see :func:`qlinear_add_table`)."""
+    a = torch.arange(a_range[0], a_range[1] + 1, dtype=_F32).reshape(-1, 1)
+    b = torch.arange(b_range[0], b_range[1] + 1, dtype=_F32).reshape(1, -1)
+    return qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale,
+                       out_zero_point, qmin, qmax)
 
 
 def qlinear_mul(

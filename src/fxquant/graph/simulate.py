@@ -39,7 +39,7 @@ import contextvars
 import enum
 import operator
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +65,9 @@ from ..runtime_math import (
     RuntimeKernel,
     WeightedKernel,
 )
-from ..runtime_math.kernels import LOOKUP_FUNCTIONS
+from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
 from .meta import value_info
-from .patterns import classify_function, classify_method, classify_module, function_name
+from .ops import canonical_name, clip_bounds, node_traits
 from .report import REPORT_KEY, get_report
 
 __all__ = [
@@ -205,7 +205,7 @@ class _Runtime:
     plan: RuntimePlan
 
 
-_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[str, _Runtime]] = (
+_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple, _Runtime]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -228,15 +228,17 @@ def _fetch(root: nn.Module, target: str) -> Any:
     return getattr(root.get_submodule(owner) if owner else root, attr)
 
 
-def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...]) -> _Runtime:
+def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...],
+             only: frozenset[str] | None = None) -> _Runtime:
     per_model = _CACHE.setdefault(gm, {})
-    rt = per_model.get(runtime)
+    key = (runtime, only)
+    rt = per_model.get(key)
     if rt is not None and (rt.code is gm.code or rt.code == gm.code) and all(
         _fetch(gm, t) is obj for t, obj in rt.objects
     ):
         return rt
-    rt = _build(gm, runtime, kernels)
-    per_model[runtime] = rt
+    rt = _build(gm, runtime, kernels, only)
+    per_model[key] = rt
     return rt
 
 
@@ -273,10 +275,6 @@ _GAP_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_p
 _BINARY = {"add": KernelOp.ADD, "mul": KernelOp.MUL, "matmul": KernelOp.MATMUL,
            "bmm": KernelOp.MATMUL}
 _IN_PLACE = frozenset({operator.iadd, operator.imul, "add_", "mul_"})
-# clipping activations ORT drops before a QuantizeLinear whose grid implies them
-_RELU = (0.0, None)
-_CLIP_MODULES = {nn.ReLU: _RELU, nn.ReLU6: (0.0, 6.0)}
-_CLIP_FUNCTIONS = {F.relu: _RELU, torch.relu: _RELU, F.relu6: (0.0, 6.0)}
 
 
 def _all_ones(size: Any) -> bool:
@@ -297,6 +295,8 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
             return KernelOp.AVG_POOL
         if isinstance(m, nn.Sigmoid):
             return KernelOp.SIGMOID
+        if isinstance(m, nn.SiLU):
+            return KernelOp.SILU
         return None
     if n.op == "call_function" and n.target in _GAP_FUNCTIONS:
         size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
@@ -306,24 +306,23 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
     if n.op == "call_function" and n.target is F.linear:
         return KernelOp.LINEAR
     if n.op in ("call_function", "call_method"):
-        name = function_name(n.target)
+        name = canonical_name(n.target)
         if name in _BINARY:
             return _BINARY[name]
         if name == "sigmoid":
             return KernelOp.SIGMOID
+        if name == "silu":
+            return KernelOp.SILU
         if name == "mean":
             return KernelOp.MEAN
     return None
 
 
 def _is_share(gm: fx.GraphModule, n: fx.Node) -> bool:
-    if n.op == "call_module":
-        return classify_module(gm.get_submodule(str(n.target))) is OpKind.SHARE
-    if n.op == "call_function":
-        return classify_function(n) is OpKind.SHARE
-    if n.op == "call_method":
-        return classify_method(n) is OpKind.SHARE
-    return False
+    """An op that only moves its input's values (the op-trait table's SHARE kind)."""
+    if n.op not in ("call_module", "call_function", "call_method"):
+        return False
+    return node_traits(n, gm).kind is OpKind.SHARE
 
 
 def _quantizer(gm: fx.GraphModule, n: fx.Node) -> FakeQuantize | None:
@@ -373,25 +372,16 @@ def _input_quantizer(gm: fx.GraphModule, v: Any, bits: int,
 
 
 def _clip(gm: fx.GraphModule, n: fx.Node) -> tuple[float | None, float | None] | None:
-    """The bounds of a clipping activation node (None: not one)."""
-    if n.op == "call_module":
-        m = gm.get_submodule(str(n.target))
-        if type(m) in _CLIP_MODULES:
-            return _CLIP_MODULES[type(m)]
-        if type(m) is nn.Hardtanh:
-            return (m.min_val, m.max_val)
+    """The bounds of a clipping activation node (None: not one): the op-trait table's clip-like
+    ops, and ``clamp`` with constant bounds (exported as Clip)."""
+    if n.op not in ("call_module", "call_function", "call_method"):
         return None
-    if n.op == "call_function" and n.target in _CLIP_FUNCTIONS:
-        return _CLIP_FUNCTIONS[n.target]
-    name = function_name(n.target) if n.op in ("call_function", "call_method") else ""
-    if name == "relu":
-        return _RELU
-    if name in ("clamp", "hardtanh"):
-        lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min", n.kwargs.get("min_val"))
-        hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max", n.kwargs.get("max_val"))
-        if name == "hardtanh":
-            lo = -1.0 if lo is None else lo
-            hi = 1.0 if hi is None else hi
+    bounds = clip_bounds(n, gm)
+    if bounds is not None:
+        return bounds
+    if n.op != "call_module" and canonical_name(n.target) == "clamp":
+        lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
+        hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
         if all(b is None or isinstance(b, (int, float)) for b in (lo, hi)):
             return (lo, hi)
     return None
@@ -427,11 +417,10 @@ def _first_ndim(n: fx.Node) -> int | None:
     return None if info is None or info.shape is None else len(info.shape)
 
 
-def _entry(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> FusedKernel | None:
-    for k in kernels:
-        if k.op is op and (k.input_ndim is None or k.input_ndim == _first_ndim(n)):
-            return k
-    return None
+def _entries(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> list[FusedKernel]:
+    """The table's entries for ``op`` at node ``n``, in priority order."""
+    return [k for k in kernels
+            if k.op is op and (k.input_ndims is None or _first_ndim(n) in k.input_ndims)]
 
 
 def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
@@ -444,14 +433,6 @@ def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
     if not all(isinstance(d, int) for d in dims) or not isinstance(keep, bool):
         return None
     return dims, keep
-
-
-def _alternatives(kernels: tuple[FusedKernel, ...], first: FusedKernel, n: fx.Node
-                  ) -> list[FusedKernel]:
-    """Wider entries of the table for the same op, tried when ``first`` does not match
-    (LiteRT's 16x8 kernels after its 8-bit ones)."""
-    return [k for k in kernels if k.max_bits > first.max_bits and k.op is first.op and
-            (k.input_ndim is None or k.input_ndim == _first_ndim(n))]
 
 
 def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
@@ -487,6 +468,12 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
         if in_fq is None:
             return None, why
         return MeanKernel(_fallback(gm, n), in_fq), ""
+    if not entry.integer:  # a float op computed with the runtime's own float function
+        fn = FLOAT_FUNCTIONS.get(entry.kernel)
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if fn is None or in_fq is None:
+            return None, why or f"no arithmetic for {entry.kernel}"
+        return FloatFunctionKernel(entry.kernel, _fallback(gm, n), fn, in_fq), ""
     if op in (KernelOp.CONV, KernelOp.LINEAR):
         layer = gm.get_submodule(str(n.target))
         wfq = layer.weight_fake_quant
@@ -499,6 +486,8 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
         in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
         if in_fq is None:
             return None, why
+        if bits > 8 and in_fq.dtype.bits <= 8:
+            return None, "an 8-bit input (the kernel takes 16-bit activations)"
         return WeightedKernel(entry.kernel, layer, in_fq, out_fq, clip,
                               float_output=not entry.quantized_output), ""
     assert out_fq is not None
@@ -558,7 +547,8 @@ def _quantizer_ops(report) -> dict[str, str]:
     return names
 
 
-def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> _Runtime:
+def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
+           only: frozenset[str] | None = None) -> _Runtime:
     report = get_report(gm)
     code = gm.code
     plan = RuntimePlan(runtime or None)
@@ -573,17 +563,16 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> 
     dynamic = _dynamic(gm.graph)
     for n in list(gm.graph.nodes):
         op = _kernel_op(gm, n)
-        entry = None if op is None else _entry(table, op, n)
-        if entry is None:
-            continue
-        kernel, why = _make_kernel(gm, n, entry, dynamic)
-        for alt in _alternatives(table, entry, n) if kernel is None else ():
-            kernel, _ = _make_kernel(gm, n, alt, dynamic)  # e.g. a 16-bit kernel
+        entries = [] if op is None else _entries(table, op, n)
+        kernel, whys = None, []
+        for entry in entries:  # the first entry whose pattern matches
+            kernel, why = _make_kernel(gm, n, entry, dynamic)
             if kernel is not None:
-                entry = alt
                 break
+            whys.append(f"{entry.kernel}: {why}")
         if kernel is None:
-            plan.skipped[_op_name(gm, n, names, paths)] = f"{entry.kernel}: {why}"
+            if whys:
+                plan.skipped[_op_name(gm, n, names, paths)] = "; ".join(whys)
             continue
         # the tensor the kernel produces: its output quantizer's, or (float output) the op's
         if entry.quantized_output:
@@ -592,6 +581,9 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...]) -> 
             tensor = names.get(paths.get(id(kernel.wfq), ""), n.name)
         else:
             tensor = _op_name(gm, n, names, paths)
+        if only is not None and entry.integer and tensor not in only:
+            plan.skipped[tensor] = f"{entry.kernel}: the runtime did not fuse it"
+            continue
         target = f"_fxquant_kernel_{len(kernels)}"
         kernels[target] = kernel
         plan.kernels[tensor] = entry.kernel
@@ -637,15 +629,17 @@ def runtime_plan(qmodel: nn.Module) -> RuntimePlan:
 
 
 def runtime_simulation(
-    qmodel: nn.Module, runtime: str | None = None
+    qmodel: nn.Module, runtime: str | None = None, fused: Collection[str] | None = None
 ) -> tuple[nn.Module | None, RuntimePlan]:
     """A module computing ``qmodel`` with ``runtime``'s arithmetic, and its plan.
 
     ``runtime``: default the profile's; another runtime's fused-kernel table
     (:data:`fxquant.backends.RUNTIME_KERNELS`) serves to compare a model prepared for one target
-    with another runtime (what :func:`fxquant.verify` does).  The module shares ``qmodel``'s
-    modules and quantizers (it is not a copy: do not train it); it is ``None`` when nothing would
-    run differently from the float simulation (no runtime, an eager capture, no fused op).
+    with another runtime (what :func:`fxquant.verify` does).  ``fused``: only the integer kernels
+    producing these tensors (the ones the runtime was seen to fuse; ``None``: the table decides).
+    The module shares ``qmodel``'s modules and quantizers (it is not a copy: do not train it); it
+    is ``None`` when nothing would run differently from the float simulation (no runtime, an
+    eager capture, no fused op).
     """
     report = _report(qmodel)
     if runtime is None or runtime == report.profile.runtime:
@@ -655,5 +649,6 @@ def runtime_simulation(
     if not isinstance(qmodel, fx.GraphModule):
         return None, RuntimePlan(name, {}, {
             "<model>": "captured eagerly: the float simulation runs"} if table else {})
-    rt = _runtime(qmodel, name or "", table)
+    only = None if fused is None else frozenset(fused)
+    rt = _runtime(qmodel, name or "", table, only)
     return rt.module, rt.plan
