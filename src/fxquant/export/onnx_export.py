@@ -25,14 +25,14 @@ import difflib
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ExportError, bounded, require
-from ..fake_quant import FakeQuantize
+from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import PrepareReport, get_report
 from .atomic import atomic_path, check_writable
 from .onnx_check import check_float, check_quantized
@@ -78,6 +78,9 @@ class ExportResult:
             (``specialize=True``), as ``"file:line: code"``.
         check: the self-check's report (ONNX Runtime vs the simulation on the example inputs);
             None with ``check=False`` or for a float export.
+        float_ops: op type -> count of the ops whose result the file leaves in float (ops
+            without an integer form, ``keep_float`` ops, quantizers the profile keeps off);
+            :func:`fxquant.verify` says what a runtime really ran in integer kernels.
     """
 
     path: str
@@ -89,6 +92,7 @@ class ExportResult:
     quantized: bool = True
     specialized: tuple[str, ...] = ()
     check: VerifyReport | None = None
+    float_ops: dict[str, int] = field(default_factory=dict)
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -166,14 +170,13 @@ def export_onnx(
     if int32_bias is None:
         int32_bias = report.profile.int32_bias
     max_bits = report.profile.max_qdq_bits
-    cp = _capture(qmodel, example_inputs, report, dynamic_batch, specialize, quantize)
     index = quantizer_index(report)
-    float_ops = frozenset(
-        p for p in set(cp.quantizers.values())
-        if _matches(index.get(p, (p, ""))[0], keep_float)
-    )
-    used = {p: qmodel.get_submodule(p) for p in set(cp.quantizers.values()) - float_ops}
+    quantizers = {p: m for p, m in qmodel.named_modules() if isinstance(m, FakeQuantize)}
+    float_ops = frozenset(p for p in quantizers if _matches(index.get(p, (p, ""))[0], keep_float))
+    used = {p: m for p, m in quantizers.items()
+            if p not in float_ops and m.state is not FakeQuantState.FLOAT}
     chosen = _choose_opset(opset, _dtype_opsets(used, max_bits) if quantize else {})
+    cp = _capture(qmodel, example_inputs, report, dynamic_batch, specialize, quantize)
     model = lower(cp, chosen, lambda base: [
         name for name, rec in report.ops.items() if rec.op_type.lower().lstrip("_") == base
     ])
@@ -211,6 +214,7 @@ def export_onnx(
         quantized=quantize,
         specialized=cp.specialized,
         check=check_report,
+        float_ops=dict(done.float_ops),
     )
 
 

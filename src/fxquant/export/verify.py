@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import os
 import tempfile
 from collections import Counter
@@ -112,6 +113,8 @@ class VerifyReport:
         float_ops: compute op / layer types still running in float (Q/DQ and pure data
             movement such as Reshape / Transpose / MaxPool are not counted).
         reference: how the simulation was evaluated (see :func:`verify`'s ``reference``).
+        runtime_version: the version of the runtime that ran the file (``onnxruntime``'s /
+            ``openvino``'s ``__version__``).
         emulated: with ``reference="integer"``: kernel -> number of fused ops computed with the
             runtime's integer arithmetic; ``not_emulated``: quantized tensor -> why its fused
             op was evaluated in float64 instead.
@@ -125,6 +128,7 @@ class VerifyReport:
     reference: str = "exact"
     emulated: dict[str, int] = field(default_factory=dict)
     not_emulated: dict[str, str] = field(default_factory=dict)
+    runtime_version: str = ""
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Every output passes :meth:`TensorDiff.ok`."""
@@ -159,7 +163,8 @@ class VerifyReport:
             ref += f"; {len(self.not_emulated)} fused op(s) not emulated)" \
                 if self.not_emulated else ")"
         return "\n".join([
-            f"fxquant verify ({self.runtime}): {len(self.outputs)} output(s), "
+            f"fxquant verify ({self.runtime}) with {self.runtime} {self.runtime_version}: "
+            f"{len(self.outputs)} output(s), "
             f"{len(self.tensors)} quantized tensor(s) compared with the simulation "
             f"[reference: {ref}]",
             line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
@@ -345,8 +350,9 @@ def verify(
         _diff(dq, rt_extra[dq], captured[dq], watch[dq][1], watch[dq][0])
         for dq in extra if dq in rt_extra and dq in captured
     ]
+    version = getattr(importlib.import_module(runtime), "__version__", "")
     return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops,
-                        reference, emulated, not_emulated)
+                        reference, emulated, not_emulated, version)
 
 
 def _graph_output_quantizers(model, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
