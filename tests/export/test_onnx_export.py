@@ -745,3 +745,16 @@ def test_written_files_get_the_usual_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_importing_fxquant_loads_no_onnx_package():
+    """onnx / onnxscript / onnxruntime are an optional extra: they load on the first export."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fxquant; "
+            "print(sorted(m for m in ('onnx', 'onnx_ir', 'onnxscript', 'onnxruntime') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -35,10 +35,8 @@ from ..errors import ExportError, bounded, require
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import PrepareReport, get_report
 from .atomic import atomic_path, check_writable
-from .onnx_check import check_float, check_quantized
 from .onnx_lower import MIN_TORCH_ONNX_OPSET, lower
-from .onnx_passes import FinishOptions, finish
-from .onnx_quantizers import opset_for_qdtype
+from .onnx_types import opset_for_qdtype
 from .program import CapturedProgram, capture, constant_inputs
 from .quantizers import eval_mode, frozen_quantizers, quantizer_index, quantizers_off
 from .verify import VerifyReport
@@ -157,6 +155,9 @@ def export_onnx(
     """
     require("onnx", "onnx", "export_onnx")
     require("onnxscript", "onnx", "export_onnx")
+    # the onnx_ir-based passes load with the optional onnx packages, on the first export
+    from .onnx_check import check_float, check_quantized
+    from .onnx_passes import FinishOptions, finish
     try:
         report = get_report(qmodel)
     except TypeError as err:
@@ -196,8 +197,8 @@ def export_onnx(
             with open(tmp, "wb") as f:
                 f.write(proto.SerializeToString())
             if check and quantize:
-                with quantizers_off(qmodel, float_ops):  # keep_float: what the file computes
-                    check_report = _self_check(qmodel, tmp, cp)
+                with quantizers_off(qmodel, float_ops), torch.no_grad():  # keep_float: as written
+                    check_report = check_quantized(qmodel, tmp, cp.inputs)
             elif check:
                 check_float(qmodel, tmp, cp.inputs)
     except OSError as err:
@@ -234,12 +235,6 @@ def _capture(qmodel: nn.Module, example_inputs: Any, report: PrepareReport,
         ) from err
 
 
-def _self_check(qmodel: nn.Module, path: str, cp: CapturedProgram) -> VerifyReport:
-    """:func:`check_quantized` on the program's example inputs, holding every state."""
-    with torch.no_grad():
-        return check_quantized(qmodel, path, cp.inputs)
-
-
 def _to_proto(model: Any) -> Any:
     import onnx
     import onnx_ir as ir
@@ -273,7 +268,7 @@ def _choose_opset(requested: int | None, needs: dict[str, tuple[int, str]]) -> i
             f"{need} (QuantizeLinear supports int16 / uint16 / int4 / uint4 from opset 21); "
             "pass opset=None to choose automatically"
         )
-    if requested < MIN_OPSET:
+    if requested < MIN_OPSET:  # after the dtype check: that message says more
         raise ExportError(
             f"opset={requested} is too low: fxquant exports through torch.onnx, which writes "
             f"opset >= {MIN_OPSET}; pass opset=None (or {MIN_OPSET}..{top})"
