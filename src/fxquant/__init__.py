@@ -36,6 +36,7 @@ from .export import (
     VerifyReport,
     export_encodings,
     export_onnx,
+    export_quantsim_config,
     load_encodings,
     verify,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "VerifyReport",
     "export_encodings",
     "load_encodings",
+    "export_quantsim_config",
     "convert",
     "ConvertedModel",
     "ConvertError",

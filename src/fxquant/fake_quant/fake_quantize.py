@@ -100,11 +100,15 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
+        # a quantizer built fixed_in_qat (e.g. by a qat_fixed_act template) stays fixed when it
+        # loads a checkpoint whose quantizers were not (the calibration it takes scales from):
+        # a checkpoint can freeze a scale, never unfreeze one
+        built_frozen = self._frozen
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if prefix + "frozen" in missing_keys:  # a state dict saved before ``frozen`` existed
             missing_keys.remove(prefix + "frozen")
-        self._frozen = bool(self.frozen)
+        self.fixed_in_qat = bool(self.frozen) or built_frozen
 
     # -- storage -----------------------------------------------------------------------------
     def _init_qparams(self) -> None:

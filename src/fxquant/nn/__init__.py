@@ -31,6 +31,7 @@ from .modules import (
     conv_forward,
     conv_transpose_forward,
 )
+from .stubs import DeQuantStub, FloatFunctional, QuantStub
 
 FLOAT_TO_QUANT: dict[type, type] = {
     nn.Conv1d: QuantConv1d,
@@ -58,6 +59,9 @@ WEIGHT_AXIS: dict[type, int] = {
 }
 
 __all__ = [
+    "QuantStub",
+    "DeQuantStub",
+    "FloatFunctional",
     "QuantWeightMixin",
     "QuantConv1d",
     "QuantConv2d",
