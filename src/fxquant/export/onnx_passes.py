@@ -5,7 +5,7 @@ Each pass does one job on the ``onnx_ir`` model, in this order (:func:`finish`):
 1. :func:`keep_user_outputs` -- drop the extra outputs torch.export adds for inputs the model
    changes in place (``x.mul_(2)``): the file returns what the model returns;
 2. :func:`name_inputs` -- graph inputs get the model's argument names;
-3. :func:`quantizer_calls` / :func:`constant_inputs` -- find every quantizer node; a quantizer
+3. :func:`quantizer_calls` / :func:`use_constant_values` -- find every quantizer node; a quantizer
    whose input is a constant (a weight, a folded conv + BN weight) reads the value the
    simulation quantizes, computed in torch (:func:`fxquant.export.program.constant_inputs`);
 4. :func:`fold_constants` -- fold every other constant subgraph (a folded BN's bias ...);
@@ -98,7 +98,7 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
     keep_user_outputs(graph, len(opts.output_names))
     name_inputs(graph, opts.input_names)
     calls = quantizer_calls(graph, opts)
-    constant_inputs(graph, calls, opts.constants)
+    use_constant_values(graph, calls, opts.constants)
     common.RemoveUnusedNodesPass()(model)
     common.IdentityEliminationPass()(model)
     fold_constants(model)
@@ -261,7 +261,7 @@ def quantizer_calls(graph: ir.Graph, opts: FinishOptions) -> list[QuantizerCall]
     return calls
 
 
-def constant_inputs(graph: ir.Graph, calls: list[QuantizerCall],
+def use_constant_values(graph: ir.Graph, calls: list[QuantizerCall],
                     constants: dict[str, list[torch.Tensor]]) -> None:
     """A constant quantizer call reads an initializer holding the value the simulation
     quantizes (computed in torch: folded BN weights, reshaped parameters ...)."""
