@@ -426,7 +426,9 @@ def test_opset_too_low_names_the_quantizer(tmp_path):
 
 def test_dynamic_batch_off_fixes_the_batch(tmp_path):
     qmodel = prepared("depthwise", "generic")
-    result = export_onnx(qmodel, images(2, 0), tmp_path / "m.onnx", dynamic_batch=False)
+    result = export_onnx(qmodel, images(2, 0), tmp_path / "m.onnx", dynamic_batch=False,
+                         check=False)  # the self-check's opt-out: no ONNX Runtime run
+    assert result.check is None
     dims = onnx.load(result.path).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 3, 16, 16]
 
@@ -641,70 +643,6 @@ def test_data_dependent_branch_is_refused_or_specialized(tmp_path):
     assert len(result.specialized) == 1 and "x.mean() > 0" in result.specialized[0]
     x = torch.randn(16, 3, 8, 8) + 0.5  # inputs that take the same branch
     assert verify(qmodel, result.path, x, integer_kernels=False).ok()
-
-
-class InPlaceInput(nn.Module):
-    """The issue's model: it changes its input in place before the conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-
-    def forward(self, x):
-        x.mul_(2)
-        x.relu_()
-        return self.conv(x)
-
-
-def test_in_place_ops_on_the_input_are_exported(tmp_path):
-    """Exported without the in-place ops the file computed 3.9 dB SQNR against float while
-    the simulation had 37.6 dB; now the file is the simulation, and the caller's tensors are
-    left alone."""
-    torch.manual_seed(0)
-    example = torch.randn(2, 3, 8, 8)
-    qmodel = _calibrated(InPlaceInput().eval(), (example,), "onnxruntime")
-    before = example.clone()
-    result = export_onnx(qmodel, example, tmp_path / "m.onnx")
-    assert torch.equal(example, before)
-    assert result.output_names == ("output",) and result.check is not None
-    x = torch.randn(16, 3, 8, 8)
-    report = verify(qmodel, result.path, x.clone())
-    assert report.ok(max_steps=1, min_identical=0.99), str(report)
-    with torch.no_grad():
-        float_out = _float_model_output(qmodel, x.clone())
-    import onnxruntime as ort
-
-    out = ort.InferenceSession(result.path).run(None, {"x": x.numpy()})[0]
-    sqnr = 10 * np.log10((float_out ** 2).sum() / ((out - float_out) ** 2).sum())
-    assert sqnr > 25, sqnr
-
-
-def _float_model_output(qmodel: nn.Module, x: torch.Tensor) -> np.ndarray:
-    sim = copy.deepcopy(qmodel)
-    fxquant.set_fake_quantize(sim, FakeQuantState.FLOAT)
-    return sim(x).numpy()
-
-
-def test_self_check_refuses_a_wrong_file(tmp_path, monkeypatch):
-    """A bug that writes wrong weights is caught before the file is renamed into place."""
-    from fxquant.export import onnx_quantizers
-
-    qmodel = prepared("resnet", "onnxruntime")
-    original = onnx_quantizers.Materializer._int_constant
-
-    def wrong(self, base, value, qp, before, weight):
-        if base == "layer2.conv1.weight":
-            value = value * 1.5
-        return original(self, base, value, qp, before, weight)
-
-    monkeypatch.setattr(onnx_quantizers.Materializer, "_int_constant", wrong)
-    target = tmp_path / "m.onnx"
-    with pytest.raises(ExportError, match=r"does not compute what the simulation computes: "
-                                          r"'layer2\._generated_relu_0_dequantized' .*steps off"):
-        export_onnx(qmodel, images(2, 0), target)
-    assert not os.listdir(tmp_path)
-    result = export_onnx(qmodel, images(2, 0), target, check=False)  # the opt-out
-    assert result.check is None and os.path.exists(result.path)
 
 
 @pytest.mark.parametrize("name", ["resnet", "int16", slow("depthwise"), slow("decoder"),
