@@ -29,7 +29,14 @@ import torch
 from ..fake_quant import FakeQuantize
 from ..numerics import QDType, QParams, ScaleMath
 from . import bias as bias_math
-from .naming import bias_name, dq_output, q_output, scale_name, zero_point_name
+from .naming import (
+    bias_name,
+    dq_output,
+    q_output,
+    quantized_tensor_name,
+    scale_name,
+    zero_point_name,
+)
 from .onnx_ir_utils import GraphEdit, attr, consumers, is_constant, producer_op, to_numpy
 from .onnx_types import storage_range, storage_type_name
 
@@ -72,11 +79,13 @@ class QuantizerCall:
     @property
     def tensor(self) -> str:
         """The contract name of the quantized tensor (:mod:`fxquant.export.naming`)."""
-        if self.role == "output":
-            return self.op
-        if self.role == "weight":
-            return f"{self.op}.weight"
-        return f"{self.op}.{self.role}"
+        return quantized_tensor_name(self.op, self.role)
+
+    @property
+    def is_weight(self) -> bool:
+        """A weight (``weight``, a library module's ``q_weight`` ...): its DequantizeLinear's
+        output is the tensor itself (``<op>.weight``), not ``<tensor>_dequantized``."""
+        return self.role.endswith("weight")
 
 
 @dataclass
@@ -204,7 +213,7 @@ class Materializer:
         initializer), with the int32 bias of the ops that read it as their weight."""
         node = call.node
         value = torch.from_numpy(node.inputs[0].const_value.numpy().copy())
-        weight = call.role == "weight"
+        weight = call.is_weight
         base = call.tensor
         seen = self._weights.setdefault(call.path, [])
         for v, out in seen:  # the same weight read twice (a module called twice)
