@@ -420,6 +420,24 @@ def test_opsets_follow_dtypes(exported):
     assert any(arr.dtype == np.uint8 for arr in zps.values())
 
 
+def test_int4_weights_are_int4_initializers(tmp_path):
+    """4-bit weights (opset 21): INT4 codes, in ONNX Runtime like the simulation."""
+    example = (torch.randn(2, 3, 8, 8),)
+    setter = fxquant.ModuleNameQconfigSetter({"conv": get_qconfig(weight_dtype=fxquant.qint4)})
+    qmodel = fxquant.prepare(M.OneConv(), example,
+                             (setter, fxquant.default_calibration_qconfig_setter),
+                             backend="onnxruntime")
+    fxquant.calibrate(qmodel, [torch.randn(16, 3, 8, 8) for _ in range(2)], progress=False)
+    result = export_onnx(qmodel, example, tmp_path / "m.onnx")
+    assert result.opset == 21
+    inits = {t.name: t for t in onnx.load(result.path).graph.initializer}
+    assert inits["conv.weight_quantized"].data_type == onnx.TensorProto.INT4
+    codes = numpy_helper.to_array(inits["conv.weight_quantized"])
+    assert codes.min() >= -8 and codes.max() <= 7
+    x = torch.randn(32, 3, 8, 8)
+    assert verify(qmodel, result.path, x, integer_kernels=False).ok(max_steps=1)
+
+
 def test_opset_too_low_names_the_quantizer(tmp_path):
     qmodel = prepared("int16", "onnxruntime")
     with pytest.raises(ExportError, match=r"blocks\.1.*qint16.*opset >= 21"):
