@@ -153,6 +153,25 @@ def quantizers_as_ops(
             del m.forward
 
 
+@contextlib.contextmanager
+def _stateless(model: nn.Module) -> Iterator[None]:
+    """The quantizers' buffers and parameters (scale, zero point, observer statistics ...) are
+    hidden inside the block.  Their forward, replaced by :func:`quantizers_as_ops`, reads none
+    of them, and torch.export would lift every one as a program input: thousands in a large
+    model, which its decomposition pass handles in quadratic time (densenet121: minutes)."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, FakeQuantize):
+            for sub in m.modules():
+                saved.append((sub, sub._buffers, sub._parameters))
+                sub._buffers, sub._parameters = {}, {}
+    try:
+        yield
+    finally:
+        for sub, buffers, params in saved:
+            sub._buffers, sub._parameters = buffers, params
+
+
 @dataclass(frozen=True)
 class CapturedProgram:
     """A prepared model captured by :func:`capture`.
@@ -287,8 +306,9 @@ def capture(
             with torch.no_grad():
                 example_out = call_model(qmodel, _owned(inputs))
             output_names = tuple(n for n, _ in flatten_outputs(example_out))
-            ep, dynamic = _export_with_fallback(qmodel, _owned(inputs), dynamic_batch,
-                                                specialize)
+            with _stateless(qmodel):
+                ep, dynamic = _export_with_fallback(qmodel, _owned(inputs), dynamic_batch,
+                                                    specialize)
     finally:
         for m, t in modes:
             m.training = t
