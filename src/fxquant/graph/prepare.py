@@ -23,7 +23,7 @@ from ..modelio import as_inputs
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
 from .capture import RootTraceError, capture
 from .eager import prepare_eager, prepare_islands
-from .report import REPORT_KEY, PrepareReport
+from .report import REPORT_KEY, PrepareOptions, PrepareReport, get_report
 from .stages import GraphPass, PrepareContext, prepare_graph
 
 __all__ = ["prepare", "as_input_tuple"]
@@ -68,30 +68,38 @@ def prepare(
             gain quantizer children.  Use ``model`` itself for nothing else afterwards.
 
     The prepared model is in ``FakeQuantState.QAT``; use :func:`fxquant.calibrate` for PTQ.
+    Its report records the options and a copy of ``example_inputs`` (what :func:`fxquant.save`
+    stores to re-prepare the model).
     """
     profile = get_profile(backend)
     setters = as_setter_tuple(qconfig_setter)
     inputs = as_inputs(example_inputs)
-    skip = frozenset(skip_modules)
+    leaf, skip = frozenset(leaf_modules), frozenset(skip_modules)
+    options = PrepareOptions(tuple(sorted(leaf)), tuple(sorted(skip)), bool(fold_bn))
+    recorded = inputs.detached_copy()  # before the model runs: nothing can change it
     if not inplace:
         model = copy.deepcopy(model)
     try:
-        gm, islands = capture(model, inputs, frozenset(leaf_modules) | skip)
+        gm, islands = capture(model, inputs, leaf | skip)
     except RootTraceError as err:
-        return prepare_eager(
+        qmodel = prepare_eager(
             model,
             inputs.args,
             setters,
             profile,
             err,
-            leaf_modules=leaf_modules,
+            leaf_modules=leaf,
             skip_modules=skip,
             fold_bn=fold_bn,
             kwargs=inputs.kwargs,
         )
-    report = PrepareReport(profile=profile, islands=dict(islands))
+        report = get_report(qmodel)
+        report.options, report.example_inputs = options, recorded
+        return qmodel
+    report = PrepareReport(profile=profile, islands=dict(islands), options=options,
+                           example_inputs=recorded)
     report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    ctx = PrepareContext(setters, profile, frozenset(leaf_modules), skip, fold_bn, report)
+    ctx = PrepareContext(setters, profile, leaf, skip, fold_bn, report)
     prepare_graph(GraphPass(gm, ctx, dict(islands)))
     prepare_islands(gm, islands, ctx)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
