@@ -97,7 +97,8 @@ def build(case: str) -> tuple[nn.Module, list[torch.Tensor]]:
     fxquant.set_fake_quantize(q, FakeQuantState.QAT)
     qat_steps(q, torch.optim.SGD(q.parameters(), lr=0.01, momentum=0.9), data[:2])
     fxquant.set_fake_quantize(q.eval(), FakeQuantState.VALIDATION)
-    q.fc.train()  # a mixed train / eval state must come back too
+    q.fc.train()  # mixed train / eval flags and a frozen parameter must come back too
+    q.fc.bias.requires_grad_(False)
     return q, data
 
 
@@ -107,7 +108,8 @@ FRESH = {"fx": SmallNet, "island": BranchInSubmoduleF, "eager": InputBranch}
 def describe(qmodel: nn.Module, x: torch.Tensor) -> dict:
     """Outputs, every quantizer's qparams and spec, the state dict and train flags."""
     out = {"output": qmodel(x).detach(), "state": dict(qmodel.state_dict()),
-           "training": [p for p, m in qmodel.named_modules() if m.training]}
+           "training": [p for p, m in qmodel.named_modules() if m.training],
+           "no_grad": [p for p, t in qmodel.named_parameters() if not t.requires_grad]}
     for path, m in qmodel.named_modules():
         if isinstance(m, fxquant.FakeQuantize):
             qp = m.qparams()

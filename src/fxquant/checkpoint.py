@@ -10,7 +10,8 @@ code that chose its qconfigs (templates, setters, a sensitivity search):
 * every op's resolved :class:`~fxquant.QConfig` by op name, and every quantizer's
   :class:`~fxquant.QuantizerSpec` by module path (both as data);
 * the state dict (weights, scales, zero points, observer statistics, quantizer states), the
-  train / eval flags, and which quantizers hold statistics not yet turned into a scale.
+  train / eval flags, which parameters are frozen (``requires_grad=False``) and which
+  quantizers hold statistics not yet turned into a scale.
 
 :func:`load` re-prepares the user's float model with a setter that gives every op its saved
 QConfig, checks that the ops and quantizers are the saved ones (a
@@ -61,7 +62,7 @@ CHECKPOINT_VERSION = 1
 
 _TOP_KEYS = ("format", "version", "config", "example_inputs", "state_dict")
 _CONFIG_KEYS = ("fxquant_version", "profile", "prepare", "capture_mode", "qconfigs", "ops",
-                "specs", "quantizers", "training", "pending")
+                "specs", "quantizers", "training", "no_grad", "pending")
 
 
 # -- save --------------------------------------------------------------------------------------
@@ -157,6 +158,7 @@ def _config(model: nn.Module, report: PrepareReport) -> dict[str, Any]:
         "training": {"mode": model.training,
                      "flipped": [p for p, m in model.named_modules()
                                  if m.training != model.training]},
+        "no_grad": [p for p, t in model.named_parameters() if not t.requires_grad],
         "pending": pending,
     }
 
@@ -279,7 +281,7 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
                                   f"(differing: {bounded_list(diff)})")
     for p in cfg["pending"]:
         quantizers[p]._dirty = True
-    _restore_training(qmodel, cfg["training"])
+    _restore_flags(qmodel, cfg["training"], cfg["no_grad"])
     return qmodel
 
 
@@ -373,7 +375,8 @@ def _parse_config(text: str, name: str) -> dict[str, Any]:
         raise _corrupt(name, "'config' is not a JSON object")
     _expect_keys(cfg, _CONFIG_KEYS, name, "'config'")
     kinds = {"profile": dict, "prepare": dict, "capture_mode": str, "qconfigs": list,
-             "ops": dict, "specs": list, "quantizers": dict, "training": dict, "pending": list}
+             "ops": dict, "specs": list, "quantizers": dict, "training": dict, "no_grad": list,
+             "pending": list}
     for key, kind in kinds.items():
         if not isinstance(cfg[key], kind):
             raise _corrupt(name, f"config entry {key!r} is not a {kind.__name__}")
@@ -392,6 +395,8 @@ def _parse_config(text: str, name: str) -> dict[str, Any]:
     _expect_keys(training, ("mode", "flipped"), name, "'training'")
     if not (isinstance(training["mode"], bool) and _str_list(training["flipped"])):
         raise _corrupt(name, "bad train / eval flags")
+    if not _str_list(cfg["no_grad"]):
+        raise _corrupt(name, "bad list of parameters without gradients")
     if not _str_list(cfg["pending"]) or not set(cfg["pending"]) <= set(cfg["quantizers"]):
         raise _corrupt(name, "bad pending-quantizer list")
     return cfg
@@ -456,10 +461,14 @@ def _load_state(qmodel: nn.Module, state: dict[str, torch.Tensor], name: str) ->
         raise _mismatch(name, bounded(detail, 240) + more) from None
 
 
-def _restore_training(qmodel: nn.Module, training: dict[str, Any]) -> None:
+def _restore_flags(qmodel: nn.Module, training: dict[str, Any], no_grad: list[str]) -> None:
+    """Every module's train / eval flag and every parameter's ``requires_grad`` as saved."""
     mode, flipped = training["mode"], set(training["flipped"])
     for p, m in qmodel.named_modules():
         m.training = mode != (p in flipped)
+    frozen = set(no_grad)
+    for p, t in qmodel.named_parameters():
+        t.requires_grad_(p not in frozen)
 
 
 def _check_names(name: str, what: str, saved: list[str], now: list[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import fxquant
-from fxquant.backends import PROFILES, BackendProfile, Placement, get_profile
+from fxquant.backends import PROFILES, BackendProfile, Placement, get_profile, profiles
 
 from ..graph.models import ConvNetA
 
@@ -97,3 +98,7 @@ def test_profile_from_bad_dict_raises_checkpoint_error(change, match):
         BackendProfile.from_dict(data)
     with pytest.raises(fxquant.CheckpointError, match="expected a dict"):
         BackendProfile.from_dict(["generic"])
+
+
+def test_doctests():
+    assert doctest.testmod(profiles, raise_on_error=True).attempted > 0
