@@ -356,6 +356,15 @@ def test_a_model_that_does_not_match_is_refused_naming_what_differs(saved, tmp_p
     with pytest.raises(CheckpointError, match=r"quantizer 'fc.output_fake_quant' is rebuilt "
                                               r"with other settings than saved.*'eps'"):
         fxquant.load(tampered, SmallNet())
+    cfg = json.loads(payload["config"])
+    for change, match in [
+        ({"capture_mode": "eager"}, r"captured 'eager' when saved, 'fx' now"),
+        ({"ops": {**cfg["ops"], "fc": {**cfg["ops"]["fc"], "folded": "bn9"}}},
+         r"op 'fc' is quantized differently than when saved"),
+    ]:
+        bad = _write(tmp_path / "bad.fxq", {**payload, "config": json.dumps({**cfg, **change})})
+        with pytest.raises(CheckpointError, match=match):
+            fxquant.load(bad, SmallNet())
 
 
 def test_save_errors_and_atomic_writes(saved, tmp_path, monkeypatch):

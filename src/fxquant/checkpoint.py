@@ -229,8 +229,8 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         specs = [QuantizerSpec.from_dict(d) for d in cfg["specs"]]
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {name}: {exc}") from None
-    saved_ops = {op: _entry(qconfigs, rec["qconfig"], name, f"op {op!r}")
-                 for op, rec in cfg["ops"].items()}
+    saved_qconfigs = {op: _entry(qconfigs, rec["qconfig"], name, f"op {op!r}")
+                      for op, rec in cfg["ops"].items()}
     saved_specs = {p: _entry(specs, i, name, f"quantizer {p!r}")
                    for p, i in cfg["quantizers"].items()}
     try:
@@ -240,21 +240,44 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     else:
         raise ConfigError("fxquant.load: pass the float model (e.g. a fresh instance of its "
                           "class), not a prepared one")
+    qmodel = _prepare_again(model, payload, cfg, _SavedQconfigs(saved_qconfigs), profile, name)
+    _check_ops(get_report(qmodel), cfg, name)
+    quantizers = _quantizers(qmodel)
+    _check_names(name, "quantizer", list(saved_specs), list(quantizers))
+    _load_state(qmodel, payload["state_dict"], name)
+    for p, fq in quantizers.items():  # after loading: fixed_in_qat lives in a buffer
+        spec = fq.spec()
+        if spec != saved_specs[p]:
+            diff = [f.name for f in dataclasses.fields(spec)
+                    if getattr(spec, f.name) != getattr(saved_specs[p], f.name)]
+            raise _mismatch(name, f"quantizer {p!r} is rebuilt with other settings than saved "
+                                  f"(differing: {bounded_list(diff)})")
+    for p in cfg["pending"]:
+        quantizers[p]._dirty = True
+    _restore_flags(qmodel, cfg["training"], cfg["no_grad"])
+    return qmodel
+
+
+def _prepare_again(model: nn.Module, payload: dict[str, Any], cfg: dict[str, Any],
+                   setter: _SavedQconfigs, profile: BackendProfile, name: str) -> nn.Module:
+    """``prepare`` a copy of ``model`` holding the saved float weights as it was prepared."""
     inputs = _inputs(payload["example_inputs"], name).to(model_device(model))
-    opts = cfg["prepare"]
     model = copy.deepcopy(model)  # prepared in place below: the caller's model is untouched
     model.load_state_dict(_float_state(cfg["ops"], payload["state_dict"], model), strict=False)
+    opts = cfg["prepare"]
     try:
-        qmodel = prepare(model, inputs, _SavedQconfigs(saved_ops), profile,
-                         leaf_modules=opts["leaf_modules"], skip_modules=opts["skip_modules"],
-                         fold_bn=opts["fold_bn"], inplace=True)
+        return prepare(model, inputs, setter, profile, leaf_modules=opts["leaf_modules"],
+                       skip_modules=opts["skip_modules"], fold_bn=opts["fold_bn"], inplace=True)
     except Exception as exc:  # the model's code no longer runs the way it did when saved
         raise CheckpointError(
             f"checkpoint {name}: the model given to load cannot be prepared with the saved "
             f"example inputs ({type(exc).__name__}: {_first_line(exc)}); pass the float model "
             "the checkpoint was saved from"
         ) from exc
-    report = get_report(qmodel)
+
+
+def _check_ops(report: PrepareReport, cfg: dict[str, Any], name: str) -> None:
+    """The rebuilt model's ops are the saved ones: names, types, quantizers, folds."""
     if report.capture_mode != cfg["capture_mode"]:
         raise _mismatch(name, f"it was captured {cfg['capture_mode']!r} when saved, "
                               f"{report.capture_mode!r} now")
@@ -269,20 +292,6 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
                                   f"(quantizers {bounded(saved['quantizers'])}, folded "
                                   f"{saved['folded']!r} then; {bounded(rec.quantizers)}, "
                                   f"{rec.folded!r} now)")
-    quantizers = _quantizers(qmodel)
-    _check_names(name, "quantizer", list(saved_specs), list(quantizers))
-    _load_state(qmodel, payload["state_dict"], name)
-    for p, fq in quantizers.items():
-        spec = fq.spec()
-        if spec != saved_specs[p]:
-            diff = [f.name for f in dataclasses.fields(spec)
-                    if getattr(spec, f.name) != getattr(saved_specs[p], f.name)]
-            raise _mismatch(name, f"quantizer {p!r} is rebuilt with other settings than saved "
-                                  f"(differing: {bounded_list(diff)})")
-    for p in cfg["pending"]:
-        quantizers[p]._dirty = True
-    _restore_flags(qmodel, cfg["training"], cfg["no_grad"])
-    return qmodel
 
 
 class _SavedQconfigs:
