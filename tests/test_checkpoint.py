@@ -403,3 +403,19 @@ class _Counting(fxquant.MinMaxObserver):
 
 def test_doctests():
     assert doctest.testmod(checkpoint_module, raise_on_error=True).attempted > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_cuda_model_loads_on_either_device(tmp_path):
+    torch.manual_seed(0)
+    data = [b.cuda() for b in batches()]
+    q = fxquant.prepare(SmallNet().eval().cuda(), data[0], SETTER)
+    fxquant.calibrate(q, data, progress=False)
+    fxquant.save(q, tmp_path / "cuda.fxq")
+    on_cpu = fxquant.load(tmp_path / "cuda.fxq", SmallNet())
+    assert all(t.device.type == "cpu" for t in on_cpu.state_dict().values())
+    a, b = q.state_dict(), on_cpu.state_dict()
+    assert all(torch.equal(a[k].cpu(), b[k]) for k in a)
+    on_gpu = fxquant.load(tmp_path / "cuda.fxq", SmallNet().cuda())
+    assert all(t.device.type == "cuda" for t in on_gpu.state_dict().values())
+    assert torch.equal(on_gpu(data[1]), q(data[1]))
