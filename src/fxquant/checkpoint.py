@@ -219,6 +219,15 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
             one); or ``model`` does not match the saved one (names the first missing / extra
             op, quantizer or state-dict entry, or the quantizer whose spec differs).
         ConfigError: ``model`` is already prepared.
+
+    >>> import os, tempfile, torch, fxquant
+    >>> net = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    >>> q = fxquant.prepare(net().eval(), torch.randn(2, 3, 8, 8))   # conv + BN folded, QAT
+    >>> path = fxquant.save(q, os.path.join(tempfile.mkdtemp(), "q.fxq"))
+    >>> restored = fxquant.load(path, net())                 # no setter, other initial weights
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> torch.equal(restored.eval()(x), q.eval()(x))
+    True
     """
     name = bounded(os.fspath(path), 120)
     payload = _read(os.fspath(path), name)
