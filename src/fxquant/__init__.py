@@ -8,7 +8,6 @@ Typical flow::
 """
 
 from .algorithms import (
-    AutoQuant,
     Relu6Policy,
     adaround,
     bias_correction,
@@ -17,9 +16,12 @@ from .algorithms import (
     fold_bn,
     reconstruct,
 )
-from .backends import PROFILES, BackendProfile, Placement, get_profile
+from .autoquant import AutoQuant
+from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
+from .checkpoint import load, save
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
+from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
 from .errors import (
     CaptureError,
     CheckpointError,
@@ -45,6 +47,7 @@ from .fake_quant import (
     FakeQuantState,
     LearnableFakeQuantize,
     QuantizerError,
+    QuantizerSpec,
     fake_quantize_state,
     set_fake_quantize,
 )
@@ -89,8 +92,7 @@ from .qconfig import (
     sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
     sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "prepare",
@@ -120,10 +122,16 @@ __all__ = [
     "ConvertError",
     "FakeQuantize",
     "LearnableFakeQuantize",
+    "QuantizerSpec",
     "FakeQuantState",
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "save",
+    "load",
+    "set_distributed_sync",
+    "no_distributed_sync",
+    "sync_observers",
     "QConfig",
     "FLOAT",
     "get_qconfig",
@@ -160,6 +168,7 @@ __all__ = [
     "ScaleMath",
     "BackendProfile",
     "Placement",
+    "Runtime",
     "PROFILES",
     "get_profile",
     "FxquantError",

@@ -452,3 +452,16 @@ def test_chunk_outputs_share_the_producers_quantizer():
     assert ("qkv", "output") in r
     assert not any(n.startswith("_generated_getitem") or n.startswith("_generated_chunk")
                    for n, _ in r), sorted(r)
+
+
+@pytest.mark.parametrize("cls, leaf", [(ConvNetA, "conv2"), (BranchInForwardF, "stem")])
+def test_prepare_records_its_options_and_a_copy_of_the_example_inputs(cls, leaf):
+    x = torch.randn(2, 3, 16, 16)
+    q = fxquant.prepare(cls().eval(), x, leaf_modules=iter([leaf]), skip_modules=("fc",),
+                        fold_bn=False)
+    report = fxquant.graph.get_report(q)
+    assert report.capture_mode == ("fx" if cls is ConvNetA else "eager")
+    assert report.options == fxquant.graph.PrepareOptions((leaf,), ("fc",), False)
+    before = x.clone()
+    x.add_(1.0)  # the caller's tensor changes; the recorded copy does not
+    assert torch.equal(report.example_inputs.args[0], before)

@@ -42,7 +42,6 @@ from ..numerics.affine import quantize_codes
 from . import bias as bias_math
 from . import ort_math
 from .naming import quantized_tensor_name
-from .quantizers import quantizer_index
 
 __all__ = ["IntegerSimulation", "integer_simulation", "ORT_KERNELS"]
 
@@ -97,7 +96,7 @@ def integer_simulation(qmodel: nn.Module, fused: dict[str, str]) -> IntegerSimul
     sim = IntegerSimulation(ref)
     paths = {
         quantized_tensor_name(op, role): path
-        for path, (op, role) in quantizer_index(report).items() if role != "weight"
+        for path, op, role in report.quantizers() if role != "weight"
     }
     if not isinstance(ref, fx.GraphModule):
         sim.skipped = {t: "model captured in eager mode: no graph to rewrite" for t in fused}

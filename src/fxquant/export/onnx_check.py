@@ -16,6 +16,7 @@ float32 noise.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, bounded
-from ..fake_quant import FakeQuantState
-from ..modelio import ModelInputs, call_model, output_tensors
-from .quantizers import eval_mode, frozen_quantizers
+from ..fake_quant import FakeQuantState, quantizer_states
+from ..modelio import ModelInputs, call_model, eval_mode, output_tensors
 from .verify import TensorDiff, VerifyReport, verify
 
 __all__ = ["MAX_STEPS", "MAX_FAR", "NOISE_MARGIN_DB", "FLOAT_TOLERANCE", "acceptable",
@@ -70,18 +70,24 @@ def acceptable(d: TensorDiff, noise_db: float | None = None) -> bool:
     return d.sqnr_db >= noise_db - NOISE_MARGIN_DB
 
 
+def _verify(qmodel: nn.Module, path: str, inputs: ModelInputs, tensors: bool) -> VerifyReport:
+    """The graph's semantics in ONNX Runtime, whatever runtime the profile targets."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="verify: the model was prepared for")
+        return verify(qmodel, path, inputs, "onnxruntime", tensors=tensors,
+                      integer_kernels=False, reference="float32")
+
+
 def check_quantized(qmodel: nn.Module, path: str, inputs: ModelInputs) -> VerifyReport:
     """Refuse (``ExportError``) when the file at ``path`` does not compute the simulation."""
-    report = verify(qmodel, path, inputs, "onnxruntime", tensors=False, integer_kernels=False,
-                    reference="float32")
+    report = _verify(qmodel, path, inputs, tensors=False)
     if all(acceptable(d) for d in report.outputs):
         return report  # identical up to rounding ties: no need for the noise level
     noise = _noise(qmodel, inputs, [])
     bad = [d for i, d in enumerate(report.outputs) if not acceptable(d, noise.get(i))]
     if not bad:
         return report
-    detail = verify(qmodel, path, inputs, "onnxruntime", tensors=True, integer_kernels=False,
-                    reference="float32")
+    detail = _verify(qmodel, path, inputs, tensors=True)
     noise = _noise(qmodel, inputs, [t.quantizer for t in detail.tensors if t.quantizer])
     order = {name: i for i, name in enumerate(_graph_order(path))}
     tensors = sorted((t for t in detail.tensors if not acceptable(t, noise.get(t.quantizer))),
@@ -106,10 +112,9 @@ def _noise(qmodel: nn.Module, inputs: ModelInputs, paths: list[str]) -> dict[Any
             def hook(_m, _i, out, _p=p):
                 seen[_p] = out.detach().clone()
             hooks.append(qmodel.get_submodule(p).register_forward_hook(hook))
-        states = {s: FakeQuantState.FLOAT for s in FakeQuantState} if off else {
-            FakeQuantState.QAT: FakeQuantState.VALIDATION}
         try:
-            with torch.no_grad(), eval_mode(qmodel), frozen_quantizers(qmodel, states):
+            state = FakeQuantState.FLOAT if off else None  # None: QAT held as VALIDATION
+            with torch.no_grad(), eval_mode(qmodel), quantizer_states(qmodel, state):
                 copies = ModelInputs(*_clone((inputs.args, inputs.kwargs)))
                 return output_tensors(call_model(qmodel, copies)), seen
         finally:
@@ -165,8 +170,7 @@ def check_float(qmodel: nn.Module, path: str, inputs: ModelInputs) -> None:
     feeds = {i.name: t.detach().cpu().numpy()
              for i, t in zip(sess.get_inputs(), inputs.tensors(), strict=True)}
     got = sess.run(None, feeds)
-    off = {s: FakeQuantState.FLOAT for s in FakeQuantState}
-    with torch.no_grad(), eval_mode(qmodel), frozen_quantizers(qmodel, off):
+    with torch.no_grad(), eval_mode(qmodel), quantizer_states(qmodel, FakeQuantState.FLOAT):
         want = output_tensors(call_model(qmodel, inputs))
     for name, rt, sim in zip((o.name for o in sess.get_outputs()), got, want, strict=True):
         ref = sim.detach().float().cpu().numpy()

@@ -32,13 +32,12 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, bounded, require
-from ..fake_quant import FakeQuantize, FakeQuantState
+from ..fake_quant import FakeQuantize, FakeQuantState, quantizer_states
 from ..graph.report import PrepareReport, get_report
 from .atomic import atomic_path, check_writable
 from .onnx_lower import MIN_TORCH_ONNX_OPSET, lower
 from .onnx_types import opset_for_qdtype
 from .program import CapturedProgram, capture, constant_inputs
-from .quantizers import eval_mode, frozen_quantizers, quantizer_index, quantizers_off
 from .verify import VerifyReport
 
 __all__ = [
@@ -46,12 +45,9 @@ __all__ = [
     "ExportWarning",
     "ExportResult",
     "export_onnx",
-    "quantizer_index",
-    "frozen_quantizers",
 ]
 
 MIN_OPSET = MIN_TORCH_ONNX_OPSET
-_eval_mode = eval_mode  # the name verify / integer_sim used before quantizers.py existed
 
 
 class ExportWarning(UserWarning):
@@ -171,7 +167,7 @@ def export_onnx(
     if int32_bias is None:
         int32_bias = report.profile.int32_bias
     max_bits = report.profile.max_qdq_bits
-    index = quantizer_index(report)
+    index = {path: (op, role) for path, op, role in report.quantizers()}
     quantizers = {p: m for p, m in qmodel.named_modules() if isinstance(m, FakeQuantize)}
     float_ops = frozenset(p for p in quantizers if _matches(index.get(p, (p, ""))[0], keep_float))
     used = {p: m for p, m in quantizers.items()
@@ -197,7 +193,8 @@ def export_onnx(
             with open(tmp, "wb") as f:
                 f.write(proto.SerializeToString())
             if check and quantize:
-                with quantizers_off(qmodel, float_ops), torch.no_grad():  # keep_float: as written
+                off = {p: FakeQuantState.FLOAT for p in float_ops}  # keep_float: as written
+                with quantizer_states(qmodel, None, off), torch.no_grad():
                     check_report = check_quantized(qmodel, tmp, cp.inputs)
             elif check:
                 check_float(qmodel, tmp, cp.inputs)

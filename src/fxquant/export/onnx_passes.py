@@ -61,8 +61,7 @@ class FinishOptions:
 
     Attributes:
         qmodel: the prepared model (its quantizers are read with ``qparams()``).
-        index: quantizer path -> (op name, role)
-            (:func:`fxquant.export.quantizers.quantizer_index`).
+        index: quantizer path -> (op name, role) (``PrepareReport.quantizers()``).
         constants: quantizer path -> the float values its constant calls quantize, in program
             order (:func:`fxquant.export.program.constant_inputs`).
         input_names / output_names: the captured program's flattened names.

@@ -1,14 +1,10 @@
-"""The modes a fake quantizer can be in, and switching them on any (sub)module."""
+"""The modes a fake quantizer can be in (switch them with :mod:`.control`)."""
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from collections.abc import Iterator
 
-from torch import nn
-
-__all__ = ["FakeQuantState", "set_fake_quantize", "fake_quantize_state"]
+__all__ = ["FakeQuantState"]
 
 
 class FakeQuantState(enum.Enum):
@@ -24,34 +20,3 @@ class FakeQuantState(enum.Enum):
     CALIBRATION = 1
     VALIDATION = 2
     FLOAT = 3
-
-
-def set_fake_quantize(module: nn.Module, state: FakeQuantState) -> nn.Module:
-    """Put every fake quantizer inside ``module`` (any submodule of a prepared model) in ``state``.
-
-    Only quantizers change: call ``module.eval()`` / ``requires_grad_(False)`` yourself to freeze
-    BatchNorm statistics and weights, e.g. for a backbone kept in VALIDATION while a head trains
-    in QAT.  Returns ``module``.
-    """
-    if not isinstance(state, FakeQuantState):
-        raise TypeError(f"state must be a FakeQuantState member, got {state!r}")
-    from .fake_quantize import FakeQuantize
-
-    for m in module.modules():
-        if isinstance(m, FakeQuantize):
-            m.set_state(state)
-    return module
-
-
-@contextlib.contextmanager
-def fake_quantize_state(module: nn.Module, state: FakeQuantState) -> Iterator[nn.Module]:
-    """Context manager: ``state`` inside the block, each quantizer's previous state after."""
-    from .fake_quantize import FakeQuantize
-
-    saved = [(m, m.state) for m in module.modules() if isinstance(m, FakeQuantize)]
-    set_fake_quantize(module, state)
-    try:
-        yield module
-    finally:
-        for m, s in saved:
-            m.set_state(s)

@@ -2,7 +2,7 @@
 
 from .capture import Island, RootTraceError
 from .prepare import as_input_tuple, prepare
-from .report import OpRecord, PrepareReport, get_report
+from .report import OpRecord, PrepareOptions, PrepareReport, get_report
 
 __all__ = [
     "prepare",
@@ -10,6 +10,7 @@ __all__ = [
     "Island",
     "RootTraceError",
     "OpRecord",
+    "PrepareOptions",
     "PrepareReport",
     "get_report",
 ]

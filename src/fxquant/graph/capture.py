@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 import traceback
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import DataError
+from ..modelio import ModelInputs
 from .meta import ValueInfo, set_name_override, set_value_info
 from .patterns import is_stub
 
@@ -184,13 +187,35 @@ def propagate_values(
     return kept
 
 
+def _positional(model: nn.Module, inputs: ModelInputs) -> tuple[Any, ...]:
+    """``inputs`` as the positional arguments of the traced graph: one per parameter of
+    ``model.forward`` (keyword inputs bound by name, defaults filled in)."""
+    if not inputs.kwargs:
+        return inputs.args
+    sig = inspect.signature(model.forward)
+    try:
+        bound = sig.bind(*inputs.args, **inputs.kwargs)
+    except TypeError as exc:
+        raise DataError(
+            f"the example inputs do not match {type(model).__name__}.forward{sig}: {exc}"
+        ) from None
+    bound.apply_defaults()
+    return tuple(bound.arguments[name] for name, p in sig.parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
 def capture(
-    model: nn.Module, example_inputs: tuple[Any, ...], leaf_names: frozenset[str] = frozenset()
+    model: nn.Module, example_inputs: ModelInputs | tuple[Any, ...],
+    leaf_names: frozenset[str] = frozenset(),
 ) -> tuple[fx.GraphModule, dict[str, Island]]:
     """Trace ``model`` (islands for untraceable submodules) and annotate values.
 
-    Raises :class:`RootTraceError` when the root ``forward`` cannot be traced.
+    ``example_inputs``: one call's inputs (:class:`~fxquant.modelio.ModelInputs`, or a tuple of
+    positional inputs).  Raises :class:`RootTraceError` when the root ``forward`` cannot be
+    traced.
     """
+    if not isinstance(example_inputs, ModelInputs):
+        example_inputs = ModelInputs(tuple(example_inputs))
     tracer = _Tracer(leaf_names)
     try:
         graph = tracer.trace(model)
@@ -200,7 +225,8 @@ def capture(
     _absorb_float_functional(gm, model)
     _drop_identities(gm)
     gm.recompile()
-    island_args = propagate_values(gm, example_inputs, frozenset(tracer.islands))
+    island_args = propagate_values(gm, _positional(model, example_inputs),
+                                   frozenset(tracer.islands))
     for name, isl in tracer.islands.items():
         object.__setattr__(isl, "example_args", island_args.get(name))
     return gm, tracer.islands

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..backends import BackendProfile
+from ..modelio import ModelInputs
 from ..qconfig import OpKind, QConfig
 from .capture import Island
 
-__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report"]
+__all__ = ["OpRecord", "PrepareOptions", "PrepareReport", "REPORT_KEY", "get_report",
+           "num_inputs_of"]
 
 REPORT_KEY = "fxquant"
 
@@ -41,9 +43,25 @@ class OpRecord:
     folded: str | None = None
 
 
+@dataclass(frozen=True)
+class PrepareOptions:
+    """The options :func:`fxquant.prepare` was called with (what re-preparing needs).
+
+    Attributes:
+        leaf_modules: module paths not traced into (sorted).
+        skip_modules: module paths kept entirely in float (sorted).
+        fold_bn: conv + BatchNorm folded.
+    """
+
+    leaf_modules: tuple[str, ...] = ()
+    skip_modules: tuple[str, ...] = ()
+    fold_bn: bool = True
+
+
 @dataclass
 class PrepareReport:
-    """Everything :func:`fxquant.prepare` decided."""
+    """Everything :func:`fxquant.prepare` decided, and what it was given (``options``, and
+    ``example_inputs``: a detached copy of the batch it traced with)."""
 
     profile: BackendProfile
     ops: dict[str, OpRecord] = field(default_factory=dict)
@@ -51,6 +69,21 @@ class PrepareReport:
     capture_mode: str = "fx"  # "fx" or "eager" (root forward untraceable)
     root_failure: str | None = None
     num_inputs: int = 1
+    options: PrepareOptions = field(default_factory=PrepareOptions)
+    example_inputs: ModelInputs | None = None
+
+    def quantizers(self) -> list[tuple[str, str, str]]:
+        """``(module path, op name, role)`` of every distinct quantizer, in op order and role
+        order within an op (the order :func:`fxquant.summary` lists them); a quantizer shared
+        by several ops or roles appears once, with the first."""
+        seen: set[str] = set()
+        out = []
+        for rec in self.ops.values():
+            for role, path in sorted(rec.quantizers.items()):
+                if path not in seen:
+                    seen.add(path)
+                    out.append((path, rec.name, role))
+        return out
 
 
 def get_report(model: nn.Module) -> PrepareReport:
@@ -64,3 +97,13 @@ def get_report(model: nn.Module) -> PrepareReport:
             f"{type(model).__name__} is not a model returned by fxquant.prepare(); prepare it first"
         )
     return rep
+
+
+def num_inputs_of(model: nn.Module) -> int | None:
+    """How many positional inputs a prepared model takes (``None`` for other modules): what
+    :func:`fxquant.modelio.as_inputs` keeps of a tuple batch (the rest, e.g. labels, is
+    dropped)."""
+    try:
+        return get_report(model).num_inputs
+    except TypeError:
+        return None
