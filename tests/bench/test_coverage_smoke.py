@@ -28,7 +28,7 @@ def test_control_flow_models_are_untraceable_but_prepare_and_run(name: str) -> N
         ref, out = model(x), qmodel(x)
     assert out.shape == ref.shape
     assert coverage._sqnr(ref, out) > 10.0
-    assert fxquant.summary(qmodel).float_ops  # the eager forward / island is reported
+    assert fxquant.summary(qmodel).capture  # the eager forward / island is reported
 
 
 def test_run_reports_a_row_per_model_with_notes(tmp_path) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 import traceback
 from dataclasses import dataclass
@@ -22,11 +23,19 @@ import torch.fx as fx
 from torch import nn
 
 from .meta import ValueInfo, set_name_override, set_value_info
-from .patterns import is_stub
+from .patterns import TRACE_THROUGH, is_stub
 
-__all__ = ["Island", "RootTraceError", "capture", "trace_failure_site", "propagate_values"]
+__all__ = [
+    "Island",
+    "RootTraceError",
+    "capture",
+    "trace_failure_site",
+    "propagate_values",
+    "unspecified_defaults",
+]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_NN_DIR = os.path.join(_TORCH_DIR, "nn")
 _FXQ_DIR = os.path.dirname(os.path.dirname(__file__))
 
 
@@ -62,6 +71,9 @@ def trace_failure_site(exc: BaseException) -> str:
         fname = os.path.abspath(fr.filename)
         if not fname.startswith(_TORCH_DIR) and not fname.startswith(_FXQ_DIR):
             return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
+    for fr in reversed(frames):  # a torch module's own forward (nn.TransformerEncoderLayer ...)
+        if os.path.abspath(fr.filename).startswith(_TORCH_NN_DIR):
+            return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
     fr = frames[-1] if frames else None
     return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}" if fr else "<unknown>"
 
@@ -89,7 +101,8 @@ class _Tracer(fx.Tracer):
         mod = type(m).__module__
         if mod.startswith("fxquant.nn"):
             return True
-        return mod.startswith("torch.nn.modules") and not _is_container(m)
+        return (mod.startswith("torch.nn.modules") and not _is_container(m)
+                and type(m) not in TRACE_THROUGH)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         qualname = self.path_of_module(m)
@@ -172,16 +185,39 @@ def propagate_values(
     return kept
 
 
+def unspecified_defaults(module: nn.Module, num_given: int) -> dict[str, Any]:
+    """The non-tensor defaults of ``module.forward``'s parameters after the first ``num_given``
+    positional ones (``mask=None``, ``scale=1.0``, keyword-only flags): traced as constants.
+
+    Traced as placeholders instead, ``if mask is not None:`` would take the branch for a value
+    the example inputs never pass.  The traced graph asserts the value it was specialised on.
+    """
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        if i >= num_given and not isinstance(p.default, torch.Tensor):
+            out[p.name] = p.default
+    return out
+
+
 def capture(
     model: nn.Module, example_inputs: tuple[Any, ...], leaf_names: frozenset[str] = frozenset()
 ) -> tuple[fx.GraphModule, dict[str, Island]]:
     """Trace ``model`` (islands for untraceable submodules) and annotate values.
 
-    Raises :class:`RootTraceError` when the root ``forward`` cannot be traced.
+    Parameters of ``forward`` not given in ``example_inputs`` are fixed to their defaults
+    (:func:`unspecified_defaults`).  Raises :class:`RootTraceError` when the root ``forward``
+    cannot be traced.
     """
     tracer = _Tracer(leaf_names)
+    concrete = unspecified_defaults(model, len(example_inputs))
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as exc:
         raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -39,6 +40,12 @@ from ..fake_quant import QuantizerError
 from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_setters
 from .capture import RootTraceError, _Tracer, propagate_values, trace_failure_site
 from .insert import OpQuantizers
+from .library_modules import (
+    call_is_masked,
+    is_library_module,
+    quantize_library_module,
+    record_float_ops,
+)
 from .patterns import (
     FUNCTION_KINDS,
     FUNCTIONAL_WEIGHT_AXIS,
@@ -118,7 +125,16 @@ class _GlueMode(TorchFunctionMode):
         kwargs = kwargs or {}
         base, kind = _glue_kind(func)
         if kind not in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
-            return func(*args, **kwargs)
+            if kind is not OpKind.FLOAT or self.discover is None:
+                return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if _computes_float(args, kwargs, out):  # an op without a pattern: reported
+                site = self._caller_site()
+                if site is not None:
+                    k = self.counts[(site, base)]
+                    self.counts[(site, base)] += 1
+                    self.discover.float_ops.setdefault(f"{site[0]}:{site[1]}:{base}:{k}", base)
+            return out
         site = self._caller_site()
         if site is None:
             return func(*args, **kwargs)
@@ -130,7 +146,10 @@ class _GlueMode(TorchFunctionMode):
         widx = WEIGHT_ARG.get(func)
         if holder is not None and widx is not None and "weight_fake_quant" in holder._modules:
             args = (*args[:widx], holder.weight_fake_quant(args[widx]), *args[widx + 1:])
-        out = func(*args, **kwargs)
+        if isinstance(holder, qnn.ScaledDotProductAttention):
+            out = holder(*args, **kwargs)  # quantized inside
+        else:
+            out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return out
         if self.discover is not None:
@@ -139,6 +158,9 @@ class _GlueMode(TorchFunctionMode):
             weight = args[widx] if widx is not None and len(args) > widx else None
             is_param = isinstance(weight, nn.Parameter)
             self.discover.glue_ops.setdefault(key, (base, func if is_param else None))
+            if func is F.scaled_dot_product_attention and call_is_masked(
+                    qnn.ScaledDotProductAttention(), args, kwargs):
+                self.discover.masked.add(key)
         if holder is None:
             if self.discover is None:
                 _warn_unseen(self.owner, key, base, site)
@@ -154,6 +176,25 @@ class _GlueMode(TorchFunctionMode):
                 "calibration never reached this op; run fxquant.calibrate with data that "
                 "reaches it"
             ) from err
+
+
+def _holds_float(values: Any) -> bool:
+    stack = [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point():
+                return True
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return False
+
+
+def _computes_float(args: Any, kwargs: dict[str, Any], out: Any) -> bool:
+    """Float tensors computed from at least one float tensor (not a factory or a cast)."""
+    return _holds_float(out) and _holds_float((args, kwargs))
 
 
 def _warn_unseen(owner: nn.Module, key: str, base: str, site: tuple[str, int]) -> None:
@@ -172,9 +213,16 @@ def _warn_unseen(owner: nn.Module, key: str, base: str, site: tuple[str, int]) -
     )
 
 
+def _forward_code(forward: Any) -> Any:
+    """The code object of ``forward`` itself: decorators (transformers wraps every ``forward``
+    in one shared ``wrapped_func``) are looked through, so frames of another module's forward
+    are not mistaken for this one."""
+    return inspect.unwrap(forward).__code__
+
+
 def _eager_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     base = type(self).__mro__[1]
-    with _GlueMode(self, base.forward.__code__):
+    with _GlueMode(self, _forward_code(base.forward)):
         return base.forward(self, *args, **kwargs)
 
 
@@ -192,6 +240,8 @@ class _Discovery:
         self.calls: dict[str, list[Call]] = defaultdict(list)
         self.glue_ops: dict[str, tuple[str, Any]] = {}  # key -> (op, weighted function)
         self.nonfinite: set[str] = set()
+        self.masked: set[str] = set()  # attention call sites given a mask
+        self.float_ops: dict[str, str] = {}  # key -> op without a quantization pattern
 
 
 def _candidates(module: nn.Module, path: str = "") -> list[tuple[str, nn.Module]]:
@@ -221,7 +271,7 @@ def _discover(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     module.eval()
     fwd = type(module).forward
     try:
-        with torch.no_grad(), _GlueMode(module, fwd.__code__, discover=cap):
+        with torch.no_grad(), _GlueMode(module, _forward_code(fwd), discover=cap):
             fwd(module, *args, **kwargs)
     finally:
         for h in handles:
@@ -360,7 +410,8 @@ def _prepare_eager(model, args, kwargs, ctx: _Ctx, prefix: str, path_prefix: str
             )
             continue
         if _is_leaf(child, full, ctx):
-            _set(model, path, _quantize_leaf(child, full, f"{path_prefix}{path}", ctx))
+            _set(model, path, _quantize_leaf(child, full, f"{path_prefix}{path}", ctx,
+                                             cap.calls[path][0]))
             continue
         calls = cap.calls[path]
         a, kw = calls[0]
@@ -508,8 +559,9 @@ def _traced_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return type(self).__mro__[1].forward(self, *args, **kwargs)
 
 
-def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: _Ctx) -> nn.Module:
-    """Quantize a leaf module in place: weight, first input and output quantizers."""
+def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: _Ctx, call: Call) -> nn.Module:
+    """Quantize a leaf module in place: weight, first input and output quantizers (a library
+    module: inside, all its tensor inputs and its first output; ``call``: its example call)."""
     kind = classify_module(m)
     if kind is OpKind.FLOAT and full in ctx.leaf_modules:
         kind = OpKind.COMPUTE
@@ -526,6 +578,11 @@ def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: _Ctx) -> nn.Module:
         )
         return m
     if kind in (OpKind.SHARE, OpKind.DEQUANT_STUB):
+        return m
+    if is_library_module(m):
+        m, roles = quantize_library_module(m, q, ctx.profile, full, path, io=True)
+        rec.quantizers.update(roles)
+        record_float_ops(ctx.report, full, m, call_is_masked(m, *call))
         return m
     from .prepare import _weight_quantizer
 
@@ -581,6 +638,12 @@ def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_pr
         fq = q.output()
         fq.name = shown
         holder = OpQuantizers()
+        if base == qnn.ScaledDotProductAttention.op_type:
+            holder, roles = quantize_library_module(
+                qnn.ScaledDotProductAttention(), q, ctx.profile, shown, f"{path_prefix}{local}"
+            )
+            rec.quantizers.update(roles)
+            record_float_ops(ctx.report, shown, holder, key in cap.masked)
         holder.add_module("output_fake_quant", fq)
         rec.quantizers["output"] = f"{path_prefix}{local}.output_fake_quant"
         if weighted is not None and q.weight is not None:
@@ -589,5 +652,10 @@ def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_pr
             rec.quantizers["weight"] = f"{path_prefix}{local}.weight_fake_quant"
         model.add_module(local, holder)
         sites[key] = local
+    for base in cap.float_ops.values():
+        shown = f"{prefix}_generated_{base}_{counts[base]}"
+        counts[base] += 1
+        ctx.report.ops[shown] = OpRecord(shown, base, OpKind.FLOAT, None, {},
+                                         f"no quantization pattern for {base!r}")
     model.__dict__["_fxq_glue_sites"] = sites
     model.__dict__["_fxq_glue_seen"] = frozenset(cap.glue_ops)

@@ -32,6 +32,7 @@ __all__ = [
     "is_stub",
     "QUANT_STUB_NAMES",
     "data_users",
+    "TRACE_THROUGH",
 ]
 
 W, C, A, S = OpKind.WEIGHTED, OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.SHARE
@@ -52,6 +53,10 @@ MODULE_KINDS: dict[type, OpKind] = {
     },
     **{t: W for t in qnn.FLOAT_TO_QUANT.values()},
     **{t: W for t in (qnn.ConvBn1d, qnn.ConvBn2d, qnn.ConvBn3d)},
+    # library modules quantized inside (fxquant.graph.library_modules)
+    **{t: W for t in qnn.LIBRARY_TO_QUANT},
+    **{t: W for t in qnn.LIBRARY_TO_QUANT.values()},
+    qnn.ScaledDotProductAttention: C,
     **{t: A for t in (nn.ReLU, nn.ReLU6)},
     **{
         t: C
@@ -213,6 +218,10 @@ FUNCTION_KINDS: dict[Any, OpKind] = {
             torch.movedim,
             torch.swapaxes,
             torch.tile,
+            torch.max,  # reductions that select a value (elementwise max / min of two
+            torch.min,  # differently quantized tensors are requantized by their consumer)
+            torch.amax,
+            torch.amin,
         )
     },
 }
@@ -273,6 +282,13 @@ METHOD_KINDS: dict[str, OpKind] = {
             "unbind",
             "clone",
             "detach",
+            "max",
+            "min",
+            "amax",
+            "amin",
+            "to",  # casts (float to float: the same values)
+            "float",
+            "type_as",
             "roll",
             "movedim",
             "swapaxes",
@@ -312,6 +328,15 @@ _ALIASES = {
 
 QUANT_STUB_NAMES = ("QuantStub",)
 DEQUANT_STUB_NAMES = ("DeQuantStub",)
+
+
+TRACE_THROUGH: frozenset[type] = frozenset({
+    nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+})  # fmt: skip
+"""torch.nn modules that capture traces into instead of keeping as leaves (composites of
+library modules: their children become the graph's ops; see
+:mod:`fxquant.graph.library_modules`)."""
 
 
 def is_stub(m: nn.Module) -> OpKind | None:

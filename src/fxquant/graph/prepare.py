@@ -35,7 +35,8 @@ from ..qconfig import (
 )
 from .capture import Island, RootTraceError, capture
 from .insert import attach, insert_after, insert_on_edge
-from .meta import is_float_tensor, value_info
+from .library_modules import is_library_module, quantize_library_modules, route_attention_calls
+from .meta import carries_float, is_float_tensor, value_info
 from .naming import assign_names
 from .patterns import (
     FUNCTIONAL_WEIGHT_AXIS,
@@ -115,7 +116,7 @@ def prepare(
             fold_bn=fold_bn,
         )
     report = PrepareReport(profile=profile, islands=dict(islands))
-    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    report.num_inputs = len(inputs)
     _prepare_graph(
         gm,
         setters,
@@ -149,7 +150,7 @@ def _prepare_graph(
 ) -> dict[fx.Node, str]:
     """Prepare ``gm`` in place.  ``rename`` maps local names to the names users see (eager
     capture), ``path_prefix`` is ``gm``'s path inside the prepared model (for the report)."""
-    names = assign_names(gm)
+    names = route_attention_calls(gm, assign_names(gm))
     kinds, reasons = _classify(gm, names, islands, skip, leaves)
     shown = {n: (rename or {}).get(name, name) for n, name in names.items()}
     grid = _grid_path(gm, shown, kinds)
@@ -167,7 +168,7 @@ def _prepare_graph(
         validate_setters(setters, _all_names(gm, names))
     qconfigs: dict[fx.Node, QConfig | None] = {}
     for n, info in infos.items():
-        if kinds[n] is OpKind.FLOAT or not is_float_tensor(n):
+        if kinds[n] is OpKind.FLOAT or not (is_float_tensor(n) or _library_call(gm, n)):
             qconfigs[n] = None
         else:
             qconfigs[n] = resolve_qconfig(setters, info, ctx)
@@ -179,7 +180,7 @@ def _prepare_graph(
             qconfigs[n],
             {},
             reasons.get(n),
-            is_float_tensor(n),
+            carries_float(n),
         )
     if fold_bn:
         _fold_conv_bn(gm, names, shown, kinds, qconfigs, report, path_prefix)
@@ -188,6 +189,7 @@ def _prepare_graph(
         profile.requantize_before_add,
     )
     _quantize_weights(gm, names, shown, kinds, qconfigs, report, path_prefix)
+    quantize_library_modules(gm, names, shown, kinds, qconfigs, report, profile, path_prefix)
     local_to_shown = {names[n]: shown[n] for n in names}
     for node, vq in plan.outputs.items():
         owner = local_to_shown.get(vq.owner, vq.owner)
@@ -244,9 +246,10 @@ def _prepare_islands(
         _set_submodule(gm, name, new)
         rec = report.ops.get(f"{prefix}{name}")
         if rec is not None:
-            rec.float_reason = (
-                f"float island: tracing failed at {isl.source} ({isl.reason}); "
-                "runs eagerly, its children and own ops are quantized"
+            rec.float_reason = None  # its ops are quantized or listed on their own
+            report.notes[rec.name] = (
+                f"tracing failed at {isl.source} ({isl.reason}); its forward runs eagerly: "
+                "children and its own ops are quantized (or listed as float ops)"
             )
 
 
@@ -256,6 +259,12 @@ def _op_type(gm: fx.GraphModule, n: fx.Node) -> str:
     if n.op == "placeholder":
         return "input"
     return function_name(n.target)
+
+
+def _library_call(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """A call of a library module that returns float tensors in a tuple (an LSTM ...)."""
+    return (n.op == "call_module" and carries_float(n)
+            and is_library_module(gm.get_submodule(n.target)))
 
 
 def _all_names(gm: fx.GraphModule, names: dict[fx.Node, str]) -> list[str]:
@@ -493,6 +502,8 @@ def _explain_float(report, shown, kinds, qconfigs, plan) -> None:
             rec.float_reason = "no qconfig: no setter covers this op"
             if q is not None:
                 rec.float_reason = "kept float by its qconfig"
+        elif n in plan.float_outputs:
+            rec.float_reason = plan.float_outputs[n]
         elif (
             n not in quantized
             and n not in plan.fused

@@ -51,6 +51,8 @@ class PrepareReport:
     capture_mode: str = "fx"  # "fx" or "eager" (root forward untraceable)
     root_failure: str | None = None
     num_inputs: int = 1
+    notes: dict[str, str] = field(default_factory=dict)  # op -> how it was captured (an
+    # untraceable forward run eagerly: its ops are quantized, or listed as float ops)
 
 
 def get_report(model: nn.Module) -> PrepareReport:
