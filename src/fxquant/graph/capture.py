@@ -22,16 +22,22 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..qconfig import OpKind
+from .insert import place_module
 from .meta import ValueInfo, set_name_override, set_value_info
-from .patterns import TRACE_THROUGH, is_stub
+from .naming import owner_of
+from .patterns import TRACE_THROUGH, classify_function, is_stub
+from .plan import constant_nodes
 
 __all__ = [
+    "FunctionCall",
     "Island",
     "RootTraceError",
     "capture",
     "trace_failure_site",
     "propagate_values",
     "unspecified_defaults",
+    "route_opaque_functions",
 ]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -131,6 +137,73 @@ class _Tracer(fx.Tracer):
             self.graph.erase_node(n)
 
 
+class FunctionCall(nn.Module):
+    """One call site of a Python function that torch.fx keeps opaque (``torch.fx.wrap``, e.g.
+    torchvision's ``shifted_window_attention``): a float island whose ``forward`` calls the
+    function, so eager capture quantizes the ops inside it like any untraceable forward's."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+
+_NOT_OPAQUE = ("torch", "_operator", "operator", "builtins", "math", "fxquant")
+
+
+def _opaque_function(node: fx.Node) -> bool:
+    fn = node.target
+    if node.op != "call_function" or not inspect.isfunction(fn):
+        return False
+    module = (getattr(fn, "__module__", None) or "").split(".")[0]
+    return module not in _NOT_OPAQUE and classify_function(node) is OpKind.FLOAT
+
+
+def route_opaque_functions(gm: fx.GraphModule, islands: dict[str, Island]) -> None:
+    """Replace each call of an opaque function (:func:`_opaque_function`) that depends on the
+    model's inputs by a call of a :class:`FunctionCall` island at
+    ``<owner>.<function name>[_<k>]`` (recorded in ``islands``).  A call on parameters only
+    (e.g. computing a bias table) stays: it is a weight computation."""
+    const = constant_nodes(gm)
+    for node in list(gm.graph.nodes):
+        if node in const or not _opaque_function(node):
+            continue
+        owner = owner_of(node)
+        base = f"{owner}.{node.target.__name__}" if owner else node.target.__name__
+        path, k = base, 0
+        while path in islands or _has_attr_path(gm, path):
+            k += 1
+            path = f"{base}_{k}"
+        path = place_module(gm, path, FunctionCall(node.target))
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(path, node.args, dict(node.kwargs))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        fn = node.target
+        try:
+            src = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}: def {fn.__name__}"
+        except (OSError, TypeError):
+            src = f"{fn.__module__}.{fn.__qualname__}"
+        islands[path] = Island(path, f"{fn.__module__}.{fn.__qualname__} is a function torch.fx "
+                               "does not trace into (torch.fx.wrap)", src)
+    gm.recompile()
+
+
+def _has_attr_path(gm: fx.GraphModule, path: str) -> bool:
+    obj: Any = gm
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
 def _absorb_float_functional(gm: fx.GraphModule, root: nn.Module) -> None:
     """``ff.add(x, y)`` traces to ``torch.add`` + ``ff.activation_post_process``: name the op
     after the FloatFunctional module and drop the identity."""
@@ -222,6 +295,7 @@ def capture(
         raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _absorb_float_functional(gm, model)
+    route_opaque_functions(gm, tracer.islands)
     gm.recompile()
     island_args = propagate_values(gm, example_inputs, frozenset(tracer.islands))
     for name, isl in tracer.islands.items():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -38,7 +39,13 @@ from .. import nn as qnn
 from ..backends import BackendProfile
 from ..fake_quant import QuantizerError
 from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_setters
-from .capture import RootTraceError, _Tracer, propagate_values, trace_failure_site
+from .capture import (
+    RootTraceError,
+    _Tracer,
+    propagate_values,
+    route_opaque_functions,
+    trace_failure_site,
+)
 from .insert import OpQuantizers
 from .library_modules import (
     call_is_masked,
@@ -53,6 +60,8 @@ from .patterns import (
     WEIGHT_ARG,
     classify_module,
     function_name,
+    interpolate_kind,
+    pad_kind,
 )
 from .report import OpRecord, PrepareReport
 
@@ -78,10 +87,15 @@ _QUANTIZABLE = tuple(qnn.FLOAT_TO_QUANT)  # module types that carry a quantizabl
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-def _glue_kind(func: Any) -> tuple[str, OpKind]:
+def _glue_kind(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, OpKind]:
     name = getattr(func, "__name__", "")
     if name in _DUNDER:
         return _DUNDER[name], OpKind.COMPUTE
+    if func is F.pad:
+        a = dict(zip(("input", "pad", "mode", "value"), args, strict=False)) | kwargs
+        return "pad", pad_kind(a.get("mode", "constant"), a.get("value"))
+    if func is F.interpolate:
+        return "interpolate", interpolate_kind(kwargs.get("mode", "nearest"))
     if func in FUNCTION_KINDS:
         return function_name(func), FUNCTION_KINDS[func]
     kind = METHOD_KINDS.get(name)
@@ -123,7 +137,18 @@ class _GlueMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        base, kind = _glue_kind(func)
+        base, kind = _glue_kind(func, args, kwargs)
+        disc = self.discover
+        if disc is not None and disc.constant_inputs(base, args, kwargs):
+            out = func(*args, **kwargs)  # computed from parameters / shapes only: a constant
+            disc.mark_constant(out)
+            if kind in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
+                site = self._caller_site()
+                if site is not None:
+                    k = self.counts[(site, base)]
+                    self.counts[(site, base)] += 1
+                    disc.constant_ops.add(f"{site[0]}:{site[1]}:{base}:{k}")
+            return out
         if kind not in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
             if kind is not OpKind.FLOAT or self.discover is None:
                 return func(*args, **kwargs)
@@ -176,6 +201,25 @@ class _GlueMode(TorchFunctionMode):
                 "calibration never reached this op; run fxquant.calibrate with data that "
                 "reaches it"
             ) from err
+
+
+_FACTORIES = frozenset({
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
+    "full_like", "empty_like",
+})  # fmt: skip
+
+
+def _tensors(values: Any) -> list[torch.Tensor]:
+    out, stack = [], [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return out
 
 
 def _holds_float(values: Any) -> bool:
@@ -242,6 +286,23 @@ class _Discovery:
         self.nonfinite: set[str] = set()
         self.masked: set[str] = set()  # attention call sites given a mask
         self.float_ops: dict[str, str] = {}  # key -> op without a quantization pattern
+        self.constant_ops: set[str] = set()  # call sites computing from constants only
+        self._constants: dict[int, weakref.ref] = {}  # by identity (tensors compare by value)
+
+    def constant_inputs(self, base: str, args: Any, kwargs: dict[str, Any]) -> bool:
+        """An op whose tensors are all parameters, buffers or other constants (or a factory:
+        ``torch.arange``, ``x.new_zeros``): its result depends on no activation."""
+        if base in _FACTORIES:
+            return True
+        return all(self._is_constant(t) for t in _tensors((args, kwargs)))
+
+    def _is_constant(self, t: torch.Tensor) -> bool:
+        ref = self._constants.get(id(t))
+        return ref is not None and ref() is t
+
+    def mark_constant(self, out: Any) -> None:
+        for t in _tensors(out):
+            self._constants[id(t)] = weakref.ref(t)
 
 
 def _candidates(module: nn.Module, path: str = "") -> list[tuple[str, nn.Module]]:
@@ -267,6 +328,8 @@ def _discover(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             cap.calls[_p].append((a, kw))
 
         handles.append(child.register_forward_pre_hook(hook, with_kwargs=True))
+    for t in (*module.parameters(), *module.buffers()):
+        cap.mark_constant(t)
     was_training = module.training
     module.eval()
     fwd = type(module).forward
@@ -382,11 +445,15 @@ def _prepare_eager(model, args, kwargs, ctx: _Ctx, prefix: str, path_prefix: str
     cap = _discover(model, args, kwargs)
     units = _units(cands, cap)
     unit_paths = {p for p, _ in units}
+    used = {id(t) for _, u in units for t in u.parameters()}
     for path, child in cands:
         if path in unit_paths or any(path.startswith(u + ".") for u in unit_paths):
             continue
         if any(p.startswith(path + ".") for p in unit_paths):
             continue  # a container whose children are units
+        params = list(child.parameters())
+        if params and all(id(t) in used for t in params):
+            continue  # its weights are tied to a called module's (e.g. T5's ``shared``)
         if any(isinstance(m, _QUANTIZABLE) for m in child.modules()):
             full = f"{prefix}{path}"
             ctx.report.ops[full] = OpRecord(
@@ -462,6 +529,7 @@ def _trace_unit(child, a, kw, calls, ctx, prefix):
         if not str(node.target).startswith("*"):
             node.target = pname  # keep the signature's names so keyword calls still work
     gm = fx.GraphModule(child, graph, type(child).__name__)
+    route_opaque_functions(gm, tracer.islands)
     gm._fxq_islands = tracer.islands  # type: ignore[attr-defined]
     return gm, None
 
@@ -658,4 +726,4 @@ def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_pr
         ctx.report.ops[shown] = OpRecord(shown, base, OpKind.FLOAT, None, {},
                                          f"no quantization pattern for {base!r}")
     model.__dict__["_fxq_glue_sites"] = sites
-    model.__dict__["_fxq_glue_seen"] = frozenset(cap.glue_ops)
+    model.__dict__["_fxq_glue_seen"] = frozenset(cap.glue_ops) | frozenset(cap.constant_ops)

@@ -196,8 +196,8 @@ def call_is_masked(module: nn.Module, args: tuple, kwargs: dict) -> bool:
              if isinstance(module, nn.MultiheadAttention) else
              ("query", "key", "value", "attn_mask", "dropout_p", "is_causal"))  # fmt: skip
     bound = dict(zip(names, args, strict=False)) | dict(kwargs)
-    return any(bound.get(k) not in (None, False) for k in ("attn_mask", "key_padding_mask",
-                                                            "is_causal"))
+    return any(bound.get(k) is not None and bound.get(k) is not False
+               for k in ("attn_mask", "key_padding_mask", "is_causal"))
 
 
 def library_float_ops(module: nn.Module, masked: bool) -> list[tuple[str, str, str]]:

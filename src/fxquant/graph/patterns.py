@@ -33,6 +33,9 @@ __all__ = [
     "QUANT_STUB_NAMES",
     "data_users",
     "TRACE_THROUGH",
+    "NAMED_FUNCTION_KINDS",
+    "pad_kind",
+    "interpolate_kind",
 ]
 
 W, C, A, S = OpKind.WEIGHTED, OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.SHARE
@@ -357,16 +360,25 @@ def function_name(target: Any) -> str:
     return _ALIASES.get(name, name)
 
 
-def _pad_kind(node: Node) -> OpKind:
-    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
-    # zero padding and reflect / replicate only move values; another constant is a new value
+def pad_kind(mode: Any, value: Any) -> OpKind:
+    """``F.pad``: zero padding and reflect / replicate only move values; another constant is a
+    new value."""
     return S if mode != "constant" or not value else C
 
 
-def _interp_kind(node: Node) -> OpKind:
-    mode = node.kwargs.get("mode", "nearest")
+def interpolate_kind(mode: Any) -> OpKind:
+    """``F.interpolate``: nearest only moves values."""
     return S if mode == "nearest" else C
+
+
+def _pad_kind(node: Node) -> OpKind:
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+    return pad_kind(mode, value)
+
+
+def _interp_kind(node: Node) -> OpKind:
+    return interpolate_kind(node.kwargs.get("mode", "nearest"))
 
 
 def classify_module(m: nn.Module) -> OpKind:
@@ -378,12 +390,22 @@ def classify_module(m: nn.Module) -> OpKind:
     return MODULE_KINDS.get(type(m), OpKind.FLOAT)
 
 
+NAMED_FUNCTION_KINDS: dict[tuple[str, str], OpKind] = {
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"): S,  # identity in eval
+}
+"""Functions of optional libraries, by (module, name): fxquant imports none of them."""
+
+
 def classify_function(node: Node) -> OpKind:
     if node.target is F.interpolate:
         return _interp_kind(node)
     if node.target is F.pad:
         return _pad_kind(node)
-    return FUNCTION_KINDS.get(node.target, OpKind.FLOAT)
+    kind = FUNCTION_KINDS.get(node.target)
+    if kind is None:
+        key = (getattr(node.target, "__module__", None), getattr(node.target, "__name__", None))
+        kind = NAMED_FUNCTION_KINDS.get(key, OpKind.FLOAT)  # type: ignore[arg-type]
+    return kind
 
 
 def classify_method(node: Node) -> OpKind:

@@ -33,7 +33,7 @@ from ..qconfig import (
     resolve_qconfig,
     validate_setters,
 )
-from .capture import Island, RootTraceError, capture
+from .capture import FunctionCall, Island, RootTraceError, capture
 from .insert import attach, insert_after, insert_on_edge
 from .library_modules import is_library_module, quantize_library_modules, route_attention_calls
 from .meta import carries_float, is_float_tensor, value_info
@@ -47,7 +47,7 @@ from .patterns import (
     data_users,
     function_name,
 )
-from .plan import plan_placement
+from .plan import constant_nodes, plan_placement
 from .report import REPORT_KEY, OpRecord, PrepareReport
 
 __all__ = ["prepare", "as_input_tuple"]
@@ -152,6 +152,7 @@ def _prepare_graph(
     capture), ``path_prefix`` is ``gm``'s path inside the prepared model (for the report)."""
     names = route_attention_calls(gm, assign_names(gm))
     kinds, reasons = _classify(gm, names, islands, skip, leaves)
+    const = constant_nodes(gm)  # computed from parameters only: weights, not float ops
     shown = {n: (rename or {}).get(name, name) for n, name in names.items()}
     grid = _grid_path(gm, shown, kinds)
     ctx = SetterContext(profile=profile, grid_path=grid)
@@ -203,6 +204,8 @@ def _prepare_graph(
         insert_on_edge(gm, value, consumer, path)
         report.ops[op].quantizers[f"input_{i}"] = path_prefix + path
     _explain_float(report, shown, kinds, qconfigs, plan)
+    for n in const & shown.keys():
+        report.ops[shown[n]].float_reason = None
     gm.graph.lint()
     gm.recompile()
     return shown
@@ -225,7 +228,8 @@ def _prepare_islands(
 
     for name, isl in islands.items():
         mod = gm.get_submodule(name)
-        if isl.example_args is None or not any(True for _ in mod.children()):
+        opaque_call = isinstance(mod, FunctionCall)
+        if isl.example_args is None or not (opaque_call or any(True for _ in mod.children())):
             continue
         err = RootTraceError(isl.reason, isl.source)
         isl_args, isl_kwargs = isl.example_args
