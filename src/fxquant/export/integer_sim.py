@@ -42,7 +42,7 @@ from ..numerics.affine import quantize_codes
 from . import bias as bias_math
 from . import ort_math
 from .naming import quantized_tensor_name
-from .onnx_export import quantizer_index
+from .quantizers import quantizer_index
 
 __all__ = ["IntegerSimulation", "integer_simulation", "ORT_KERNELS"]
 

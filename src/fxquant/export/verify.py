@@ -26,9 +26,11 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
+from ..modelio import ModelInputs, as_inputs, output_tensors
 from .integer_sim import integer_simulation
 from .naming import dq_output, quantized_tensor_name
-from .onnx_export import _eval_mode, frozen_quantizers, quantizer_index
+from .quantizers import eval_mode as _eval_mode
+from .quantizers import frozen_quantizers, quantizer_index
 
 __all__ = ["TensorDiff", "VerifyReport", "verify", "RUNTIMES", "HIST_CLIP", "FLOAT_RTOL"]
 
@@ -165,22 +167,6 @@ class VerifyReport:
         ])
 
 
-def _as_inputs(inputs: Any) -> tuple[torch.Tensor, ...]:
-    if isinstance(inputs, tuple):
-        return inputs
-    if isinstance(inputs, list):
-        return tuple(inputs)
-    return (inputs,)
-
-
-def _flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flatten_outputs(o)]
-    raise TypeError(f"model output of type {type(out).__name__} is not supported")
-
-
 def _output_quantizers(gm: nn.Module) -> list[str | None]:
     """For each model output: the quantizer whose grid it lies on (through pure data moves)."""
     if not isinstance(gm, fx.GraphModule):
@@ -260,7 +246,8 @@ def verify(
         qmodel: the prepared model the file was exported from; run in eval mode with its
             quantizers as they are (QAT-state quantizers are held frozen, nothing is observed).
         onnx_path: a file written by :func:`fxquant.export.export_onnx`.
-        inputs: a tensor or a tuple of positional inputs (one batch).
+        inputs: one batch (:mod:`fxquant.modelio`: a tensor, a tuple of positional inputs, a
+            dict of keyword inputs).
         runtime: ``"onnxruntime"`` (CPU) or ``"openvino"`` (CPU, fp32 inference precision).
         tensors: also compare every quantized activation (runs a second, instrumented copy).
         num_threads: runtime threads (default: ``torch.get_num_threads()``).
@@ -314,8 +301,8 @@ def verify(
         fq = qmodel.get_submodule(path)
         if dq in produced and isinstance(fq, FakeQuantize):
             watch[dq] = (path, fq)
-    args = _as_inputs(inputs)
-    feeds = [a.detach().cpu().numpy() for a in args if isinstance(a, torch.Tensor)]
+    args = as_inputs(inputs)
+    feeds = [a.detach().cpu().numpy() for a in args.tensors()]
     threads = num_threads or torch.get_num_threads()
     extra = list(watch) if tensors else []
     fused: dict[str, str] = {}
@@ -344,9 +331,10 @@ def verify(
     sim32 = _simulate(qmodel, args, {}, {}) if reference != "float32" else None
     out_q = _output_quantizers(qmodel)
     out_names = [o.name for o in model.graph.output]
+    from_graph = _graph_output_quantizers(model, watch)
     outputs = []
     for i, (name, rt, sim) in enumerate(zip(out_names, rt_out, sim_out, strict=False)):
-        path = out_q[i] if i < len(out_q) else None
+        path = out_q[i] if i < len(out_q) and out_q[i] else from_graph.get(name)
         fq = qmodel.get_submodule(path) if path else None
         d = _diff(name, rt, sim, fq, path)
         if sim32 is not None and i < len(sim32) and fq is not None:
@@ -361,13 +349,40 @@ def verify(
                         reference, emulated, not_emulated)
 
 
-def _simulate(qmodel: nn.Module, args: tuple[Any, ...], watch: dict[str, Any],
+def _graph_output_quantizers(model, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
+    """Graph output name -> quantizer path, for outputs that are a watched ``_dequantized``
+    tensor (directly or through Identity / value-moving nodes)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for out in model.graph.output:
+        name = out.name
+        for _ in range(64):
+            if name in watch:
+                found[out.name] = watch[name][0]
+                break
+            node = producer.get(name)
+            if node is None or node.op_type not in _MOVEMENT or not node.input:
+                break
+            name = node.input[0]
+    return found
+
+
+def _simulate(qmodel: nn.Module, args: ModelInputs, watch: dict[str, Any],
               captured: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Run the simulation (eval, QAT quantizers held frozen); capture ``watch`` quantizers."""
     params = [p for p in qmodel.parameters()] + [b for b in qmodel.buffers()]
     dtype = next((t.dtype for t in params if t.is_floating_point()), torch.float32)
-    args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                 for a in args)
+
+    def cast(a: Any) -> Any:  # copies: a model may change its inputs in place
+        if isinstance(a, torch.Tensor):
+            return a.to(dtype, copy=True) if a.is_floating_point() else a.clone()
+        if isinstance(a, (tuple, list)):
+            return type(a)(cast(x) for x in a)
+        if isinstance(a, dict):
+            return {k: cast(v) for k, v in a.items()}
+        return a
+
+    args = ModelInputs(cast(args.args), cast(args.kwargs))
     hooks = []
     for dq, (_path, fq) in watch.items():
         def hook(_m, _i, out, _dq=dq):
@@ -377,7 +392,7 @@ def _simulate(qmodel: nn.Module, args: tuple[Any, ...], watch: dict[str, Any],
         with torch.no_grad(), _eval_mode(qmodel), frozen_quantizers(
             qmodel, {FakeQuantState.QAT: FakeQuantState.VALIDATION}
         ):
-            return _flatten_outputs(qmodel(*args))
+            return output_tensors(qmodel(*args.args, **args.kwargs))
     finally:
         for h in hooks:
             h.remove()

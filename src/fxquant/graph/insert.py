@@ -71,7 +71,11 @@ def insert_after(gm: fx.GraphModule, value: fx.Node, path: str) -> fx.Node:
 
 
 def insert_on_edge(gm: fx.GraphModule, value: fx.Node, consumer: fx.Node, path: str) -> fx.Node:
-    """Call module ``path`` on ``value`` for ``consumer`` only."""
+    """Call module ``path`` on ``value`` for ``consumer`` only (on ``value``'s output quantizer
+    when :func:`insert_after` already gave it one: ``consumer`` reads that now)."""
+    if value not in consumer.all_input_nodes:
+        value = next((u for u in value.users if u.op == "call_module"
+                      and u in consumer.all_input_nodes and u.args[:1] == (value,)), value)
     with gm.graph.inserting_before(consumer):
         q = gm.graph.call_module(path, (value,))
     consumer.replace_input_with(value, q)
