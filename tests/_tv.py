@@ -8,7 +8,6 @@ import importlib.util
 from types import ModuleType
 
 import pytest
-
 from bench._tv_shim import ensure_torchvision_importable
 
 __all__ = ["torchvision_module", "transformers_module"]

@@ -58,7 +58,7 @@ def _roles(summary, op: str) -> set[str]:
     return {r.role for r in summary.quantizers if r.name == op}
 
 
-# -- torchvision ViT: nn.MultiheadAttention -----------------------------------------------------
+# -- torchvision ViT: nn.MultiheadAttention -------------------------------------------------------
 def _tiny_vit() -> nn.Module:
     tvm = torchvision_module()
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def _mha_fastpath(on: bool):
         torch.backends.mha.set_fastpath_enabled(old)
 
 
-# -- recurrent layers ------------------------------------------------------------------------------
+# -- recurrent layers -----------------------------------------------------------------------------
 class RecurrentNet(nn.Module):
     """A 2-layer LSTM over a sequence, its last hidden state into a GRU cell, a classifier."""
 
@@ -142,7 +142,7 @@ class RecurrentNet(nn.Module):
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x):
-        y, (h, c) = self.lstm(x)
+        y, (h, _) = self.lstm(x)
         return self.fc(self.cell(y[:, -1], h[-1]))
 
 
@@ -155,7 +155,7 @@ def test_lstm_and_gru_are_quantized_inside():
     _float_mode_is_exact(model, q, x[0])  # torch's fused recurrent kernels
     fxquant.calibrate(q, x, progress=False)
     s = fxquant.summary(q)
-    assert {"l0.weight_ih", "l0.gates", "l0.hidden", "l1.input", "l1.cell"} <= _roles(s, "lstm")
+    assert {"l0.weight_ih", "l0.gates", "l0.hidden", "l1.ih", "l1.cell"} <= _roles(s, "lstm")
     assert {"weight_hh", "reset_gate", "new_gate", "hidden"} <= _roles(s, "cell")
     assert s.float_ops == ()
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_recurrent_module_skipped_by_the_user_is_listed_as_float():
     assert "skipped by the user" in floats["lstm"]  # returns a tuple: still an op in float
 
 
-# -- F.scaled_dot_product_attention call sites ---------------------------------------------------
+# -- F.scaled_dot_product_attention call sites ----------------------------------------------------
 class SdpaNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -198,7 +198,7 @@ def test_sdpa_call_site_keeps_its_name_and_is_quantized_inside():
     _capture_is_exact(q, x[0])
 
 
-# -- optional arguments ------------------------------------------------------------------------------
+# -- optional arguments ---------------------------------------------------------------------------
 class MaskNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -238,7 +238,7 @@ def test_forward_with_an_optional_mask_none_argument(cls):
     assert any(f.name.endswith("masked_fill_0") for f in fxquant.summary(masked).float_ops)
 
 
-# -- dict outputs ------------------------------------------------------------------------------------
+# -- dict outputs ---------------------------------------------------------------------------------
 def test_dict_output_detection_backbone_outputs_have_stable_names():
     tvm = torchvision_module()
     ops = torchvision_module("torchvision.ops")
@@ -268,7 +268,7 @@ def test_dict_output_detection_backbone_outputs_have_stable_names():
     assert _capture_is_exact(q, x[0]).output_names == ("c2", "c3")
 
 
-# -- Hugging Face BertModel ------------------------------------------------------------------------
+# -- Hugging Face BertModel -----------------------------------------------------------------------
 def test_tiny_bert_attention_is_quantized_inside():
     transformers = transformers_module()
     cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
@@ -294,7 +294,7 @@ def test_tiny_bert_attention_is_quantized_inside():
     assert captured.output_names[0] == "last_hidden_state"
 
 
-# -- functions torch.fx does not trace into ---------------------------------------------------------
+# -- functions torch.fx does not trace into -------------------------------------------------------
 def _window_attention(x, weight):  # a library function marked torch.fx.wrap, like torchvision's
     q, k, v = F.linear(x, weight).chunk(3, -1)
     return torch.softmax(q @ k.transpose(-2, -1) * 0.5, -1) @ v

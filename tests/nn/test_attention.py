@@ -43,7 +43,7 @@ def _sdpa_cases(gen: torch.Generator) -> list[dict]:
             {"is_causal": True}, {"scale": 0.3}]
 
 
-# -- ScaledDotProductAttention ---------------------------------------------------------------------
+# -- ScaledDotProductAttention --------------------------------------------------------------------
 def test_sdpa_float_forward_is_torchs_op_bit_for_bit():
     gen = torch.Generator().manual_seed(0)
     sdpa, roles = _quantized(ScaledDotProductAttention())
@@ -86,11 +86,11 @@ def test_sdpa_quantized_forward_rounds_scores_then_probabilities():
 def test_sdpa_profiles_decide_which_values_are_rounded():
     ort, roles = _quantized(ScaledDotProductAttention(), "onnxruntime")
     assert set(roles) == {"probs"} and ort.scores_fake_quant is None  # softmax input float
-    trt, roles = _quantized(ScaledDotProductAttention(), "tensorrt")
+    _, roles = _quantized(ScaledDotProductAttention(), "tensorrt")
     assert set(roles) == {"q", "k", "v", "probs"}  # weighted-op inputs, inside the op
 
 
-# -- QuantMultiheadAttention ---------------------------------------------------------------------
+# -- QuantMultiheadAttention ----------------------------------------------------------------------
 MHA_CASES = [
     ({"batch_first": True}, "self", {}),
     ({"batch_first": True}, "self", {"need_weights": False}),
@@ -204,5 +204,5 @@ def test_mha_keeps_parameter_names_and_rejects_subclasses():
     class MyMHA(nn.MultiheadAttention):
         pass
 
-    with pytest.raises(TypeError, match="nn.MultiheadAttention"):
+    with pytest.raises(TypeError, match=r"nn\.MultiheadAttention"):
         QuantMultiheadAttention.from_float(MyMHA(8, 2))

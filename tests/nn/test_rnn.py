@@ -128,7 +128,9 @@ def test_gru_and_cell_quantizers_are_shared_by_time_steps_and_layers_get_their_o
     m, roles = _quantized(_build(nn.GRU, {"num_layers": 2}, 3))
     assert isinstance(m, QuantGRU)
     assert {r.split(".")[0] for r in roles} == {"l0", "l1"}
-    assert "l1.input" in roles and "l0.input" not in roles
+    assert "l1.input" not in roles  # layer 1 reads layer 0's hidden grid
+    _, roles = _quantized(_build(nn.GRU, {"num_layers": 2, "bidirectional": True}, 3))
+    assert "l1.input" in roles and "l0.input" not in roles  # two directions: one grid
     cell, roles = _quantized(_build(nn.LSTMCell, {}, 3))
     assert isinstance(cell, QuantLSTMCell) and "hidden" in roles and "input" not in roles
 

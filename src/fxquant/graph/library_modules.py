@@ -167,8 +167,9 @@ def quantize_library_module(
                     continue
                 if slot == "proj_input" and not getattr(module, "proj_size", 0):
                     continue
-                if slot == "input" and qpath in ("quant_l0", "quant_l0_reverse", "quant"):
-                    continue  # the layer's input is quantized by the graph (or io)
+                if slot == "input" and (qpath in ("quant_l0", "quant_l0_reverse", "quant")
+                                        or not getattr(module, "bidirectional", False)):
+                    continue  # quantized by the graph (or io), or the previous layer's grid
                 factory = weight if slot.startswith("weight_") else act
                 if factory is None:
                     continue

@@ -19,10 +19,12 @@ GRU step: ``r, z = q_reset_gate / q_update_gate(sigmoid(q_gates(ih_rz + hh_rz)))
 ``n = q_new_gate(tanh(q_new_pre(ih_n + q_reset_hidden(r * hh_n))))``,
 ``h = n + q_update(z * q_delta(h - n))``.  RNN step: ``h = act(q_gates(ih + hh))``.
 
-The state fed back into the next step is quantized (``q_hidden``); the returned output sequence
-and final states are the float values of the last op, quantized by whoever consumes them (the
-prepared graph), so nothing is rounded twice.  A ``PackedSequence`` input runs the float
-forward (``fxquant.prepare`` reports such a module as float).
+The state fed back into the next step is quantized (``q_hidden``), and so is the sequence a
+layer passes to the next layer (the hidden grid: a bidirectional layer's two directions are
+requantized to one grid by the next layer's ``q_input``).  The module's outputs (the last
+layer's sequence, the final states) are the float values of their last op, quantized by whoever
+consumes them (the prepared graph), so nothing is rounded twice.  A ``PackedSequence`` input
+runs the float forward (``fxquant.prepare`` reports such a module as float).
 """
 
 from __future__ import annotations
@@ -128,6 +130,19 @@ def _rnn_step(qs: RNNQuantizers, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tens
     return h_out, qs.q("hidden", h_out)
 
 
+def _reverse(seq: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    return seq.flip(0) if isinstance(seq, Tensor) else seq[::-1]
+
+
+def _input_projection(qs: RNNQuantizers, seq: Tensor | list[Tensor], w_ih: Tensor,
+                      b_ih: Tensor | None) -> Tensor | list[Tensor]:
+    """``q_ih(x W_ih + b_ih)``: one matmul over a sequence tensor (the module's input), one per
+    step for a list of steps (a previous layer's output)."""
+    if isinstance(seq, Tensor):
+        return qs.q("ih", F.linear(qs.q("input", seq), w_ih, b_ih))
+    return [qs.q("ih", F.linear(qs.q("input", x), w_ih, b_ih)) for x in seq]
+
+
 # -- full sequence modules -----------------------------------------------------------------------
 class _QuantRNNBase:
     """Shared code of QuantLSTM / QuantGRU / QuantRNN (listed first, before the torch class)."""
@@ -185,20 +200,27 @@ class _QuantRNNBase:
         states = self._initial_states(x, hx, batched)
         dirs = len(self._suffixes())
         finals: list[list[Tensor]] = [[] for _ in states]
-        layer_in = x
+        layer_in: Tensor | list[Tensor] = x  # a layer's input: the sequence or its steps
         for layer in range(self.num_layers):  # type: ignore[attr-defined]
             outs = []
+            last_layer = layer == self.num_layers - 1  # type: ignore[attr-defined]
             for d, suffix in enumerate(self._suffixes()):
                 qs = self._modules[f"quant_l{layer}{suffix}"]
                 init = [s[layer * dirs + d] for s in states]
-                seq = layer_in if d == 0 else layer_in.flip(0)
-                ys, last = self._run(qs, seq, init, self._weights(layer, suffix, qs))
-                outs.append(ys if d == 0 else ys.flip(0))
+                seq = layer_in if d == 0 else _reverse(layer_in)
+                ys, ys_q, last = self._run(qs, seq, init, self._weights(layer, suffix, qs))
+                ys = ys if last_layer else ys_q  # the next layer reads the hidden grid
+                outs.append(ys if d == 0 else ys[::-1])
                 for f, v in zip(finals, last, strict=True):
                     f.append(v)
-            layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-            if self.dropout and self.training and layer < self.num_layers - 1:  # type: ignore
-                layer_in = F.dropout(layer_in, self.dropout)  # type: ignore[attr-defined]
+            # between layers the steps stay separate (each step's input projection is its own
+            # matmul: OpenVINO's low-precision pass cannot take a matmul over a concatenation
+            # of per-step dequantized values)
+            steps = outs[0] if dirs == 1 else [torch.cat(p, -1) for p in zip(*outs, strict=True)]
+            if self.dropout and self.training and not last_layer:  # type: ignore[attr-defined]
+                steps = [F.dropout(t, self.dropout) for t in steps]  # type: ignore[attr-defined]
+            layer_in = torch.stack(steps) if last_layer else steps
+        assert isinstance(layer_in, Tensor)
         out = layer_in.transpose(0, 1) if batch_first else layer_in
         stacked = [torch.stack(f) for f in finals]
         if not batched:
@@ -221,7 +243,9 @@ class _QuantRNNBase:
     def _pack_states(self, states: list[Tensor]) -> Any:
         return states[0]
 
-    def _run(self, qs, seq, init, weights) -> tuple[Tensor, list[Tensor]]:
+    def _run(self, qs, seq, init, weights) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """(float outputs, quantized outputs, final states) of one direction of one layer, the
+        outputs one tensor per step."""
         raise NotImplementedError
 
 
@@ -239,14 +263,15 @@ class QuantLSTM(_QuantRNNBase, nn.LSTM):
 
     def _run(self, qs, seq, init, weights):
         w_ih, b_ih, w_hh, b_hh, w_hr = weights
-        gi = qs.q("ih", F.linear(qs.q("input", seq), w_ih, b_ih))
+        gi = _input_projection(qs, seq, w_ih, b_ih)
         h, c = qs.q("hidden", init[0]), qs.q("cell", init[1])
-        ys = []
+        ys, ys_q = [], []
         h_out, c_out = h, c
-        for t in range(seq.size(0)):
+        for t in range(len(gi)):
             h_out, h, c_out, c = _lstm_step(qs, gi[t], h, c, w_hh, b_hh, w_hr)
             ys.append(h_out)
-        return torch.stack(ys), [h_out, c_out]
+            ys_q.append(h)
+        return ys, ys_q, [h_out, c_out]
 
 
 class QuantGRU(_QuantRNNBase, nn.GRU):
@@ -257,14 +282,15 @@ class QuantGRU(_QuantRNNBase, nn.GRU):
 
     def _run(self, qs, seq, init, weights):
         w_ih, b_ih, w_hh, b_hh, _ = weights
-        gi = qs.q("ih", F.linear(qs.q("input", seq), w_ih, b_ih))
+        gi = _input_projection(qs, seq, w_ih, b_ih)
         h = qs.q("hidden", init[0])
-        ys = []
+        ys, ys_q = [], []
         h_out = h
-        for t in range(seq.size(0)):
+        for t in range(len(gi)):
             h_out, h = _gru_step(qs, gi[t], h, w_hh, b_hh)
             ys.append(h_out)
-        return torch.stack(ys), [h_out]
+            ys_q.append(h)
+        return ys, ys_q, [h_out]
 
 
 class QuantRNN(_QuantRNNBase, nn.RNN):
@@ -275,15 +301,16 @@ class QuantRNN(_QuantRNNBase, nn.RNN):
 
     def _run(self, qs, seq, init, weights):
         w_ih, b_ih, w_hh, b_hh, _ = weights
-        gi = qs.q("ih", F.linear(qs.q("input", seq), w_ih, b_ih))
+        gi = _input_projection(qs, seq, w_ih, b_ih)
         h = qs.q("hidden", init[0])
-        ys = []
+        ys, ys_q = [], []
         h_out = h
         relu = self.nonlinearity == "relu"
-        for t in range(seq.size(0)):
+        for t in range(len(gi)):
             h_out, h = _rnn_step(qs, gi[t], h, w_hh, b_hh, relu)
             ys.append(h_out)
-        return torch.stack(ys), [h_out]
+            ys_q.append(h)
+        return ys, ys_q, [h_out]
 
 
 # -- cells ----------------------------------------------------------------------------------------
