@@ -13,10 +13,12 @@ size):
 * **fxquant, onnxruntime profile**: ``prepare(model, x, default_calibration_qconfig_setter,
   backend="onnxruntime")``, ``calibrate``; how the model was captured (``fx``, ``eager``,
   untraceable submodules run eagerly), the ops left in float (``fxquant.summary``), the output
-  SQNR of the simulation vs the float model; ``export_onnx`` (with its self-check) and
-  ``verify`` in ONNX Runtime: codes identical with the simulation / largest difference in
-  quantization steps over the outputs (``ok`` = >= 99% identical and <= 2 steps), and the
-  SQNR of ONNX Runtime's output vs float;
+  SQNR of the simulation vs the float model; ``export_onnx`` and ``verify`` in ONNX Runtime:
+  codes identical with the simulation / largest difference in quantization steps over the
+  outputs (``ok`` = >= 99% identical and <= 2 steps), and the SQNR of ONNX Runtime's output vs
+  float.  The export runs with ``check=False``: ``verify`` is the stricter comparison (ORT's
+  integer kernels emulated), and on random-weight deep networks the self-check's float
+  reference amplifies one flipped code with depth (design note in docs/design.md);
 * **fxquant, openvino profile**: the same prepare / calibrate / export, ``verify`` in OpenVINO;
 * **peers**: torch.ao FX (``prepare_fx`` with ``get_default_qconfig_mapping("x86")``,
   ``convert_fx``, torch's x86 int8 kernels), and on the float ONNX export
@@ -283,7 +285,8 @@ def _fxquant_ort(model, calib, x, ref, tmp, row, attempt) -> None:
         row["SQNR (dB)"] = _sqnr(ref, _main_output(qmodel(*x)))
     path = str(pathlib.Path(tmp) / "ort.onnx")
     t = time.perf_counter()
-    done = attempt("export ORT", lambda: fxquant.export_onnx(qmodel, calib[0], path))
+    done = attempt("export ORT", lambda: fxquant.export_onnx(qmodel, calib[0], path,
+                                                             check=False))
     if isinstance(done, Exception):
         row["ORT export"] = f"FAIL {_failure_reason(done)}"
         return
@@ -303,7 +306,8 @@ def _fxquant_openvino(model, calib, x, tmp, attempt) -> str:
     if isinstance(qmodel, Exception):
         return f"FAIL prepare: {_failure_reason(qmodel)}"
     path = str(pathlib.Path(tmp) / "ov.onnx")
-    done = attempt("export OpenVINO", lambda: fxquant.export_onnx(qmodel, calib[0], path))
+    done = attempt("export OpenVINO", lambda: fxquant.export_onnx(qmodel, calib[0], path,
+                                                                  check=False))
     if isinstance(done, Exception):
         return f"FAIL export: {_failure_reason(done)}"
     report = attempt("verify OpenVINO", lambda: fxquant.verify(qmodel, path, x, "openvino",
