@@ -101,7 +101,7 @@ class CoverageConfig:
     settle_batches: int = 4
     calib_batches: int = 4
     batch_size: int = 8
-    time_limit_s: float = 300.0
+    time_limit_s: float = 600.0
     peers: bool = True
     threads: int = 1
     seed: int = 0
@@ -157,10 +157,8 @@ def _short(exc: BaseException, limit: int = 90) -> str:
 def _failure_reason(exc: BaseException) -> str:
     """A short cell text for a failure (the log keeps the full error)."""
     msg = " ".join(str(exc).split())
-    if m := re.search(r"could not capture \w+: (\w+)", msg):
-        return f"torch.export: {m[1]}"
     if "data-dependent" in msg:
-        return "data-dependent control flow"
+        return "data-dependent Python control flow (torch.export)"
     return _short(exc, 70)
 
 

@@ -21,6 +21,9 @@ import time
 import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# run as a script, bench/ itself is sys.path[0]: its modules would shadow installed packages of
+# the same name (bench/kernels.py vs the `kernels` package transformers imports)
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import SuiteResult, machine_info, markdown_table  # noqa: E402
