@@ -35,6 +35,8 @@ SUITES: dict[str, str] = {  # name -> module path
     "accuracy": "bench.accuracy",
     "coverage": "bench.coverage",
     "ptq": "bench.ptq",
+    "memory": "bench.memory",
+    "distributed": "bench.distributed",
 }
 RESULTS = ROOT / "bench" / "results"
 README_MARK = ("<!-- bench-table -->", "<!-- /bench-table -->")

@@ -20,6 +20,7 @@ from .algorithms import (
 from .backends import PROFILES, BackendProfile, Placement, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
+from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
 from .errors import (
     CaptureError,
     CheckpointError,
@@ -36,6 +37,7 @@ from .export import (
     VerifyReport,
     export_encodings,
     export_onnx,
+    export_quantsim_config,
     load_encodings,
     verify,
 )
@@ -113,6 +115,7 @@ __all__ = [
     "VerifyReport",
     "export_encodings",
     "load_encodings",
+    "export_quantsim_config",
     "convert",
     "ConvertedModel",
     "ConvertError",
@@ -122,6 +125,9 @@ __all__ = [
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "set_distributed_sync",
+    "no_distributed_sync",
+    "sync_observers",
     "QConfig",
     "FLOAT",
     "get_qconfig",

@@ -26,6 +26,13 @@ def test_top_level_help_lists_every_command(capsys):
     assert all(name in out for name in COMMANDS)
 
 
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_help_shows_an_example(capsys, name):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"example: fxquant {name} " in out
+
+
 def test_unknown_command_is_a_usage_error(capsys):
     assert main(["bogus"]) == 2
     err = capsys.readouterr().err

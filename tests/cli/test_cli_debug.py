@@ -50,10 +50,22 @@ def test_report_command_writes_html(tmp_path):
     assert images and all((tmp_path / src).exists() for src in images)
 
 
-def test_bad_spec_is_a_clear_error(tmp_path):
-    import pytest
+def test_bad_spec_is_a_clear_error(tmp_path, capsys):
+    assert main(["sensitivity", "no_colon_here", "--quiet"]) == 2
+    assert "must look like file.py:function" in capsys.readouterr().err
+    assert main(["sensitivity", f"{_spec(tmp_path)}:only_model", "--quiet"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
 
-    with pytest.raises(SystemExit, match="module:function"):
-        main(["sensitivity", "no_colon_here", "--quiet"])
-    with pytest.raises(SystemExit, match="--input-shape"):
-        main(["sensitivity", f"{_spec(tmp_path)}:only_model", "--quiet"])
+
+def test_package_module_spec_resolves_from_the_current_folder(tmp_path, monkeypatch, capsys):
+    """``fxquant sensitivity mymodel:build`` (issue 16): the module is in the current folder,
+    which a console script does not put on sys.path by itself."""
+    (tmp_path / "mymodel_debug_cli.py").write_text(SPEC_SOURCE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sensitivity", "mymodel_debug_cli:build", "--batches", "2", "--quiet",
+                 "--out", "t.pt"]) == 0
+    assert load_table(tmp_path / "t.pt")
+    capsys.readouterr()
+    assert main(["report", "mymodel_debug_cli:only_model", "--input-shape", "2,3,5",
+                 "--quiet"]) == 2
+    assert "cannot run on the inputs from --input-shape 2,3,5" in capsys.readouterr().err

@@ -146,3 +146,30 @@ def test_call_site_not_seen_by_prepare_warns_once():
         warnings.simplefilter("error")
         qmodel(neg[1])  # once per call site
         qmodel(pos[0])
+
+
+def test_identity_between_conv_and_relu_is_skipped():
+    """``fold_bn`` leaves ``nn.Identity`` where the BN was: conv -> Identity -> relu still
+    fuses (no quantizer on the conv output)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    folded = fxquant.fold_bn(model)
+    x = torch.randn(2, 3, 6, 6)
+    q = fxquant.prepare(folded, x, fxquant.default_calibration_qconfig_setter)
+    quantizers = [n for n, m in q.named_modules() if isinstance(m, fxquant.FakeQuantize)]
+    assert not any(n.startswith("0.output") for n in quantizers), quantizers
+    fxquant.calibrate(q, [x], progress=False)
+    assert torch.allclose(q(x), model(x), atol=0.1)
+
+
+def test_prepare_inplace_shares_the_parameters():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model[4].weight.detach().clone()
+    q = fxquant.prepare(model, torch.randn(2, 3, 6, 6), inplace=True)
+    assert q.get_parameter("4.weight") is model[4].weight
+    q.train()(torch.randn(2, 3, 6, 6)).sum().backward()
+    opt.step()
+    assert not torch.equal(model[4].weight, before)
+    copy = fxquant.prepare(model, torch.randn(2, 3, 6, 6))
+    assert copy.get_parameter("4.weight") is not model[4].weight

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..fake_quant import FakeQuantState, set_fake_quantize
+from ..distributed import (
+    agree_on_batch,
+    discard_pending,
+    global_count,
+    no_distributed_sync,
+    syncs_every_batch,
+)
+from ..fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
 
 __all__ = ["calibrate", "batch_to_args", "model_device"]
 
@@ -46,6 +53,12 @@ def calibrate(
     ``num_batches`` batches (a DataLoader, or any iterable of tensors / tuples) without
     gradients, then switches to ``VALIDATION`` (scales computed and frozen).  The model's
     train/eval mode is restored afterwards.  ``progress=False`` silences the progress bar.
+
+    Under torch.distributed (more than one rank) every rank calls it on its own shard (e.g. a
+    DataLoader with a ``DistributedSampler``) and the observers' statistics are merged at the
+    end, so every rank gets the scales of one process over the union of the data (see
+    :mod:`fxquant.distributed`).  Moving-average observers average each batch over the ranks:
+    then every rank needs the same number of batches (a :class:`DataError` otherwise).
     """
     from ..graph.report import get_report
 
@@ -54,6 +67,11 @@ def calibrate(
     except TypeError:
         num_inputs = 1
     device = model_device(qmodel)
+    quantizers = [m for m in qmodel.modules() if isinstance(m, FakeQuantize)]
+    synced = [q for q in quantizers if q.distributed_sync.active()]
+    per_batch = [q for q in synced if syncs_every_batch(q)]
+    groups = list({id(q.distributed_sync.group): q.distributed_sync.group for q in per_batch}
+                  .values())
     was_training = qmodel.training
     qmodel.eval()
     set_fake_quantize(qmodel, FakeQuantState.CALIBRATION)
@@ -63,16 +81,32 @@ def calibrate(
     seen = 0
     try:
         with torch.no_grad():
-            for batch in tqdm(
-                data, total=total, desc="calibrate", disable=not progress, leave=False
-            ):
-                if num_batches is not None and seen >= num_batches:
+            batches = iter(
+                tqdm(data, total=total, desc="calibrate", disable=not progress, leave=False)
+            )
+            while True:
+                done = num_batches is not None and seen >= num_batches
+                batch = _END if done else next(batches, _END)
+                if groups:
+                    names = [q.name for q in per_batch]
+                    agree_on_batch(batch is not _END, seen, groups, names, device)
+                if batch is _END:
                     break
                 qmodel(*batch_to_args(batch, num_inputs, device))
                 seen += 1
-    finally:
-        set_fake_quantize(qmodel, FakeQuantState.VALIDATION)
+    except BaseException:
+        discard_pending(quantizers)  # a failing rank starts no collective
+        with no_distributed_sync(qmodel):
+            set_fake_quantize(qmodel, FakeQuantState.VALIDATION)
         qmodel.train(was_training)
+        raise
+    set_fake_quantize(qmodel, FakeQuantState.VALIDATION)  # merges the ranks' statistics
+    qmodel.train(was_training)
+    if synced:
+        seen = global_count(seen, synced[0].distributed_sync.group, device)
     if seen == 0:
         raise ValueError("calibrate: the data yielded no batch; pass at least one batch")
     return qmodel
+
+
+_END = object()

@@ -1,72 +1,65 @@
 """``fxquant sensitivity`` and ``fxquant report``: the debug tools on a model named on the
 command line.
 
-``SPEC`` is ``package.module:function`` or ``path/to/file.py:function``.  The function takes no
-arguments and returns a float model in eval mode, or ``(model, example_inputs)``, or
-``(model, example_inputs, data)`` where ``data`` is an iterable of batches.  Without data,
-``--batches`` random batches shaped like the example inputs are used; without example inputs,
+``SPEC`` is a model spec (:mod:`.spec`): ``package.module:function`` (imported from the current
+folder), ``path/to/file.py:function`` or an exported ``file.pt2``.  The function takes no
+arguments and returns a float model, or ``(model, example_inputs)``, or ``(model,
+example_inputs, data)`` where ``data`` is an iterable of batches.  Without data, ``--batches``
+random batches shaped like the example inputs are used; without example inputs,
 ``--input-shape`` gives them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import pathlib
 from typing import Any
+
+import torch
+
+from ..errors import ConfigError, bounded
+from ..export.atomic import check_writable
+from .common import positive_int
+from .rawdata import parse_shape, shape_argument
+from .spec import SPEC_HELP, check_runs, load_model
 
 __all__ = ["load_spec", "sensitivity_arguments", "sensitivity_run", "report_arguments",
            "report_run"]
 
 
-def load_spec(spec: str, input_shape: str | None, batches: int, seed: int = 0):
-    """``(float_model, example_inputs tuple, data list)`` from a ``module:function`` spec."""
-    import torch
-
-    if ":" not in spec:
-        raise SystemExit(f"fxquant: SPEC must look like 'package.module:function' or "
-                         f"'file.py:function', got {spec!r}")
-    where, func_name = spec.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = pathlib.Path(where)
-        if not path.exists():
-            raise SystemExit(f"fxquant: no such file {where!r}")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    else:
-        module = importlib.import_module(where)
-    factory = getattr(module, func_name, None)
-    if factory is None:
-        raise SystemExit(f"fxquant: {where!r} has no attribute {func_name!r}")
-    out: Any = factory()
-    model, example, data = (out, None, None) if not isinstance(out, tuple) else (
-        *out, *(None,) * (3 - len(out)))
+def load_spec(spec: str, input_shape: str | None, batches: int, seed: int = 0
+              ) -> tuple[Any, tuple[Any, ...], list[Any]]:
+    """``(float_model, example_inputs tuple, data list)`` from a model spec."""
+    loaded = load_model(spec, max_batches=batches)
+    example = loaded.example
+    source = f"the example inputs of {spec}"
+    if input_shape:
+        try:
+            _, shape = parse_shape(input_shape)
+        except ValueError as err:
+            raise ConfigError(f"--input-shape: {err}") from None
+        example, source = (torch.randn(*shape),), f"--input-shape {input_shape}"
     if example is None:
-        if not input_shape:
-            raise SystemExit("fxquant: the spec returned only a model; pass --input-shape "
-                             "(e.g. 1,3,32,32) or return (model, example_inputs)")
-        example = torch.randn(*(int(d) for d in input_shape.split(",")))
-    example = example if isinstance(example, tuple) else (example,)
-    if data is None:
+        raise ConfigError(f"model spec {bounded(spec)!r} returned only a model; pass "
+                          "--input-shape (e.g. 1,3,32,32) or return (model, example_inputs)")
+    check_runs(loaded.model, example, source)
+    data = loaded.data
+    if not data:
         g = torch.Generator().manual_seed(seed)
         data = [tuple(torch.randn(e.shape, generator=g) if e.is_floating_point() else e
                       for e in example) for _ in range(batches)]
-    return model.eval(), example, list(data)
+    return loaded.model, example, list(data)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     from ..backends import PROFILES
 
-    parser.add_argument("spec", metavar="SPEC",
-                        help="package.module:function or file.py:function returning a model, "
-                             "(model, example_inputs) or (model, example_inputs, data)")
+    parser.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--backend", default="generic", choices=sorted(PROFILES),
                         help="backend profile (default: %(default)s)")
-    parser.add_argument("--input-shape", metavar="D,D,...",
+    parser.add_argument("--input-shape", metavar="D,D,...", type=shape_argument,
                         help="example input shape when SPEC returns only a model")
-    parser.add_argument("--batches", type=int, default=8, metavar="N",
+    parser.add_argument("--batches", type=positive_int, default=8, metavar="N",
                         help="calibration batches (and random batches without data; "
                              "default: %(default)s)")
     parser.add_argument("--metric", default="L1", choices=["L1", "cosine", "mse", "sqnr"],
@@ -76,9 +69,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _prepared(args: argparse.Namespace):
+def _prepared(args: argparse.Namespace, outputs: list[str]):
     import fxquant
 
+    for path in outputs:  # before any work: an unwritable path is a one-line error now
+        try:
+            check_writable(path)
+        except OSError as err:
+            raise ConfigError(f"--out: {err}; choose a path you can write to") from None
     model, example, data = load_spec(args.spec, args.input_shape, args.batches)
     qmodel = fxquant.prepare(model, example, fxquant.default_calibration_qconfig_setter,
                              backend=args.backend)
@@ -94,16 +92,19 @@ def _sensitivity(args, model, qmodel, data):
 
 
 def sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("example: fxquant sensitivity mymodel:build --batches 4 --out "
+                     "sensitivity.pt   (mymodel.py in the current folder)")
     _common(parser)
     parser.add_argument("--out", default="sensitivity.pt",
                         help="table path (.pt; .txt and .csv next to it; default: %(default)s)")
 
 
 def sensitivity_run(args: argparse.Namespace) -> int:
-    model, qmodel, data = _prepared(args)
+    out = pathlib.Path(args.out)
+    model, qmodel, data = _prepared(args, [str(out), str(out.with_suffix(".txt")),
+                                           str(out.with_suffix(".csv"))])
     tables = _sensitivity(args, model, qmodel, data)
     tables = tables if isinstance(tables, list) else [tables]
-    out = pathlib.Path(args.out)
     for i, table in enumerate(tables):
         path = out if len(tables) == 1 else out.with_name(f"{out.stem}_output{i}{out.suffix}")
         print(table)
@@ -113,6 +114,8 @@ def sensitivity_run(args: argparse.Namespace) -> int:
 
 
 def report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("example: fxquant report mymodel.py:build --input-shape 1,3,32,32 --out "
+                     "report.html")
     _common(parser)
     parser.add_argument("--out", default="fxquant_report.html",
                         help="HTML report path (PNGs next to it; default: %(default)s)")
@@ -122,7 +125,7 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
 def report_run(args: argparse.Namespace) -> int:
     from ..debug import compare, report
 
-    model, qmodel, data = _prepared(args)
+    model, qmodel, data = _prepared(args, [args.out])
     table = compare(model, qmodel, data[: min(2, len(data))])
     sens = _sensitivity(args, model, qmodel, data)
     path = report(args.out, compare=table, sensitivity=sens, embed=args.embed)

@@ -7,6 +7,7 @@ export or a verification runs.
 from .encodings import export_encodings, load_encodings
 from .integer_sim import IntegerSimulation, integer_simulation
 from .onnx_export import ExportError, ExportResult, ExportWarning, export_onnx
+from .quantsim_config import export_quantsim_config
 from .verify import TensorDiff, VerifyReport, verify
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "IntegerSimulation",
     "export_encodings",
     "load_encodings",
+    "export_quantsim_config",
 ]

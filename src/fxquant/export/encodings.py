@@ -44,7 +44,8 @@ from ..numerics import QDType
 from .atomic import write_bytes_atomic
 from .naming import quantized_tensor_name
 
-__all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings"]
+__all__ = ["ENCODING_VERSIONS", "EncodingsError", "export_encodings", "load_encodings",
+           "read_encodings"]
 
 ENCODING_VERSIONS = ("0.6.1", "1.0.0")
 
@@ -544,3 +545,15 @@ def load_encodings(
         fq.calibrated.fill_(True)
         fq._dirty = False  # the loaded values win over anything observed before
     return qmodel
+
+
+def read_encodings(path: str | os.PathLike) -> list[_FileEncoding]:
+    """Every tensor entry of an AIMET / QNN encodings file, validated but not applied to a
+    model (what ``fxquant inspect`` prints).
+
+    Each entry has ``name``, ``is_float``, ``bitwidth``, ``symmetric``, ``scales`` and
+    ``offsets`` (one per channel, AIMET's unsigned convention ``x = (q + offset) * scale``)
+    and ``narrow_grid`` (0.6.1 strict-symmetric grids of ``2^bw - 2`` steps).  A file that
+    cannot be read raises :class:`EncodingsError` naming it.
+    """
+    return _read(path, {})

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory
+from ..distributed import DistributedSync, merge_pending, observe_distributed
 from ..errors import QuantizerError
 from ..numerics import (
     DEFAULT_EPS,
@@ -43,7 +44,12 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     ``forward(x)`` returns a tensor of ``x``'s shape; what it does depends on :attr:`state`
     (see :class:`FakeQuantState`).  Buffers ``scale`` (float32, 0-d or ``[C]``),
     ``zero_point`` (int32), ``calibrated`` and ``state_code`` hold all state.
+
+    Under ``torch.distributed`` the observer's statistics are merged across ranks (see
+    :mod:`fxquant.distributed`; ``distributed_sync`` holds the setting).
     """
+
+    distributed_sync: DistributedSync = DistributedSync()
 
     def __init__(
         self,
@@ -100,11 +106,15 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
+        # a quantizer built fixed_in_qat (e.g. by a qat_fixed_act template) stays fixed when it
+        # loads a checkpoint whose quantizers were not (the calibration it takes scales from):
+        # a checkpoint can freeze a scale, never unfreeze one
+        built_frozen = self._frozen
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if prefix + "frozen" in missing_keys:  # a state dict saved before ``frozen`` existed
             missing_keys.remove(prefix + "frozen")
-        self._frozen = bool(self.frozen)
+        self.fixed_in_qat = bool(self.frozen) or built_frozen
 
     # -- storage -----------------------------------------------------------------------------
     def _init_qparams(self) -> None:
@@ -158,7 +168,17 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         return FakeQuantState(int(self.state_code))
 
     def set_state(self, state: FakeQuantState) -> None:
-        """Switch mode; leaving CALIBRATION computes the scale from what was observed."""
+        """Switch mode; leaving CALIBRATION computes the scale from what was observed.
+
+        Under torch.distributed, leaving CALIBRATION first merges what every rank observed (a
+        collective; :func:`set_fake_quantize` merges all its quantizers at once).
+        """
+        if state is not FakeQuantState.CALIBRATION and self.state is FakeQuantState.CALIBRATION:
+            merge_pending([self])
+        self._apply_state(state)
+
+    def _apply_state(self, state: FakeQuantState) -> None:
+        """Switch mode without a distributed merge (the caller merged already)."""
         if self._dirty and state is not FakeQuantState.CALIBRATION:
             self.update_qparams()
         self.state_code.fill_(state.value)
@@ -175,7 +195,10 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self.calibrated.fill_(True)
 
     def _observe(self, x: torch.Tensor) -> None:
-        self.observer(x)
+        if self.distributed_sync.active():  # torch.distributed with > 1 rank, not opted out
+            observe_distributed(self, x, self.state is FakeQuantState.CALIBRATION)
+        else:
+            self.observer(x)
         self._dirty = True
 
     # -- forward -------------------------------------------------------------------------------

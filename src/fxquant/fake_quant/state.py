@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from ..distributed import merge_pending
+
 __all__ = ["FakeQuantState", "set_fake_quantize", "fake_quantize_state"]
 
 
@@ -37,10 +39,21 @@ def set_fake_quantize(module: nn.Module, state: FakeQuantState) -> nn.Module:
         raise TypeError(f"state must be a FakeQuantState member, got {state!r}")
     from .fake_quantize import FakeQuantize
 
-    for m in module.modules():
-        if isinstance(m, FakeQuantize):
-            m.set_state(state)
+    quantizers = [m for m in module.modules() if isinstance(m, FakeQuantize)]
+    _switch(quantizers, [state] * len(quantizers))
     return module
+
+
+def _switch(quantizers: list, states: list[FakeQuantState]) -> None:
+    """Put each quantizer in its state; those leaving CALIBRATION merge their distributed
+    statistics first, all in one batched collective (a no-op outside torch.distributed)."""
+    leaving = [
+        q for q, s in zip(quantizers, states, strict=True)
+        if s is not FakeQuantState.CALIBRATION and q.state is FakeQuantState.CALIBRATION
+    ]
+    merge_pending(leaving)
+    for q, s in zip(quantizers, states, strict=True):
+        q._apply_state(s)
 
 
 @contextlib.contextmanager
@@ -53,5 +66,4 @@ def fake_quantize_state(module: nn.Module, state: FakeQuantState) -> Iterator[nn
     try:
         yield module
     finally:
-        for m, s in saved:
-            m.set_state(s)
+        _switch([m for m, _ in saved], [s for _, s in saved])

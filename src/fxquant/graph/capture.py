@@ -228,6 +228,18 @@ def _absorb_float_functional(gm: fx.GraphModule, root: nn.Module) -> None:
     gm.graph.lint()
 
 
+def _drop_identities(gm: fx.GraphModule) -> None:
+    """``nn.Identity`` calls are no-ops (e.g. a BatchNorm that ``fold_bn`` folded away): they
+    are removed so that patterns see through them (conv -> Identity -> relu fuses like
+    conv -> relu, with no quantizer in between)."""
+    for node in list(gm.graph.nodes):
+        if (node.op == "call_module" and len(node.args) == 1 and not node.kwargs
+                and type(gm.get_submodule(node.target)) is nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+
+
 def propagate_values(
     gm: fx.GraphModule, example_inputs: tuple[Any, ...], keep_args: frozenset[str] = frozenset()
 ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -295,6 +307,7 @@ def capture(
         raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _absorb_float_functional(gm, model)
+    _drop_identities(gm)
     route_opaque_functions(gm, tracer.islands)
     gm.recompile()
     island_args = propagate_values(gm, example_inputs, frozenset(tracer.islands))

@@ -16,6 +16,7 @@ from torch import nn
 from torch.fx import Node
 
 from .. import nn as qnn
+from ..nn.stubs import DeQuantStub, QuantStub
 from ..qconfig.opinfo import OpKind
 
 __all__ = [
@@ -343,7 +344,12 @@ library modules: their children become the graph's ops; see
 
 
 def is_stub(m: nn.Module) -> OpKind | None:
-    """QUANT_STUB / DEQUANT_STUB for torch.ao eager stubs (matched by name, no torch.ao import)."""
+    """QUANT_STUB / DEQUANT_STUB for fxquant's stubs (:mod:`fxquant.nn.stubs`, subclasses
+    included) and torch.ao's eager stubs (matched by name, no torch.ao import)."""
+    if isinstance(m, QuantStub):
+        return OpKind.QUANT_STUB
+    if isinstance(m, DeQuantStub):
+        return OpKind.DEQUANT_STUB
     name = type(m).__name__
     if not type(m).__module__.startswith("torch.ao"):
         return None

@@ -77,6 +77,7 @@ def prepare(
     leaf_modules: Iterable[str] = (),
     skip_modules: Iterable[str] = (),
     fold_bn: bool = True,
+    inplace: bool = False,
 ) -> nn.Module:
     """Return a copy of ``model`` with fake quantizers inserted (``model`` is untouched).
 
@@ -92,6 +93,10 @@ def prepare(
         leaf_modules: module paths not to trace into (quantized at their boundary).
         skip_modules: module paths kept entirely in float.
         fold_bn: fold BatchNorm into the preceding conv (fold-aware in QAT).
+        inplace: build the prepared model from ``model``'s own modules instead of a deep copy:
+            it shares ``model``'s parameters and buffers (an optimizer built on
+            ``model.parameters()`` trains the prepared model), and ``model``'s leaf modules may
+            gain quantizer children.  Use ``model`` itself for nothing else afterwards.
 
     The prepared model is in ``FakeQuantState.QAT``; use :func:`fxquant.calibrate` for PTQ.
     """
@@ -99,7 +104,8 @@ def prepare(
     setters = as_setter_tuple(qconfig_setter)
     inputs = as_input_tuple(example_inputs)
     skip = frozenset(skip_modules)
-    model = copy.deepcopy(model)
+    if not inplace:
+        model = copy.deepcopy(model)
     try:
         gm, islands = capture(model, inputs, frozenset(leaf_modules) | skip)
     except RootTraceError as err:

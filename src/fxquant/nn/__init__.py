@@ -46,6 +46,7 @@ from .rnn import (
     QuantRNNCell,
     RNNQuantizers,
 )
+from .stubs import DeQuantStub, FloatFunctional, QuantStub
 
 FLOAT_TO_QUANT: dict[type, type] = {
     nn.Conv1d: QuantConv1d,
@@ -83,6 +84,9 @@ WEIGHT_AXIS: dict[type, int] = {
 }
 
 __all__ = [
+    "QuantStub",
+    "DeQuantStub",
+    "FloatFunctional",
     "QuantWeightMixin",
     "QuantConv1d",
     "QuantConv2d",

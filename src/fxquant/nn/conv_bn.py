@@ -23,6 +23,11 @@ Evaluation (``not bn.training``) uses the running statistics, folded::
 
 To freeze the BN statistics while the rest trains, call ``module.bn.eval()`` after
 ``model.train()``: the module then runs the evaluation formula.
+
+Under torch.distributed (more than one rank) training uses the batch statistics of all ranks
+(:func:`fxquant.distributed.sync_batch_norm`, a SyncBatchNorm that runs on CPU / gloo too), so
+the running statistics -- and the folded weights the quantizer sees -- stay identical on every
+rank; ``fxquant.set_distributed_sync(model, False)`` keeps them per rank.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..distributed import DistributedSync, sync_batch_norm
 from .fold import bn_scale_factor, fold_bn_weights
 from .modules import _check_quantizer, conv_forward, rebind_module
 
@@ -51,6 +57,7 @@ class ConvBnNd:
 
     _FLOAT_MODULE: ClassVar[type[nn.Module]]
     _BN_MODULE: ClassVar[type[nn.Module]]
+    distributed_sync: DistributedSync = DistributedSync()
     weight: Tensor
     bias: Tensor | None
     bn: nn.Module
@@ -158,6 +165,9 @@ class ConvBnNd:
             y = y.index_copy(1, idx, self._float_channels(x, idx))
         if self.bias is not None:
             y = y + self.bias.reshape(channel)
+        sync = self.distributed_sync
+        if sync.active() and not isinstance(self.bn, nn.SyncBatchNorm):
+            return sync_batch_norm(self.bn, y, sync.group)  # statistics of the global batch
         return self.bn(y)
 
     def _float_channels(self, x: Tensor, idx: Tensor) -> Tensor:

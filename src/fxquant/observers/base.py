@@ -82,5 +82,44 @@ class Observer(LazyShapeBuffers, WithArgs):
                     "it from quantization"
                 )
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Load this observer's statistics; tolerate those of another kind of observer.
+
+        A checkpoint may come from a model prepared with other observers (Horizon's hand-over:
+        calibrate with histogram observers, save, prepare the QAT model with moving-average
+        observers, ``load_state_dict(strict=True)``).  The quantizer's scale / zero point carry
+        the calibration; observer statistics only describe how an observer got there:
+
+        * the checkpoint has every statistic this observer keeps (and maybe more, e.g. a
+          histogram's ``hist`` next to the ``min_val`` / ``max_val`` a min-max observer
+          shares): those are loaded, the extra ones ignored;
+        * it lacks some (another observer's statistics only): none are loaded and the observer
+          starts empty (``reset``), so it never mixes two observers' states.
+
+        A checkpoint without any statistics under this observer's prefix is checked as usual
+        (strict loading reports the missing keys).
+        """
+        own = {
+            prefix + n
+            for n, b in self._buffers.items()
+            if b is not None and n not in self._non_persistent_buffers_set
+        }
+        theirs = {k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]}
+        if not theirs or theirs == own:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                          missing_keys, unexpected_keys, error_msgs)
+            return
+        foreign = theirs - own if own <= theirs else theirs
+        kept = {k: v for k, v in state_dict.items() if k not in foreign}
+        n = len(missing_keys)
+        super()._load_from_state_dict(kept, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if not own <= theirs:
+            missing_keys[n:] = [k for k in missing_keys[n:] if k not in own]
+            reset = getattr(self, "reset", None)
+            if reset is not None:
+                reset()
+
     def extra_repr(self) -> str:
         return f"ch_axis={self.ch_axis}"

@@ -156,6 +156,45 @@ class HistogramObserver(Observer):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    # -- merging (distributed calibration, see fxquant.distributed) ---------------------------
+
+    def widen_(self, exp: torch.Tensor) -> None:
+        """Grow ``R`` to ``2**exp`` (``exp >= range_exp``; ``[C]`` per channel).
+
+        Each count moves to the bin its value would have had at that range from the start, so
+        the state stays exactly that of the same data observed with the larger range.
+        """
+        exp = exp.to(self.range_exp)
+        grow = exp - self.range_exp
+        if bool((grow < 0).any()):
+            raise ValueError(f"widen_: exponent {exp.tolist()} is below range_exp")
+        if bool((grow > 0).any()):
+            self.hist.copy_(_regrid_rows(self.hist, grow))
+        self.range_exp.copy_(exp)
+
+    def merge_(self, other: HistogramObserver) -> None:
+        """Add everything ``other`` observed, exactly.
+
+        The histogram is a function of the multiset of observed values, so afterwards this
+        observer holds bit for bit what it would hold had it also seen ``other``'s data.  Both
+        need the same ``bins`` (and channel count, once both have seen data).
+        """
+        if not other.has_stats():
+            return
+        if self.hist.shape != other.hist.shape:
+            if self.hist.shape[0] != 0 or other.hist.dim() != 2 or other.bins != self.bins:
+                raise ObserverError(
+                    f"quantizer {self.name or '<unnamed>'!r}: cannot merge a histogram of shape "
+                    f"{tuple(other.hist.shape)} into one of shape {tuple(self.hist.shape)}"
+                )
+            self._init_channels(other.hist.shape[0], self.hist.device)  # nothing seen here yet
+        exp = torch.maximum(self.range_exp, other.range_exp)
+        self.widen_(exp)
+        theirs = other.hist
+        if bool((exp > other.range_exp).any()):
+            theirs = _regrid_rows(theirs, exp - other.range_exp)
+        self._store(self.hist + theirs, exp, other.min_val, other.max_val)
+
     def reset(self) -> None:
         """Forget everything observed."""
         self.hist.zero_()
@@ -211,6 +250,13 @@ def _regrid(hist: torch.Tensor, grow: torch.Tensor) -> torch.Tensor:
     shift = grow.clamp(max=half.bit_length() - 1)[:, None]
     target = torch.bitwise_right_shift(k[None, :], shift) + half  # floor(k / 2**shift)
     return torch.zeros_like(hist).scatter_add_(1, target, hist)
+
+
+def _regrid_rows(hist: torch.Tensor, grow: torch.Tensor) -> torch.Tensor:
+    """:func:`_regrid` for a per-tensor ``[bins]`` (0-d ``grow``) or per-channel histogram."""
+    if hist.dim() == 1:
+        return _regrid(hist[None], grow.reshape(1))[0]
+    return _regrid(hist, grow)
 
 
 def _bin_counts(v: torch.Tensor, exp: torch.Tensor, bins: int) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""``aimet_common``: :mod:`.defs` (``QuantScheme``, ``QuantizationDataType``)."""

@@ -1,0 +1,1 @@
+"""``horizon_plugin_pytorch.nn``: :mod:`.quantized` (``FloatFunctional``)."""

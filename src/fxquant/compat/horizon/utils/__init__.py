@@ -1,0 +1,1 @@
+"""``horizon_plugin_pytorch.utils``: :mod:`.quant_profiler` (sensitivity tables)."""

@@ -1,0 +1,1 @@
+"""``tinynn.graph``: :mod:`.quantization.quantizer`."""

@@ -1,0 +1,1 @@
+"""``tinynn.graph.quantization``: :mod:`.quantizer` (``QATQuantizer``, ``PostQuantizer``)."""

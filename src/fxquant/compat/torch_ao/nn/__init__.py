@@ -1,0 +1,1 @@
+"""``torch.ao.nn`` names fxquant provides: :mod:`.quantized` (``FloatFunctional``)."""
