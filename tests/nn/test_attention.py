@@ -206,3 +206,13 @@ def test_mha_keeps_parameter_names_and_rejects_subclasses():
 
     with pytest.raises(TypeError, match=r"nn\.MultiheadAttention"):
         QuantMultiheadAttention.from_float(MyMHA(8, 2))
+
+
+def test_mha_qat_gradients_reach_every_parameter():
+    m, _ = _quantized(_mha({"batch_first": True}, 6))
+    m.train()
+    set_fake_quantize(m, FakeQuantState.QAT)
+    x = torch.randn(2, 4, 8)
+    m(x, x, x)[0].square().mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.any(), name

@@ -144,3 +144,13 @@ def test_packed_sequence_runs_the_float_forward_with_a_warning():
     with pytest.warns(UserWarning, match="PackedSequence"), torch.no_grad():
         out = m(packed)
     assert torch.equal(out[0].data, ref(packed)[0].data)
+
+
+def test_qat_gradients_reach_every_parameter():
+    m, _ = _quantized(_build(nn.LSTM, {"num_layers": 2}, 5))
+    m.train()
+    set_fake_quantize(m, FakeQuantState.QAT)
+    out, (h, c) = m(torch.randn(4, 2, 4))
+    (out.square().mean() + h.sum() + c.sum()).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.any(), name
