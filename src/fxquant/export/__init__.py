@@ -1,4 +1,5 @@
-"""Export of prepared models: ONNX QDQ (fxquant's own emitter) and verification in runtimes.
+"""Export of prepared models: ONNX QDQ (torch.export + torch.onnx + fxquant's post-passes) and
+verification in runtimes.
 
 Importing this package does not import onnx / onnxruntime / openvino; they are loaded when an
 export or a verification runs.

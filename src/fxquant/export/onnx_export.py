@@ -25,20 +25,18 @@ import difflib
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ExportError, bounded, require
-from ..fake_quant import FakeQuantize
+from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import PrepareReport, get_report
 from .atomic import atomic_path, check_writable
-from .onnx_check import check_float, check_quantized
 from .onnx_lower import MIN_TORCH_ONNX_OPSET, lower
-from .onnx_passes import FinishOptions, finish
-from .onnx_quantizers import opset_for_qdtype
+from .onnx_types import opset_for_qdtype
 from .program import CapturedProgram, capture, constant_inputs
 from .quantizers import eval_mode, frozen_quantizers, quantizer_index, quantizers_off
 from .verify import VerifyReport
@@ -78,6 +76,9 @@ class ExportResult:
             (``specialize=True``), as ``"file:line: code"``.
         check: the self-check's report (ONNX Runtime vs the simulation on the example inputs);
             None with ``check=False`` or for a float export.
+        float_ops: op type -> count of the ops whose result the file leaves in float (ops
+            without an integer form, ``keep_float`` ops, quantizers the profile keeps off);
+            :func:`fxquant.verify` says what a runtime really ran in integer kernels.
     """
 
     path: str
@@ -89,6 +90,7 @@ class ExportResult:
     quantized: bool = True
     specialized: tuple[str, ...] = ()
     check: VerifyReport | None = None
+    float_ops: dict[str, int] = field(default_factory=dict)
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -153,6 +155,9 @@ def export_onnx(
     """
     require("onnx", "onnx", "export_onnx")
     require("onnxscript", "onnx", "export_onnx")
+    # the onnx_ir-based passes load with the optional onnx packages, on the first export
+    from .onnx_check import check_float, check_quantized
+    from .onnx_passes import FinishOptions, finish
     try:
         report = get_report(qmodel)
     except TypeError as err:
@@ -166,14 +171,13 @@ def export_onnx(
     if int32_bias is None:
         int32_bias = report.profile.int32_bias
     max_bits = report.profile.max_qdq_bits
-    cp = _capture(qmodel, example_inputs, report, dynamic_batch, specialize, quantize)
     index = quantizer_index(report)
-    float_ops = frozenset(
-        p for p in set(cp.quantizers.values())
-        if _matches(index.get(p, (p, ""))[0], keep_float)
-    )
-    used = {p: qmodel.get_submodule(p) for p in set(cp.quantizers.values()) - float_ops}
+    quantizers = {p: m for p, m in qmodel.named_modules() if isinstance(m, FakeQuantize)}
+    float_ops = frozenset(p for p in quantizers if _matches(index.get(p, (p, ""))[0], keep_float))
+    used = {p: m for p, m in quantizers.items()
+            if p not in float_ops and m.state is not FakeQuantState.FLOAT}
     chosen = _choose_opset(opset, _dtype_opsets(used, max_bits) if quantize else {})
+    cp = _capture(qmodel, example_inputs, report, dynamic_batch, specialize, quantize)
     model = lower(cp, chosen, lambda base: [
         name for name, rec in report.ops.items() if rec.op_type.lower().lstrip("_") == base
     ])
@@ -193,8 +197,8 @@ def export_onnx(
             with open(tmp, "wb") as f:
                 f.write(proto.SerializeToString())
             if check and quantize:
-                with quantizers_off(qmodel, float_ops):  # keep_float: what the file computes
-                    check_report = _self_check(qmodel, tmp, cp)
+                with quantizers_off(qmodel, float_ops), torch.no_grad():  # keep_float: as written
+                    check_report = check_quantized(qmodel, tmp, cp.inputs)
             elif check:
                 check_float(qmodel, tmp, cp.inputs)
     except OSError as err:
@@ -211,6 +215,7 @@ def export_onnx(
         quantized=quantize,
         specialized=cp.specialized,
         check=check_report,
+        float_ops=dict(done.float_ops),
     )
 
 
@@ -228,12 +233,6 @@ def _capture(qmodel: nn.Module, example_inputs: Any, report: PrepareReport,
             f"op {name!r} is a float island (tracing failed at {bounded(isl.source, 120)}) and "
             f"torch.export cannot capture it either: {err}"
         ) from err
-
-
-def _self_check(qmodel: nn.Module, path: str, cp: CapturedProgram) -> VerifyReport:
-    """:func:`check_quantized` on the program's example inputs, holding every state."""
-    with torch.no_grad():
-        return check_quantized(qmodel, path, cp.inputs)
 
 
 def _to_proto(model: Any) -> Any:
@@ -269,7 +268,7 @@ def _choose_opset(requested: int | None, needs: dict[str, tuple[int, str]]) -> i
             f"{need} (QuantizeLinear supports int16 / uint16 / int4 / uint4 from opset 21); "
             "pass opset=None to choose automatically"
         )
-    if requested < MIN_OPSET:
+    if requested < MIN_OPSET:  # after the dtype check: that message says more
         raise ExportError(
             f"opset={requested} is too low: fxquant exports through torch.onnx, which writes "
             f"opset >= {MIN_OPSET}; pass opset=None (or {MIN_OPSET}..{top})"

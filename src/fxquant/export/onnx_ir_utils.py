@@ -6,14 +6,14 @@ Nothing here knows about quantization; :mod:`fxquant.export.onnx_quantizers` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 import torch
 
-__all__ = ["Names", "GraphEdit", "to_numpy", "producer_op", "consumers", "attr"]
+__all__ = ["Names", "GraphEdit", "to_numpy", "producer_op", "consumers", "attr", "is_constant"]
 
 
 def to_numpy(value: Any, dtype: Any = None) -> np.ndarray:
@@ -138,11 +138,3 @@ def consumers(value: ir.Value) -> list[ir.Node]:
 def is_constant(value: ir.Value | None) -> bool:
     """An initializer (its value is known)."""
     return value is not None and value.const_value is not None and value.producer() is None
-
-
-def const_array(value: ir.Value) -> np.ndarray:
-    return value.const_value.numpy()
-
-
-def remove_nodes(graph: ir.Graph, nodes: Iterable[ir.Node]) -> None:
-    graph.remove(list(nodes), safe=True)

@@ -5,7 +5,7 @@ Each pass does one job on the ``onnx_ir`` model, in this order (:func:`finish`):
 1. :func:`keep_user_outputs` -- drop the extra outputs torch.export adds for inputs the model
    changes in place (``x.mul_(2)``): the file returns what the model returns;
 2. :func:`name_inputs` -- graph inputs get the model's argument names;
-3. :func:`quantizer_calls` / :func:`constant_inputs` -- find every quantizer node; a quantizer
+3. :func:`quantizer_calls` / :func:`use_constant_values` -- find every quantizer node; a quantizer
    whose input is a constant (a weight, a folded conv + BN weight) reads the value the
    simulation quantizes, computed in torch (:func:`fxquant.export.program.constant_inputs`);
 4. :func:`fold_constants` -- fold every other constant subgraph (a folded BN's bias ...);
@@ -89,6 +89,7 @@ class Finished:
     model: ir.Model
     tensor_names: dict[str, str]
     warnings: list[str]
+    float_ops: dict[str, int]
 
 
 def finish(model: ir.Model, opts: FinishOptions) -> Finished:
@@ -97,7 +98,7 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
     keep_user_outputs(graph, len(opts.output_names))
     name_inputs(graph, opts.input_names)
     calls = quantizer_calls(graph, opts)
-    constant_inputs(graph, calls, opts.constants)
+    use_constant_values(graph, calls, opts.constants)
     common.RemoveUnusedNodesPass()(model)
     common.IdentityEliminationPass()(model)
     fold_constants(model)
@@ -119,7 +120,7 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
     name_batch_dim(graph)
     tidy(model, opts.opset)
     name_nodes(graph)
-    return Finished(model, mat.tensor_names, mat.warnings)
+    return Finished(model, mat.tensor_names, mat.warnings, float_ops(graph))
 
 
 # -- inputs / outputs -----------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def quantizer_calls(graph: ir.Graph, opts: FinishOptions) -> list[QuantizerCall]
     return calls
 
 
-def constant_inputs(graph: ir.Graph, calls: list[QuantizerCall],
+def use_constant_values(graph: ir.Graph, calls: list[QuantizerCall],
                     constants: dict[str, list[torch.Tensor]]) -> None:
     """A constant quantizer call reads an initializer holding the value the simulation
     quantizes (computed in torch: folded BN weights, reshaped parameters ...)."""
@@ -416,6 +417,29 @@ def name_matmuls(graph: ir.Graph, names: Names) -> None:
         bias = add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0]
         if is_constant(bias):
             names.rename(node.outputs[0], f"{add.outputs[0].name}_matmul")
+
+
+_NOT_COMPUTE = frozenset({"QuantizeLinear", "DequantizeLinear", "Identity", "Constant", "Shape",
+                          "Cast", "Concat", "Relu", "Clip"}) | MOVEMENT_OPS
+
+
+def float_ops(graph: ir.Graph) -> dict[str, int]:
+    """Compute ops whose result the file does not quantize (op type -> count): what a runtime
+    can only run in float.  Value-moving ops and activations fused into a quantized result
+    (Relu / Clip before a QuantizeLinear) are not counted."""
+    counts: dict[str, int] = {}
+    for node in graph:
+        if node.op_type in _NOT_COMPUTE or not node.outputs:
+            continue
+        out = node.outputs[0]
+        if out.dtype not in FLOAT_TYPES:
+            continue
+        users = consumers(out)
+        while len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+            users = consumers(users[0].outputs[0])
+        if not users or not all(u.op_type == "QuantizeLinear" for u in users):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 # -- tidy ------------------------------------------------------------------------------------------

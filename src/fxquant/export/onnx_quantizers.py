@@ -29,44 +29,30 @@ import torch
 from ..fake_quant import FakeQuantize
 from ..numerics import QDType, QParams, ScaleMath
 from . import bias as bias_math
-from .naming import bias_name, dq_output, q_output, scale_name, zero_point_name
+from .naming import (
+    bias_name,
+    dq_output,
+    q_output,
+    quantized_tensor_name,
+    scale_name,
+    zero_point_name,
+)
 from .onnx_ir_utils import GraphEdit, attr, consumers, is_constant, producer_op, to_numpy
+from .onnx_types import storage_range, storage_type_name
 
-__all__ = ["QuantizerCall", "Materializer", "storage_type", "opset_for_qdtype", "FLOAT_TYPES"]
+__all__ = ["QuantizerCall", "Materializer", "storage_type", "FLOAT_TYPES"]
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16,
                          ir.DataType.DOUBLE})
 
-# ONNX storage type of a quantized dtype: (signed, max bits) -> (type, opset that has it)
-_Q_TYPES = (
-    (True, 4, ir.DataType.INT4, 21),
-    (True, 8, ir.DataType.INT8, 13),
-    (True, 16, ir.DataType.INT16, 21),
-    (False, 4, ir.DataType.UINT4, 21),
-    (False, 8, ir.DataType.UINT8, 13),
-    (False, 16, ir.DataType.UINT16, 21),
-)
-_RANGES = {ir.DataType.INT4: (-8, 7), ir.DataType.UINT4: (0, 15), ir.DataType.INT8: (-128, 127),
-           ir.DataType.UINT8: (0, 255), ir.DataType.INT16: (-32768, 32767),
-           ir.DataType.UINT16: (0, 65535)}
 # weighted ops whose bias an integer kernel adds to its int32 accumulator
 _BIASED = frozenset({"Conv", "ConvTranspose", "Gemm"})
 
 
 def storage_type(dtype: QDType) -> ir.DataType | None:
     """The smallest ONNX integer type that holds ``dtype``'s codes (None: none can)."""
-    for signed, bits, t, _ in _Q_TYPES:
-        if signed == dtype.signed and dtype.bits <= bits:
-            return t
-    return None
-
-
-def opset_for_qdtype(dtype: QDType) -> int | None:
-    """Lowest opset whose QuantizeLinear / DequantizeLinear support ``dtype`` (None: none)."""
-    for signed, bits, _, opset in _Q_TYPES:
-        if signed == dtype.signed and dtype.bits <= bits:
-            return opset
-    return None
+    name = storage_type_name(dtype)
+    return None if name is None else ir.DataType[name]
 
 
 @dataclass
@@ -93,11 +79,13 @@ class QuantizerCall:
     @property
     def tensor(self) -> str:
         """The contract name of the quantized tensor (:mod:`fxquant.export.naming`)."""
-        if self.role == "output":
-            return self.op
-        if self.role == "weight":
-            return f"{self.op}.weight"
-        return f"{self.op}.{self.role}"
+        return quantized_tensor_name(self.op, self.role)
+
+    @property
+    def is_weight(self) -> bool:
+        """A weight (``weight``, a library module's ``q_weight`` ...): its DequantizeLinear's
+        output is the tensor itself (``<op>.weight``), not ``<tensor>_dequantized``."""
+        return self.role.endswith("weight")
 
 
 @dataclass
@@ -171,7 +159,7 @@ class Materializer:
     def _saturate(self, x: ir.Value, qp: QParams, axis: int | None, rank: int | None,
                   before: ir.Node) -> ir.Value:
         """Clip to the quantizer's own range when it is narrower than the storage type's."""
-        if (qp.dtype.qmin, qp.dtype.qmax) == _RANGES[storage_type(qp.dtype)]:
+        if (qp.dtype.qmin, qp.dtype.qmax) == storage_range(storage_type_name(qp.dtype)):
             return x
         zp = qp.zero_point.float()
         lo = ((qp.dtype.qmin - zp) * qp.scale).float()
@@ -225,7 +213,7 @@ class Materializer:
         initializer), with the int32 bias of the ops that read it as their weight."""
         node = call.node
         value = torch.from_numpy(node.inputs[0].const_value.numpy().copy())
-        weight = call.role == "weight"
+        weight = call.is_weight
         base = call.tensor
         seen = self._weights.setdefault(call.path, [])
         for v, out in seen:  # the same weight read twice (a module called twice)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import os
 import tempfile
 from collections import Counter
@@ -78,6 +79,8 @@ class TensorDiff:
             with the reference (outputs only).  Deep models amplify rounding noise into 1-step
             flips: this says how far the plain float32 evaluation of the same simulation is
             from the reference the runtime was compared with.
+        sqnr_db: ``10 log10(sum(simulation^2) / sum(diff^2))`` (inf when identical, None when
+            the runtime returned NaN / Inf).
     """
 
     name: str
@@ -89,6 +92,7 @@ class TensorDiff:
     identical: float
     histogram: dict[int, int] = field(default_factory=dict)
     float32_identical: float | None = None
+    sqnr_db: float | None = None
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Within ``max_steps`` everywhere (quantized tensors) and identical on at least
@@ -112,6 +116,8 @@ class VerifyReport:
         float_ops: compute op / layer types still running in float (Q/DQ and pure data
             movement such as Reshape / Transpose / MaxPool are not counted).
         reference: how the simulation was evaluated (see :func:`verify`'s ``reference``).
+        runtime_version: the version of the runtime that ran the file (``onnxruntime``'s /
+            ``openvino``'s ``__version__``).
         emulated: with ``reference="integer"``: kernel -> number of fused ops computed with the
             runtime's integer arithmetic; ``not_emulated``: quantized tensor -> why its fused
             op was evaluated in float64 instead.
@@ -125,6 +131,7 @@ class VerifyReport:
     reference: str = "exact"
     emulated: dict[str, int] = field(default_factory=dict)
     not_emulated: dict[str, str] = field(default_factory=dict)
+    runtime_version: str = ""
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Every output passes :meth:`TensorDiff.ok`."""
@@ -159,7 +166,8 @@ class VerifyReport:
             ref += f"; {len(self.not_emulated)} fused op(s) not emulated)" \
                 if self.not_emulated else ")"
         return "\n".join([
-            f"fxquant verify ({self.runtime}): {len(self.outputs)} output(s), "
+            f"fxquant verify ({self.runtime}) with {self.runtime} {self.runtime_version}: "
+            f"{len(self.outputs)} output(s), "
             f"{len(self.tensors)} quantized tensor(s) compared with the simulation "
             f"[reference: {ref}]",
             line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
@@ -207,10 +215,12 @@ def _diff(name: str, rt: np.ndarray, sim: torch.Tensor, fq: FakeQuantize | None,
         raise ValueError(f"{name}: runtime shape {rt.shape} != simulation shape {sim_np.shape}")
     diff = rt.astype(np.float64) - sim_np.astype(np.float64)
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    sqnr = _sqnr(sim_np, diff)
     if fq is None:  # float tensor: "identical" up to float32 noise
         tol = FLOAT_RTOL * float(np.abs(sim_np).max()) if sim_np.size else 0.0
         ident = float((np.abs(diff) <= tol).mean()) if diff.size else 1.0
-        return TensorDiff(name, None, tuple(rt.shape), None, max_abs, None, ident, {})
+        return TensorDiff(name, None, tuple(rt.shape), None, max_abs, None, ident, {},
+                          sqnr_db=sqnr)
     scale = fq.scale.detach().double().cpu().numpy()
     if scale.ndim == 1 and fq.ch_axis is not None and rt.ndim:
         shape = [1] * rt.ndim
@@ -226,7 +236,18 @@ def _diff(name: str, rt: np.ndarray, sim: torch.Tensor, fq: FakeQuantize | None,
         int(np.abs(steps).max()) if steps.size else 0,
         float((steps == 0).mean()) if steps.size else 1.0,
         dict(sorted(hist.items())),
+        sqnr_db=sqnr,
     )
+
+
+def _sqnr(sim: np.ndarray, diff: np.ndarray) -> float | None:
+    noise = float(np.square(diff).sum()) if diff.size else 0.0
+    if not np.isfinite(noise):
+        return None
+    signal = float(np.square(sim.astype(np.float64)).sum())
+    if noise == 0.0:
+        return float("inf")
+    return float(10 * np.log10(signal / noise)) if signal > 0 else float("-inf")
 
 
 def verify(
@@ -345,8 +366,9 @@ def verify(
         _diff(dq, rt_extra[dq], captured[dq], watch[dq][1], watch[dq][0])
         for dq in extra if dq in rt_extra and dq in captured
     ]
+    version = getattr(importlib.import_module(runtime), "__version__", "")
     return VerifyReport(runtime, tuple(outputs), tuple(tensor_diffs), int_ops, float_ops,
-                        reference, emulated, not_emulated)
+                        reference, emulated, not_emulated, version)
 
 
 def _graph_output_quantizers(model, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
