@@ -33,6 +33,7 @@ browser:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/lint-imports --no-logo
 
 # benchmark-only packages (timm / transformers model definitions, torchvision's pure-Python
 # parts without its deps) and the peers we compare with; bench/install_peers.py tries each peer
@@ -51,6 +52,6 @@ bench: $(BENCH_STAMP)
 	$(PYTHON) bench/run.py
 
 clean:
-	rm -rf build dist src/*.egg-info .hypothesis .pytest_cache .ruff_cache
+	rm -rf build dist src/*.egg-info .hypothesis .pytest_cache .ruff_cache .import_linter_cache .grimp_cache
 	rm -f bench/results/*.tmp
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

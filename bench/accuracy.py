@@ -281,7 +281,7 @@ def _run_model(name: str, cfg: AccuracyConfig, table: _Table, progress: bool) ->
 
 
 def _autoquant(model, example, calib, eval_fn, iters: int, progress: bool) -> PeerRun:
-    from fxquant.algorithms.autoquant import AutoQuant
+    from fxquant.autoquant import AutoQuant
 
     aq = AutoQuant(model, example, calib, eval_fn, weight_dtype=fxquant.qint4,
                    adaround_iterations=iters or None, progress=progress)

@@ -115,7 +115,7 @@ class _Model:
 
 
 def _run_model(name: str, cfg: PtqConfig, rows: list, notes: list, progress: bool) -> _Model:
-    from fxquant.algorithms.autoquant import AutoQuant
+    from fxquant.autoquant import AutoQuant
 
     model, splits, float_acc = get_trained(name, progress=progress)
     calib = [b[0] for b in batches(splits.calib, cfg.batch_size)][: cfg.calib_batches]

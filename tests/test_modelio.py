@@ -56,3 +56,52 @@ def test_flatten_outputs_names_are_stable():
     assert [n for n, _ in flatten_outputs(_Out(t, (t, t)))] == ["logits", "hidden_0", "hidden_1"]
     with pytest.raises(DataError, match="output"):
         flatten_outputs(object())
+
+
+# -- every consumer reads batches the same way ------------------------------------------------
+class _Tagger(torch.nn.Module):
+    """Hugging Face style: keyword inputs, a ModelOutput-like dict out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, scale=None):
+        h = self.emb(input_ids)
+        return {"logits": self.fc(h if scale is None else h * scale)}
+
+
+def _kw_batches(n: int = 2) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(0, 16, (4, 5), generator=g),
+             "scale": torch.rand(4, 5, 1, generator=g) + 0.5} for _ in range(n)]
+
+
+def test_dict_batches_are_keyword_inputs_everywhere():
+    import fxquant
+
+    data = _kw_batches()
+    q = fxquant.prepare(_Tagger().eval(), data[0], fxquant.default_calibration_qconfig_setter)
+    fxquant.calibrate(q, data, progress=False)
+    assert all(r.state == "VALIDATION" for r in fxquant.summary(q).quantizers)
+    fxquant.bias_correction(q, data, progress=False)
+    table = fxquant.compare(None, q, data)
+    assert table.outputs and table.select("sim", "cumulative")
+    sens = fxquant.sensitivity(q, data, progress=False)
+    assert {r.op_name for r in sens.rows} >= {"emb", "fc"}
+    with torch.no_grad():
+        out = q(**data[0])["logits"]
+    assert out.shape == (4, 5, 3)
+
+
+def test_labels_after_the_inputs_are_dropped_everywhere():
+    import fxquant
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]  # (x, y)
+    q = fxquant.prepare(model, data[0][0], fxquant.default_calibration_qconfig_setter)
+    fxquant.calibrate(q, data, progress=False)
+    fxquant.bias_correction(q, data, progress=False)
+    fxquant.adaround(q, data, num_iterations=2, progress=False)
+    assert fxquant.compare(None, q, data).outputs[0].numel == 2 * 8 * 3

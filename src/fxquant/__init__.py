@@ -8,7 +8,6 @@ Typical flow::
 """
 
 from .algorithms import (
-    AutoQuant,
     Relu6Policy,
     adaround,
     bias_correction,
@@ -17,7 +16,8 @@ from .algorithms import (
     fold_bn,
     reconstruct,
 )
-from .backends import PROFILES, BackendProfile, Placement, get_profile
+from .autoquant import AutoQuant
+from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
 from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
@@ -46,6 +46,7 @@ from .fake_quant import (
     FakeQuantState,
     LearnableFakeQuantize,
     QuantizerError,
+    QuantizerSpec,
     fake_quantize_state,
     set_fake_quantize,
 )
@@ -90,8 +91,7 @@ from .qconfig import (
     sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
     sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "prepare",
@@ -121,6 +121,7 @@ __all__ = [
     "ConvertError",
     "FakeQuantize",
     "LearnableFakeQuantize",
+    "QuantizerSpec",
     "FakeQuantState",
     "QuantizerError",
     "set_fake_quantize",
@@ -164,6 +165,7 @@ __all__ = [
     "ScaleMath",
     "BackendProfile",
     "Placement",
+    "Runtime",
     "PROFILES",
     "get_profile",
     "FxquantError",

@@ -1,14 +1,18 @@
-"""Small shared helpers: ``with_args`` factories and buffers whose shape is set on first use."""
+"""Small shared helpers: ``with_args`` factories, buffers whose shape is set on first use, and
+string-valued choice enums."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory"]
+from .errors import ConfigError, bounded
+
+__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory", "Choice"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,31 @@ class LazyShapeBuffers(nn.Module):
             if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buf.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Choice(str, enum.Enum):
+    """An enum of documented string choices (``runtime=``, ``reference=``, ``stages=`` ...).
+
+    Members equal their string value (``Runtime.ONNXRUNTIME == "onnxruntime"``) and print as
+    it, so the documented strings keep working; :meth:`parse` turns either into a member.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def parse(cls, value: Any, what: str | None = None) -> Any:
+        """The member for ``value`` (a member or its string); :class:`ConfigError` naming
+        ``what`` (the argument) and the valid choices otherwise."""
+        if isinstance(value, cls):
+            return value
+        for member in cls:
+            if value == member.value:
+                return member
+        name = what or cls.__name__
+        raise ConfigError(
+            f"{name} must be one of {[m.value for m in cls]}, got {bounded(repr(value))}"
+        )

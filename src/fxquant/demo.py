@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .algorithms import calibrate
-from .debug import summary
-from .fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
+from .debug.size import float_size_bytes, quantized_size_bytes
+from .errors import require
+from .fake_quant import FakeQuantState, set_fake_quantize
 from .graph import prepare
 from .qconfig import default_calibration_qconfig_setter, default_qat_qconfig_setter
 
@@ -42,7 +43,6 @@ __all__ = [
     "float_size_bytes",
     "quantized_size_bytes",
     "run_demo",
-    "main",
 ]
 
 TEST_FRACTION = 0.25
@@ -83,16 +83,11 @@ class DigitsNet(nn.Module):
 def load_digits_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(x_train, y_train, x_test, y_test)``: digits as ``[N, 1, 8, 8]`` float32, normalised
     with the training split's mean / std; a stratified split fixed by ``seed``."""
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the demo needs scikit-learn for its bundled digits data set: "
-            "pip install 'fxquant[demo]'"
-        ) from err
-    digits = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
+    purpose = "the demo's digits data set (scikit-learn's load_digits)"
+    datasets = require("sklearn.datasets", "demo", purpose)
+    model_selection = require("sklearn.model_selection", "demo", purpose)
+    digits = datasets.load_digits()
+    x_tr, x_te, y_tr, y_te = model_selection.train_test_split(
         digits.images, digits.target, test_size=TEST_FRACTION,
         random_state=seed, stratify=digits.target,
     )
@@ -149,41 +144,6 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in _batches(x, y, None))
     model.train(was_training)
     return 100.0 * correct / x.shape[0]
-
-
-# -- model size -------------------------------------------------------------------------------
-def float_size_bytes(model: nn.Module) -> float:
-    """Every parameter as float32."""
-    return sum(p.numel() for p in model.parameters()) * 4.0
-
-
-def quantized_size_bytes(qmodel: nn.Module) -> float:
-    """Deployed size of a prepared model, counted from :func:`fxquant.summary`.
-
-    A weight with a ``weight`` quantizer takes ``dtype.bits`` per element plus a 32-bit scale
-    and a 32-bit zero point per channel (one for a per-tensor scale); every other parameter
-    (biases -- int32 once deployed --, norms) counts 32 bits.  Parameters of the quantizers
-    themselves (learnable scales) are the scales already counted.  Only module weights
-    (``<module>.weight`` next to its ``weight_fake_quant``) are recognised: a parameter fed to a
-    functional op (``F.linear(x, self.w)``) counts 32 bits.
-    """
-    bits = 0.0
-    counted: set[int] = set()
-    for row in summary(qmodel).quantizers:
-        if row.role != "weight":
-            continue
-        fq = qmodel.get_submodule(row.path)
-        owner_path = row.path.rpartition(".")[0]
-        weight = getattr(qmodel.get_submodule(owner_path), "weight", None)
-        if not isinstance(weight, nn.Parameter) or id(weight) in counted:
-            continue
-        counted.add(id(weight))
-        bits += weight.numel() * fq.dtype.bits + max(1, fq.scale.numel()) * (32 + 32)
-    for m in qmodel.modules():
-        if isinstance(m, FakeQuantize):
-            counted.update(id(p) for p in m.parameters())
-    bits += sum(p.numel() * 32 for p in qmodel.parameters() if id(p) not in counted)
-    return bits / 8.0
 
 
 # -- result -----------------------------------------------------------------------------------
@@ -336,13 +296,10 @@ def run_demo(
 
 
 # -- command line -----------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fxquant.demo [--epochs N] [--qat-epochs N] [--seed S] [--quiet]``: the same
-    as ``fxquant demo`` (the options are defined once, in :mod:`fxquant.cli.main`)."""
-    from .cli.main import run_command
-
-    return run_command("demo", argv, prog="python -m fxquant.demo")
-
-
+# ``python -m fxquant.demo [--epochs N] [--qat-epochs N] [--seed S] [--quiet]`` is the CLI's
+# ``fxquant demo`` (its options are defined once, in fxquant.cli.main).  The CLI sits above the
+# demo, so only the entry point imports it, when this file runs as __main__, never on import.
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fxquant.cli.main import run_command
+
+    raise SystemExit(run_command("demo", prog="python -m fxquant.demo"))

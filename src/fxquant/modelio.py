@@ -31,8 +31,9 @@ fields skipped).  Exported files use these names for their graph outputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +46,13 @@ __all__ = [
     "ModelInputs",
     "as_inputs",
     "as_batches",
+    "iter_inputs",
     "num_batches",
     "call_model",
     "flatten_outputs",
     "output_tensors",
     "model_device",
+    "eval_mode",
 ]
 
 
@@ -67,6 +70,10 @@ class ModelInputs:
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor of the call, positional first, in order."""
         return [t for _, t in _flatten((self.args, self.kwargs), "")]
+
+    def batch_size(self) -> int:
+        """Size of dim 0 of the first tensor with at least one dim (1 when there is none)."""
+        return next((t.shape[0] for t in self.tensors() if t.dim() > 0), 1)
 
 
 def _to(obj: Any, device: torch.device | str) -> Any:
@@ -122,8 +129,25 @@ def as_batches(data: Any) -> Iterable[Any]:
     return data
 
 
+def iter_inputs(
+    data: Any,
+    num_inputs: int | None = None,
+    device: torch.device | str | None = None,
+    limit: int | None = None,
+) -> Iterator[ModelInputs]:
+    """The batches of ``data`` (:func:`as_batches`) as :class:`ModelInputs` (:func:`as_inputs`
+    with ``num_inputs``), moved to ``device`` when given; at most ``limit`` of them."""
+    for i, batch in enumerate(as_batches(data)):
+        if limit is not None and i >= limit:
+            return
+        inputs = as_inputs(batch, num_inputs)
+        yield inputs if device is None else inputs.to(device)
+
+
 def num_batches(data: Any, limit: int | None = None) -> int | None:
     """How many batches ``data`` will yield (for progress bars), ``None`` when unknown."""
+    if isinstance(data, (torch.Tensor, tuple, Mapping, ModelInputs)):
+        return 1  # one batch (as_batches)
     try:
         n = len(data)  # type: ignore[arg-type]
     except TypeError:
@@ -187,3 +211,15 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block; every submodule's train / eval flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training

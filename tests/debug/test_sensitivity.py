@@ -12,7 +12,7 @@ from torch import nn
 
 import fxquant
 from fxquant.debug.sensitivity import SensitivityTable, load_table, sensitivity
-from fxquant.qconfig.sensitive import (
+from fxquant.qconfig import (
     sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter,
     sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
     sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,

@@ -108,13 +108,13 @@ def test_a_non_finite_runtime_value_is_a_difference_not_a_warning():
     import numpy as np
 
     from fxquant import FakeQuantize
-    from fxquant.export.verify import _diff
+    from fxquant.runtimes import tensor_diff
 
     fq = FakeQuantize()
     fq.scale = torch.tensor(0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        d = _diff("t", np.array([0.1, np.nan, np.inf], np.float32), torch.tensor([0.1, 0.2, 0.3]),
-                  fq, "q")
+        d = tensor_diff("t", np.array([0.1, np.nan, np.inf], np.float32),
+                        torch.tensor([0.1, 0.2, 0.3]), fq.qparams(), "q")
     assert d.identical == pytest.approx(1 / 3) and not d.ok()
     assert d.max_step_diff > 10**9 and d.histogram == {0: 1, 5: 2}

@@ -1,16 +1,14 @@
 """Algorithms that run on models: calibration and PTQ accuracy recovery."""
 
 from .adaround import adaround
-from .autoquant import AutoQuant, AutoQuantReport, AutoQuantStep
 from .bias_correction import bias_correction
 from .bn_fold import fold_bn, get_bn_fold_report
-from .calibrate import batch_to_args, calibrate, model_device
+from .calibrate import calibrate, model_device
 from .cle import Relu6Policy, equalize, get_cle_report
 from .reconstruct import reconstruct
 
 __all__ = [
     "calibrate",
-    "batch_to_args",
     "model_device",
     "fold_bn",
     "get_bn_fold_report",
@@ -20,7 +18,4 @@ __all__ = [
     "bias_correction",
     "adaround",
     "reconstruct",
-    "AutoQuant",
-    "AutoQuantReport",
-    "AutoQuantStep",
 ]

@@ -36,13 +36,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize, fake_quantize_state
+from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
+from ..graph.ops import layer_traits
+from ..modelio import ModelInputs, call_model
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes
 from . import adaround_math as am
 from .adaround_data import (
-    _CONV,
-    _CONV_T,
     _Batches,
     build_layer_cache,
     following_activation,
@@ -117,13 +117,9 @@ class ReconstructionReport:
 
 # -- the rounding variable ---------------------------------------------------------------------
 def _qparams(fq: FakeQuantize) -> tuple[Tensor, Tensor]:
-    """The quantizer's effective ``(scale, zero_point)``, detached (LSQ: clamped / rounded)."""
-    scale = fq.scale.detach().float()
-    zp = fq.zero_point.detach()
-    if isinstance(fq, LearnableFakeQuantize):
-        scale = scale.clamp(min=fq.eps)
-        zp = torch.round(zp).clamp(fq.dtype.qmin, fq.dtype.qmax)
-    return scale, zp.to(torch.int32)
+    """``(scale, int32 zero_point)`` of the grid ``fq`` applies (:meth:`FakeQuantize.qparams`)."""
+    qp = fq.qparams()
+    return qp.scale, qp.zero_point.to(torch.int32)
 
 
 class AdaRoundQuantizer(nn.Module):
@@ -183,7 +179,7 @@ def _is_adaroundable(m: nn.Module) -> bool:
     fq = getattr(m, "weight_fake_quant", None)
     return (
         isinstance(m, (QuantWeightMixin, ConvBnNd))
-        and isinstance(m, (*_CONV, *_CONV_T, nn.Linear))
+        and layer_traits(m).multiplies_weight
         and isinstance(fq, FakeQuantize)
     )
 
@@ -334,7 +330,7 @@ def _with_quantizer(m: nn.Module, ada: AdaRoundQuantizer, x: Tensor) -> Tensor:
 
 
 def _round_layer(
-    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[tuple],
+    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[ModelInputs],
     opts: AdaRoundOptions, gen: torch.Generator,
 ) -> ReconstructionResult:
     """AdaRound one layer, freeze it, and report."""
@@ -380,7 +376,7 @@ def _round_layer(
 
 
 def adaround_layers(
-    qmodel: nn.Module, fmodel: nn.Module, names: list[str], batches: list[tuple],
+    qmodel: nn.Module, fmodel: nn.Module, names: list[str], batches: list[ModelInputs],
     opts: AdaRoundOptions, report: ReconstructionReport, first_unit: int = 0,
 ) -> None:
     """Layer-wise AdaRound of ``names`` in that order (the engine of :func:`adaround`)."""
@@ -415,8 +411,9 @@ def float_copy(qmodel: nn.Module) -> nn.Module:
     return fmodel.eval()
 
 
-def execution_order(qmodel: nn.Module, names: list[str], args: tuple) -> list[str]:
-    """``names`` sorted by when each module is first called on ``args`` (uncalled ones dropped)."""
+def execution_order(qmodel: nn.Module, names: list[str], inputs: ModelInputs) -> list[str]:
+    """``names`` sorted by when each module is first called on ``inputs`` (uncalled ones
+    dropped)."""
     order: dict[str, int] = {}
 
     def hook_for(name: str):
@@ -428,7 +425,7 @@ def execution_order(qmodel: nn.Module, names: list[str], args: tuple) -> list[st
     handles = [qmodel.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
     try:
         with torch.no_grad():
-            qmodel(*args)
+            call_model(qmodel, inputs)
     finally:
         for h in handles:
             h.remove()

@@ -3,21 +3,21 @@ bounded set of rows (im2col rows for convolutions) and served in random mini-bat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import DataError
+from ..graph.ops import MacRule, clip_bounds, layer_traits
+from ..graph.report import num_inputs_of
+from ..modelio import ModelInputs, call_model, iter_inputs, model_device
 from . import adaround_math as am
-from .calibrate import batch_to_args, model_device
 
 _CACHE_BYTES = 256 * 2**20  # bound on one layer's cached inputs + targets
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # -- capture --------------------------------------------------------------------------------------
@@ -25,27 +25,16 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass early."""
 
 
-def materialize(qmodel: nn.Module, data: Iterable[Any], num_batches: int | None) -> list[tuple]:
-    """The calibration batches as positional-argument tuples on the model's device."""
-    from ..graph.report import get_report
-
-    try:
-        num_inputs = get_report(qmodel).num_inputs
-    except TypeError:
-        num_inputs = 1
-    device = model_device(qmodel)
-    batches = []
-    for i, batch in enumerate(data):
-        if num_batches is not None and i >= num_batches:
-            break
-        batches.append(batch_to_args(batch, num_inputs, device))
+def materialize(qmodel: nn.Module, data: Any, num_batches: int | None) -> list[ModelInputs]:
+    """The calibration batches (:mod:`fxquant.modelio`) on the model's device, in memory."""
+    batches = list(iter_inputs(data, num_inputs_of(qmodel), model_device(qmodel), num_batches))
     if not batches:
-        raise ValueError("the data yielded no batch; pass at least one batch")
+        raise DataError("the data yielded no batch; pass at least one batch")
     return batches
 
 
 def module_io(
-    model: nn.Module, module: nn.Module, batches: list[tuple], output: bool
+    model: nn.Module, module: nn.Module, batches: list[ModelInputs], output: bool
 ) -> Iterator[Tensor]:
     """The input (``output=False``) or output of ``module``'s first call, batch by batch.
 
@@ -60,10 +49,10 @@ def module_io(
 
     handle = module.register_forward_hook(hook)
     try:
-        for args in batches:
+        for inputs in batches:
             seen.clear()
             try:
-                model(*args)
+                call_model(model, inputs)
             except _Stop:
                 pass
             if not seen:
@@ -73,26 +62,19 @@ def module_io(
         handle.remove()
 
 
-_RELU_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6}
-_RELU_MODULES = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}
-_RELU_METHODS = {"relu": F.relu, "relu_": F.relu}
-
-
 def following_activation(qmodel: nn.Module, name: str) -> Callable[[Tensor], Tensor] | None:
-    """The relu (or relu6) that is the only user of layer ``name``'s only call, if any."""
+    """The clip-like activation (relu, relu6, hardtanh) that is the only user of layer
+    ``name``'s only call, as a function, if any."""
     if not isinstance(qmodel, fx.GraphModule):
         return None
     calls = [n for n in qmodel.graph.nodes if n.op == "call_module" and n.target == name]
     if len(calls) != 1 or len(calls[0].users) != 1:
         return None
-    user = next(iter(calls[0].users))
-    if user.op == "call_function":
-        return _RELU_FUNCTIONS.get(user.target)
-    if user.op == "call_method":
-        return _RELU_METHODS.get(str(user.target))
-    if user.op == "call_module":
-        return _RELU_MODULES.get(type(qmodel.get_submodule(str(user.target))))
-    return None
+    bounds = clip_bounds(next(iter(calls[0].users)), qmodel)
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    return lambda y: torch.clamp(y, lo, hi)
 
 
 @dataclass
@@ -119,7 +101,7 @@ def _pick(count: int, keep: int, gen: torch.Generator) -> Tensor | None:
 
 def _rows_of(m: nn.Module, xq: Tensor, yf: Tensor, keep: int, gen: torch.Generator):
     """``keep`` random (input row, target row) pairs of one batch."""
-    if isinstance(m, nn.Linear):
+    if layer_traits(m).macs is MacRule.LINEAR:
         xr, yr = xq.reshape(-1, m.in_features), yf.reshape(-1, m.out_features)
         idx = _pick(xr.shape[0], keep, gen)
         return (xr, yr) if idx is None else (xr[idx.to(xr.device)], yr[idx.to(yr.device)])
@@ -131,7 +113,7 @@ def _rows_of(m: nn.Module, xq: Tensor, yf: Tensor, keep: int, gen: torch.Generat
 
 
 def build_layer_cache(
-    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[tuple],
+    qmodel: nn.Module, fmodel: nn.Module, name: str, batches: list[ModelInputs],
     act: Callable[[Tensor], Tensor] | None, max_samples: int, gen: torch.Generator,
 ) -> _LayerCache:
     """Quantized-model inputs and float-model targets of layer ``name`` (see module doc).
@@ -139,8 +121,8 @@ def build_layer_cache(
     Rows (or examples) are drawn from every batch in proportion to its size.
     """
     qmod, fmod = qmodel.get_submodule(name), fmodel.get_submodule(name)
-    n_total = sum(_batch_len(a[0]) if isinstance(a[0], Tensor) else 1 for a in batches)
-    rows = isinstance(qmod, (nn.Linear, *_CONV))
+    n_total = sum(b.batch_size() for b in batches)
+    rows = layer_traits(qmod).macs in (MacRule.LINEAR, MacRule.CONV)
     if rows:
         k = qmod.weight[0].numel() * getattr(qmod, "groups", 1)  # im2col / input row length
         c_out = qmod.weight.shape[0]

@@ -28,7 +28,6 @@ quantizer off (a module quantized by eager capture runs its input / output quant
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -38,8 +37,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import nn as qnn
+from ..errors import DataError
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
-from .calibrate import batch_to_args, model_device
+from ..graph.report import num_inputs_of
+from ..modelio import ModelInputs, call_model, iter_inputs, model_device
 
 __all__ = ["CORRECTABLE", "bias_correction", "channel_sums", "corrected_bias"]
 
@@ -130,7 +131,7 @@ def _check_frozen(qmodel: nn.Module) -> None:
         )
 
 
-def _execution_order(qmodel, batch, num_inputs, device, layers) -> tuple[list[str], Counter]:
+def _execution_order(qmodel, inputs: ModelInputs, layers) -> tuple[list[str], Counter]:
     order: list[str] = []
     calls: Counter[str] = Counter()
     handles = []
@@ -143,14 +144,16 @@ def _execution_order(qmodel, batch, num_inputs, device, layers) -> tuple[list[st
 
         handles.append(mod.register_forward_hook(hook))
     try:
-        qmodel(*batch_to_args(batch, num_inputs, device))
+        call_model(qmodel, inputs)
     finally:
         for h in handles:
             h.remove()
     return order, calls
 
 
-def _measure(qmodel, module, batches, num_inputs, device, stop_after_call: bool) -> Tensor | None:
+def _measure(
+    qmodel, module, batches: list[ModelInputs], stop_after_call: bool
+) -> Tensor | None:
     """Mean of (float-weight output - quantized-weight output) per channel, over ``batches``."""
     total: Tensor | None = None
     count = 0
@@ -172,9 +175,9 @@ def _measure(qmodel, module, batches, num_inputs, device, stop_after_call: bool)
 
     handle = module.register_forward_hook(hook, with_kwargs=True)
     try:
-        for batch in batches:
+        for inputs in batches:
             try:
-                qmodel(*batch_to_args(batch, num_inputs, device))
+                call_model(qmodel, inputs)
             except _Stop:
                 pass
     finally:
@@ -204,29 +207,22 @@ def bias_correction(
     calls.  The model runs in eval mode without gradients; its mode is restored afterwards.
     """
     _check_frozen(qmodel)
-    from ..graph.report import get_report
-
-    try:
-        num_inputs = get_report(qmodel).num_inputs
-    except TypeError:
-        num_inputs = 1
-    batches = list(itertools.islice(data, num_batches) if num_batches is not None else data)
+    batches = list(iter_inputs(data, num_inputs_of(qmodel), model_device(qmodel), num_batches))
     if not batches:
-        raise ValueError("bias_correction: the data yielded no batch; pass at least one batch")
+        raise DataError("bias_correction: the data yielded no batch; pass at least one batch")
     layers = {
         name: m
         for name, m in qmodel.named_modules()
         if isinstance(m, CORRECTABLE) and m.weight_fake_quant is not None
     }
-    device = model_device(qmodel)
     was_training = qmodel.training
     qmodel.eval()
     try:
         with torch.no_grad():
-            order, calls = _execution_order(qmodel, batches[0], num_inputs, device, layers)
+            order, calls = _execution_order(qmodel, batches[0], layers)
             for name in tqdm(order, desc="bias correction", disable=not progress, leave=False):
                 module = layers[name]
-                delta = _measure(qmodel, module, batches, num_inputs, device, calls[name] == 1)
+                delta = _measure(qmodel, module, batches, calls[name] == 1)
                 if delta is not None:
                     _apply(module, delta)
     finally:

@@ -26,31 +26,23 @@ A plain chain therefore gives one block per weighted layer (with its relu and qu
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
-import torch
 import torch.fx as fx
 from torch import nn
 
 from ..fake_quant import FakeQuantize
 from ..graph.meta import op_name
+from ..graph.ops import MODULE_TRAITS, node_traits
 
 __all__ = ["Block", "find_blocks", "WEIGHTED_MODULES"]
 
-WEIGHTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
+WEIGHTED_MODULES: tuple[type[nn.Module], ...] = tuple(
+    t for t, traits in MODULE_TRAITS.items() if traits.multiplies_weight
 )
-"""Module types whose calls count as weighted layers (fxquant's Quant* / ConvBn subclass them)."""
+"""Module types whose calls count as weighted layers: those whose weight multiplies their input
+(conv, transposed conv, linear and their quantized / ConvBn forms; not an embedding)."""
 
-_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
-_ADD_METHODS = ("add", "add_")
 
 
 @dataclass(frozen=True)
@@ -89,12 +81,8 @@ def _is_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
     return isinstance(_module(gm, node), FakeQuantize)
 
 
-def _is_add(node: fx.Node, main: set[fx.Node]) -> bool:
-    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-        pass
-    elif node.op == "call_method" and node.target in _ADD_METHODS:
-        pass
-    else:
+def _is_add(gm: fx.GraphModule, node: fx.Node, main: set[fx.Node]) -> bool:
+    if node.op not in ("call_function", "call_method") or node_traits(node, gm).name != "add":
         return False
     return sum(1 for a in node.args[:2] if isinstance(a, fx.Node) and a in main) == 2
 
@@ -138,8 +126,10 @@ def _segments(order: list[fx.Node], main: set[fx.Node]) -> list[list[fx.Node]]:
     return segments
 
 
-def _residual_prefix(segment: list[fx.Node], main: set[fx.Node]) -> str | None:
-    adds = [n for n in segment if _is_add(n, main)]
+def _residual_prefix(
+    gm: fx.GraphModule, segment: list[fx.Node], main: set[fx.Node]
+) -> str | None:
+    adds = [n for n in segment if _is_add(gm, n, main)]
     if not adds:
         return None
     name = op_name(adds[-1]) or ""
@@ -170,7 +160,7 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
     pending: list[fx.Node] = []
     for seg in _segments(order, main):
         if any(_is_weighted(gm, n) for n in seg):
-            prefix = _residual_prefix(seg, main)
+            prefix = _residual_prefix(gm, seg, main)
             last = groups[-1] if groups else None
             if last is not None and prefix is not None and last.prefix == prefix:
                 last.nodes += pending + seg

@@ -50,6 +50,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..fake_quant import FakeQuantize
+from ..graph.ops import (
+    RELU,
+    RELU6,
+    MacRule,
+    OpTraits,
+    clip_bounds,
+    module_traits,
+    node_traits,
+)
 from . import _chains
 from .bn_fold import BnFoldReport, FoldedBN, _set_report, fold_bn, get_bn_fold_report
 
@@ -188,56 +198,19 @@ def input_channel_sum(weight: Tensor, values: Tensor, groups: int = 1) -> Tensor
 
 
 # -- plumbing ----------------------------------------------------------------------------------
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_HOMOGENEOUS_MODULES = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
-_HOMOGENEOUS_FUNCTIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.leaky_relu, F.dropout,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}  # fmt: skip
-_CLIPPING_FUNCTIONS = {F.relu6, F.hardtanh, F.hardtanh_}
-_RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_}
-_RELU_METHODS = {"relu", "relu_"}
-# ops with op(h - c) == op(h) - c per channel (max pooling pads with -inf): high-bias
-# absorption may cross them
-_SHIFT_MODULES = (
-    nn.Identity,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
-_SHIFT_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}  # fmt: skip
+def _traits(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> OpTraits:
+    if node.op == "call_module":
+        return module_traits(root.get_submodule(scope.path(node)))
+    return node_traits(node, root)
+
+
+def _bounds(root: nn.Module, node: fx.Node, scope: _chains.Scope):
+    path = scope.path(node) if node.op == "call_module" else None
+    return clip_bounds(node, root, path)
 
 
 def _is_layer(m: nn.Module) -> bool:
-    return type(m) in (*_CONVS, nn.Linear)
+    return module_traits(m).macs in (MacRule.CONV, MacRule.LINEAR)
 
 
 def _is_partner(first: nn.Module, second: nn.Module) -> bool:
@@ -248,36 +221,22 @@ def _is_partner(first: nn.Module, second: nn.Module) -> bool:
 
 def _step(root: nn.Module):
     def step(node: fx.Node, scope: _chains.Scope) -> _chains.Step:
-        if node.op == "call_module":
-            mod = root.get_submodule(scope.path(node))
-            if isinstance(mod, nn.Hardtanh):  # ReLU6 is a Hardtanh
-                return _chains.Step.BLOCK
-            if type(mod) in _HOMOGENEOUS_MODULES:
-                return _chains.Step.PASS
-        elif node.op == "call_function":
-            if node.target in _CLIPPING_FUNCTIONS:
-                return _chains.Step.BLOCK
-            if node.target in _HOMOGENEOUS_FUNCTIONS:
-                return _chains.Step.PASS
-        elif node.op == "call_method" and node.target in _RELU_METHODS:
+        traits = _traits(root, node, scope)
+        if traits.homogeneous:
             return _chains.Step.PASS
+        if traits.clip_like:  # relu6 / hardtanh: clips above, not homogeneous
+            return _chains.Step.BLOCK
         return _chains.Step.STOP
 
     return step
 
 
 def _is_relu(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> bool:
-    if node.op == "call_module":
-        return type(root.get_submodule(scope.path(node))) is nn.ReLU
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in _RELU_METHODS
+    return _bounds(root, node, scope) == RELU
 
 
 def _commutes_with_shift(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> bool:
-    if node.op == "call_module":
-        return type(root.get_submodule(scope.path(node))) in _SHIFT_MODULES
-    return node.op == "call_function" and node.target in _SHIFT_FUNCTIONS
+    return _traits(root, node, scope).shift_commutes
 
 
 def _describe(node: fx.Node, scope: _chains.Scope) -> str:
@@ -389,8 +348,6 @@ def equalize(
 
 
 def _check_float(model: nn.Module) -> None:
-    from ..fake_quant import FakeQuantize
-
     if any(isinstance(m, FakeQuantize) for m in model.modules()):
         raise TypeError(
             "equalize works on float models: call it before fxquant.prepare() (this model "
@@ -399,29 +356,15 @@ def _check_float(model: nn.Module) -> None:
 
 
 def _elementwise(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> bool:
-    if node.op == "call_module":
-        mod = type(root.get_submodule(scope.path(node)))
-        return mod in (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout) or issubclass(
-            mod, nn.Hardtanh
-        )
-    if node.op == "call_function":
-        return node.target in {*_RELU_FUNCTIONS, *_CLIPPING_FUNCTIONS, F.leaky_relu, F.dropout}
-    return True  # relu methods
+    return _traits(root, node, scope).elementwise
 
 
 def _relu6_like(root: nn.Module, node: fx.Node, scope: _chains.Scope) -> bool:
-    """A ReLU6 that :attr:`Relu6Policy.REPLACE` can turn into a ReLU (module or functional)."""
+    """A ReLU6 that :attr:`Relu6Policy.REPLACE` can turn into a ReLU: an ``nn.ReLU6`` module or
+    a functional op clipping to ``[0, 6]`` (``F.relu6``, ``F.hardtanh(x, 0, 6)``)."""
     if node.op == "call_module":
         return type(root.get_submodule(scope.path(node))) is nn.ReLU6
-    if node.op != "call_function":
-        return False
-    if node.target is F.relu6:
-        return True
-    if node.target in (F.hardtanh, F.hardtanh_):
-        bounds = dict(zip(("min_val", "max_val"), node.args[1:3], strict=False))
-        bounds.update({k: v for k, v in node.kwargs.items() if k in ("min_val", "max_val")})
-        return bounds.get("min_val", -1.0) == 0 and bounds.get("max_val", 1.0) == 6
-    return False
+    return node.op == "call_function" and _bounds(root, node, scope) == RELU6
 
 
 def _accept(model: nn.Module, m: _chains.PairMatch, relu6: Relu6Policy, report,

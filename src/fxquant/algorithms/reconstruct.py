@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..fake_quant import FakeQuantize
+from ..modelio import ModelInputs, call_model
 from . import adaround_math as am
 from .adaround import (
     REPORT_ATTR,
@@ -128,25 +129,21 @@ def _batched(v: Any, n: int) -> bool:
     return isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n
 
 
-def _batch_size(args: tuple) -> int:
-    return next((a.shape[0] for a in args if isinstance(a, Tensor) and a.dim() > 0), 1)
-
-
 def _build_cache(
-    qcap: fx.GraphModule, fcap: fx.GraphModule, n_in: int, batches: list[tuple],
+    qcap: fx.GraphModule, fcap: fx.GraphModule, n_in: int, batches: list[ModelInputs],
     gen: torch.Generator,
 ) -> _BlockCache:
     """Run both capture modules on ``batches``; keep a random subset of the examples that
     fits the memory budget (drawn from every batch in proportion to its size)."""
-    n_total = sum(_batch_size(b) for b in batches)
+    n_total = sum(b.batch_size() for b in batches)
     q_chunks: list[list[Any]] = []
     f_chunks: list[list[Any]] = []
     cache = _BlockCache()
     keep, flags = 0, []
     with torch.no_grad():
-        for args in batches:
-            n = _batch_size(args)
-            q_vals, f_vals = list(qcap(*args)), list(fcap(*args))
+        for inputs in batches:
+            n = inputs.batch_size()
+            q_vals, f_vals = list(call_model(qcap, inputs)), list(call_model(fcap, inputs))
             if not flags:  # sizes and kinds from the first batch
                 flags = [_batched(v, n) for v in q_vals]
                 per_example = sum(t[0].numel() * t.element_size()
@@ -228,7 +225,7 @@ def _channel_axis(gm: fx.GraphModule, block: Block) -> int:
 # -- one block --------------------------------------------------------------------------------
 def _reconstruct_block(
     qmodel: fx.GraphModule, fmodel: fx.GraphModule, block: Block, layers: list[str],
-    batches: list[tuple], opts: AdaRoundOptions, drop_prob: float, gen: torch.Generator,
+    batches: list[ModelInputs], opts: AdaRoundOptions, drop_prob: float, gen: torch.Generator,
 ) -> ReconstructionResult | None:
     t0 = time.perf_counter()
     inputs, outputs = list(block.inputs), list(block.outputs)

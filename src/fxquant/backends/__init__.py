@@ -1,5 +1,5 @@
 """Backend profiles (dtypes, symmetry, granularity, placement) as data."""
 
-from .profiles import PROFILES, BackendProfile, Placement, get_profile
+from .profiles import PROFILES, BackendProfile, Placement, Runtime, get_profile
 
-__all__ = ["BackendProfile", "Placement", "PROFILES", "get_profile"]
+__all__ = ["BackendProfile", "Placement", "Runtime", "PROFILES", "get_profile"]

@@ -3,16 +3,34 @@
 A :class:`BackendProfile` fixes the defaults a template setter uses: dtypes, symmetry,
 granularity, narrow range, scale rounding (:class:`~fxquant.numerics.ScaleMath`) and where
 activation quantizers are placed (:class:`Placement`).  Setters can still override any op.
+It also names what deploys the model: the torch quantized ``engine`` :func:`fxquant.convert`
+builds for, and the :class:`Runtime` :func:`fxquant.verify` checks an export in.  ``prepare``
+records the profile; ``convert`` and ``verify`` default to it and warn when asked for
+another one.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from .._utils import Choice
+from ..errors import ConfigError, bounded
 from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
 
-__all__ = ["Placement", "BackendProfile", "PROFILES", "get_profile"]
+__all__ = ["Placement", "Runtime", "BackendProfile", "PROFILES", "get_profile"]
+
+
+class Runtime(Choice):
+    """The runtimes fxquant runs exported models in (:mod:`fxquant.runtimes`); members equal
+    their names (``Runtime.ONNXRUNTIME == "onnxruntime"``).
+
+    ONNXRUNTIME: ONNX Runtime, CPU execution provider.
+    OPENVINO: OpenVINO, CPU plugin (fp32 inference precision).
+    """
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
 
 
 class Placement(enum.Enum):
@@ -53,6 +71,10 @@ class BackendProfile:
             wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
             Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
             16-bit Q/DQ through its 8-bit path).
+        activation_symmetric_16: 16-bit activations (``activation_dtype_16``) are symmetric.
+        engine: the ``torch.backends.quantized.engine`` :func:`fxquant.convert` builds for
+            (``None``: the profile has no torch engine).
+        runtime: the :class:`Runtime` :func:`fxquant.verify` checks exports in (``None``: any).
     """
 
     name: str
@@ -69,6 +91,9 @@ class BackendProfile:
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
     max_qdq_bits: int = 16
+    activation_symmetric_16: bool = True
+    engine: str | None = None
+    runtime: Runtime | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -77,6 +102,19 @@ class BackendProfile:
             raise TypeError(
                 f"BackendProfile.scale_math must be a ScaleMath, got {self.scale_math!r}"
             )
+        if self.runtime is not None and not isinstance(self.runtime, Runtime):
+            raise TypeError(f"BackendProfile.runtime must be a Runtime, got {self.runtime!r}")
+
+    def numerics_differ(self, other: BackendProfile) -> list[str]:
+        """The fields (other than name, engine and runtime) in which ``other`` asks for other
+        numerics or placement than this profile; empty when a model prepared for one is what
+        the other would have prepared."""
+        skip = {"name", "engine", "runtime"}
+        return [f.name for f in fields(self)
+                if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)]
+
+    def __repr__(self) -> str:
+        return f"BackendProfile({self.name!r})"
 
 
 # x86 / fbgemm: activations quint8 with reduce_range (codes 0..127) so that u8*s8 pair sums
@@ -95,6 +133,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             scale_math=ScaleMath.RECIPROCAL,
             int32_bias=True,
+            engine="x86",
         ),
         BackendProfile(
             "fbgemm",
@@ -103,6 +142,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             scale_math=ScaleMath.RECIPROCAL,
             int32_bias=True,
+            engine="fbgemm",
         ),
         BackendProfile(
             "qnnpack",
@@ -112,6 +152,7 @@ PROFILES: dict[str, BackendProfile] = {
             weight_per_channel=False,
             scale_math=ScaleMath.RECIPROCAL,
             int32_bias=True,
+            engine="qnnpack",
         ),
         # ORT CPU fuses U8S8 (uint8 activations, int8 per-channel weights) into QLinearConv.
         BackendProfile(
@@ -121,6 +162,7 @@ PROFILES: dict[str, BackendProfile] = {
             activation_symmetric=False,
             int32_bias=True,
             float_input_ops=frozenset({"softmax", "log_softmax"}),
+            runtime=Runtime.ONNXRUNTIME,
         ),
         # OpenVINO CPU: u8 activations / i8 per-channel weights like ORT; conv + residual add
         # become one kernel with a sum post-op, so the conv output is not requantized.  Its
@@ -136,6 +178,7 @@ PROFILES: dict[str, BackendProfile] = {
             requantize_before_add=False,
             float_input_ops=frozenset({"mean"}),
             max_qdq_bits=8,
+            runtime=Runtime.OPENVINO,
         ),
         BackendProfile(
             "tensorrt",
@@ -148,10 +191,18 @@ PROFILES: dict[str, BackendProfile] = {
 
 
 def get_profile(backend: str | BackendProfile) -> BackendProfile:
-    """Look a profile up by name (a :class:`BackendProfile` is returned as is)."""
+    """Look a profile up by name (a :class:`BackendProfile` is returned as is).
+
+    >>> get_profile("openvino").runtime, get_profile("x86").engine
+    (<Runtime.OPENVINO: 'openvino'>, 'x86')
+    """
     if isinstance(backend, BackendProfile):
         return backend
-    try:
-        return PROFILES[backend]
-    except KeyError:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(PROFILES)}") from None
+    profile = PROFILES.get(backend) if isinstance(backend, str) else None
+    if profile is None:
+        raise ConfigError(
+            f"unknown backend {bounded(repr(backend))}; choose one of {sorted(PROFILES)} or "
+            "pass a BackendProfile"
+        )
+    return profile
+

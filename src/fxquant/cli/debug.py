@@ -17,8 +17,13 @@ from typing import Any
 
 import torch
 
+from ..algorithms import calibrate
+from ..backends import PROFILES
+from ..debug import compare, report, sensitivity
 from ..errors import ConfigError, bounded
 from ..export.atomic import check_writable
+from ..graph import prepare
+from ..qconfig import default_calibration_qconfig_setter
 from .common import positive_int
 from .rawdata import parse_shape, shape_argument
 from .spec import SPEC_HELP, check_runs, load_model
@@ -52,8 +57,6 @@ def load_spec(spec: str, input_shape: str | None, batches: int, seed: int = 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from ..backends import PROFILES
-
     parser.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--backend", default="generic", choices=sorted(PROFILES),
                         help="backend profile (default: %(default)s)")
@@ -70,23 +73,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepared(args: argparse.Namespace, outputs: list[str]):
-    import fxquant
-
     for path in outputs:  # before any work: an unwritable path is a one-line error now
         try:
             check_writable(path)
         except OSError as err:
             raise ConfigError(f"--out: {err}; choose a path you can write to") from None
     model, example, data = load_spec(args.spec, args.input_shape, args.batches)
-    qmodel = fxquant.prepare(model, example, fxquant.default_calibration_qconfig_setter,
-                             backend=args.backend)
-    fxquant.calibrate(qmodel, data[: args.batches], progress=not args.quiet)
+    qmodel = prepare(model, example, default_calibration_qconfig_setter, backend=args.backend)
+    calibrate(qmodel, data[: args.batches], progress=not args.quiet)
     return model, qmodel, data
 
 
 def _sensitivity(args, model, qmodel, data):
-    from ..debug import sensitivity
-
     return sensitivity(qmodel, data[: args.batches], metric=args.metric, float_model=model,
                        mode=args.mode, progress=not args.quiet)
 
@@ -123,8 +121,6 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report_run(args: argparse.Namespace) -> int:
-    from ..debug import compare, report
-
     model, qmodel, data = _prepared(args, [args.out])
     table = compare(model, qmodel, data[: min(2, len(data))])
     sens = _sensitivity(args, model, qmodel, data)

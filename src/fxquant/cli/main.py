@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .. import __version__
+from ..demo import run_demo
 from ..errors import FxquantError, bounded
+from ..version import __version__
 from . import debug as debug_cli
 from . import inspect_cmd, netrun, quantize
 from .common import EXIT_USAGE, non_negative_int, one_line
@@ -40,8 +41,6 @@ class Command:
 
 # -- demo -------------------------------------------------------------------------------------
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..demo import run_demo
-
     d = _defaults(run_demo)
     parser.epilog = "example: fxquant demo --epochs 5 --qat-epochs 1 --quiet"
     parser.add_argument("--epochs", type=non_negative_int, default=d["epochs"], metavar="N",
@@ -56,8 +55,6 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-
     result = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed,
                       progress=not args.quiet)
     print(result.table())

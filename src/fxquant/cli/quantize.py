@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..algorithms import adaround, calibrate
-from ..backends import PROFILES
+from ..backends import PROFILES, Runtime, get_profile
 from ..debug import compare, report, sensitivity, summary
 from ..errors import ConfigError, UnknownOpNameError, bounded, bounded_list, require
 from ..export import ExportWarning, VerifyReport, export_encodings, export_onnx, verify
@@ -94,7 +94,7 @@ def quantize_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--calib-dir", metavar="DIR",
                      help="calibration folder of *.raw files (one subfolder per input for "
                           "multi-input models)")
-    p.add_argument("--backend", required=True, choices=sorted(PROFILES),
+    p.add_argument("--backend", required=True, choices=sorted(PROFILES), action=_BackendAction,
                    help="backend profile the model is quantized for")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (created; files of the same name are replaced)")
@@ -121,7 +121,8 @@ def quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-4,
                    help="QAT learning rate (Adam; default: %(default)s)")
     p.add_argument("--runtime", choices=RUNTIMES, default=ver["runtime"],
-                   help="runtime verify runs the ONNX file in (default: %(default)s)")
+                   help="runtime verify runs the ONNX file in (default: the --backend "
+                        "profile's runtime, onnxruntime for profiles that name none)")
     p.add_argument("--max-steps", type=non_negative_int, metavar="N",
                    default=signature_defaults(VerifyReport.ok)["max_steps"],
                    help="verify passes when every output is within N quantization steps of the "
@@ -180,6 +181,17 @@ def _check_arguments(args: argparse.Namespace) -> float | tuple[str, ...] | None
         require(args.runtime, extra, f"fxquant quantize's verify in {args.runtime}")
     require("matplotlib", "report", "fxquant quantize's HTML report")
     return int16
+
+
+class _BackendAction(argparse.Action):
+    """``--backend``; it also gives ``--runtime`` its default when that is not given: the
+    runtime of the backend profile (``onnxruntime`` for profiles that name none), as
+    :func:`fxquant.verify` defaults to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        setattr(namespace, self.dest, values)
+        if getattr(namespace, "runtime", None) is None:
+            namespace.runtime = (get_profile(values).runtime or Runtime.ONNXRUNTIME).value
 
 
 # -- inputs ------------------------------------------------------------------------------------

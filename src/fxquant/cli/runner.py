@@ -1,8 +1,7 @@
-"""Running an ONNX file in ONNX Runtime or OpenVINO (CPU) for ``fxquant run``.
-
-The one place the command line opens runtime sessions: when ``fxquant.runtimes`` lands, this
-module becomes a thin adapter over it.  OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``
-(its CPU default is bf16).
+"""Running an ONNX file in ONNX Runtime or OpenVINO (CPU) for ``fxquant run``: a thin adapter
+over :mod:`fxquant.runtimes` (which opens the sessions) that adds the command line's view of the
+inputs (:class:`InputSpec`) and one-line errors.  OpenVINO runs with
+``INFERENCE_PRECISION_HINT=f32`` (its CPU default is bf16).
 """
 
 from __future__ import annotations
@@ -14,19 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, bounded, bounded_list, require
+from ..backends import Runtime
+from ..errors import ConfigError, DataError, bounded, bounded_list
+from ..runtimes import open_session as open_runtime_session
 from .common import one_line
 from .rawdata import InputSpec
 
 __all__ = ["RUNTIMES", "Session", "open_session"]
 
-RUNTIMES = ("onnxruntime", "openvino")
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-}
+RUNTIMES = tuple(r.value for r in Runtime)
 
 
 @dataclass
@@ -38,14 +33,15 @@ class Session:
     runtime: str
     inputs: tuple[InputSpec, ...]
     outputs: tuple[str, ...]
-    _run: Any
+    _session: Any
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
             ) -> dict[str, np.ndarray]:
         """Run one call; returns ``{output name: array}`` for ``outputs`` (default: all)."""
         names = tuple(outputs) if outputs is not None else self.outputs
         try:
-            return dict(zip(names, self._run(feeds, names), strict=True))
+            result = self._session.run(feeds)
+            return {n: result[n] for n in names}
         except Exception as exc:  # the runtime's own message says which node / shape
             shapes = ", ".join(f"{k}: {'x'.join(map(str, v.shape))}" for k, v in feeds.items())
             raise DataError(
@@ -67,50 +63,6 @@ def _spec(name: str, dims: Sequence[Any] | None, dtype: Any) -> InputSpec:
     return InputSpec(name, (fixed[0] or 1, *fixed[1:]), np.dtype(dtype), exact=exact)
 
 
-def _open_ort(path: str, threads: int) -> Session:
-    ort = require("onnxruntime", "onnx", "fxquant run --runtime onnxruntime")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    inputs = []
-    for i in sess.get_inputs():
-        if i.type not in _ORT_TYPES:
-            raise ConfigError(f"input {bounded(i.name)!r} of {bounded(path)!r} has type {i.type},"
-                              " which raw float32 files cannot feed")
-        inputs.append(_spec(i.name, i.shape, _ORT_TYPES[i.type]))
-    outputs = tuple(o.name for o in sess.get_outputs())
-
-    def run(feeds: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        return sess.run(list(names), feeds)
-
-    return Session(path, "onnxruntime", tuple(inputs), outputs, run)
-
-
-def _open_openvino(path: str, threads: int) -> Session:
-    ov = require("openvino", "openvino", "fxquant run --runtime openvino")
-    core = ov.Core()
-    model = core.read_model(path)
-    compiled = core.compile_model(
-        model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
-    )
-    inputs = []
-    for port in model.inputs:
-        ps = port.get_partial_shape()
-        dims = [d.get_length() if d.is_static else None for d in ps] if ps.rank.is_static else None
-        inputs.append(_spec(port.get_any_name(), dims, port.get_element_type().to_dtype()))
-    outputs = tuple(o.get_any_name() for o in compiled.outputs)
-    index = {n: i for i, n in enumerate(outputs)}
-    request = compiled.create_infer_request()
-
-    def run(feeds: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        request.infer(feeds)
-        return [request.get_output_tensor(index[n]).data.copy() for n in names]
-
-    return Session(path, "openvino", tuple(inputs), outputs, run)
-
-
 def open_session(path: str, runtime: str = "onnxruntime", threads: int | None = None) -> Session:
     """Open ``path`` (an ONNX file) in ``runtime``; a file that is not a valid model is a
     :class:`ConfigError` naming it."""
@@ -120,9 +72,14 @@ def open_session(path: str, runtime: str = "onnxruntime", threads: int | None = 
         raise ConfigError(f"no such model file {bounded(path)!r}")
     threads = threads or min(4, os.cpu_count() or 1)
     try:
-        if runtime == "onnxruntime":
-            return _open_ort(path, threads)
-        return _open_openvino(path, threads)
+        session = open_runtime_session(runtime, path, threads=threads)
+        inputs = []
+        for name, dims, dtype in session.input_types():
+            if dtype is None:
+                raise ConfigError(f"input {bounded(name)!r} of {bounded(path)!r} has a type "
+                                  "that raw float32 files cannot feed")
+            inputs.append(_spec(name, dims, dtype))
+        return Session(path, runtime, tuple(inputs), tuple(session.output_names), session)
     except (ConfigError, ImportError):
         raise
     except Exception as exc:

@@ -25,6 +25,7 @@ step on a small fraction of elements; ``tests/convert`` measures them.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -32,13 +33,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..backends import BackendProfile
+from ..backends import BackendProfile, get_profile
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..graph.report import get_report
 from .lowering import ConvertedOp, ConvertError, Execution, lower
 from .qparams import engine_for, quantized_engine, silence_deprecation
 
 __all__ = ["convert", "ConvertedModel", "ConvertError", "summary"]
+
+_DEFAULT_BACKEND = "x86"
 
 
 class ConvertedModel(nn.Module):
@@ -152,7 +155,7 @@ def _freeze_quantizers(model: nn.Module) -> None:
 
 def convert(
     qmodel: nn.Module,
-    backend: str | BackendProfile = "x86",
+    backend: str | BackendProfile | None = None,
     *,
     inplace: bool = False,
     keep_float: bool = False,
@@ -161,9 +164,11 @@ def convert(
 
     Args:
         qmodel: a model returned by :func:`fxquant.prepare` (fx capture), calibrated or trained.
-        backend: ``"x86"`` (default), ``"fbgemm"`` or ``"qnnpack"`` (the torch engine), or their
-            :class:`BackendProfile`.  Prepare with the same backend so that the simulated
-            numerics (reduce_range, per-channel weights, reciprocal scale) are the engine's.
+        backend: ``"x86"``, ``"fbgemm"`` or ``"qnnpack"`` (the torch engine), or their
+            :class:`BackendProfile`.  Default: the backend ``qmodel`` was prepared for (its
+            profile's ``engine``; ``"x86"`` when that profile has none).  Converting for
+            another profile than the prepare-time one warns: the simulated numerics
+            (reduce_range, per-channel weights, reciprocal scale) are then not the engine's.
         inplace: reuse ``qmodel``'s modules instead of converting a deep copy (saves memory;
             ``qmodel`` must not be used afterwards: its quantizers are frozen in VALIDATION and
             the converted model may share its float modules).
@@ -180,8 +185,8 @@ def convert(
     with scale ``input_scale * weight_scale`` itself, so no int32 overflow check is needed here.
     """
     report = get_report(qmodel)
-    engine = engine_for(backend)
-    name = backend.name if isinstance(backend, BackendProfile) else backend
+    profile = _target_profile(report.profile, backend)
+    engine = engine_for(profile)
     if report.capture_mode != "fx" or not isinstance(qmodel, fx.GraphModule):
         raise ConvertError(
             "convert: this model was captured eagerly (its forward could not be traced: "
@@ -193,4 +198,26 @@ def convert(
     _freeze_quantizers(model)
     with quantized_engine(engine), silence_deprecation(), torch.no_grad():
         gm, ops = lower(model, report, engine, keep_float)
-    return ConvertedModel(gm, name, engine, ops)
+    return ConvertedModel(gm, profile.name, engine, ops)
+
+
+def _target_profile(recorded: BackendProfile, backend: str | BackendProfile | None
+                    ) -> BackendProfile:
+    """The profile to convert for: ``backend``, else the prepare-time one (x86 when it has no
+    torch engine); warns when its numerics differ from what the model was prepared with."""
+    if backend is None:
+        target = recorded if recorded.engine is not None else get_profile(_DEFAULT_BACKEND)
+    else:
+        target = get_profile(backend)
+    if target.engine is None:
+        return target  # engine_for raises the clear error
+    differ = recorded.numerics_differ(target)
+    if differ:
+        warnings.warn(
+            f"convert: the model was prepared for backend {recorded.name!r} but is converted "
+            f"for {target.name!r}, whose numerics differ ({', '.join(differ)}); the integer "
+            f"model then differs from the simulation: prepare with backend={target.name!r}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return target

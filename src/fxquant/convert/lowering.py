@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import ConvertError
 from ..fake_quant import FakeQuantize
 from ..graph.meta import op_name, value_info
+from ..graph.ops import RELU, UNKNOWN, OpTraits, module_traits, node_traits
 from ..graph.patterns import (
     WEIGHT_ARG,
     classify_function,
@@ -46,22 +47,12 @@ from ..qconfig import OpKind
 from .modules import average_pool_builder, build_quantized_weighted, not_converted_reason
 from .qparams import ActQParams, Unsupported, activation_qparams
 from .tables import (
-    ACTIVATIONS,
     BINARY_KERNELS,
-    BINARY_TARGETS,
-    CAT_TARGETS,
     CLAMP_NEEDS_CONTIGUOUS,
-    IDENTITY_FUNCTIONS,
-    IDENTITY_MODULES,
     METHOD_REWRITES,
-    NATIVE_FUNCTIONS,
-    NATIVE_METHODS,
-    NATIVE_MISSING,
-    NATIVE_MODULES,
-    RELU,
+    binary_base,
     hashable,
     is_metadata,
-    is_sequence_op,
 )
 
 __all__ = ["Execution", "ConvertedOp", "ConvertError", "lower", "dequantize_all"]
@@ -255,15 +246,15 @@ class _Lowering:
             hi = float("inf") if hi is None else hi
         return self.graph.call_function(torch.clamp, (q, lo, hi))
 
-    def _activation(self, n: fx.Node) -> tuple[float, float | None] | None:
+    def _traits(self, n: fx.Node) -> OpTraits:
         if n.op == "call_module":
-            return ACTIVATIONS.get(type(self.modules.get(n.target)))
-        if n.op in ("call_function", "call_method"):
-            try:
-                return ACTIVATIONS.get(n.target)
-            except TypeError:  # unhashable target
-                return None
-        return None
+            mod = self.modules.get(n.target)
+            return UNKNOWN if mod is None else module_traits(mod)
+        return node_traits(n, self.gm)
+
+    def _activation(self, n: fx.Node) -> tuple[float, float | None] | None:
+        """The static clip bounds of a relu / relu6 (fused or a quantized clamp)."""
+        return self._traits(n).clip
 
     def _output_pattern(
         self, n: fx.Node
@@ -348,7 +339,7 @@ class _Lowering:
         if mod is not None:
             kind = classify_module(mod)
             stub = is_stub(mod)
-            if stub is OpKind.QUANT_STUB or isinstance(mod, IDENTITY_MODULES):
+            if stub is OpKind.QUANT_STUB or self._traits(n).identity_at_inference:
                 return self._passthrough(n, "identity at inference")
             if stub is OpKind.DEQUANT_STUB:
                 self.env[n] = _Value(self._float(self.env[n.args[0]]))
@@ -356,7 +347,7 @@ class _Lowering:
                 return None
         elif n.op == "call_function":
             kind = classify_function(n)
-            if hashable(n.target) and n.target in IDENTITY_FUNCTIONS:
+            if self._traits(n).identity_at_inference:
                 return self._passthrough(n, "identity at inference")
         else:
             kind = classify_method(n)
@@ -375,9 +366,10 @@ class _Lowering:
             return self._lower_float(n, None)
         if is_metadata(n):
             return self._lower_native(n, "metadata", Execution.PASSTHROUGH)
-        if n.op != "call_module" and hashable(n.target) and n.target in BINARY_TARGETS:
-            return self._lower_binary(n, BINARY_TARGETS[n.target])
-        if n.op == "call_function" and hashable(n.target) and n.target in CAT_TARGETS:
+        base = binary_base(self._traits(n).name) if n.op != "call_module" else None
+        if base is not None:
+            return self._lower_binary(n, base)
+        if n.op == "call_function" and self._traits(n).name == "cat":
             return self._lower_cat(n)
         pool = average_pool_builder(n, mod) if first_q else None
         if pool is not None:
@@ -391,7 +383,7 @@ class _Lowering:
             self._record(n, Execution.INTEGER, f"quantized clamp to {act}")
             return None
         if first_q and kind is OpKind.SHARE:
-            if self._native(n, mod):
+            if self._native(n):
                 return self._lower_native(n, "on the quantized tensor", Execution.PASSTHROUGH)
             return self._lower_share_float(n)
         return self._lower_float(n, None)
@@ -400,15 +392,9 @@ class _Lowering:
         self.env[n] = self.env[n.args[0]]
         self._record(n, Execution.PASSTHROUGH, detail)
 
-    def _native(self, n: fx.Node, mod: nn.Module | None) -> bool:
-        missing = NATIVE_MISSING.get(self.engine, frozenset())
-        if mod is not None:
-            return isinstance(mod, NATIVE_MODULES) and type(mod) not in missing
-        if n.op == "call_function":
-            return (
-                hashable(n.target) and n.target in NATIVE_FUNCTIONS and n.target not in missing
-            )
-        return n.target in NATIVE_METHODS or n.target in METHOD_REWRITES
+    def _native(self, n: fx.Node) -> bool:
+        """A quantized kernel of this engine runs the op on the quantized tensor as it is."""
+        return self.engine in self._traits(n).native
 
     def _quant_arg(self, a: fx.Node) -> Any:
         return self.env[a].node
@@ -426,7 +412,7 @@ class _Lowering:
         if first.seq and n.target in (operator.getitem, "__getitem__"):
             seq = isinstance(n.args[1], slice)  # one tensor out of a chunk / split
         else:
-            seq = first.seq or is_sequence_op(n)
+            seq = first.seq or self._traits(n).sequence_output
         self.env[n] = _Value(new, first.qp, seq)
         self._record(n, execution, detail)
 
@@ -435,7 +421,7 @@ class _Lowering:
         quantized again with the same parameters (exact: the values stay on that grid)."""
         qp = self.env[n.args[0]].qp
         new = self._copy_float(n)
-        if is_sequence_op(n):
+        if self._traits(n).sequence_output:
             out = self.graph.call_function(_requantize_all, (new, qp.scale, qp.zero_point))
             self.env[n] = _Value(out, qp, seq=True)
         else:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends import BackendProfile
+from ..backends import PROFILES, BackendProfile, get_profile
+from ..errors import ConfigError
 from ..fake_quant import FakeQuantize
 
 __all__ = [
@@ -40,13 +41,13 @@ __all__ = [
     "engine_for",
     "quantized_engine",
     "silence_deprecation",
-    "effective_qparams",
     "activation_qparams",
     "quantized_weight",
 ]
 
-ENGINES: dict[str, str] = {"x86": "x86", "fbgemm": "fbgemm", "qnnpack": "qnnpack"}
-"""fxquant backend name -> ``torch.backends.quantized.engine`` it converts for."""
+ENGINES: dict[str, str] = {name: p.engine for name, p in PROFILES.items() if p.engine}
+"""fxquant backend name -> ``torch.backends.quantized.engine`` it converts for (the profiles'
+``engine``)."""
 
 _QUINT8 = (0, 255)
 
@@ -61,16 +62,17 @@ class Unsupported(Exception):
 
 
 def engine_for(backend: str | BackendProfile) -> str:
-    """The torch quantized engine for ``backend``; clear errors for unknown / unavailable ones."""
-    name = backend.name if isinstance(backend, BackendProfile) else backend
-    if name not in ENGINES:
-        raise ValueError(
+    """The torch quantized engine for ``backend`` (its profile's ``engine``); clear errors for
+    unknown / unavailable ones."""
+    engine = get_profile(backend).engine
+    if engine is None:
+        name = backend.name if isinstance(backend, BackendProfile) else backend
+        raise ConfigError(
             f"convert: backend {name!r} has no torch quantized engine; choose one of "
             f"{sorted(ENGINES)} (export the others: ONNX / TensorRT / ...)"
         )
-    engine = ENGINES[name]
     if engine not in torch.backends.quantized.supported_engines:
-        raise ValueError(
+        raise ConfigError(
             f"convert: torch's quantized engine {engine!r} is not available in this build "
             f"(available: {torch.backends.quantized.supported_engines})"
         )
@@ -112,12 +114,6 @@ def silence_deprecation() -> Iterator[None]:
         # forward (no weights to pack) does not print it on its first call either
         torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
         yield
-
-
-def effective_qparams(fq: FakeQuantize) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale float32, zero_point int64)`` exactly as ``fq`` applies them (``fq.qparams()``)."""
-    qp = fq.qparams()
-    return qp.scale, qp.zero_point
 
 
 @dataclass(frozen=True)
@@ -165,11 +161,11 @@ def activation_qparams(fq: FakeQuantize) -> ActQParams:
             "(8-bit activations only)",
             dtype=True,
         )
-    scale, zp = effective_qparams(fq)
+    qp = fq.qparams()
     shift = 128 if dtype.signed else 0
     return ActQParams(
-        scale=float(scale),
-        zero_point=int(zp) + shift,
+        scale=float(qp.scale),
+        zero_point=int(qp.zero_point) + shift,
         lo=dtype.qmin + shift,
         hi=dtype.qmax + shift,
     )
@@ -190,10 +186,10 @@ def quantized_weight(w: torch.Tensor, fq: FakeQuantize) -> torch.Tensor:
         )
     with torch.no_grad():
         w_hat = fq(w.detach()).float()  # exactly (code - zp) * scale
-    scale, zp = effective_qparams(fq)
-    zp = zp - (0 if dtype.signed else 128)
-    if fq.ch_axis is None:
-        return torch.quantize_per_tensor(w_hat, float(scale), int(zp), torch.qint8)
+    qp = fq.qparams()
+    zp = qp.zero_point - (0 if dtype.signed else 128)
+    if qp.axis is None:
+        return torch.quantize_per_tensor(w_hat, float(qp.scale), int(zp), torch.qint8)
     return torch.quantize_per_channel(
-        w_hat, scale.double(), zp, fq.ch_axis % w_hat.dim(), torch.qint8
+        w_hat, qp.scale.double(), zp, qp.axis % w_hat.dim(), torch.qint8
     )

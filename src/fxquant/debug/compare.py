@@ -11,11 +11,12 @@ is compared with the float tensor at the same place:
 * **isolated** (``mode="isolated"``): only that quantizer on — its own rounding and clipping
   error on the float tensor (computed as ``quantizer(float reference)``, which is exactly what a
   run with only that quantizer on feeds it);
-* stage ``"onnxruntime"`` (optional): the model is exported with :func:`fxquant.export_onnx`
-  and every quantized activation (``<tensor>_dequantized``, the tensors :func:`fxquant.verify`
-  compares) is read from ONNX Runtime; ``max_step_diff`` / ``identical`` are the difference
-  from the simulation in quantization steps, as :func:`fxquant.verify` (``reference="float32"``)
-  counts them.
+* a runtime stage (optional, :class:`Stage`: ``"onnxruntime"`` or ``"openvino"``): the model
+  is exported with :func:`fxquant.export_onnx` and every quantized activation
+  (``<tensor>_dequantized``, the tensors :func:`fxquant.verify` compares) is read from that
+  runtime (:mod:`fxquant.runtimes`); ``max_step_diff`` / ``identical`` are the difference from
+  the simulation in quantization steps, counted as :func:`fxquant.verify`
+  (``reference="float32"``) counts them.
 
 Metrics per row (all accumulated over every batch, in float64):
 ``sqnr`` = ``10 log10(sum ref^2 / sum (x - ref)^2)`` dB (``inf`` when equal), ``cosine``,
@@ -33,7 +34,7 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -41,12 +42,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fake_quant import FakeQuantize, FakeQuantState
-from ..graph.report import get_report
+from .._utils import Choice
+from ..backends import Runtime
+from ..export import export_onnx
+from ..export.atomic import atomic_path
+from ..export.naming import dq_output, quantized_tensor_name
+from ..fake_quant import FakeQuantize, FakeQuantState, quantizer_states
+from ..graph.report import get_report, num_inputs_of
+from ..modelio import ModelInputs, call_model, eval_mode, iter_inputs, output_tensors
+from ..runtimes import StepCounter, onnx_model, open_session
 
-__all__ = ["CompareRow", "OutputRow", "CompareTable", "compare", "STAGES", "quantizer_entries"]
+__all__ = [
+    "CompareRow",
+    "OutputRow",
+    "CompareTable",
+    "compare",
+    "Stage",
+    "STAGES",
+    "quantizer_entries",
+]
 
-STAGES = ("sim", "onnxruntime")
+
+class Stage(Choice):
+    """Where :func:`compare` reads each quantized tensor.
+
+    SIM: fxquant's simulation (always included).
+    ONNXRUNTIME / OPENVINO: the exported model run in that runtime (:mod:`fxquant.runtimes`).
+    """
+
+    SIM = "sim"
+    ONNXRUNTIME = Runtime.ONNXRUNTIME.value
+    OPENVINO = Runtime.OPENVINO.value
+
+
+STAGES = tuple(s.value for s in Stage)
+"""The stage names :func:`compare` accepts."""
 SAMPLE_CAP = 65536
 """At most this many float-reference values per quantizer are kept for histograms."""
 
@@ -66,104 +96,32 @@ class QuantizerEntry:
 def quantizer_entries(qmodel: nn.Module) -> list[QuantizerEntry]:
     """Every distinct quantizer in :func:`fxquant.summary` order (a shared one listed once)."""
     rep = get_report(qmodel)
-    seen: set[str] = set()
     out = []
-    for rec in rep.ops.values():
-        for role, path in sorted(rec.quantizers.items()):
-            if path in seen:
-                continue
-            fq = qmodel.get_submodule(path)
-            if isinstance(fq, FakeQuantize):
-                seen.add(path)
-                out.append(QuantizerEntry(rec.name, role, rec.op_type, path, fq))
+    for path, op, role in rep.quantizers():
+        fq = qmodel.get_submodule(path)
+        if isinstance(fq, FakeQuantize):
+            out.append(QuantizerEntry(op, role, rep.ops[op].op_type, path, fq))
     return out
 
 
-def as_batches(inputs: Any) -> list[tuple[Any, ...]]:
-    """A tensor -> one batch; a tuple -> positional inputs of one batch; a list (or other
-    iterable) -> several batches, each a tensor or a tuple of positional inputs."""
-    if isinstance(inputs, torch.Tensor):
-        return [(inputs,)]
-    if isinstance(inputs, tuple):
-        return [inputs]
-    return [b if isinstance(b, tuple) else (b,) for b in inputs]
-
-
-def flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flatten_outputs(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in flatten_outputs(o)]
-    raise TypeError(f"model output of type {type(out).__name__} is not supported")
-
-
-@contextlib.contextmanager
-def quantizer_states(
-    qmodel: nn.Module, default: FakeQuantState | None,
-    overrides: dict[str, FakeQuantState] | None = None,
-) -> Iterator[None]:
-    """Set quantizer states *without* observing or recomputing scales (restored afterwards).
-
-    ``default`` applies to every quantizer (``None``: QAT becomes VALIDATION, others unchanged);
-    ``overrides`` maps module paths to a state.  The model runs in eval mode inside.
-    """
-    overrides = overrides or {}
-    saved = []
-    modes = [(m, m.training) for m in qmodel.modules()]
-    for name, m in qmodel.named_modules():
-        if not isinstance(m, FakeQuantize):
-            continue
-        saved.append((m, m.state_code.clone()))
-        st = overrides.get(name, default)
-        if st is None:
-            st = FakeQuantState.VALIDATION if m.state is FakeQuantState.QAT else m.state
-        if st is FakeQuantState.VALIDATION and m._dirty:
-            m.update_qparams()
-        m.state_code.fill_(st.value)
-    qmodel.eval()
-    try:
-        yield
-    finally:
-        for m, code in saved:
-            m.state_code.copy_(code)
-        for m, t in modes:
-            m.training = t
-
-
-def run_model(model: nn.Module, batch: tuple[Any, ...]) -> list[torch.Tensor]:
+def run_model(model: nn.Module, inputs: ModelInputs) -> list[torch.Tensor]:
+    """The model's output tensors on one batch (no grad, detached)."""
     with torch.no_grad():
-        return [o.detach() for o in flatten_outputs(model(*batch))]
+        return [o.detach() for o in output_tensors(call_model(model, inputs))]
 
 
 def _ranges(fq: FakeQuantize) -> tuple[float, float]:
     if not bool(fq.calibrated):
         return (math.nan, math.nan)
-    s = fq.scale.detach().double().reshape(-1)
-    z = fq.zero_point.detach().double().reshape(-1)
-    lo = (fq.dtype.qmin - z) * s
-    hi = (fq.dtype.qmax - z) * s
+    lo, hi = fq.qparams().bounds()
     return float(lo.min()), float(hi.max())
-
-
-def _broadcast(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
-    if v.numel() == 1 or axis is None or x.dim() == 0:
-        return v.reshape(())
-    shape = [1] * x.dim()
-    shape[axis % x.dim()] = -1
-    return v.reshape(shape)
 
 
 def clipped_fraction(fq: FakeQuantize, x: torch.Tensor) -> tuple[int, int]:
     """(elements whose code saturates at qmin / qmax, elements) for ``x`` under ``fq``."""
     if not bool(fq.calibrated) or not x.is_floating_point():
         return 0, x.numel()
-    xs = x.detach().double()
-    s = _broadcast(fq.scale.detach().double(), xs, fq.ch_axis)
-    z = _broadcast(fq.zero_point.detach().double(), xs, fq.ch_axis)
-    q = torch.round(xs / s) + z
-    return int(((q < fq.dtype.qmin) | (q > fq.dtype.qmax)).sum()), x.numel()
+    return int(fq.qparams().saturated(x.detach()).sum()), x.numel()
 
 
 class ErrorStats:
@@ -305,11 +263,13 @@ class CompareTable:
         return text
 
     def __str__(self) -> str:
-        ort = "onnxruntime" in self.stages
+        runtimes = [st for st in self.stages if st != Stage.SIM]
+        short = {Stage.ONNXRUNTIME: "ort", Stage.OPENVINO: "ov"}
         head = ["name", "role", "dtype", "SQNR cum (dB)", "SQNR iso (dB)", "cosine", "L1",
                 "max err", "sat %", "observed", "chosen"]
-        if ort:
-            head += ["SQNR ort (dB)", "ort steps"]
+        for st in runtimes:
+            tag = short.get(Stage.parse(st), str(st))
+            head += [f"SQNR {tag} (dB)", f"{tag} steps"]
         lines = []
         for c in self.select("sim", "cumulative"):
             i = self.get(c.name, c.role, "sim", "isolated")
@@ -317,16 +277,16 @@ class CompareTable:
                     f"{c.l1:.4g}", f"{c.max_error:.4g}", f"{100 * c.saturation:.3f}",
                     f"[{c.observed_min:.4g}, {c.observed_max:.4g}]",
                     f"[{c.chosen_min:.4g}, {c.chosen_max:.4g}]"]
-            if ort:
+            for st in runtimes:
                 try:
-                    o = self.get(c.name, c.role, "onnxruntime")
+                    o = self.get(c.name, c.role, st)
                     line += [_f(o.sqnr), str(o.max_step_diff)]
                 except KeyError:
                     line += ["-", "-"]
             lines.append(line)
         widths = [max(len(str(r[k])) for r in [head, *lines]) for k in range(len(head))]
         fmt = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-        out = [f"fxquant compare ({', '.join(self.stages)}): {len(lines)} quantizers",
+        out = [f"fxquant compare ({', '.join(map(str, self.stages))}): {len(lines)} quantizers",
                fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)]
         for o in self.outputs:
             out.append(f"output {o.index} vs {o.reference}: SQNR {_f(o.sqnr)} dB, cosine "
@@ -339,13 +299,23 @@ def _f(v: float) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    from ..export.atomic import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
 
 
 # -- compare ------------------------------------------------------------------------------
+def running(
+    qmodel: nn.Module, default: FakeQuantState | None,
+    overrides: dict[str, FakeQuantState] | None = None,
+):
+    """``qmodel`` in eval mode with its quantizer states set without observing
+    (:func:`fxquant.fake_quant.quantizer_states`); everything restored afterwards."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(eval_mode(qmodel))
+    stack.enter_context(quantizer_states(qmodel, default, overrides))
+    return stack
+
+
 def _capture(entries: Sequence[QuantizerEntry], which: str) -> tuple[dict, list]:
     got: dict[str, torch.Tensor] = {}
     hooks = []
@@ -368,11 +338,16 @@ def _sample(prev: np.ndarray | None, x: torch.Tensor) -> np.ndarray:
     return out[:SAMPLE_CAP]
 
 
+def _stages(stages: Iterable[Stage | str]) -> tuple[Stage, ...]:
+    out = tuple(Stage.parse(s, "compare: stage") for s in stages)
+    return out if Stage.SIM in out else (Stage.SIM, *out)
+
+
 def compare(
     float_model: nn.Module | None,
     qmodel: nn.Module,
     inputs: Any,
-    stages: Iterable[str] = ("sim",),
+    stages: Iterable[Stage | str] = (Stage.SIM,),
     *,
     onnx_path: str | os.PathLike[str] | None = None,
 ) -> CompareTable:
@@ -382,162 +357,130 @@ def compare(
         float_model: the original float model; its outputs are the reference of the
             :class:`OutputRow` s (``None``: ``qmodel`` with every quantizer off).
         qmodel: a calibrated model from :func:`fxquant.prepare`; left as it was.
-        inputs: a tensor (one batch), a tuple (positional inputs of one batch) or a list of
-            batches.
-        stages: ``("sim",)`` or ``("sim", "onnxruntime")``.
-        onnx_path: for the onnxruntime stage, an existing export of ``qmodel``; by default
-            the model is exported to a temporary folder with :func:`fxquant.export_onnx`.
+        inputs: one batch (a tensor, a tuple of positional inputs, a dict of keyword inputs)
+            or a list of batches, as :mod:`fxquant.modelio` defines them.
+        stages: :class:`Stage` s or their names: ``("sim",)``, ``("sim", "onnxruntime")``,
+            ``("sim", "openvino")`` ...
+        onnx_path: for a runtime stage, an existing export of ``qmodel``; by default the
+            model is exported to a temporary folder with :func:`fxquant.export_onnx`.
     """
-    stages = tuple(stages)
-    for s in stages:
-        if s not in STAGES:
-            raise ValueError(f"compare: unknown stage {s!r}; choose from {STAGES}")
-    if "sim" not in stages:
-        stages = ("sim", *stages)
-    batches = as_batches(inputs)
+    stages = _stages(stages)
+    batches = list(iter_inputs(inputs, num_inputs_of(qmodel)))
     if not batches:
         raise ValueError("compare: no inputs")
     entries = quantizer_entries(qmodel)
     cum = {e.path: ErrorStats() for e in entries}
     iso = {e.path: ErrorStats() for e in entries}
-    ort = {e.path: ErrorStats() for e in entries}
-    ort_steps: dict[str, list[int]] = {}
     samples: dict[str, np.ndarray] = {}
     out_stats: list[ErrorStats] = []
-    ort_runner = _OrtStage(qmodel, entries, batches[0], onnx_path) if "onnxruntime" in stages \
-        else None
-    for batch in batches:
-        got_f, hooks = _capture(entries, "input")
-        try:
-            with quantizer_states(qmodel, FakeQuantState.FLOAT):
-                qfloat_out = run_model(qmodel, batch)
-        finally:
-            for h in hooks:
-                h.remove()
-        got_q, hooks = _capture(entries, "output")
-        got_qin, hooks_in = _capture(entries, "input")
-        with quantizer_states(qmodel, None):
+    runtimes = [_RuntimeStage(st, qmodel, entries, batches[0], onnx_path)
+                for st in stages if st is not Stage.SIM]
+    try:
+        for batch in batches:
+            got_f, hooks = _capture(entries, "input")
             try:
-                q_out = run_model(qmodel, batch)
+                with running(qmodel, FakeQuantState.FLOAT):
+                    qfloat_out = run_model(qmodel, batch)
             finally:
-                for h in hooks + hooks_in:
+                for h in hooks:
                     h.remove()
-            for e in entries:  # isolated: the quantizer alone, on its float input
-                ref = got_f.get(e.path)
-                if ref is None:
-                    continue
-                with torch.no_grad():
-                    xi = e.fq(ref) if e.fq.state is not FakeQuantState.FLOAT else ref
-                iso[e.path].add(xi, ref, clipped_fraction(e.fq, ref)[0])
-        for e in entries:
-            ref = got_f.get(e.path)
-            if ref is None or e.path not in got_q:
-                continue
-            cum[e.path].add(got_q[e.path], ref, clipped_fraction(e.fq, got_qin[e.path])[0])
-            samples[e.path] = _sample(samples.get(e.path), ref)
-        if float_model is not None:
-            modes = [(m, m.training) for m in float_model.modules()]
-            float_model.eval()
-            try:
-                ref_out = run_model(float_model, batch)
-            finally:
-                for m, t in modes:
-                    m.training = t
-        else:
-            ref_out = qfloat_out
-        while len(out_stats) < len(q_out):
-            out_stats.append(ErrorStats())
-        for k, (a, b) in enumerate(zip(q_out, ref_out, strict=True)):
-            out_stats[k].add(a, b)
-        if ort_runner is not None:
-            rt = ort_runner.run(batch)
+            got_q, hooks = _capture(entries, "output")
+            got_qin, hooks_in = _capture(entries, "input")
+            with running(qmodel, None):
+                try:
+                    q_out = run_model(qmodel, batch)
+                finally:
+                    for h in hooks + hooks_in:
+                        h.remove()
+                for e in entries:  # isolated: the quantizer alone, on its float input
+                    ref = got_f.get(e.path)
+                    if ref is None:
+                        continue
+                    with torch.no_grad():
+                        xi = e.fq(ref) if e.fq.state is not FakeQuantState.FLOAT else ref
+                    iso[e.path].add(xi, ref, clipped_fraction(e.fq, ref)[0])
             for e in entries:
-                if e.path in rt and e.path in got_f:
-                    ort[e.path].add(torch.from_numpy(np.asarray(rt[e.path])), got_f[e.path],
-                                    clipped_fraction(e.fq, got_qin[e.path])[0])
-                    ort_steps.setdefault(e.path, []).extend(
-                        _steps(e.fq, np.asarray(rt[e.path]), got_q[e.path]))
+                ref = got_f.get(e.path)
+                if ref is None or e.path not in got_q:
+                    continue
+                cum[e.path].add(got_q[e.path], ref, clipped_fraction(e.fq, got_qin[e.path])[0])
+                samples[e.path] = _sample(samples.get(e.path), ref)
+            if float_model is not None:
+                with eval_mode(float_model):
+                    ref_out = run_model(float_model, batch)
+            else:
+                ref_out = qfloat_out
+            while len(out_stats) < len(q_out):
+                out_stats.append(ErrorStats())
+            for k, (a, b) in enumerate(zip(q_out, ref_out, strict=True)):
+                out_stats[k].add(a, b)
+            for rt in runtimes:
+                rt.add(batch, got_f, got_q, got_qin)
+    finally:
+        for rt in runtimes:
+            rt.close()
     rows = []
     for e in entries:
         lo, hi = _ranges(e.fq)
-        def row(st: ErrorStats, stage: str, mode: str, steps=None, e=e, lo=lo, hi=hi):
+
+        def row(st: ErrorStats, stage: Stage, mode: str, steps=None, e=e, lo=lo, hi=hi):
             return CompareRow(
                 e.name, e.role, e.op_type, str(e.fq.dtype), stage, mode, st.sqnr, st.cosine,
                 st.l1, st.max, st.saturation, st.lo, st.hi, lo, hi, st.n, e.path,
-                None if steps is None else steps[0], None if steps is None else steps[1],
+                None if steps is None else steps.max_step_diff,
+                None if steps is None else steps.identical,
             )
-        rows.append(row(cum[e.path], "sim", "cumulative"))
-        rows.append(row(iso[e.path], "sim", "isolated"))
-        if ort_runner is not None and ort[e.path].n:
-            st = ort_steps[e.path]
-            arr = np.asarray(st)
-            rows.append(row(ort[e.path], "onnxruntime", "cumulative",
-                            (int(np.abs(arr).max()) if arr.size else 0,
-                             float((arr == 0).mean()) if arr.size else 1.0)))
+        rows.append(row(cum[e.path], Stage.SIM, "cumulative"))
+        rows.append(row(iso[e.path], Stage.SIM, "isolated"))
+        for rt in runtimes:
+            if rt.stats[e.path].n:
+                rows.append(row(rt.stats[e.path], rt.stage, "cumulative",
+                                rt.steps[e.path].result()))
     outs = tuple(
         OutputRow(k, "float_model" if float_model is not None else "qmodel_float", s.sqnr,
                   s.cosine, s.l1, s.max, s.n)
         for k, s in enumerate(out_stats)
     )
     samp = {(e.name, e.role): samples[e.path] for e in entries if e.path in samples}
-    if ort_runner is not None:
-        ort_runner.close()
     return CompareTable(tuple(rows), outs, stages, samp)
 
 
-def _steps(fq: FakeQuantize, rt: np.ndarray, sim: torch.Tensor) -> list[int]:
-    """Step differences as :func:`fxquant.verify` counts them (``round(diff / scale)``)."""
-    diff = rt.astype(np.float64) - sim.detach().double().numpy()
-    scale = fq.scale.detach().double().numpy()
-    if scale.ndim == 1 and fq.ch_axis is not None and rt.ndim:
-        shape = [1] * rt.ndim
-        shape[fq.ch_axis % rt.ndim] = -1
-        scale = scale.reshape(shape)
-    return np.rint(diff / scale).astype(np.int64).ravel().tolist()
+class _RuntimeStage:
+    """Export once, run the runtime with every ``<tensor>_dequantized`` as an extra output,
+    accumulate SQNR and step statistics per quantizer."""
 
-
-class _OrtStage:
-    """Export once, run ONNX Runtime with every ``<tensor>_dequantized`` as an extra output."""
-
-    def __init__(self, qmodel: nn.Module, entries: Sequence[QuantizerEntry],
-                 example: tuple[Any, ...], onnx_path: Any) -> None:
-        import onnx
-
-        from ..export import export_onnx
-        from ..export.naming import dq_output, quantized_tensor_name
-        from ..export.verify import _with_outputs
-
+    def __init__(self, stage: Stage, qmodel: nn.Module, entries: Sequence[QuantizerEntry],
+                 example: ModelInputs, onnx_path: Any) -> None:
+        self.stage = stage
         self._tmp = tempfile.TemporaryDirectory(prefix="fxquant_compare_")
         path = os.fspath(onnx_path) if onnx_path is not None else os.path.join(
             self._tmp.name, "model.onnx")
         if onnx_path is None:
-            export_onnx(qmodel, example if len(example) > 1 else example[0], path)
-        model = onnx.load(path)
-        produced = {o for n in model.graph.node for o in n.output}
-        self.watch: dict[str, str] = {}
+            args = example.args if len(example.args) > 1 else example.args[0]
+            export_onnx(qmodel, args, path)
+        produced = onnx_model.tensor_names(onnx_model.load(path, "compare"))
+        self.watch: dict[str, QuantizerEntry] = {}
         for e in entries:
             if e.role == "weight":
                 continue
             dq = dq_output(quantized_tensor_name(e.name, e.role))
             if dq in produced:
-                self.watch[dq] = e.path
-        aug = os.path.join(self._tmp.name, "instrumented.onnx")
-        onnx.save(_with_outputs(model, list(self.watch)), aug)
-        import onnxruntime as ort
+                self.watch[dq] = e
+        self.session = open_session(Runtime(stage.value), path, extra_outputs=list(self.watch))
+        self.stats = {e.path: ErrorStats() for e in entries}
+        self.steps = {e.path: StepCounter(dq, e.fq.qparams(), e.path)
+                      for dq, e in self.watch.items()}
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.sess = ort.InferenceSession(aug, so, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.sess.get_inputs()]
-
-    def run(self, batch: tuple[Any, ...]) -> dict[str, np.ndarray]:
-        feeds = [a.detach().cpu().numpy() for a in batch if isinstance(a, torch.Tensor)]
-        extra = list(self.watch)
-        res = self.sess.run(extra, dict(zip(self.names, feeds, strict=True)))
-        return {self.watch[n]: r for n, r in zip(extra, res, strict=True)}
+    def add(self, batch: ModelInputs, got_f: dict, got_q: dict, got_qin: dict) -> None:
+        res = self.session.run(self.session.feeds(batch))
+        for dq, e in self.watch.items():
+            if dq not in res or e.path not in got_f or e.path not in got_q:
+                continue
+            rt = np.asarray(res[dq])
+            self.stats[e.path].add(torch.from_numpy(rt), got_f[e.path],
+                                   clipped_fraction(e.fq, got_qin[e.path])[0])
+            self.steps[e.path].add(rt, got_q[e.path])
 
     def close(self) -> None:
-        self.sess = None
+        self.session.close()
         self._tmp.cleanup()

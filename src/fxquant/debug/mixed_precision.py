@@ -5,8 +5,8 @@ Decision variables: one bit width per *op that decides quantizers* (the op names
 and output activation take that width together (``W<b>A<b>``; activations use the profile's
 signedness).  Costs:
 
-* ``"size"``: deployed model bytes (:func:`fxquant.demo.quantized_size_bytes`: weights at their
-  bit width plus scales / zero points, other parameters 32-bit);
+* ``"size"``: deployed model bytes (:func:`fxquant.debug.size.quantized_size_bytes`: weights at
+  their bit width plus scales / zero points, other parameters 32-bit);
 * ``"bitops"``: per sample, ``sum MACs x weight bits x input activation bits`` over weighted
   ops (the input activation bits are those of the last activation quantizer that ran before
   the op) plus ``elements x bits`` for other quantized ops.
@@ -35,7 +35,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..algorithms import calibrate
+from ..fake_quant import FakeQuantize
+from ..graph import prepare
+from ..graph.ops import count_macs, layer_traits
+from ..graph.report import get_report
+from ..modelio import ModelInputs, as_inputs, call_model
 from ..numerics import QDType, qint4, qint8, qint16
 from ..qconfig import OpInfo, OpKind, QConfig, SetterContext
 from ..qconfig.templates import (
@@ -44,6 +51,9 @@ from ..qconfig.templates import (
     activation_factory,
     weight_factory,
 )
+from .compare import quantizer_entries
+from .sensitivity import op_groups
+from .size import quantized_size_bytes
 
 __all__ = [
     "MixedPrecisionQconfigSetter",
@@ -137,13 +147,11 @@ class SearchReport:
         return "\n".join(lines)
 
 
-def _bitops(qmodel: nn.Module, example: tuple[Any, ...]) -> float:
-    from ..fake_quant import FakeQuantize
-
+def _bitops(qmodel: nn.Module, example: ModelInputs) -> float:
     last_bits = [32]
     total = [0.0]
     hooks = []
-    batch = next((a.shape[0] for a in example if isinstance(a, torch.Tensor) and a.dim()), 1)
+    batch = example.batch_size()
     for m in qmodel.modules():
         if isinstance(m, FakeQuantize) and not m.is_weight:
             def act_hook(mod, _i, out):
@@ -153,18 +161,12 @@ def _bitops(qmodel: nn.Module, example: tuple[Any, ...]) -> float:
         wfq = getattr(m, "weight_fake_quant", None)
         if isinstance(wfq, FakeQuantize) and isinstance(getattr(m, "weight", None), torch.Tensor):
             def w_hook(mod, inp, out, _w=wfq):
-                w = mod.weight
-                if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                    macs = inp[0].numel() * w[0].numel()
-                elif w.dim() > 2:
-                    macs = out.numel() * w[0].numel()
-                else:
-                    macs = out.numel() * w.shape[-1]
+                macs = count_macs(layer_traits(mod), mod.weight, inp[0], out)
                 total[0] += macs * _w.dtype.bits * last_bits[0] / batch
             hooks.append(m.register_forward_hook(w_hook))
     try:
         with torch.no_grad():
-            qmodel.eval()(*example)
+            call_model(qmodel.eval(), example)
     finally:
         for h in hooks:
             h.remove()
@@ -191,24 +193,16 @@ def search_mixed_precision(
         (``MixedPrecisionQconfigSetter`` then the calibration template) that reproduces the
         chosen configuration; ``report`` is a :class:`SearchReport`.
     """
-    from tqdm.auto import tqdm
-
-    from ..algorithms import calibrate
-    from ..demo import quantized_size_bytes
-    from ..graph import prepare
-    from .compare import quantizer_entries
-    from .sensitivity import _groups
-
     if objective not in ("size", "bitops"):
         raise ValueError(f"objective must be 'size' or 'bitops', got {objective!r}")
     cands = sorted({c.bits: c for c in candidates}.values(), key=lambda c: c.bits)
     if not cands:
         raise ValueError("candidates must not be empty")
     calib = list(calib_data)
-    example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    example = as_inputs(example_inputs)
     template = TemplateQconfigSetter(TemplateMode.CALIBRATION)
     probe = prepare(model, example_inputs, template, backend=backend)
-    ops = sorted({g.op_name for g in _groups(probe, quantizer_entries(probe))},
+    ops = sorted({g.op_name for g in op_groups(probe, quantizer_entries(probe))},
                  key=list(probe_order(probe)).index)
     if not ops:
         raise ValueError("search_mixed_precision: the model has no quantizable op")
@@ -318,6 +312,4 @@ def _estimate_cost(cache: dict, trial: dict[str, int], ops: list[str],
 
 
 def probe_order(qmodel: nn.Module) -> list[str]:
-    from ..graph.report import get_report
-
     return list(get_report(qmodel).ops)

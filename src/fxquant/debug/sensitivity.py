@@ -41,18 +41,22 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..export.atomic import atomic_path
 from ..fake_quant import FakeQuantState
 from ..graph.meta import op_name as node_op_name
-from ..graph.report import get_report
+from ..graph.ops import count_macs, layer_traits
+from ..graph.report import get_report, num_inputs_of
+from ..modelio import ModelInputs, eval_mode, iter_inputs
 from ..qconfig import OpKind
+from ..qconfig.sensitive import select_count
 from .compare import (
     ErrorStats,
     QuantizerEntry,
-    as_batches,
     quantizer_entries,
-    quantizer_states,
     run_model,
+    running,
     write_text_atomic,
 )
 
@@ -136,8 +140,6 @@ class SensitivityTable:
     def save(self, path: str | os.PathLike[str]) -> list[str]:
         """``torch.save`` the rows (a plain list) at ``path``; ``<stem>.txt`` and ``<stem>.csv``
         next to it.  Returns the three paths.  Every write is atomic."""
-        from ..export.atomic import atomic_path
-
         path = os.fspath(path)
         stem = os.path.splitext(path)[0]
         with atomic_path(path) as tmp:
@@ -150,19 +152,6 @@ class SensitivityTable:
 def load_table(path: str | os.PathLike[str]) -> list[list[Any]]:
     """Rows saved by :meth:`SensitivityTable.save` (``weights_only=True``)."""
     return torch.load(os.fspath(path), weights_only=True)
-
-
-def select_count(n: int, topk: int | None, ratio: float | None) -> int:
-    """How many rows ``topk`` / ``ratio`` select (exactly one must be given; ratio rounds up)."""
-    if (topk is None) == (ratio is None):
-        raise ValueError("give exactly one of topk= or ratio=")
-    if topk is not None:
-        if not isinstance(topk, int) or topk < 0:
-            raise ValueError(f"topk must be an int >= 0, got {topk!r}")
-        return min(n, topk)
-    if not 0.0 <= float(ratio) <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
-    return min(n, math.ceil(float(ratio) * n - 1e-9))
 
 
 # -- groups ---------------------------------------------------------------------------------
@@ -199,7 +188,8 @@ def _deciding_ops(qmodel: nn.Module) -> dict[str, str]:
     return out
 
 
-def _groups(qmodel: nn.Module, entries: list[QuantizerEntry]) -> list[_Group]:
+def op_groups(qmodel: nn.Module, entries: list[QuantizerEntry]) -> list[_Group]:
+    """The quantizer groups of every op: its activation quantizers, its weight quantizer."""
     rep = get_report(qmodel)
     owner = _deciding_ops(qmodel)
     groups: dict[tuple[str, str], _Group] = {}
@@ -214,7 +204,7 @@ def _groups(qmodel: nn.Module, entries: list[QuantizerEntry]) -> list[_Group]:
 
 
 # -- FLOPs ----------------------------------------------------------------------------------
-def _flops(qmodel: nn.Module, batch: tuple[Any, ...], groups: list[_Group],
+def _flops(qmodel: nn.Module, batch: ModelInputs, groups: list[_Group],
            entries: list[QuantizerEntry]) -> dict[str, float]:
     """FLOPs per sample of each op named by ``groups``: 2 x MACs for weighted modules,
     output elements for the other ops (elementwise estimate)."""
@@ -222,21 +212,14 @@ def _flops(qmodel: nn.Module, batch: tuple[Any, ...], groups: list[_Group],
     hooks = []
     names = {g.op_name for g in groups}
     rep = get_report(qmodel)
-    batch_n = next((a.shape[0] for a in batch if isinstance(a, torch.Tensor) and a.dim()), 1)
+    batch_n = batch.batch_size()
 
     def weighted(name: str, mod: nn.Module) -> None:
         def hook(m, inp, out, _n=name):
             w = getattr(m, "weight", None)
             if not isinstance(out, torch.Tensor) or not isinstance(w, torch.Tensor):
                 return
-            if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                macs = inp[0].numel() * w[0].numel()
-            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or w.dim() > 2:
-                macs = out.numel() * w[0].numel()
-            elif isinstance(m, nn.Embedding):
-                macs = 0
-            else:
-                macs = out.numel() * w.shape[-1]
+            macs = count_macs(layer_traits(m), w, inp[0], out)
             per_op[_n] = per_op.get(_n, 0.0) + 2.0 * macs / batch_n
         hooks.append(mod.register_forward_hook(hook))
 
@@ -260,7 +243,7 @@ def _flops(qmodel: nn.Module, batch: tuple[Any, ...], groups: list[_Group],
                 per_op[_n] = per_op.get(_n, 0.0) + out.numel() / batch_n
         hooks.append(e.fq.register_forward_hook(hook))
     try:
-        with quantizer_states(qmodel, FakeQuantState.FLOAT):
+        with running(qmodel, FakeQuantState.FLOAT):
             run_model(qmodel, batch)
     finally:
         for h in hooks:
@@ -297,8 +280,8 @@ def sensitivity(
 
     Args:
         qmodel: a calibrated model from :func:`fxquant.prepare` (left as it was).
-        data: a tensor (one batch), a tuple (positional inputs of one batch) or a list of
-            batches.
+        data: one batch (a tensor, a tuple of positional inputs, a dict of keyword inputs) or
+            a list of batches, as :mod:`fxquant.modelio` defines them.
         metric: ``"L1"``, ``"mse"``, ``"cosine"``, ``"sqnr"`` or ``metric(model) -> float``.
         float_model: reference model for built-in metrics (default: ``qmodel`` all float).
         mode: ``"one_on"`` or ``"one_off"``.
@@ -309,18 +292,16 @@ def sensitivity(
         One :class:`SensitivityTable`, or a list of them (one per model output) when the
         model has several outputs and the metric is built in.
     """
-    from tqdm.auto import tqdm
-
     if mode not in ("one_on", "one_off"):
         raise ValueError(f"mode must be 'one_on' or 'one_off', got {mode!r}")
     user = callable(metric)
     if not user and metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)} or a callable, got {metric!r}")
-    batches = as_batches(data)
+    batches = list(iter_inputs(data, num_inputs_of(qmodel)))
     if not batches:
         raise ValueError("sensitivity: no data")
     entries = quantizer_entries(qmodel)
-    groups = _groups(qmodel, entries)
+    groups = op_groups(qmodel, entries)
     flops = _flops(qmodel, batches[0], groups, entries)
     total = sum(flops.values())
     on, off = FakeQuantState.VALIDATION, FakeQuantState.FLOAT
@@ -330,19 +311,14 @@ def sensitivity(
     if not user:
         for b in batches:
             if float_model is not None:
-                modes = [(m, m.training) for m in float_model.modules()]
-                float_model.eval()
-                try:
+                with eval_mode(float_model):
                     refs.append(run_model(float_model, b))
-                finally:
-                    for m, t in modes:
-                        m.training = t
             else:
-                with quantizer_states(qmodel, off):
+                with running(qmodel, off):
                     refs.append(run_model(qmodel, b))
 
     def evaluate(default: FakeQuantState, overrides: dict[str, FakeQuantState]) -> list[float]:
-        with quantizer_states(qmodel, default, overrides), torch.no_grad():
+        with running(qmodel, default, overrides), torch.no_grad():
             if user:
                 return [float(metric(qmodel))]
             stats: list[ErrorStats] = []

@@ -132,6 +132,7 @@ def summary(qmodel: nn.Module, print_table: bool = False) -> Summary:
             if not isinstance(fq, FakeQuantize):
                 continue
             known = bool(fq.calibrated)
+            qp = fq.qparams()  # the grid forward applies (LSQ: clamped scale, integer zp)
             rows.append(
                 QuantizerRow(
                     name=rec.name,
@@ -141,8 +142,8 @@ def summary(qmodel: nn.Module, print_table: bool = False) -> Summary:
                     granularity=repr(fq.granularity),
                     observer=type(fq.observer).__name__,
                     state=fq.state.name,
-                    scale=_fmt(fq.scale.detach()) if known else "?",
-                    zero_point=_fmt(fq.zero_point.detach().round()) if known else "?",
+                    scale=_fmt(qp.scale) if known else "?",
+                    zero_point=_fmt(qp.zero_point) if known else "?",
                     path=path,
                 )
             )

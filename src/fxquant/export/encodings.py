@@ -80,18 +80,15 @@ def _slots(qmodel: nn.Module) -> dict[str, _Slot]:
 
 def _full_qmin(dtype: QDType) -> int:
     """Lowest code of ``dtype``'s full grid (narrow range ignored)."""
-    return -(1 << (dtype.bits - 1)) if dtype.signed else 0
+    return dtype.narrow(False).qmin
 
 
 def _qparams(fq: FakeQuantize) -> tuple[list[float], list[int]]:
-    """The scales (exact float32 values) and integer zero points the quantizer uses."""
-    scale = fq.scale.detach()
-    zp = fq.zero_point.detach()
-    if isinstance(fq, LearnableFakeQuantize):  # what its forward uses
-        scale = scale.clamp(min=fq.eps)
-        zp = torch.round(zp).clamp(fq.dtype.qmin, fq.dtype.qmax)
-    scales = scale.to(torch.float32).cpu().reshape(-1).tolist()
-    zps = [int(v) for v in zp.cpu().reshape(-1).tolist()]
+    """The scales (exact float32 values) and integer zero points the quantizer applies
+    (:meth:`~fxquant.FakeQuantize.qparams`)."""
+    qp = fq.qparams()
+    scales = qp.scale.cpu().reshape(-1).tolist()
+    zps = [int(v) for v in qp.zero_point.cpu().reshape(-1).tolist()]
     return scales, zps
 
 
@@ -450,7 +447,7 @@ def _plan(
         )
         return None
     if sym:
-        mid = 0 if dtype.signed else (dtype.qmin + dtype.qmax + 1) // 2
+        mid = dtype.symmetric_zero_point
         if any(z != mid for z in zps):
             if strict:
                 problems.append(

@@ -1,29 +1,34 @@
-"""FakeQuantize = observer (statistics) + numerics (fake quantization with an STE)."""
+"""FakeQuantize = observer (statistics) + numerics (fake quantization with an STE), and the
+:class:`QuantizerSpec` it is built from (frozen, validated, JSON round trip)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math as _math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory
 from ..distributed import DistributedSync, merge_pending, observe_distributed
-from ..errors import QuantizerError
+from ..errors import CheckpointError, ConfigError, QuantizerError, bounded, bounded_list
 from ..numerics import (
     DEFAULT_EPS,
     QDType,
     QParams,
     ScaleMath,
+    dtype_by_name,
     fake_quantize_lsq,
     fake_quantize_ste,
     granularity_from_axis,
     qint8,
 )
-from ..observers import FixedScaleObserver, MinMaxObserver, Observer
+from ..observers import FixedScaleObserver, MinMaxObserver, Observer, ObserverSpec, check_scale
 from .state import FakeQuantState
 
-__all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError"]
+__all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError", "QuantizerSpec",
+           "SPEC_VERSION", "check_spec_format"]
 
 
 class FakeQuantize(LazyShapeBuffers, WithArgs):
@@ -161,6 +166,32 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
 
     def _applied_scale_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.scale, self.zero_point
+
+    # -- spec ----------------------------------------------------------------------------------
+    @classmethod
+    def with_args(cls, **kwargs: Any) -> Any:
+        """A :class:`QuantizerSpec` (the familiar ``with_args`` spelling): a frozen, validated
+        description that builds fresh quantizers when called.  A subclass that fxquant does not
+        know gives a plain factory instead (not serialisable)."""
+        if cls in (FakeQuantize, LearnableFakeQuantize):
+            return QuantizerSpec().with_args(learnable=cls is LearnableFakeQuantize, **kwargs)
+        return super().with_args(**kwargs)
+
+    def spec(self) -> QuantizerSpec:
+        """The spec a fresh quantizer of the same configuration is built from
+        (``fq.spec()()``); its scale and statistics are state, in ``state_dict``."""
+        return QuantizerSpec(
+            dtype=self.dtype,
+            symmetric=self.symmetric,
+            ch_axis=self.ch_axis,
+            observer=ObserverSpec.of(self.observer),
+            learnable=isinstance(self, LearnableFakeQuantize),
+            power_of_two=self.power_of_two,
+            scale_math=self.scale_math,
+            fixed_in_qat=self.fixed_in_qat,
+            is_weight=self.is_weight,
+            eps=self.eps,
+        )
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -305,3 +336,192 @@ class LearnableFakeQuantize(FakeQuantize):
 def quantizer_factory(obj: Any) -> Factory:
     """Normalise a FakeQuantize class / factory / partial to a :class:`Factory`."""
     return as_factory(obj)
+
+
+SPEC_VERSION = 1
+"""Format version of :meth:`QuantizerSpec.to_dict` (and of QConfig's, which holds them)."""
+_SPEC_FORMAT = "fxquant.quantizer"
+_MIN_MAX = ObserverSpec(MinMaxObserver)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"quantizer spec: {name} must be True or False, got "
+                          f"{bounded(repr(value))}")
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """A quantizer as frozen, validated, serialisable data: what to build, not its state.
+
+    Calling a spec builds a fresh :class:`FakeQuantize` (:class:`LearnableFakeQuantize` when
+    ``learnable``); ``FakeQuantize.with_args(...)`` is the familiar spelling that makes one and
+    :meth:`FakeQuantize.spec` reads one back from a quantizer.  Invalid values raise
+    :class:`~fxquant.ConfigError` naming the argument, on creation.  :meth:`to_dict` /
+    :meth:`from_dict` round-trip through plain JSON values with a format version.
+
+    Attributes:
+        dtype: the integer grid (``None``: the fixed-scale observer's dtype, else ``qint8``).
+        symmetric: symmetric range (zero point 0 / the middle code) or affine.
+        ch_axis: ``None`` per tensor, else per channel on this axis.
+        observer: an :class:`~fxquant.observers.ObserverSpec` (an observer class or
+            ``Observer.with_args(...)`` is accepted and converted).
+        learnable: LSQ: scale and zero point are trained (:class:`LearnableFakeQuantize`).
+        power_of_two: scales rounded up to powers of two.
+        scale_math: how the scale divides (:class:`~fxquant.numerics.ScaleMath`).
+        fixed_in_qat: the scale stays as calibrated during QAT.
+        is_weight: a weight quantizer (observes its constant input lazily).
+        eps: smallest scale (a normal float32).
+
+    >>> from fxquant.numerics import quint8
+    >>> spec = FakeQuantize.with_args(dtype=quint8, symmetric=False)
+    >>> spec.to_dict()["dtype"], spec().dtype
+    ('quint8', quint8)
+    >>> QuantizerSpec.from_dict(spec.to_dict()) == spec
+    True
+    """
+
+    dtype: QDType | None = None
+    symmetric: bool = True
+    ch_axis: int | None = None
+    observer: ObserverSpec = _MIN_MAX
+    learnable: bool = False
+    power_of_two: bool = False
+    scale_math: ScaleMath = ScaleMath.DIVIDE
+    fixed_in_qat: bool = False
+    is_weight: bool = False
+    eps: float = DEFAULT_EPS
+
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "dtype", "symmetric", "ch_axis", "observer", "learnable", "power_of_two", "scale_math",
+        "fixed_in_qat", "is_weight", "eps",
+    )
+
+    def __post_init__(self) -> None:
+        obs = ObserverSpec.from_factory(self.observer)
+        object.__setattr__(self, "observer", obs)
+        fixed_dtype = obs.arg("dtype") if issubclass(obs.type, FixedScaleObserver) else None
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", fixed_dtype or qint8)
+        if not isinstance(self.dtype, QDType):
+            raise ConfigError(f"quantizer spec: dtype must be a QDType (e.g. fxquant.qint8), "
+                              f"got {bounded(repr(self.dtype))}")
+        if fixed_dtype is not None and fixed_dtype != self.dtype:
+            raise ConfigError(
+                f"quantizer spec: the fixed scale is meant for {fixed_dtype} (FixedScaleObserver "
+                f"dtype=) but the quantizer's dtype is {self.dtype}; make them agree"
+            )
+        for name in ("symmetric", "learnable", "power_of_two", "fixed_in_qat", "is_weight"):
+            _check_bool(name, getattr(self, name))
+        axis = self.ch_axis
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise ConfigError(f"quantizer spec: ch_axis must be None (per tensor) or an int "
+                              f"axis, got {bounded(repr(axis))}")
+        if not isinstance(self.scale_math, ScaleMath):
+            try:
+                object.__setattr__(self, "scale_math", ScaleMath(self.scale_math))
+            except ValueError:
+                raise ConfigError(
+                    f"quantizer spec: scale_math must be a ScaleMath "
+                    f"({bounded_list(m.value for m in ScaleMath)}), got "
+                    f"{bounded(repr(self.scale_math))}"
+                ) from None
+        object.__setattr__(self, "eps", check_scale("quantizer spec: eps", self.eps))
+
+    # -- the factory protocol (what prepare and setters call) ------------------------------
+    @property
+    def cls(self) -> type[FakeQuantize]:
+        """The quantizer class a call builds."""
+        return LearnableFakeQuantize if self.learnable else FakeQuantize
+
+    @property
+    def fixed_scale(self) -> float | None:
+        """The constant scale of a fixed-scale quantizer (``None`` otherwise)."""
+        if issubclass(self.observer.type, FixedScaleObserver):
+            return self.observer.arg("scale")
+        return None
+
+    def build(self) -> FakeQuantize:
+        """A fresh quantizer of this spec."""
+        return self.cls(
+            observer=self.observer.factory(), dtype=self.dtype, symmetric=self.symmetric,
+            ch_axis=self.ch_axis, power_of_two=self.power_of_two, scale_math=self.scale_math,
+            fixed_in_qat=self.fixed_in_qat, is_weight=self.is_weight, eps=self.eps,
+        )
+
+    def __call__(self, **override: Any) -> FakeQuantize:
+        return (self.with_args(**override) if override else self).build()
+
+    def with_args(self, **changes: Any) -> QuantizerSpec:
+        """A copy with ``changes``: spec fields, ``observer=`` (a class, factory or spec), and
+        arguments of the observer (``averaging_constant=0.1``)."""
+        fields = {k: v for k, v in changes.items() if k in self._FIELDS}
+        rest = {k: v for k, v in changes.items() if k not in self._FIELDS}
+        if rest:
+            obs = ObserverSpec.from_factory(fields.get("observer", self.observer))
+            fields["observer"] = obs.with_args(**rest)  # ConfigError names unknown arguments
+        return dataclasses.replace(self, **fields)
+
+    def arg(self, key: str, default: Any = None) -> Any:
+        """The value of field ``key`` (``default`` for anything else)."""
+        return getattr(self, key) if key in self._FIELDS else default
+
+    def __repr__(self) -> str:
+        defaults = QuantizerSpec(observer=self.observer)
+        shown = [f"{k}={getattr(self, k)!r}" for k in self._FIELDS
+                 if k != "learnable" and getattr(self, k) != getattr(defaults, k)]
+        if self.observer != _MIN_MAX:
+            shown.insert(0, f"observer={self.observer!r}")
+        return f"{self.cls.__name__}.with_args({', '.join(shown)})"
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: ``{"format", "version", "dtype": "qint8", ..., "observer": {..}}``."""
+        return {
+            "format": _SPEC_FORMAT,
+            "version": SPEC_VERSION,
+            "dtype": self.dtype.name,
+            "symmetric": self.symmetric,
+            "ch_axis": self.ch_axis,
+            "observer": self.observer.to_dict(),
+            "learnable": self.learnable,
+            "power_of_two": self.power_of_two,
+            "scale_math": self.scale_math.value,
+            "fixed_in_qat": self.fixed_in_qat,
+            "is_weight": self.is_weight,
+            "eps": self.eps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> QuantizerSpec:
+        """Inverse of :meth:`to_dict`.  A dict from a newer fxquant (higher format version),
+        or one that is not a quantizer spec, raises :class:`~fxquant.CheckpointError`."""
+        check_spec_format(data, _SPEC_FORMAT, "quantizer spec")
+        unknown = sorted(set(data) - {*cls._FIELDS, "format", "version"})
+        if unknown:
+            raise CheckpointError(f"quantizer spec: unknown keys {bounded_list(unknown)}")
+        values = {k: data[k] for k in cls._FIELDS if k in data}
+        try:
+            if "dtype" in values:
+                values["dtype"] = dtype_by_name(values["dtype"])
+            if "observer" in values:
+                values["observer"] = ObserverSpec.from_dict(values["observer"])
+            return cls(**values)
+        except (ConfigError, ValueError) as exc:
+            raise CheckpointError(f"quantizer spec: {exc}") from None
+
+
+def check_spec_format(data: Any, fmt: str, what: str) -> None:
+    """Raise :class:`~fxquant.CheckpointError` unless ``data`` is a dict of format ``fmt`` with
+    a version this fxquant reads (at most :data:`SPEC_VERSION`)."""
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{what}: not an {fmt!r} dict (format {bounded(repr(got))})")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{what}: bad format version {bounded(repr(version))}")
+    if version > SPEC_VERSION:
+        raise CheckpointError(
+            f"{what}: written by a newer fxquant (format version {version}; this one reads up "
+            f"to {SPEC_VERSION}): upgrade fxquant to load it"
+        )

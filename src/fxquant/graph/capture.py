@@ -22,6 +22,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import DataError
+from ..modelio import ModelInputs
 from ..qconfig import OpKind
 from .insert import place_module
 from .meta import ValueInfo, set_name_override, set_value_info
@@ -270,9 +272,9 @@ def propagate_values(
     return kept
 
 
-def unspecified_defaults(module: nn.Module, num_given: int) -> dict[str, Any]:
-    """The non-tensor defaults of ``module.forward``'s parameters after the first ``num_given``
-    positional ones (``mask=None``, ``scale=1.0``, keyword-only flags): traced as constants.
+def unspecified_defaults(module: nn.Module, inputs: ModelInputs) -> dict[str, Any]:
+    """The non-tensor defaults of the parameters of ``module.forward`` that ``inputs`` leaves
+    out (``mask=None``, ``scale=1.0``, keyword-only flags): traced as constants.
 
     Traced as placeholders instead, ``if mask is not None:`` would take the branch for a value
     the example inputs never pass.  The traced graph asserts the value it was specialised on.
@@ -285,22 +287,44 @@ def unspecified_defaults(module: nn.Module, num_given: int) -> dict[str, Any]:
     for i, p in enumerate(params):
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
             continue
-        if i >= num_given and not isinstance(p.default, torch.Tensor):
+        given = i < len(inputs.args) or p.name in inputs.kwargs
+        if not given and not isinstance(p.default, torch.Tensor):
             out[p.name] = p.default
     return out
 
 
+def _positional(model: nn.Module, inputs: ModelInputs) -> tuple[Any, ...]:
+    """``inputs`` as the positional arguments of the traced graph: one per parameter of
+    ``model.forward`` (keyword inputs bound by name, defaults filled in)."""
+    if not inputs.kwargs:
+        return inputs.args
+    sig = inspect.signature(model.forward)
+    try:
+        bound = sig.bind(*inputs.args, **inputs.kwargs)
+    except TypeError as exc:
+        raise DataError(
+            f"the example inputs do not match {type(model).__name__}.forward{sig}: {exc}"
+        ) from None
+    bound.apply_defaults()
+    return tuple(bound.arguments[name] for name, p in sig.parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
 def capture(
-    model: nn.Module, example_inputs: tuple[Any, ...], leaf_names: frozenset[str] = frozenset()
+    model: nn.Module, example_inputs: ModelInputs | tuple[Any, ...],
+    leaf_names: frozenset[str] = frozenset(),
 ) -> tuple[fx.GraphModule, dict[str, Island]]:
     """Trace ``model`` (islands for untraceable submodules) and annotate values.
 
-    Parameters of ``forward`` not given in ``example_inputs`` are fixed to their defaults
+    ``example_inputs``: one call's inputs (:class:`~fxquant.modelio.ModelInputs`, or a tuple of
+    positional inputs).  Parameters of ``forward`` it leaves out are fixed to their defaults
     (:func:`unspecified_defaults`).  Raises :class:`RootTraceError` when the root ``forward``
     cannot be traced.
     """
+    if not isinstance(example_inputs, ModelInputs):
+        example_inputs = ModelInputs(tuple(example_inputs))
     tracer = _Tracer(leaf_names)
-    concrete = unspecified_defaults(model, len(example_inputs))
+    concrete = unspecified_defaults(model, example_inputs)
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as exc:
@@ -310,7 +334,8 @@ def capture(
     _drop_identities(gm)
     route_opaque_functions(gm, tracer.islands)
     gm.recompile()
-    island_args = propagate_values(gm, example_inputs, frozenset(tracer.islands))
+    island_args = propagate_values(gm, _positional(model, example_inputs),
+                                   frozenset(tracer.islands))
     for name, isl in tracer.islands.items():
         object.__setattr__(isl, "example_args", island_args.get(name))
     return gm, tracer.islands

@@ -38,8 +38,10 @@ from torch.overrides import TorchFunctionMode
 from .. import nn as qnn
 from ..backends import BackendProfile
 from ..fake_quant import QuantizerError
-from ..qconfig import OpInfo, OpKind, SetterContext, resolve_qconfig, validate_setters
+from ..qconfig import OpInfo, OpKind, QconfigSetter, resolve_qconfig, validate_setters
 from .capture import (
+    FunctionCall,
+    Island,
     RootTraceError,
     _Tracer,
     propagate_values,
@@ -53,6 +55,7 @@ from .library_modules import (
     quantize_library_module,
     record_float_ops,
 )
+from .naming import assign_names
 from .patterns import (
     FUNCTION_KINDS,
     FUNCTIONAL_WEIGHT_AXIS,
@@ -64,8 +67,9 @@ from .patterns import (
     pad_kind,
 )
 from .report import OpRecord, PrepareReport
+from .stages import GraphPass, PrepareContext, prepare_graph, set_submodule, weight_quantizer
 
-__all__ = ["prepare_eager"]
+__all__ = ["prepare_eager", "prepare_islands"]
 
 _DUNDER = {
     "__add__": "add",
@@ -388,59 +392,62 @@ def _set(root: nn.Module, path: str, value: Any) -> None:
         setattr(parent, leaf, value)
 
 
-class _Ctx:
-    """Everything the recursive capture passes down."""
-
-    def __init__(self, setters, profile, leaf_modules, skip, fold_bn, report) -> None:
-        self.setters = setters
-        self.profile = profile
-        self.leaf_modules = frozenset(leaf_modules)
-        self.skip = skip
-        self.fold_bn = fold_bn
-        self.report = report
-        self.setter_ctx = SetterContext(profile=profile)
-
-
 def prepare_eager(
     model: nn.Module,
     inputs: tuple[Any, ...],
-    setters: tuple[Any, ...],
+    setters: tuple[QconfigSetter, ...],
     profile: BackendProfile,
     err: RootTraceError,
     *,
     leaf_modules: Any = (),
     skip_modules: frozenset[str] = frozenset(),
     fold_bn: bool = True,
-    prefix: str = "",
-    report: PrepareReport | None = None,
-    path_prefix: str | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Prepare ``model`` (already a private copy) whose ``forward`` failed to trace, in place."""
-    top = report is None
-    if report is None:
-        report = PrepareReport(profile=profile, capture_mode="eager")
-        report.root_failure = (
-            f"forward is not traceable at {err.source} ({err.reason}); it runs eagerly: its "
-            "children are quantized separately and its own ops get call-site quantizers"
-        )
-        report.num_inputs = len(inputs)
-    ctx = _Ctx(setters, profile, leaf_modules, skip_modules, fold_bn, report)
-    _prepare_eager(
-        model,
-        tuple(inputs),
-        dict(kwargs or {}),
-        ctx,
-        prefix,
-        prefix if path_prefix is None else path_prefix,
+    report = PrepareReport(profile=profile, capture_mode="eager")
+    report.root_failure = (
+        f"forward is not traceable at {err.source} ({err.reason}); it runs eagerly: its "
+        "children are quantized separately and its own ops get call-site quantizers"
     )
-    if top:
-        validate_setters(setters, sorted(report.ops) + [p for p, _ in model.named_modules() if p])
-        model._fxquant_report = report  # type: ignore[attr-defined]
+    report.num_inputs = len(inputs)
+    ctx = PrepareContext(tuple(setters), profile, frozenset(leaf_modules),
+                         frozenset(skip_modules), fold_bn, report)
+    _prepare_eager(model, tuple(inputs), dict(kwargs or {}), ctx, "", "")
+    validate_setters(setters, sorted(report.ops) + [p for p, _ in model.named_modules() if p])
+    model._fxquant_report = report  # type: ignore[attr-defined]
     return model
 
 
-def _prepare_eager(model, args, kwargs, ctx: _Ctx, prefix: str, path_prefix: str) -> None:
+def prepare_islands(
+    gm: fx.GraphModule,
+    islands: dict[str, Island],
+    ctx: PrepareContext,
+    prefix: str = "",
+    path_prefix: str = "",
+) -> None:
+    """Quantize inside float islands too: their forward runs eagerly, children are captured."""
+    for name, isl in islands.items():
+        mod = gm.get_submodule(name)
+        opaque_call = isinstance(mod, FunctionCall)
+        if isl.example_args is None or not (opaque_call or any(True for _ in mod.children())):
+            continue
+        isl_args, isl_kwargs = isl.example_args
+        _prepare_eager(mod, tuple(isl_args), dict(isl_kwargs or {}), ctx, f"{prefix}{name}.",
+                       f"{path_prefix}{name}.")
+        set_submodule(gm, name, mod)
+        rec = ctx.report.ops.get(f"{prefix}{name}")
+        if rec is not None:
+            rec.float_reason = None  # its ops are quantized or listed on their own
+            ctx.report.notes[rec.name] = (
+                f"tracing failed at {isl.source} ({isl.reason}); its forward runs eagerly: "
+                "children and its own ops are quantized (or listed as float ops)"
+            )
+
+
+def _prepare_eager(
+    model, args, kwargs, ctx: PrepareContext, prefix: str, path_prefix: str
+) -> None:
     cands = _candidates(model)
     cap = _discover(model, args, kwargs)
     units = _units(cands, cap)
@@ -491,7 +498,7 @@ def _prepare_eager(model, args, kwargs, ctx: _Ctx, prefix: str, path_prefix: str
     _swap_forward(model, "Eager", _eager_forward)
 
 
-def _is_leaf(m: nn.Module, full: str, ctx: _Ctx) -> bool:
+def _is_leaf(m: nn.Module, full: str, ctx: PrepareContext) -> bool:
     return _Tracer(ctx.leaf_modules).is_leaf_module(m, full)
 
 
@@ -534,11 +541,8 @@ def _trace_unit(child, a, kw, calls, ctx, prefix):
     return gm, None
 
 
-def _graph_unit(child, gm, a, kw, ctx: _Ctx, full: str, path_prefix: str) -> None:
+def _graph_unit(child, gm, a, kw, ctx: PrepareContext, full: str, path_prefix: str) -> None:
     """Prepare the traced ``gm`` of ``child`` and make ``child`` run it, quantizers included."""
-    from .naming import assign_names
-    from .prepare import _prepare_graph, _prepare_islands
-
     islands = gm._fxq_islands
     sig = inspect.signature(child.forward)
     bound = sig.bind_partial(*a, **kw)
@@ -556,31 +560,8 @@ def _graph_unit(child, gm, a, kw, ctx: _Ctx, full: str, path_prefix: str) -> Non
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for i, node in enumerate(placeholders):
         rename[str(node.target)] = f"{full}.input_{i}"
-    _prepare_graph(
-        gm,
-        ctx.setters,
-        ctx.profile,
-        islands,
-        ctx.skip,
-        ctx.fold_bn,
-        ctx.report,
-        validate=False,
-        rename=rename,
-        path_prefix=path_prefix,
-        leaves=ctx.leaf_modules,
-    )
-    _prepare_islands(
-        gm,
-        islands,
-        ctx.setters,
-        ctx.profile,
-        ctx.leaf_modules,
-        ctx.skip,
-        ctx.fold_bn,
-        ctx.report,
-        prefix=f"{full}.",
-        path_prefix=path_prefix,
-    )
+    prepare_graph(GraphPass(gm, ctx, islands, rename, path_prefix))
+    prepare_islands(gm, islands, ctx, prefix=f"{full}.", path_prefix=path_prefix)
     for node in gm.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             _set(child, node.target, _get(gm, node.target))
@@ -627,14 +608,15 @@ def _traced_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return type(self).__mro__[1].forward(self, *args, **kwargs)
 
 
-def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: _Ctx, call: Call) -> nn.Module:
+def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: PrepareContext,
+                   call: Call) -> nn.Module:
     """Quantize a leaf module in place: weight, first input and output quantizers (a library
     module: inside, all its tensor inputs and its first output; ``call``: its example call)."""
     kind = classify_module(m)
     if kind is OpKind.FLOAT and full in ctx.leaf_modules:
         kind = OpKind.COMPUTE
     info = OpInfo(full, type(m).__name__, kind, m)
-    q = resolve_qconfig(ctx.setters, info, ctx.setter_ctx) if kind is not OpKind.FLOAT else None
+    q = resolve_qconfig(ctx.setters, info, ctx.setter_context) if kind is not OpKind.FLOAT else None
     rec = OpRecord(full, type(m).__name__, kind, q, {})
     ctx.report.ops[full] = rec
     if kind is OpKind.FLOAT:
@@ -652,10 +634,8 @@ def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: _Ctx, call: Call) ->
         rec.quantizers.update(roles)
         record_float_ops(ctx.report, full, m, call_is_masked(m, *call))
         return m
-    from .prepare import _weight_quantizer
-
     if kind is OpKind.WEIGHTED and q.weight is not None and type(m) in qnn.FLOAT_TO_QUANT:
-        m = qnn.FLOAT_TO_QUANT[type(m)].from_float(m, _weight_quantizer(q.weight, m, full))
+        m = qnn.FLOAT_TO_QUANT[type(m)].from_float(m, weight_quantizer(q.weight, m, full))
         rec.quantizers["weight"] = f"{path}.weight_fake_quant"
     inq = q.input or (q.output if kind is not OpKind.QUANT_STUB else None)
     if inq is not None:
@@ -684,17 +664,18 @@ def _leaf_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return out
 
 
-def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_prefix: str) -> None:
+def _add_glue_quantizers(
+    model, cap: _Discovery, ctx: PrepareContext, prefix: str, path_prefix: str
+) -> None:
     counts: dict[str, int] = defaultdict(int)
     sites: dict[str, str] = {}
-    from .prepare import _weight_quantizer
 
     for key, (base, weighted) in cap.glue_ops.items():
         local = f"_generated_{base}_{counts[base]}"
         counts[base] += 1
         shown = f"{prefix}{local}"
         kind = OpKind.WEIGHTED if weighted is not None else OpKind.COMPUTE
-        q = resolve_qconfig(ctx.setters, OpInfo(shown, base, kind), ctx.setter_ctx)
+        q = resolve_qconfig(ctx.setters, OpInfo(shown, base, kind), ctx.setter_context)
         rec = OpRecord(shown, base, kind, q, {})
         ctx.report.ops[shown] = rec
         if key in cap.nonfinite:
@@ -715,7 +696,7 @@ def _add_glue_quantizers(model, cap: _Discovery, ctx: _Ctx, prefix: str, path_pr
         holder.add_module("output_fake_quant", fq)
         rec.quantizers["output"] = f"{path_prefix}{local}.output_fake_quant"
         if weighted is not None and q.weight is not None:
-            wfq = _weight_quantizer(q.weight, None, shown, FUNCTIONAL_WEIGHT_AXIS.get(weighted, 0))
+            wfq = weight_quantizer(q.weight, None, shown, FUNCTIONAL_WEIGHT_AXIS.get(weighted, 0))
             holder.add_module("weight_fake_quant", wfq)
             rec.quantizers["weight"] = f"{path_prefix}{local}.weight_fake_quant"
         model.add_module(local, holder)

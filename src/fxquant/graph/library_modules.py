@@ -43,6 +43,7 @@ from ..backends import BackendProfile, Placement
 from ..qconfig import OpKind, QConfig
 from .insert import place_module
 from .meta import is_float_tensor
+from .records import NodeRecord
 from .report import OpRecord, PrepareReport
 
 __all__ = [
@@ -71,23 +72,23 @@ def is_library_module(module: nn.Module) -> bool:
     return type(module) in LIBRARY_TYPES
 
 
-def route_attention_calls(gm: fx.GraphModule, names: dict[fx.Node, str]) -> dict[fx.Node, str]:
+def route_attention_calls(gm: fx.GraphModule, records: dict[fx.Node, NodeRecord]) -> None:
     """Replace every ``F.scaled_dot_product_attention`` node by a call of a
     :class:`~fxquant.nn.ScaledDotProductAttention` stored at the op's name (same arguments,
-    same op name).  Returns ``names`` updated for the new nodes."""
+    same op name and op type); ``records`` are re-keyed to the new nodes."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
             continue
-        name = names.pop(node)
-        path = place_module(gm, name, qnn.ScaledDotProductAttention())
+        r = records.pop(node)
+        path = place_module(gm, r.name, qnn.ScaledDotProductAttention())
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(path, node.args, dict(node.kwargs))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
-        names[new] = name
+        r.node, r.module = new, gm.get_submodule(path)
+        records[new] = r
     gm.recompile()
-    return names
 
 
 def _weight_quantizer(factory: Factory, name: str) -> nn.Module:
@@ -237,10 +238,7 @@ def library_float_reason(module: nn.Module, node: fx.Node | None = None) -> str 
 
 def quantize_library_modules(
     gm: fx.GraphModule,
-    names: dict[fx.Node, str],
-    shown: dict[fx.Node, str],
-    kinds: dict[fx.Node, OpKind],
-    qconfigs: dict[fx.Node, QConfig | None],
+    records: dict[fx.Node, NodeRecord],
     report: PrepareReport,
     profile: BackendProfile,
     path_prefix: str = "",
@@ -248,28 +246,29 @@ def quantize_library_modules(
     """Swap every library module op of ``gm`` that has a qconfig for its quantizable version
     (graph transform; ``report`` gets each op's quantizer paths or why it stayed float)."""
     done: dict[str, dict[str, str]] = {}
-    for n in gm.graph.nodes:
-        if n.op != "call_module" or kinds.get(n) not in (OpKind.WEIGHTED, OpKind.COMPUTE):
+    for n, r in records.items():
+        if n.op != "call_module" or r.kind not in (OpKind.WEIGHTED, OpKind.COMPUTE):
             continue
         mod = gm.get_submodule(n.target)
         if not is_library_module(mod):
             continue
-        rec = report.ops.get(shown[n])
-        q = qconfigs.get(n)
+        rec = report.ops.get(r.shown)
+        q = r.qconfig
         if q is None or q.is_float or rec is None:
             continue
         if n.target in done:  # a reused module: one set of quantizers for every call site
             rec.quantizers.update(done[n.target])
-            record_float_ops(report, shown[n], mod, call_is_masked(mod, n.args, n.kwargs))
+            record_float_ops(report, r.shown, mod, call_is_masked(mod, n.args, n.kwargs))
             continue
         reason = library_float_reason(mod, n)
         if reason is not None:
             rec.float_reason = reason
             continue
-        new, roles = quantize_library_module(mod, q, profile, shown[n], path_prefix + n.target)
+        new, roles = quantize_library_module(mod, q, profile, r.shown, path_prefix + n.target)
         if new is not mod:
             parent, _, leaf = n.target.rpartition(".")
             setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
+            r.module = new
         done[n.target] = roles
         rec.quantizers.update(roles)
-        record_float_ops(report, shown[n], new, call_is_masked(new, n.args, n.kwargs))
+        record_float_ops(report, r.shown, new, call_is_masked(new, n.args, n.kwargs))

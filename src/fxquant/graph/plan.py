@@ -32,6 +32,7 @@ consume (at its root, after relu), and no other outputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch.fx as fx
@@ -41,6 +42,7 @@ from ..backends import Placement
 from ..qconfig import OpKind, QConfig
 from .meta import is_float_tensor, value_info
 from .patterns import WEIGHT_ARG, data_users, function_name
+from .records import NodeRecord
 
 __all__ = ["ValueQuant", "Plan", "plan_placement", "data_inputs", "constant_nodes"]
 
@@ -96,18 +98,25 @@ def constant_nodes(gm: fx.GraphModule) -> frozenset[fx.Node]:
     return frozenset(const)
 
 
-def _carries_float(n: fx.Node, kinds: dict[fx.Node, OpKind]) -> bool:
+def _kind(records: Mapping[fx.Node, NodeRecord], n: fx.Node) -> OpKind | None:
+    r = records.get(n)
+    return None if r is None else r.kind
+
+
+def _carries_float(n: fx.Node, records: Mapping[fx.Node, NodeRecord]) -> bool:
     """A float tensor, or a SHARE op's tuple of them (chunk / split), not shapes or indices."""
     if is_float_tensor(n):
         return True
-    return kinds.get(n) is OpKind.SHARE and any(is_float_tensor(i) for i in n.all_input_nodes)
+    return _kind(records, n) is OpKind.SHARE and any(
+        is_float_tensor(i) for i in n.all_input_nodes
+    )
 
 
-def _root(v: fx.Node, kinds: dict[fx.Node, OpKind]) -> fx.Node:
+def _root(v: fx.Node, records: Mapping[fx.Node, NodeRecord]) -> fx.Node:
     """First producer of ``v`` that is not a SHARE op (through getitem of chunk / split too)."""
     last_float = v
-    while kinds.get(v) is OpKind.SHARE:
-        ins = [n for n in v.all_input_nodes if _carries_float(n, kinds)]
+    while _kind(records, v) is OpKind.SHARE:
+        ins = [n for n in v.all_input_nodes if _carries_float(n, records)]
         if len(ins) != 1:
             break
         v = ins[0]
@@ -124,30 +133,35 @@ def _base(n: fx.Node, gm: fx.GraphModule) -> str:
 
 def plan_placement(
     gm: fx.GraphModule,
-    names: dict[fx.Node, str],
-    kinds: dict[fx.Node, OpKind],
-    qconfigs: dict[fx.Node, QConfig | None],
+    records: Mapping[fx.Node, NodeRecord],
     placement: Placement,
     float_input_ops: frozenset[str] = frozenset(),
     requantize_before_add: bool = True,
 ) -> Plan:
-    """Decide every activation quantizer of the graph (weights are handled by the caller)."""
+    """Decide every activation quantizer of the graph (weights are handled by the caller).
+
+    ``records`` holds each op node's name, kind and qconfig (:mod:`fxquant.graph.stages`).
+    """
     plan = Plan()
     const = constant_nodes(gm)
 
+    def kind_of(n: fx.Node) -> OpKind | None:
+        return _kind(records, n)
+
     def active(n: fx.Node) -> QConfig | None:
-        q = qconfigs.get(n)
+        r = records.get(n)
+        q = None if r is None else r.qconfig
         return None if q is None or q.is_float or n in const else q
 
     # fusion: producer -> relu
     if placement is Placement.OUTPUTS:
         for n in gm.graph.nodes:
-            if kinds.get(n) is not OpKind.ACTIVATION or not n.args:
+            if kind_of(n) is not OpKind.ACTIVATION or not n.args:
                 continue
             p = n.args[0]
             if (
                 isinstance(p, fx.Node)
-                and kinds.get(p) in (OpKind.WEIGHTED, OpKind.COMPUTE)
+                and kind_of(p) in (OpKind.WEIGHTED, OpKind.COMPUTE)
                 and len(data_users(p)) == 1
                 and active(p) is not None
                 and active(p).output is not None
@@ -162,14 +176,14 @@ def plan_placement(
             plan.outputs[v] = ValueQuant(factory, owner)
 
     def require(v: fx.Node, consumer_q: QConfig) -> None:
-        r = _root(v, kinds)
+        r = _root(v, records)
         if r in plan.outputs:
             return
         rq = active(r)
         factory = rq.output if rq is not None and rq.output is not None else None
         if factory is None:
             factory = consumer_q.input or consumer_q.output
-        mark(r, factory, names.get(r, r.name))
+        mark(r, factory, records[r].name if r in records else r.name)
 
     fused_acts = {a: p for p, a in plan.fused.items()}
 
@@ -182,13 +196,13 @@ def plan_placement(
 
     def sum_post_op(v: fx.Node, consumer: fx.Node) -> bool:
         """``v`` is a weighted op's output that only feeds the residual add ``consumer``."""
-        return (not requantize_before_add and kinds.get(v) is OpKind.WEIGHTED
+        return (not requantize_before_add and kind_of(v) is OpKind.WEIGHTED
                 and len(data_users(v)) == 1 and _base(consumer, gm) == "add"
                 and len(data_inputs(consumer)) == 2)
 
     def before_bn(v: fx.Node, consumer: fx.Node) -> bool:
         """``v`` is a weighted op's output read only by the BatchNorm ``consumer``."""
-        return (kinds.get(v) is OpKind.WEIGHTED and len(data_users(v)) == 1
+        return (kind_of(v) is OpKind.WEIGHTED and len(data_users(v)) == 1
                 and _base(consumer, gm) in _BATCH_NORMS and bool(consumer.args)
                 and consumer.args[0] is v and active(consumer) is not None)
 
@@ -197,10 +211,10 @@ def plan_placement(
 
     for n in gm.graph.nodes:
         q = active(n)
-        kind = kinds.get(n)
+        kind = kind_of(n)
         if q is None or kind is None:
             continue
-        name = names[n]
+        name = records[n].name
         if q.input is not None:
             for i, v in enumerate(data_inputs(n)):
                 plan.inputs[(n, v, i)] = ValueQuant(q.input, f"{name}.input_{i}")

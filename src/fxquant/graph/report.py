@@ -10,7 +10,7 @@ from ..backends import BackendProfile
 from ..qconfig import OpKind, QConfig
 from .capture import Island
 
-__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report"]
+__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report", "num_inputs_of"]
 
 REPORT_KEY = "fxquant"
 
@@ -54,6 +54,19 @@ class PrepareReport:
     notes: dict[str, str] = field(default_factory=dict)  # op -> how it was captured (an
     # untraceable forward run eagerly: its ops are quantized, or listed as float ops)
 
+    def quantizers(self) -> list[tuple[str, str, str]]:
+        """``(module path, op name, role)`` of every distinct quantizer, in op order and role
+        order within an op (the order :func:`fxquant.summary` lists them); a quantizer shared
+        by several ops or roles appears once, with the first."""
+        seen: set[str] = set()
+        out = []
+        for rec in self.ops.values():
+            for role, path in sorted(rec.quantizers.items()):
+                if path not in seen:
+                    seen.add(path)
+                    out.append((path, rec.name, role))
+        return out
+
 
 def get_report(model: nn.Module) -> PrepareReport:
     """The :class:`PrepareReport` of a prepared model; clear error for other modules."""
@@ -66,3 +79,13 @@ def get_report(model: nn.Module) -> PrepareReport:
             f"{type(model).__name__} is not a model returned by fxquant.prepare(); prepare it first"
         )
     return rep
+
+
+def num_inputs_of(model: nn.Module) -> int | None:
+    """How many positional inputs a prepared model takes (``None`` for other modules): what
+    :func:`fxquant.modelio.as_inputs` keeps of a tuple batch (the rest, e.g. labels, is
+    dropped)."""
+    try:
+        return get_report(model).num_inputs
+    except TypeError:
+        return None

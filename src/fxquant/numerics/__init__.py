@@ -5,7 +5,6 @@ from .affine import (
     broadcast_param,
     clip_mask,
     dequantize,
-    fake_quantize,
     quantize,
     quantize_codes,
     storage_dtype,
@@ -14,6 +13,7 @@ from .autograd import fake_quantize_lsq, fake_quantize_ste, fake_quantize_with_m
 from .dtypes import QDType, dtype_by_name, qint4, qint8, qint16, qint32, quint4, quint8, quint16
 from .fused import enable_fused_kernels, fused_kernels
 from .granularity import Granularity, PerChannel, PerTensor, granularity_from_axis
+from .paths import fake_quantize
 from .qparams import DEFAULT_EPS, QParams, choose_qparams
 
 __all__ = [

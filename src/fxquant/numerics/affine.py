@@ -28,7 +28,6 @@ __all__ = [
     "broadcast_param",
     "quantize",
     "dequantize",
-    "fake_quantize",
     "fake_quantize_reference",
     "fast_path_applies",
     "quantize_codes",
@@ -151,33 +150,6 @@ def dequantize(
     s = broadcast_param(scale.to(out_dtype), qf, axis)
     z = broadcast_param(zero_point.to(out_dtype), qf, axis)
     return (qf - z) * s
-
-
-def fake_quantize(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    dtype: QDType,
-    axis: int | None = None,
-    math: ScaleMath = ScaleMath.DIVIDE,
-) -> torch.Tensor:
-    """``dequantize(quantize(x))`` without leaving float: same shape and dtype as ``x``.
-
-    No autograd rule is attached (``round`` has zero gradient); use
-    :func:`fxquant.numerics.fake_quantize_ste` for training.  Float32 / float64 inputs on grids
-    of at most 16 bits take :func:`fake_quantize_inplace_path` (in-place passes over one new
-    buffer), or the fused kernel of :mod:`fxquant.numerics.fused` when it is turned on;
-    everything else takes :func:`fake_quantize_reference`.  All give bit-identical results
-    wherever the fast paths apply (tested).
-    """
-    if fast_path_applies(x, dtype, scale, zero_point):
-        from .fused import fused_fake_quantize  # opt-in; None when off or unavailable
-
-        fused = fused_fake_quantize(x, scale, zero_point, dtype, axis, math)
-        if fused is not None:
-            return fused[0]
-        return fake_quantize_inplace_path(x, scale, zero_point, dtype, axis, math)
-    return fake_quantize_reference(x, scale, zero_point, dtype, axis, math)
 
 
 def fake_quantize_reference(

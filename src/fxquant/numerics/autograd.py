@@ -24,12 +24,12 @@ from .affine import (
     ScaleMath,
     _scaled,
     broadcast_param,
-    fake_quantize,
     fake_quantize_inplace_with_mask,
     unclamped_codes,
 )
 from .dtypes import QDType
 from .fused import fused_fake_quantize  # opt-in; returns None when off or unavailable
+from .paths import fake_quantize
 
 __all__ = ["fake_quantize_ste", "fake_quantize_lsq", "fake_quantize_with_mask"]
 

@@ -55,6 +55,12 @@ class QDType:
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
     @property
+    def symmetric_zero_point(self) -> int:
+        """Zero point of a symmetric range: 0 when signed, the middle code
+        ``(qmin + qmax + 1) // 2`` when unsigned (128 for ``quint8``)."""
+        return 0 if self.signed else (self.qmin + self.qmax + 1) // 2
+
+    @property
     def levels(self) -> int:
         """Number of representable codes, ``qmax - qmin + 1``."""
         return self.qmax - self.qmin + 1

@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import torch
 
-from .affine import FAST_PATH_MAX_BITS, ScaleMath
+from .affine import FAST_PATH_MAX_BITS, ScaleMath, fake_quantize_inplace_with_mask
 from .dtypes import QDType
 
 __all__ = ["enable_fused_kernels", "fused_kernels", "fused_enabled", "fused_fake_quantize"]
@@ -203,8 +203,6 @@ def _matches_reference(x, scale, zero_point, dtype, axis, math, out, mask) -> bo
     Bits must agree everywhere except inside NaNs (their sign / payload is unspecified; NaN
     positions must agree).
     """
-    from .affine import fake_quantize_inplace_with_mask
-
     ref_out, ref_mask = fake_quantize_inplace_with_mask(x, scale, zero_point, dtype, axis, math)
     nan = torch.isnan(ref_out)
     if not torch.equal(torch.isnan(out), nan):

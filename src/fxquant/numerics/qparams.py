@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .affine import ScaleMath, broadcast_param, dequantize, fake_quantize, quantize
+from .affine import ScaleMath, broadcast_param, clip_mask, dequantize, quantize
 from .dtypes import QDType
 from .granularity import Granularity, PerChannel, PerTensor
+from .paths import fake_quantize
 
 __all__ = ["choose_qparams", "DEFAULT_EPS", "QParams"]
 
@@ -50,13 +51,9 @@ def choose_qparams(
     qmin, qmax = dtype.qmin, dtype.qmax
     if symmetric:
         amax = torch.maximum(-lo, hi)
-        if dtype.signed:
-            zp = torch.zeros_like(amax)
-            scale = amax / qmax
-        else:
-            mid = (qmin + qmax + 1) // 2
-            zp = torch.full_like(amax, float(mid))
-            scale = amax / (qmax - mid)
+        mid = dtype.symmetric_zero_point
+        zp = torch.full_like(amax, float(mid))
+        scale = amax / (qmax - mid)
         scale = torch.clamp(scale, min=eps)
         if power_of_two:
             scale = torch.exp2(torch.ceil(torch.log2(scale)))
@@ -125,12 +122,31 @@ class QParams:
             x, self.scale, self.zero_point, self.dtype, self.axis, self.scale_math
         )
 
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real range the grid represents: ``((qmin - zp) * scale, (qmax - zp) * scale)``
+        in float64, 0-d or per channel."""
+        s, z = self.scale.double(), self.zero_point.double()
+        return (self.dtype.qmin - z) * s, (self.dtype.qmax - z) * s
+
+    def saturated(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the elements of ``x`` whose code saturates at ``qmin`` / ``qmax``
+        (computed with this grid's scale math in ``x``'s dtype, as :meth:`quantize` does; NaN
+        is not saturated)."""
+        inside = clip_mask(x, self.scale, self.zero_point, self.dtype, self.axis, self.scale_math)
+        return ~(inside | torch.isnan(x))
+
+    def signed_steps(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a - b`` in quantization steps: ``round((a - b) / scale)`` in float64 (NaN / Inf
+        where ``a`` or ``b`` is not finite).  Per channel, the scale broadcasts along
+        :attr:`axis` of ``a``."""
+        diff = a.double() - b.double()
+        s = broadcast_param(self.scale.double(), diff, self.axis)
+        return torch.round(diff / s)
+
     def steps(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``|a - b|`` in quantization steps (``round(|a - b| / scale)``, float64).
 
         0 means the same integer code for two values on this grid; the step count of two
         dequantized tensors.  Per channel, the scale broadcasts along :attr:`axis` of ``a``.
         """
-        diff = (a.double() - b.double()).abs()
-        s = broadcast_param(self.scale.double(), diff, self.axis)
-        return torch.round(diff / s)
+        return self.signed_steps(a, b).abs()

@@ -5,6 +5,7 @@ from .base import Observer, ObserverError, channel_view
 from .fixed import FixedScaleObserver
 from .histogram import HistogramObserver, MSEObserver, PercentileObserver
 from .minmax import MinMaxObserver, MovingAverageMinMaxObserver
+from .spec import OBSERVER_TYPES, ObserverSpec, check_scale
 
 __all__ = [
     "Observer",
@@ -17,4 +18,7 @@ __all__ = [
     "PercentileObserver",
     "MSEObserver",
     "RangeMethod",
+    "ObserverSpec",
+    "OBSERVER_TYPES",
+    "check_scale",
 ]

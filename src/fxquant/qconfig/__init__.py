@@ -2,12 +2,6 @@
 
 from .opinfo import OpInfo, OpKind, SetterContext
 from .qconfig import FLOAT, QConfig, get_qconfig
-from .sensitive import (
-    SensitiveOpQconfigSetter,
-    sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter,
-    sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
-    sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
-)
 from .setters import (
     ModuleNameQconfigSetter,
     QconfigSetter,
@@ -27,8 +21,14 @@ from .templates import (
     default_qat_qconfig_setter,
     qat_8bit_weight_16bit_act_qconfig_setter,
     qat_8bit_weight_16bit_fixed_act_qconfig_setter,
+    sensitive_op_calibration_8bit_weight_16bit_act_qconfig_setter,
+    sensitive_op_qat_8bit_weight_16bit_act_qconfig_setter,
+    sensitive_op_qat_8bit_weight_16bit_fixed_act_qconfig_setter,
     weight_factory,
 )
+
+SensitiveOpQconfigSetter = TemplateQconfigSetter
+"""The setter the ``sensitive_op_*`` presets return (one template class serves all nine)."""
 
 __all__ = [
     "SensitiveOpQconfigSetter",

@@ -12,6 +12,7 @@ from ... import AutoQuant as _FxAutoQuant
 from .adaround.adaround_weight import AdaroundParameters
 from .common.defs import QuantScheme
 from .config import read_config
+from .quantsim import QuantizationSimModel
 
 __all__ = ["AutoQuant"]
 
@@ -51,8 +52,6 @@ class AutoQuant:
     def run_inference(self) -> tuple[Any, float]:
         """``(sim, accuracy)`` of the plain quantized model (the config's scheme, no recovery
         technique): a :class:`~.quantsim.QuantizationSimModel` calibrated on the data."""
-        from .quantsim import QuantizationSimModel
-
         model, dummy, data, evaluate = self._args
         cfg = self._cfg
         sim = QuantizationSimModel(model, dummy, cfg.quant_scheme,

@@ -25,6 +25,7 @@ from ... import (
     load_encodings,
     prepare,
     set_fake_quantize,
+    summary,
 )
 from ...errors import ConfigError
 from ...observers import PercentileObserver
@@ -124,6 +125,4 @@ class QuantizationSimModel:
         load_encodings(self.model, encoding_path, freeze=True)
 
     def __str__(self) -> str:
-        from ... import summary
-
         return str(summary(self.model))

@@ -19,10 +19,9 @@ Follows AIMET's AutoQuant order (``shared/REFERENCE.md``): measure the float acc
 
 AutoQuant stops as soon as the best accuracy reaches ``float accuracy - allowed drop``.  Every
 step works on copies: the best model found so far is never modified, and the returned model is
-the most accurate one seen (ties: the earlier, simpler one).  AdaRound and reconstruction are
-imported lazily; if they cannot be imported, their steps are recorded as skipped with the
-error.  The report (:attr:`AutoQuant.report`, printable) lists every step with its accuracy,
-seconds and whether it was kept.
+the most accurate one seen (ties: the earlier, simpler one).  The report
+(:attr:`AutoQuant.report`, printable) lists every step with its accuracy, seconds and whether it
+was kept.  AutoQuant sits above the algorithms and the exporters (it writes the encodings).
 
 Example::
 
@@ -48,9 +47,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backends import get_profile
-from ..numerics import QDType, qint8
-from ..observers import MinMaxObserver, MSEObserver, PercentileObserver
+from .algorithms import (
+    Relu6Policy,
+    adaround,
+    bias_correction,
+    calibrate,
+    equalize,
+    fold_bn,
+    get_bn_fold_report,
+    get_cle_report,
+    reconstruct,
+)
+from .backends import get_profile
+from .export import export_encodings
+from .graph import prepare
+from .numerics import QDType, qint8
+from .observers import MinMaxObserver, MSEObserver, PercentileObserver
+from .qconfig import get_qconfig
 
 __all__ = ["AutoQuant", "AutoQuantReport", "AutoQuantStep", "ACTIVATION_SCHEMES"]
 
@@ -203,8 +216,6 @@ class AutoQuant:
     # -- building blocks ---------------------------------------------------------------------
     def qconfig(self, scheme: str | None = None, weights: bool = True):
         """The QConfig of activation observer ``scheme`` (default: the chosen one)."""
-        from ..qconfig import get_qconfig
-
         return get_qconfig(
             observer=ACTIVATION_SCHEMES[scheme or self.scheme or "min-max"],
             weight_dtype=self.weight_dtype if weights else None,
@@ -218,9 +229,6 @@ class AutoQuant:
     def quantize(self, float_model: nn.Module, scheme: str | None = None,
                  weights: bool = True) -> nn.Module:
         """``float_model`` prepared with :meth:`qconfig` and calibrated (a new module)."""
-        from ..graph import prepare
-        from .calibrate import calibrate
-
         qmodel = prepare(float_model, self.example_inputs, self.qconfig(scheme, weights),
                          backend=self.backend)
         return calibrate(qmodel, self.calibration_data, progress=False).eval()
@@ -306,7 +314,6 @@ class AutoQuant:
         self._record("W32 check (weights float)", t0, acc, False, detail)
 
     def _bn_fold_step(self) -> None:
-        from .bn_fold import fold_bn, get_bn_fold_report
 
         t0 = time.perf_counter()
         folded = get_bn_fold_report(fold_bn(self.model))
@@ -317,7 +324,6 @@ class AutoQuant:
     def _cle_step(self) -> None:
         """CLE keeping ReLU6 (function preserved); where ReLU6 blocked chains, also CLE with
         ReLU6 replaced by ReLU (the paper's MobileNet recipe) -- each kept only if it helps."""
-        from .cle import Relu6Policy, equalize, get_cle_report
 
         for policy in (Relu6Policy.SKIP, Relu6Policy.REPLACE):
             t0 = time.perf_counter()
@@ -342,7 +348,6 @@ class AutoQuant:
                 return
 
     def _bias_correction_step(self) -> None:
-        from .bias_correction import bias_correction
 
         t0 = time.perf_counter()
         base = self._best
@@ -369,11 +374,6 @@ class AutoQuant:
         self._record(name, t0, acc, kept, f"on {base.step!r}{units}")
 
     def _adaround_step(self) -> None:
-        try:
-            from .adaround import adaround
-        except Exception as err:  # being developed separately: degrade, don't fail
-            self._learned_rounding("AdaRound", lambda m: m, f"{type(err).__name__}: {err}")
-            return
         self._learned_rounding(
             "AdaRound",
             lambda m: adaround(m, self.calibration_data, num_iterations=self.adaround_iterations,
@@ -382,12 +382,6 @@ class AutoQuant:
         )
 
     def _reconstruct_step(self) -> None:
-        try:
-            from .reconstruct import reconstruct
-        except Exception as err:
-            self._learned_rounding("block reconstruction", lambda m: m,
-                                   f"{type(err).__name__}: {err}")
-            return
         self._learned_rounding(
             "block reconstruction",
             lambda m: reconstruct(m, self.calibration_data,
@@ -397,8 +391,6 @@ class AutoQuant:
         )
 
     def _export(self, qmodel: nn.Module) -> str | None:
-        from ..export import export_encodings
-
         root = self.results_dir
         if root is None:
             root = tempfile.mkdtemp(prefix="fxquant-autoquant-")

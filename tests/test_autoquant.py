@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-from fxquant.algorithms.autoquant import AutoQuant, AutoQuantReport
+from fxquant.autoquant import AutoQuant, AutoQuantReport
 from fxquant.fake_quant import FakeQuantize
 
-from .digits import train_on_digits
+from .algorithms.digits import train_on_digits
 
 
 class SmallNet(nn.Module):
