@@ -34,6 +34,7 @@ from ..qconfig import OpKind
 from ..runtimes import (
     FLOAT_RTOL,
     HIST_CLIP,
+    MOVEMENT_OPS,
     ExecutedOps,
     TensorDiff,
     onnx_model,
@@ -172,29 +173,6 @@ def _output_quantizers(gm: nn.Module) -> list[str | None]:
     return [grid_of(i) for i in items]
 
 
-_PASS_THROUGH = frozenset({"Identity", "Reshape", "Transpose", "Flatten", "Squeeze",
-                           "Unsqueeze"})
-
-
-def _graph_output_quantizers(model: Any, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
-    """Graph output name -> quantizer path, for outputs that are a watched ``_dequantized``
-    tensor (directly or through Identity / reshapes): the grid of outputs of models without an
-    fx graph (eager capture)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    found = {}
-    for out in model.graph.output:
-        name = out.name
-        for _ in range(64):
-            if name in watch:
-                found[out.name] = watch[name][0]
-                break
-            node = producer.get(name)
-            if node is None or node.op_type not in _PASS_THROUGH or not node.input:
-                break
-            name = node.input[0]
-    return found
-
-
 def _runtime_for(runtime: Runtime | str | None, profile: BackendProfile) -> Runtime:
     """The runtime to verify in: the one asked for, else the prepare-time profile's (ONNX
     Runtime for profiles that name none); warns when the profile targets another one."""
@@ -275,8 +253,8 @@ def verify(
         ref = Reference.INTEGER if rt is Runtime.ONNXRUNTIME and integer_kernels \
             else Reference.EXACT
     onnx_path = os.fspath(onnx_path)
-    graph = onnx_model.load(onnx_path, "verify")
-    produced = onnx_model.tensor_names(graph)
+    proto = onnx_model.load(onnx_path, "verify")
+    produced = onnx_model.tensor_names(proto)
     watch: dict[str, tuple[str, FakeQuantize]] = {}  # dq tensor -> (quantizer path, module)
     for path, op, role in report.quantizers():
         if role == "weight":
@@ -313,7 +291,7 @@ def verify(
     sim_out = _simulate(ref_model, call, ref_watch if tensors else {}, captured)
     sim32 = _simulate(qmodel, call, {}, {}) if ref is not Reference.FLOAT32 else None
     out_q = _output_quantizers(qmodel)
-    from_graph = _graph_output_quantizers(graph, watch)
+    from_graph = _graph_output_quantizers(proto, watch)
     outputs = []
     for i, (name, sim) in enumerate(zip(out_names, sim_out, strict=False)):
         path = out_q[i] if i < len(out_q) and out_q[i] else from_graph.get(name)
@@ -331,20 +309,39 @@ def verify(
                         executed.floating, ref, emulated, not_emulated, runtime_version(rt))
 
 
+def _graph_output_quantizers(model: Any, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
+    """Graph output name -> quantizer path, for outputs that are a watched ``_dequantized``
+    tensor (directly or through Identity / value-moving nodes): the grid of an output of a
+    model without an fx graph (eager capture)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for out in model.graph.output:
+        name = out.name
+        for _ in range(64):
+            if name in watch:
+                found[out.name] = watch[name][0]
+                break
+            node = producer.get(name)
+            if node is None or node.op_type not in MOVEMENT_OPS or not node.input:
+                break
+            name = node.input[0]
+    return found
+
+
 def _simulate(qmodel: nn.Module, inputs: Any, watch: dict[str, Any],
               captured: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Run the simulation (eval, QAT quantizers held frozen); capture ``watch`` quantizers."""
     params = [p for p in qmodel.parameters()] + [b for b in qmodel.buffers()]
     dtype = next((t.dtype for t in params if t.is_floating_point()), torch.float32)
 
-    def cast(v: Any) -> Any:  # copies: a model may change its inputs in place
-        if isinstance(v, torch.Tensor):
-            return v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
-        if isinstance(v, (tuple, list)):
-            return type(v)(cast(x) for x in v)
-        if isinstance(v, dict):
-            return {k: cast(x) for k, x in v.items()}
-        return v
+    def cast(a: Any) -> Any:  # copies: a model may change its inputs in place
+        if isinstance(a, torch.Tensor):
+            return a.to(dtype, copy=True) if a.is_floating_point() else a.clone()
+        if isinstance(a, (tuple, list)):
+            return type(a)(cast(x) for x in a)
+        if isinstance(a, dict):
+            return {k: cast(v) for k, v in a.items()}
+        return a
 
     args = tuple(cast(a) for a in inputs.args)
     kwargs = {k: cast(v) for k, v in inputs.kwargs.items()}

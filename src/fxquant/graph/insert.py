@@ -8,7 +8,7 @@ from torch import nn
 from ..fake_quant import FakeQuantize
 from .meta import set_value_info, value_info
 
-__all__ = ["OpQuantizers", "attach", "insert_after", "insert_on_edge"]
+__all__ = ["OpQuantizers", "attach", "place_module", "insert_after", "insert_on_edge"]
 
 
 class OpQuantizers(nn.Module):
@@ -45,6 +45,18 @@ def attach(gm: fx.GraphModule, op_name: str, attr: str, fq: FakeQuantize, qname:
     owner.add_module(attr, fq)
     fq.name = qname
     return f"{path}.{attr}" if path else attr
+
+
+def place_module(gm: fx.GraphModule, path: str, module: nn.Module) -> str:
+    """Store ``module`` at ``path`` (missing parents become :class:`OpQuantizers`); returns the
+    path it got (``<leaf>_fxq`` when a non-module attribute already has that name)."""
+    parent_path, leaf = _split(path)
+    parent = _container(gm, parent_path)[0] if parent_path else gm
+    existing = getattr(parent, leaf, None)
+    if existing is not None and not isinstance(existing, nn.Module):
+        leaf = leaf + "_fxq"
+    parent.add_module(leaf, module)
+    return f"{parent_path}.{leaf}" if parent_path else leaf
 
 
 def insert_after(gm: fx.GraphModule, value: fx.Node, path: str) -> fx.Node:

@@ -3,8 +3,9 @@
 The pipeline::
 
     deepcopy -> capture (fx, float islands) -> the stages of fxquant.graph.stages (names ->
-             kinds -> qconfigs -> fold conv+BN -> plan placement -> swap weighted modules ->
-             insert activation quantizers) -> float islands prepared eagerly
+             attention call sites -> kinds -> qconfigs -> fold conv+BN -> plan placement ->
+             swap weighted modules -> library modules -> insert activation quantizers) ->
+             float islands prepared eagerly
 
 If the model's own ``forward`` cannot be traced, :func:`fxquant.graph.eager.prepare_eager`
 takes over (eager capture of everything around the failing lines).
@@ -21,7 +22,7 @@ from torch import nn
 from ..backends import BackendProfile, get_profile
 from ..modelio import as_inputs
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
-from .capture import RootTraceError, capture
+from .capture import RootTraceError, capture, unspecified_defaults
 from .eager import prepare_eager, prepare_islands
 from .report import REPORT_KEY, PrepareOptions, PrepareReport, get_report
 from .stages import GraphPass, PrepareContext, prepare_graph
@@ -98,7 +99,8 @@ def prepare(
         return qmodel
     report = PrepareReport(profile=profile, islands=dict(islands), options=options,
                            example_inputs=recorded)
-    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder") - len(
+        unspecified_defaults(model, inputs))  # arguments fixed to their defaults are no inputs
     ctx = PrepareContext(setters, profile, leaf, skip, fold_bn, report)
     prepare_graph(GraphPass(gm, ctx, dict(islands)))
     prepare_islands(gm, islands, ctx)

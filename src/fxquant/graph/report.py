@@ -71,6 +71,8 @@ class PrepareReport:
     num_inputs: int = 1
     options: PrepareOptions = field(default_factory=PrepareOptions)
     example_inputs: ModelInputs | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # op -> how it was captured (an
+    # untraceable forward run eagerly: its ops are quantized, or listed as float ops)
 
     def quantizers(self) -> list[tuple[str, str, str]]:
         """``(module path, op name, role)`` of every distinct quantizer, in op order and role
