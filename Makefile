@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev,demo]'
-	# torchvision's model definitions for the runtime-simulation tests (pure Python parts only:
-	# its compiled ops do not load next to the CPU torch; see bench/_tv_shim.py)
-	$(PIP) install -c constraints.txt --no-deps torchvision==0.28.0
+	# torchvision model definitions for tests (ViT, detection backbones); --no-deps: its own
+	# torch pin would replace the CPU torch (tests import it through tests/_tv.py)
+	$(PIP) install -c constraints.txt --no-deps torchvision
 	touch $@
 
 demo: $(STAMP)
@@ -44,7 +44,7 @@ bench-deps: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt bench/install_peers.py
 	$(PIP) install -c constraints.txt -r bench/requirements.txt
-	$(PIP) install -c constraints.txt --no-deps torchvision==0.28.0
+	$(PIP) install -c constraints.txt --no-deps torchvision
 	$(PYTHON) bench/install_peers.py
 	touch $@
 

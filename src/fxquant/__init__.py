@@ -18,6 +18,7 @@ from .algorithms import (
 )
 from .autoquant import AutoQuant
 from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
+from .checkpoint import load, save
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
 from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
@@ -140,6 +141,8 @@ __all__ = [
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "save",
+    "load",
     "set_distributed_sync",
     "no_distributed_sync",
     "sync_observers",

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .._utils import Choice
-from ..errors import ConfigError, bounded
-from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
+from ..errors import CheckpointError, ConfigError, bounded, bounded_list
+from ..numerics import QDType, ScaleMath, dtype_by_name, qint8, qint16, quint8
 
 __all__ = ["Placement", "Runtime", "KernelOp", "FusedKernel", "FixedOutput", "BackendProfile",
            "PROFILES", "get_profile", "op_type_key", "ORT_KERNELS", "LITERT_KERNELS",
@@ -278,6 +279,73 @@ class BackendProfile:
 
     def __repr__(self) -> str:
         return f"BackendProfile({self.name!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain JSON value (dtypes by name, enums by value, sets as sorted
+        lists), for checkpoints (:func:`fxquant.save`).
+
+        >>> BackendProfile.from_dict(get_profile("x86").to_dict()) == get_profile("x86")
+        True
+        """
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, QDType):
+                v = v.name
+            elif isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, frozenset):
+                v = sorted(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BackendProfile:
+        """Inverse of :meth:`to_dict`; fields it lacks take their defaults (a profile saved
+        before they existed).  :class:`~fxquant.CheckpointError` for anything else."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"backend profile: expected a dict, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise CheckpointError(f"backend profile: unknown fields {bounded_list(unknown)}")
+        values: dict[str, Any] = {}
+        try:
+            for name, v in data.items():
+                values[name] = _field_from_plain(name, v)
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"backend profile: {bounded(exc, 300)}") from None
+
+
+_PARSE: dict[str, Any] = {
+    "activation_dtype": dtype_by_name, "weight_dtype": dtype_by_name,
+    "activation_dtype_16": dtype_by_name, "scale_math": ScaleMath, "placement": Placement,
+    "runtime": Runtime,
+}
+
+
+def _field_from_plain(name: str, value: Any) -> Any:
+    """A :class:`BackendProfile` field from its :meth:`~BackendProfile.to_dict` value."""
+    if name == "float_input_ops":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"float_input_ops must be a list of op names, got "
+                            f"{bounded(repr(value))}")
+        return frozenset(value)
+    if value is None and name in ("engine", "runtime"):
+        return None
+    if name == "max_qdq_bits":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"max_qdq_bits must be an int, got {bounded(repr(value))}")
+        return value
+    parse = _PARSE.get(name)
+    if parse is not None or name in ("name", "engine"):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {bounded(repr(value))}")
+        return value if parse is None else parse(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {bounded(repr(value))}")
+    return value
 
 
 # TFLite's integer kernels fix these output grids (LiteRT refuses other scales): int8

@@ -1,4 +1,5 @@
-"""Export of prepared models: ONNX QDQ, TFLite, and verification in runtimes.
+"""Export of prepared models: ONNX QDQ (torch.export + torch.onnx + fxquant's post-passes),
+TFLite, and verification in runtimes.
 
 Importing this package does not import onnx / onnxruntime / openvino; they are loaded when an
 export or a verification runs.

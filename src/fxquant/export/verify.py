@@ -36,6 +36,7 @@ from ..qconfig import OpKind
 from ..runtimes import (
     FLOAT_RTOL,
     HIST_CLIP,
+    MOVEMENT_OPS,
     ExecutedOps,
     TensorDiff,
     onnx_model,
@@ -299,7 +300,8 @@ def verify(
         return _verify_litert(qmodel, onnx_path, inputs, tensors=tensors, reference=ref,
                               num_threads=num_threads)
     onnx_path = os.fspath(onnx_path)
-    produced = onnx_model.tensor_names(onnx_model.load(onnx_path, "verify"))
+    proto = onnx_model.load(onnx_path, "verify")
+    produced = onnx_model.tensor_names(proto)
     watch: dict[str, tuple[str, FakeQuantize]] = {}  # dq tensor -> (quantizer path, module)
     for path, op, role in report.quantizers():
         if role == "weight":
@@ -349,9 +351,10 @@ def verify(
     sim_out = _simulate(ref_model, call, ref_watch if tensors else {}, captured, float_ref)
     sim32 = _simulate(qmodel, call, {}, {}, True) if ref is not Reference.FLOAT32 else None
     out_q = _output_quantizers(qmodel)
+    from_graph = _graph_output_quantizers(proto, watch)
     outputs = []
     for i, (name, sim) in enumerate(zip(out_names, sim_out, strict=False)):
-        path = out_q[i] if i < len(out_q) else None
+        path = out_q[i] if i < len(out_q) and out_q[i] else from_graph.get(name)
         qp = qmodel.get_submodule(path).qparams() if path else None
         d = tensor_diff(name, rt_all[name], sim, qp, path)
         if sim32 is not None and i < len(sim32) and qp is not None:
@@ -426,6 +429,25 @@ def _verify_litert(qmodel: nn.Module, path: str | os.PathLike[str], inputs: Any,
                         executed.floating, reference, emulated, not_emulated, version, {})
 
 
+def _graph_output_quantizers(model: Any, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
+    """Graph output name -> quantizer path, for outputs that are a watched ``_dequantized``
+    tensor (directly or through Identity / value-moving nodes): the grid of an output of a
+    model without an fx graph (eager capture)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for out in model.graph.output:
+        name = out.name
+        for _ in range(64):
+            if name in watch:
+                found[out.name] = watch[name][0]
+                break
+            node = producer.get(name)
+            if node is None or node.op_type not in MOVEMENT_OPS or not node.input:
+                break
+            name = node.input[0]
+    return found
+
+
 def _simulate(qmodel: nn.Module, inputs: Any, watch: dict[str, Any],
               captured: dict[str, torch.Tensor], float_sim: bool) -> list[torch.Tensor]:
     """Run ``qmodel`` (eval, QAT quantizers held frozen; the float simulation if ``float_sim``);
@@ -433,8 +455,14 @@ def _simulate(qmodel: nn.Module, inputs: Any, watch: dict[str, Any],
     params = [p for p in qmodel.parameters()] + [b for b in qmodel.buffers()]
     dtype = next((t.dtype for t in params if t.is_floating_point()), torch.float32)
 
-    def cast(v: Any) -> Any:
-        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    def cast(a: Any) -> Any:  # copies: a model may change its inputs in place
+        if isinstance(a, torch.Tensor):
+            return a.to(dtype, copy=True) if a.is_floating_point() else a.clone()
+        if isinstance(a, (tuple, list)):
+            return type(a)(cast(x) for x in a)
+        if isinstance(a, dict):
+            return {k: cast(v) for k, v in a.items()}
+        return a
 
     args = tuple(cast(a) for a in inputs.args)
     kwargs = {k: cast(v) for k, v in inputs.kwargs.items()}
