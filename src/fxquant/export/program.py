@@ -255,6 +255,30 @@ def _export(model: nn.Module, inputs: ModelInputs, dynamic: bool,
     )
 
 
+def _doubled_batch(inputs: ModelInputs) -> ModelInputs | None:
+    """``inputs`` with every tensor of first dimension 1 repeated to 2, or None when no tensor
+    has a first dimension of 1 (``torch.export`` specializes sizes 0 and 1, so a batch-1 example
+    would give a file that only takes batch 1)."""
+    found = False
+
+    def wide(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, torch.Tensor):
+            if v.dim() > 0 and v.shape[0] == 1:
+                found = True
+                return torch.cat([v, v])
+            return v
+        if isinstance(v, (tuple, list)):
+            return type(v)(wide(x) for x in v)
+        if isinstance(v, dict):
+            return {k: wide(x) for k, x in v.items()}
+        return v
+
+    out = ModelInputs(tuple(wide(a) for a in inputs.args),
+                      {k: wide(v) for k, v in inputs.kwargs.items()})
+    return out if found else None
+
+
 def _batch_is_dynamic(ep: torch.export.ExportedProgram) -> bool:
     for node in ep.graph.nodes:
         if node.op != "placeholder" or node.name not in ep.graph_signature.user_inputs:
@@ -350,6 +374,16 @@ def _export_with_fallback(
     model: nn.Module, inputs: ModelInputs, dynamic_batch: bool, specialize: bool = False
 ) -> tuple[torch.export.ExportedProgram, bool]:
     err: Exception | None = None
+    wide = _doubled_batch(inputs) if dynamic_batch else None
+    if wide is not None:  # torch.export fixes a size-1 dimension: trace the batch at size 2
+        try:
+            ep = _export(model, wide, dynamic=True)
+            if _batch_is_dynamic(ep):
+                return ep, True
+        except ExportError:
+            raise
+        except Exception:  # noqa: BLE001 -- the model may insist on its example's batch size
+            pass
     for dynamic in (True, False) if dynamic_batch else (False,):
         try:
             ep = _export(model, inputs, dynamic=dynamic)
