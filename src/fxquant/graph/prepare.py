@@ -3,8 +3,9 @@
 The pipeline::
 
     deepcopy -> capture (fx, float islands) -> the stages of fxquant.graph.stages (names ->
-             kinds -> qconfigs -> fold conv+BN -> plan placement -> swap weighted modules ->
-             insert activation quantizers) -> float islands prepared eagerly
+             attention call sites -> kinds -> qconfigs -> fold conv+BN -> plan placement ->
+             swap weighted modules -> library modules -> insert activation quantizers) ->
+             float islands prepared eagerly
 
 If the model's own ``forward`` cannot be traced, :func:`fxquant.graph.eager.prepare_eager`
 takes over (eager capture of everything around the failing lines).
@@ -21,9 +22,10 @@ from torch import nn
 from ..backends import BackendProfile, get_profile
 from ..modelio import as_inputs
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
-from .capture import RootTraceError, capture
+from .capture import RootTraceError, capture, unspecified_defaults
 from .eager import prepare_eager, prepare_islands
-from .report import REPORT_KEY, PrepareReport
+from .report import REPORT_KEY, PrepareOptions, PrepareReport, get_report
+from .simulate import install as install_simulation
 from .stages import GraphPass, PrepareContext, prepare_graph
 
 __all__ = ["prepare", "as_input_tuple"]
@@ -68,32 +70,41 @@ def prepare(
             gain quantizer children.  Use ``model`` itself for nothing else afterwards.
 
     The prepared model is in ``FakeQuantState.QAT``; use :func:`fxquant.calibrate` for PTQ.
+    Its report records the options and a copy of ``example_inputs`` (what :func:`fxquant.save`
+    stores to re-prepare the model).
     """
     profile = get_profile(backend)
     setters = as_setter_tuple(qconfig_setter)
     inputs = as_inputs(example_inputs)
-    skip = frozenset(skip_modules)
+    leaf, skip = frozenset(leaf_modules), frozenset(skip_modules)
+    options = PrepareOptions(tuple(sorted(leaf)), tuple(sorted(skip)), bool(fold_bn))
+    recorded = inputs.detached_copy()  # before the model runs: nothing can change it
     if not inplace:
         model = copy.deepcopy(model)
     try:
-        gm, islands = capture(model, inputs, frozenset(leaf_modules) | skip)
+        gm, islands = capture(model, inputs, leaf | skip)
     except RootTraceError as err:
-        return prepare_eager(
+        qmodel = prepare_eager(
             model,
             inputs.args,
             setters,
             profile,
             err,
-            leaf_modules=leaf_modules,
+            leaf_modules=leaf,
             skip_modules=skip,
             fold_bn=fold_bn,
             kwargs=inputs.kwargs,
         )
-    report = PrepareReport(profile=profile, islands=dict(islands))
-    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    ctx = PrepareContext(setters, profile, frozenset(leaf_modules), skip, fold_bn, report)
+        report = get_report(qmodel)
+        report.options, report.example_inputs = options, recorded
+        return qmodel
+    report = PrepareReport(profile=profile, islands=dict(islands), options=options,
+                           example_inputs=recorded)
+    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder") - len(
+        unspecified_defaults(model, inputs))  # arguments fixed to their defaults are no inputs
+    ctx = PrepareContext(setters, profile, leaf, skip, fold_bn, report)
     prepare_graph(GraphPass(gm, ctx, dict(islands)))
     prepare_islands(gm, islands, ctx)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
-    return gm
+    return install_simulation(gm)
