@@ -13,12 +13,17 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev,demo]'
+	$(PYTHON) -m fxquant.numerics.native  # native CPU kernels, once (never fails: pure torch then)
+	# torchvision model definitions for tests (ViT, detection backbones); --no-deps: its own
+	# torch pin would replace the CPU torch (tests import it through tests/_tv.py)
+	$(PIP) install -c constraints.txt --no-deps torchvision
 	touch $@
 
 demo: $(STAMP)
 	$(VENV)/bin/fxquant demo
 
 test: $(STAMP) browser
+	$(PYTHON) -m fxquant.numerics.native  # (re)builds the native kernels if their source changed
 	$(PYTHON) -m pytest -n 2 -q
 
 # headless Chromium renders the HTML report in tests/debug (Debian package; best effort: the test
@@ -41,7 +46,7 @@ bench-deps: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt bench/install_peers.py
 	$(PIP) install -c constraints.txt -r bench/requirements.txt
-	$(PIP) install -c constraints.txt --no-deps torchvision==0.28.0
+	$(PIP) install -c constraints.txt --no-deps torchvision
 	$(PYTHON) bench/install_peers.py
 	touch $@
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SuiteResult", "median_time", "machine_info", "markdown_table"]
+__all__ = ["SuiteResult", "median_time", "interleaved", "machine_info", "markdown_table"]
 
 
 @dataclass
@@ -50,6 +50,36 @@ def median_time(
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def interleaved(
+    calls: dict[str, Callable[[], Any]], base: str, rounds: int, block: int, warmup: int = 2
+) -> dict[str, tuple[float, float]]:
+    """``{name: (median seconds, median ratio to base)}`` of paired, interleaved rounds.
+
+    In a round the calls take turns, one call each, ``block`` times, and each keeps its fastest
+    call (the one least disturbed by other processes); ratios are taken within a round, so that
+    load from other processes falls on all variants alike, and the median over rounds is kept.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    gc.collect()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        best = dict.fromkeys(calls, float("inf"))
+        for _ in range(block):
+            for name, fn in calls.items():
+                t = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+        for name in calls:
+            times[name].append(best[name])
+    out = {}
+    for name, ts in times.items():
+        ratios = [t / b for t, b in zip(ts, times[base], strict=True)]
+        out[name] = (statistics.median(ts), statistics.median(ratios))
+    return out
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,43 +1,41 @@
-"""Cost of quantization: QAT training step, calibration and range search, fxquant vs peers.
+"""Cost of quantization on three models: QAT step and calibration forward, fxquant vs peers.
 
-Model: :class:`bench.models.ResidualCNN` (ResNet-18-style, width 16, random weights) on random
-32x32 images at batch 64 (quick: width 8, batch 16); ``torch.get_num_threads()`` threads.
+Models (:mod:`bench.cost_models`, random weights, BatchNorm statistics settled on 3 batches):
+a ResNet-18-width CNN, a MobileNetV2-style CNN and a transformer encoder block; batch 64 of
+random 32x32 images / 64 tokens (quick: tiny widths, batch 8); ``torch.get_num_threads()``
+threads (``make bench``: 2).
 
-* **QAT step** -- one SGD step (forward, cross-entropy, backward, ``opt.step()``) of the QAT
-  model, as a ratio to the same step of the float model (BatchNorm in training mode in both).
+* **QAT step / float step** -- one SGD step (forward, cross-entropy, backward, ``opt.step()``)
+  of the QAT model over the same step of the float model (BatchNorm in training mode in both).
   fxquant: ``prepare(..., default_qat_qconfig_setter)`` (moving-average min-max activations,
   per-channel min-max weights, conv + BN folded fold-aware as torch.ao does), calibrated on one
-  batch, then ``FakeQuantState.QAT``; with the default pure-torch kernels, with the opt-in fused
-  kernels (:mod:`fxquant.numerics.fused`), and with ``fold_bn=False`` (BN kept separate: what
-  the fake quantizers themselves cost).  torch.ao: ``prepare_qat_fx`` with
-  ``get_default_qat_qconfig_mapping("x86")``.  NNCF: ``nncf.quantize`` then training the
-  returned model.
-* **Calibration** -- one calibration forward (no grad, eval) as a ratio to a float forward.
-  fxquant: every op quantized with a global ``get_qconfig(observer=...)`` (weights per-channel
-  min-max) in ``FakeQuantState.CALIBRATION``, for min-max and histogram (entropy) observers and
+  batch, then ``FakeQuantState.QAT``; also with ``fold_bn=False`` (BN kept separate: what the
+  quantizers alone cost).  torch.ao: ``prepare_qat_fx`` with
+  ``get_default_qat_qconfig_mapping("x86")``.
+* **calibration fwd / float fwd** -- one calibration forward (no grad, eval) over a float
+  forward.  fxquant: every op quantized with ``get_qconfig(observer=...)`` (per-channel min-max
+  weights) in ``FakeQuantState.CALIBRATION``, for min-max and histogram (entropy) observers and
   for ``default_calibration_qconfig_setter`` (MSE histograms).  torch.ao: ``prepare_fx`` with
-  ``MinMaxObserver`` or ``HistogramObserver`` activations and per-channel weights.  NNCF:
-  ``nncf.quantize`` (statistics collection + ranges, no bias correction) with ``n`` and ``3n``
-  batches; the per-batch cost is the slope ``(T(3n) - T(n)) / 2n`` (fixed setup excluded).
-* **Range search** -- after histogram calibration, the time to compute the range of every
-  histogram quantizer (``update_qparams``) with entropy, MSE and percentile: (A) activations
-  with histograms, weights min-max (the usual setup); (B) every quantizer, per-channel weight
-  histograms included.
+  ``MinMaxObserver`` or ``HistogramObserver`` activations and per-channel weights.
+* NNCF, NVIDIA ModelOpt and AIMET run in child processes that time their own float baseline
+  the same way (:mod:`bench.cost_peers`, which says what each runs).
+* **AdaRound, one layer** -- seconds of AdaRound on the same 3x3 conv (64 -> 64 channels,
+  16x16, 4-bit weights) with the same data and iteration count, fxquant vs AIMET.
+* **range search** -- after histogram calibration of a ResidualCNN, the time to compute the
+  range of every histogram quantizer with entropy, MSE and percentile: (A) activations with
+  histograms, weights min-max; (B) every quantizer, per-channel weight histograms included.
 
-Timing: rounds in which the variants take turns call by call (``block`` calls each) and keep
-their fastest call; ratios are medians over rounds of (variant / float baseline of the same
-round), so that load from other processes falls on all variants alike.
-Peers that cannot be imported give a row with the reason from ``bench/results/peers.json``.
+Timing: :func:`bench.common.interleaved` -- rounds in which the variants take turns call by
+call and keep their fastest call; ratios are medians over rounds of (variant / float baseline
+of the same round), so that load from other processes falls on all variants alike.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import pathlib
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -49,69 +47,56 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-from bench.common import SuiteResult
+from bench import cost_peers
+from bench.common import SuiteResult, interleaved
+from bench.cost_models import MODELS, QUICK_MODELS, CostModel
 from bench.models import ResidualCNN
 from fxquant.fake_quant import FakeQuantize
-from fxquant.numerics import fused as fused_mod
+from fxquant.numerics import native
 from fxquant.numerics.range_search import RangeMethod
 from fxquant.observers import HistogramObserver, MinMaxObserver
 
-__all__ = ["CostConfig", "FULL", "QUICK", "run"]
+__all__ = ["CostConfig", "FULL", "QUICK", "COLUMNS", "run"]
 
-COLUMNS = ["measure", "toolkit", "variant", "ms", "ratio", "peer / issue figure", "note"]
+COLUMNS = ["model", "measure", "toolkit", "variant", "ms", "ratio", "note"]
 PEERS_JSON = pathlib.Path(__file__).resolve().parent / "results" / "peers.json"
-TARGET_QAT = 1.10
-TARGET_CALIB_HIST = 1.15
-TARGET_CALIB_MINMAX = 1.05
+QAT, CALIB = "QAT step / float step", "calibration fwd / float fwd"
+TARGET_QAT, STRETCH_QAT = 1.25, 1.10
+TARGET_CALIB_MINMAX, TARGET_CALIB_HIST = 1.05, 1.3
 TARGET_RANGE_S = 2.0
-ISSUE = {  # figures the issue measured for the peers
-    "qat": "torch.ao 1.37x, AIMET 1.47x, NVIDIA 1.19x",
-    "calib": "torch.ao Histogram 1.47x, AIMET 1.29x / 3.38x, NVIDIA Histogram 1.35x",
-    "range": "NVIDIA ~108 s for 21 quantizers",
-}
+PEER_MODULES = {"NNCF": ("nncf", "nncf"), "NVIDIA ModelOpt": ("modelopt", "modelopt"),
+                "AIMET": ("aimet_torch", "aimet")}
 
 
 @dataclass(frozen=True)
 class CostConfig:
-    """Sizes of one run."""
+    """Sizes of one run.
 
-    width: int
+    Attributes:
+        models: the models (:data:`bench.cost_models.MODELS`).
+        batch: batch size.
+        rounds, block: interleaved timing rounds and calls per round.
+        peers: run NNCF / ModelOpt / AIMET (child processes).
+        slope_batches: ``n`` of the NNCF / AIMET calibration slope (0: skip).
+        range_width: ResidualCNN width of the range-search rows.
+        heavy: range search setup B.
+        adaround_iterations: AdaRound iterations of the one-layer timing (0: skip).
+    """
+
+    models: tuple[CostModel, ...]
     batch: int
     rounds: int
     block: int
-    nncf_batches: int  # n of the NNCF calibration slope (0: skip NNCF calibration)
-    heavy: bool  # NNCF QAT, the fused (compiling) QAT variant, range search setup B
+    peers: bool = True
+    slope_batches: int = 2
+    range_width: int = 16
+    heavy: bool = True
+    adaround_iterations: int = 1000
 
 
-FULL = CostConfig(width=16, batch=64, rounds=5, block=2, nncf_batches=2, heavy=True)
-QUICK = CostConfig(width=8, batch=16, rounds=2, block=1, nncf_batches=0, heavy=False)
-
-
-# -- timing ------------------------------------------------------------------------------------
-def _interleaved(calls: dict[str, Callable[[], Any]], base: str, cfg: CostConfig):
-    """``{name: (median seconds, median ratio to base)}`` over ``cfg.rounds`` rounds.
-
-    In a round the calls take turns, one call each, ``cfg.block`` times, and each keeps its
-    fastest call (the one least disturbed by other processes); ratios are taken within a round.
-    """
-    for fn in calls.values():  # warmup
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(cfg.rounds):
-        best = dict.fromkeys(calls, float("inf"))
-        for _ in range(cfg.block):
-            for name, fn in calls.items():
-                t = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - t)
-        for name in calls:
-            times[name].append(best[name])
-    out = {}
-    for name, ts in times.items():
-        ratios = [t / b for t, b in zip(ts, times[base], strict=True)]
-        out[name] = (statistics.median(ts), statistics.median(ratios))
-    return out
+FULL = CostConfig(MODELS, batch=64, rounds=5, block=2)
+QUICK = CostConfig(QUICK_MODELS, batch=8, rounds=2, block=1, peers=False, slope_batches=0,
+                   range_width=4, heavy=False, adaround_iterations=0)
 
 
 # -- peers -------------------------------------------------------------------------------------
@@ -130,40 +115,25 @@ def _short_reason(text: str) -> str:
 
 
 def _peer_status(module: str, key: str) -> tuple[Any, str]:
-    """``(module, "")`` if importable, else ``(None, reason)``.
+    """``(True, "")`` if ``module`` is installed, else ``(None, reason)`` (not imported here:
+    the peers run in child processes).  A peer that ``bench/install_peers.py`` could not
+    install says why (``bench/results/peers.json``)."""
+    import importlib.util
 
-    A peer that ``bench/install_peers.py`` recorded as not importable is not imported again
-    (a half-failed import can leave torch's operator registry modified).
-    """
     info = _peers_json(key)
-    if info and not info.get("import_ok", True):
-        return None, _short_reason(info.get("reason") or "recorded as not importable")
+    if info and not info.get("installed", True):
+        return None, _short_reason(info.get("reason") or "recorded as not installed")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return __import__(module), ""
-    except Exception as exc:  # any import failure is a reason to report
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError) as exc:
         return None, _short_reason(f"{type(exc).__name__}: {exc}")
+    return (True, "") if found else (None, f"{module} is not installed (make bench-deps)")
 
 
-def _not_installed_rows(res: SuiteResult, measure: str) -> None:
-    for module, key, label in (
-        ("aimet_torch", "aimet", "AIMET"),
-        ("pytorch_quantization", "pytorch_quantization", "NVIDIA pytorch-quantization"),
-    ):
-        mod, why = _peer_status(module, key)
-        if mod is None:
-            res.rows.append({"measure": measure, "toolkit": label, "note": f"not installed: {why}"})
-        else:
-            res.rows.append(
-                {"measure": measure, "toolkit": label, "note": "importable; not wired up yet"}
-            )
-
-
-# -- models ------------------------------------------------------------------------------------
-def _settled_model(cfg: CostConfig, x: torch.Tensor) -> nn.Module:
+# -- models and steps --------------------------------------------------------------------------
+def _settled(cm: CostModel, x: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
-    model = ResidualCNN(width=cfg.width)
+    model = cm.build()
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -184,6 +154,14 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], No
     return step
 
 
+def _fwd(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def go() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return go
+
+
 def _fx_qat(model: nn.Module, x: torch.Tensor, fold_bn: bool = True) -> nn.Module:
     qat = fxquant.prepare(model, x, fxquant.default_qat_qconfig_setter, fold_bn=fold_bn)
     fxquant.calibrate(qat, [x], progress=False)
@@ -195,274 +173,164 @@ def _torch_ao_qat(model: nn.Module, x: torch.Tensor) -> nn.Module:
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
-    return prepare_qat_fx(
-        copy.deepcopy(model).train(), get_default_qat_qconfig_mapping("x86"), (x,)
-    )
+    return prepare_qat_fx(copy.deepcopy(model).train(), get_default_qat_qconfig_mapping("x86"),
+                          (x,))
 
 
-def _nncf_quantize(nncf: Any, model: nn.Module, data: list[torch.Tensor]) -> nn.Module:
-    logging.getLogger("nncf").setLevel(logging.ERROR)
-    return nncf.quantize(
-        copy.deepcopy(model).eval(),
-        nncf.Dataset(data),
-        subset_size=len(data),
-        fast_bias_correction=None,  # None: no bias correction, only statistics + ranges
-    )
-
-
-# -- QAT ---------------------------------------------------------------------------------------
-def _qat_rows(res: SuiteResult, cfg: CostConfig, model, x, y, summary) -> None:
-    calls: dict[str, Callable[[], None]] = {"float": _step(copy.deepcopy(model), x, y)}
-    meta = {"float": ("float (torch)", "SGD step")}
-    errors: dict[str, tuple[str, str, str]] = {}
-
-    def add(name: str, toolkit: str, variant: str, build: Callable[[], Callable[[], None]]):
-        try:
-            calls[name] = build()
-            meta[name] = (toolkit, variant)
-        except Exception as exc:  # a peer that fails is a row with its error
-            errors[name] = (toolkit, variant, f"{type(exc).__name__}: {exc}".splitlines()[0])
-
-    add(
-        "fx",
-        "fxquant",
-        "default (pure torch kernels, BN folded)",
-        lambda: _step(_fx_qat(model, x), x, y),
-    )
-    with fused_mod.fused_kernels(True) as fused_ok:
-        pass
-    if fused_ok and cfg.heavy:
-
-        def fused_step():
-            inner = _step(_fx_qat(model, x), x, y)
-
-            def step():
-                with fused_mod.fused_kernels(True):
-                    inner()
-
-            return step
-
-        add("fx_fused", "fxquant", "fused kernels (opt-in), BN folded", fused_step)
-    add(
-        "fx_nofold",
-        "fxquant",
-        "default kernels, fold_bn=False",
-        lambda: _step(_fx_qat(model, x, fold_bn=False), x, y),
-    )
-    add(
-        "ao",
-        "torch.ao",
-        "prepare_qat_fx, x86 default QAT qconfig",
-        lambda: _step(_torch_ao_qat(model, x), x, y),
-    )
-    nncf, why = _peer_status("nncf", "nncf") if cfg.heavy else (None, "skipped in quick mode")
-    if nncf is not None:
-        add(
-            "nncf",
-            "NNCF",
-            f"nncf.quantize + training ({nncf.__version__})",
-            lambda: _step(_nncf_quantize(nncf, model, [x]), x, y),
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        timed = _interleaved(calls, "float", cfg)
-    for name, (t, r) in timed.items():
-        toolkit, variant = meta[name]
-        row = {
-            "measure": "QAT step / float step",
-            "toolkit": toolkit,
-            "variant": variant,
-            "ms": t * 1e3,
-            "ratio": r,
-        }
-        if name == "ao":
-            row["peer / issue figure"] = "issue: 1.37x"
-        res.rows.append(row)
-        summary[f"qat:{name}"] = r
-    for toolkit, variant, err in errors.values():
-        res.rows.append(
-            {
-                "measure": "QAT step / float step",
-                "toolkit": toolkit,
-                "variant": variant,
-                "note": f"failed: {err}",
-            }
-        )
-    if nncf is None:
-        note = why if not cfg.heavy else f"not installed: {why}"
-        res.rows.append({"measure": "QAT step / float step", "toolkit": "NNCF", "note": note})
-    _not_installed_rows(res, "QAT step / float step")
-
-
-# -- calibration -------------------------------------------------------------------------------
-def _fx_calib_model(model, x, observer) -> nn.Module:
-    qc = fxquant.get_qconfig(observer=observer, out_dtype=fxquant.qint8)
-    qm = fxquant.prepare(model, x, qc)
-    qm.eval()
+def _fx_calib(model: nn.Module, x: torch.Tensor, observer) -> nn.Module:
+    qc = (fxquant.default_calibration_qconfig_setter if observer is None
+          else fxquant.get_qconfig(observer=observer, out_dtype=fxquant.qint8))
+    qm = fxquant.prepare(model, x, qc).eval()
     fxquant.set_fake_quantize(qm, fxquant.FakeQuantState.CALIBRATION)
     return qm
 
 
-def _ao_calib_model(model, x, hist: bool) -> nn.Module:
-    from torch.ao.quantization import (
-        HistogramObserver as AoHist,
-    )
-    from torch.ao.quantization import (
-        MinMaxObserver as AoMinMax,
-    )
-    from torch.ao.quantization import (
-        QConfig,
-        QConfigMapping,
-        default_per_channel_weight_observer,
-    )
+def _ao_calib(model: nn.Module, x: torch.Tensor, hist: bool) -> nn.Module:
+    from torch.ao.quantization import HistogramObserver as AoHist
+    from torch.ao.quantization import MinMaxObserver as AoMinMax
+    from torch.ao.quantization import QConfig, QConfigMapping, default_per_channel_weight_observer
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     act = AoHist.with_args(reduce_range=True) if hist else AoMinMax.with_args(reduce_range=True)
     mapping = QConfigMapping().set_global(
-        QConfig(activation=act, weight=default_per_channel_weight_observer)
-    )
+        QConfig(activation=act, weight=default_per_channel_weight_observer))
     return prepare_fx(copy.deepcopy(model).eval(), mapping, (x,))
 
 
-def _calib_rows(res: SuiteResult, cfg: CostConfig, model, x, summary) -> None:
-    measure = "calibration fwd / float fwd"
-
-    def fwd(m):
-        def go():
-            with torch.no_grad():
-                m(x)
-
-        return go
-
-    builds = {
-        "float": ("float (torch)", "forward, no grad", lambda: model),
-        "fx_minmax": (
-            "fxquant",
-            "MinMaxObserver",
-            lambda: _fx_calib_model(model, x, MinMaxObserver),
-        ),
-        "fx_hist": (
-            "fxquant",
-            "HistogramObserver (entropy)",
-            lambda: _fx_calib_model(model, x, HistogramObserver),
-        ),
-        "fx_mse": (
-            "fxquant",
-            "default_calibration_qconfig_setter (MSE histograms)",
-            lambda: _calib_template(model, x),
-        ),
-        "ao_minmax": (
-            "torch.ao",
-            "prepare_fx, MinMaxObserver",
-            lambda: _ao_calib_model(model, x, False),
-        ),
-        "ao_hist": (
-            "torch.ao",
-            "prepare_fx, HistogramObserver",
-            lambda: _ao_calib_model(model, x, True),
-        ),
-    }
+def _timed_rows(res: SuiteResult, label: str, measure: str, builds: dict, cfg: CostConfig,
+                summary: dict) -> None:
+    """Build every variant (a failure is a row with its error), time them interleaved."""
     calls, meta = {}, {}
     for name, (toolkit, variant, build) in builds.items():
         try:
-            calls[name] = fwd(build())
+            calls[name] = build()
             meta[name] = (toolkit, variant)
-        except Exception as exc:
-            res.rows.append(
-                {
-                    "measure": measure,
-                    "toolkit": toolkit,
-                    "variant": variant,
-                    "note": f"failed: {type(exc).__name__}: {exc}".splitlines()[0],
-                }
-            )
+        except Exception as exc:  # a variant that cannot be built is a row with the reason
+            res.rows.append({"model": label, "measure": measure, "toolkit": toolkit,
+                             "variant": variant,
+                             "note": f"failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        timed = _interleaved(calls, "float", cfg)
-    figures = {"ao_hist": "issue: 1.47x"}
+        timed = interleaved(calls, "float", cfg.rounds, cfg.block)
     for name, (t, r) in timed.items():
         toolkit, variant = meta[name]
-        res.rows.append(
-            {
-                "measure": measure,
-                "toolkit": toolkit,
-                "variant": variant,
-                "ms": t * 1e3,
-                "ratio": r,
-                "peer / issue figure": figures.get(name, ""),
-            }
-        )
-        summary[f"calib:{name}"] = r
-    _nncf_calib_row(res, cfg, model, x, timed["float"][0], measure)
-    _not_installed_rows(res, measure)
+        res.rows.append({"model": label, "measure": measure, "toolkit": toolkit,
+                         "variant": variant, "ms": t * 1e3, "ratio": r})
+        summary[(label, measure, toolkit, variant)] = r
 
 
-def _calib_template(model, x) -> nn.Module:
-    qm = fxquant.prepare(model, x, fxquant.default_calibration_qconfig_setter)
-    qm.eval()
-    fxquant.set_fake_quantize(qm, fxquant.FakeQuantState.CALIBRATION)
-    return qm
+def _model_rows(res: SuiteResult, cm: CostModel, cfg: CostConfig, summary: dict) -> None:
+    torch.manual_seed(0)
+    x = cm.example(cfg.batch)
+    y = torch.randint(0, 10, (cfg.batch,))
+    model = _settled(cm, x)
+    qat = {
+        "float": ("float (torch)", "SGD step", lambda: _step(copy.deepcopy(model), x, y)),
+        "fx": ("fxquant", "default QAT template" + (", BN folded" if cm.cnn else ""),
+               lambda: _step(_fx_qat(model, x), x, y)),
+    }
+    if cm.cnn:
+        qat["fx_nofold"] = ("fxquant", "default QAT template, fold_bn=False",
+                            lambda: _step(_fx_qat(model, x, fold_bn=False), x, y))
+    qat["ao"] = ("torch.ao", "prepare_qat_fx, x86 default QAT qconfig",
+                 lambda: _step(_torch_ao_qat(model, x), x, y))
+    _timed_rows(res, cm.label, QAT, qat, cfg, summary)
+    calib = {
+        "float": ("float (torch)", "forward, no grad", lambda: _fwd(model, x)),
+        "fx_mm": ("fxquant", "MinMaxObserver", lambda: _fwd(_fx_calib(model, x, MinMaxObserver),
+                                                             x)),
+        "fx_hist": ("fxquant", "HistogramObserver (entropy)",
+                    lambda: _fwd(_fx_calib(model, x, HistogramObserver), x)),
+        "fx_mse": ("fxquant", "default_calibration_qconfig_setter (MSE histograms)",
+                   lambda: _fwd(_fx_calib(model, x, None), x)),
+        "ao_mm": ("torch.ao", "prepare_fx, MinMaxObserver",
+                  lambda: _fwd(_ao_calib(model, x, False), x)),
+        "ao_hist": ("torch.ao", "prepare_fx, HistogramObserver",
+                    lambda: _fwd(_ao_calib(model, x, True), x)),
+    }
+    _timed_rows(res, cm.label, CALIB, calib, cfg, summary)
+    for peer in cost_peers.PEERS:
+        _peer_rows(res, cm.label, peer, model, x, y, cfg, summary)
 
 
-def _nncf_calib_row(res, cfg, model, x, float_s, measure) -> None:
-    if cfg.nncf_batches <= 0:
-        res.rows.append({"measure": measure, "toolkit": "NNCF", "note": "skipped in quick mode"})
+def _peer_rows(res, label, peer, model, x, y, cfg, summary) -> None:
+    if not cfg.peers:
+        for measure in (QAT, CALIB):
+            res.rows.append({"model": label, "measure": measure, "toolkit": peer,
+                             "note": "skipped in quick mode"})
         return
-    nncf, why = _peer_status("nncf", "nncf")
-    if nncf is None:
-        res.rows.append({"measure": measure, "toolkit": "NNCF", "note": f"not installed: {why}"})
+    module, key = PEER_MODULES[peer]
+    ok, why = _peer_status(module, key)
+    got = cost_peers.measure(peer, model, x, y, cfg.rounds, cfg.block, cfg.slope_batches) \
+        if ok else {"error": f"not installed: {why}"}
+    if "error" in got:
+        for measure in (QAT, CALIB):
+            res.rows.append({"model": label, "measure": measure, "toolkit": peer,
+                             "note": got["error"]})
         return
-    n = cfg.nncf_batches
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _nncf_quantize(nncf, model, [x] * n)  # warmup (graph capture, extensions)
-            t_n, t_3n = [], []
-            for _ in range(2):
-                t = time.perf_counter()
-                _nncf_quantize(nncf, model, [x] * n)
-                t_n.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                _nncf_quantize(nncf, model, [x] * (3 * n))
-                t_3n.append(time.perf_counter() - t)
-        per_batch = (min(t_3n) - min(t_n)) / (2 * n)
-        note = f"whole nncf.quantize: {min(t_n):.1f} s ({n} batches), {min(t_3n):.1f} s ({3 * n})"
-        row = {
-            "measure": measure,
-            "toolkit": "NNCF",
-            "variant": f"nncf.quantize, per-batch slope ({nncf.__version__})",
-            "note": note,
-        }
-        if per_batch > 0:
-            row.update(ms=per_batch * 1e3, ratio=per_batch / float_s)
-        else:  # the fixed setup cost's noise swamped the per-batch cost
-            row["note"] = note + "; slope not measurable (load noise)"
+    extra = got.get("note") or ""
+    q = got["qat"]
+    res.rows.append({"model": label, "measure": QAT, "toolkit": peer, "variant": q["variant"],
+                     "ms": q["ms"], "ratio": q["ratio"], "note": extra})
+    summary[(label, QAT, peer, q["variant"])] = q["ratio"]
+    for c in got.get("calib", []):
+        row = {"model": label, "measure": CALIB, "toolkit": peer, **c}
+        if extra:
+            row["note"] = "; ".join(n for n in (c.get("note", ""), extra) if n)
         res.rows.append(row)
-    except Exception as exc:
-        res.rows.append(
-            {
-                "measure": measure,
-                "toolkit": "NNCF",
-                "note": f"failed: {type(exc).__name__}: {exc}".splitlines()[0],
-            }
-        )
+        if "ratio" in c:
+            summary[(label, CALIB, peer, c["variant"])] = c["ratio"]
+
+
+# -- AdaRound, one layer ------------------------------------------------------------------------
+def _adaround_rows(res: SuiteResult, cfg: CostConfig) -> None:
+    from fxquant.algorithms.adaround import adaround
+
+    label, measure = "3x3 conv 64 -> 64, 16x16", "AdaRound, one layer (s)"
+    n = cfg.adaround_iterations
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1)).eval()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.relu(torch.randn(32, 64, 16, 16, generator=gen)) for _ in range(4)]
+    qc = fxquant.get_qconfig(observer=MinMaxObserver, weight_dtype=fxquant.qint4,
+                             out_dtype=fxquant.qint8)
+    q = fxquant.calibrate(fxquant.prepare(layer, batches[0], qc), batches, progress=False)
+    t = time.perf_counter()
+    adaround(q, batches, num_iterations=n, progress=False)
+    whole = time.perf_counter() - t
+    unit = q.reconstruction_report.results[0]
+    res.rows.append({"model": label, "measure": measure, "toolkit": "fxquant",
+                     "variant": f"adaround, {n} iterations", "ms": whole * 1e3,
+                     "note": f"whole call {whole:.2f} s (optimisation {unit.seconds:.2f} s, "
+                             f"{unit.num_samples} cached rows)"})
+    ok, why = _peer_status("aimet_torch", "aimet") if cfg.peers else (None, "skipped")
+    got = cost_peers.adaround_layer_seconds(layer, batches, n) if ok else {"error": why}
+    row = {"model": label, "measure": measure, "toolkit": "AIMET",
+           "variant": f"Adaround.apply_adaround, {n} iterations"}
+    if "error" in got:
+        row["note"] = got["error"]
+    else:
+        row.update(ms=got["seconds"] * 1e3, ratio=got["seconds"] / whole,
+                   note="; ".join(x for x in ("whole call; ratio = AIMET / fxquant",
+                                             got.get("note", "")) if x))
+    res.rows.append(row)
 
 
 # -- range search ------------------------------------------------------------------------------
-def _range_rows(res: SuiteResult, cfg: CostConfig, model, x, summary) -> None:
+def _range_rows(res: SuiteResult, cfg: CostConfig, summary: dict) -> None:
     measure = "range search, all quantizers (s)"
+    label = f"ResidualCNN width {cfg.range_width}"
+    torch.manual_seed(0)
+    x = torch.randn(cfg.batch, 3, 32, 32)
+    model = ResidualCNN(width=cfg.range_width).eval()
     setups = [("A: activation histograms, min-max weights", MinMaxObserver)]
     if cfg.heavy:
         setups.append(("B: every quantizer, per-channel weight histograms", HistogramObserver))
-    for label, weight_obs in setups:
+    for setup, weight_obs in setups:
         qc = fxquant.get_qconfig(observer=HistogramObserver, weight_observer=weight_obs)
-        qm = fxquant.prepare(model, x, qc)
-        fxquant.calibrate(qm, [x], progress=False)
-        hist_fqs = [
-            m
-            for m in qm.modules()
-            if isinstance(m, FakeQuantize) and isinstance(m.observer, HistogramObserver)
-        ]
+        qm = fxquant.calibrate(fxquant.prepare(model, x, qc), [x], progress=False)
+        hist_fqs = [m for m in qm.modules()
+                    if isinstance(m, FakeQuantize) and isinstance(m.observer, HistogramObserver)]
         for method in RangeMethod:
             for m in hist_fqs:
                 m.observer.method = method
@@ -470,40 +338,31 @@ def _range_rows(res: SuiteResult, cfg: CostConfig, model, x, summary) -> None:
             for m in hist_fqs:
                 m.update_qparams()
             dt = time.perf_counter() - t
-            res.rows.append(
-                {
-                    "measure": measure,
-                    "toolkit": "fxquant",
-                    "variant": f"{label}, {method.value}",
-                    "ms": dt * 1e3,
-                    "ratio": "",
-                    "note": f"{len(hist_fqs)} histogram quantizers, total {dt:.2f} s",
-                    "peer / issue figure": ISSUE["range"],
-                }
-            )
-            summary[f"range:{label[0]}:{method.value}"] = dt
+            res.rows.append({"model": label, "measure": measure, "toolkit": "fxquant",
+                             "variant": f"{setup}, {method.value}", "ms": dt * 1e3,
+                             "note": f"{len(hist_fqs)} histogram quantizers, total {dt:.2f} s"})
+            summary[("range", setup[0], method.value)] = dt
 
 
 # -- suite -------------------------------------------------------------------------------------
 def run(quick: bool = False, config: CostConfig | None = None) -> SuiteResult:
-    """Run the suite (``quick``: smaller model and batch, fewer rounds, no NNCF calibration)."""
+    """Run the suite (``quick``: tiny models, no peers, no AdaRound timing)."""
     cfg = config or (QUICK if quick else FULL)
     load = os.getloadavg()[0]
-    torch.manual_seed(0)
-    x = torch.randn(cfg.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (cfg.batch,))
-    model = _settled_model(cfg, x)
+    t0 = time.perf_counter()
     res = SuiteResult(
         "cost",
-        f"Cost of QAT / calibration / range search: ResidualCNN width {cfg.width}, "
-        f"batch {cfg.batch}, 32x32",
+        f"Cost of QAT / calibration vs peers: {len(cfg.models)} models, batch {cfg.batch}, "
+        f"{torch.get_num_threads()} threads",
         COLUMNS,
     )
-    summary: dict[str, float] = {}
-    _qat_rows(res, cfg, model, x, y, summary)
-    _calib_rows(res, cfg, model, x, summary)
-    _range_rows(res, cfg, model, x, summary)
-    _notes(res, summary, load, cfg)
+    summary: dict = {}
+    for cm in cfg.models:
+        _model_rows(res, cm, cfg, summary)
+    if cfg.adaround_iterations:
+        _adaround_rows(res, cfg)
+    _range_rows(res, cfg, summary)
+    _notes(res, summary, cfg, load, os.getloadavg()[0], time.perf_counter() - t0)
     return res
 
 
@@ -513,47 +372,75 @@ def _verdict(value: float, target: float, unit: str = "x") -> str:
     return f"{value:.2f}{unit} > {target:g}{unit}: MISSED by {value / target - 1:.0%}"
 
 
-def _notes(res: SuiteResult, s: dict[str, float], load: float, cfg: CostConfig) -> None:
-    res.notes.append(
-        f"torch.get_num_threads()={torch.get_num_threads()}, load average at start {load:.2f}; "
-        f"{cfg.rounds} rounds x {cfg.block} round-robin calls (fastest per round, median of "
-        "per-round ratios)"
-    )
-    nofold, ao = s.get("qat:fx_nofold"), s.get("qat:ao")
-    for key, label in (("qat:fx", "default kernels"), ("qat:fx_fused", "fused kernels")):
-        if key not in s:
+def _best(summary: dict, label: str, measure: str, toolkit: str, *, exclude: str = "") -> tuple:
+    vals = [(r, k[3]) for k, r in summary.items() if len(k) == 4 and k[0] == label
+            and k[1] == measure and k[2] == toolkit and (not exclude or exclude not in k[3])]
+    return min(vals, default=(None, ""))
+
+
+def _lowest_note(res: SuiteResult, s: dict, label: str, measure: str, toolkit: str,
+                 variant: str, histogram: bool = False) -> None:
+    """Is fxquant's ratio (its ``variant``) below every peer's best ratio of ``measure``?
+
+    For histogram calibration only the peers' histogram variants count (torch.ao, ModelOpt).
+    """
+    rows = [(k, r) for k, r in s.items() if len(k) == 4]
+    fx = [r for (m, meas, tk, v), r in rows if m == label and meas == measure
+          and tk == toolkit and variant in v and "fold_bn=False" not in v]
+    if not fx:
+        return
+    mine = min(fx)
+    best: dict[str, float] = {}
+    for (m, meas, tk, v), r in rows:
+        if m != label or meas != measure or tk in (toolkit, "float (torch)"):
             continue
-        why = ""
-        if s[key] > TARGET_QAT:
-            parts = []
-            if nofold is not None:
-                parts.append(f"fold_bn=False: {nofold:.2f}x")
-            if ao is not None:
-                parts.append(f"torch.ao on the same run: {ao:.2f}x")
-            why = (
-                " -- the step runs ~40 quantizers on small tensors (<= 1 MB): observer + "
-                "qparams update + >= 5 memory passes each, forward and backward"
-                + (f" ({'; '.join(parts)})" if parts else "")
-            )
-        res.notes.append(
-            f"target QAT step <= {TARGET_QAT}x float ({label}): {_verdict(s[key], TARGET_QAT)}{why}"
-        )
-    if "qat:ao" in s:
-        res.notes.append(f"torch.ao QAT step here: {s['qat:ao']:.2f}x (issue: 1.37x)")
-    for key, target, label in (
-        ("calib:fx_minmax", TARGET_CALIB_MINMAX, "min-max observers"),
-        ("calib:fx_hist", TARGET_CALIB_HIST, "histogram (entropy) observers"),
-        ("calib:fx_mse", TARGET_CALIB_HIST, "histogram (MSE, default calibration template)"),
-    ):
-        if key in s:
-            res.notes.append(
-                f"target calibration <= {target}x float forward, {label}: "
-                f"{_verdict(s[key], target)}"
-            )
+        if histogram and "istogram" not in v:
+            continue
+        best[tk] = min(best.get(tk, r), r)
+    if not best:
+        return
+    lost = [tk for tk, r in best.items() if r < mine]
+    what = f"{measure}{' (histogram)' if histogram else ''}"
+    res.notes.append(
+        f"{label}: {what}, fxquant {mine:.2f}x lowest of all peers: "
+        + ("MET" if not lost else f"MISSED (lower: {', '.join(lost)})")
+        + " (" + "; ".join(f"{tk} {r:.2f}x" for tk, r in best.items()) + ")"
+    )
+
+
+def _notes(res: SuiteResult, s: dict, cfg: CostConfig, load: float, load_end: float,
+           seconds: float) -> None:
+    res.notes.append(
+        f"torch.get_num_threads()={torch.get_num_threads()}, load average (1 min) at start "
+        f"{load:.2f}, at end {load_end:.2f}; {cfg.rounds} rounds x {cfg.block} round-robin "
+        "calls per variant (fastest per round, median of per-round ratios); peers in child "
+        "processes against their own float baseline"
+    )
+    if not native.available():
+        res.notes.append(f"native kernels unavailable: {native.why_unavailable()} "
+                         "(fxquant ran pure torch)")
+    for cm in cfg.models:
+        label = cm.label
+        fx_qat, _ = _best(s, label, QAT, "fxquant", exclude="fold_bn=False")
+        if fx_qat is not None:
+            target = TARGET_QAT if cm.cnn else None
+            verdict = _verdict(fx_qat, TARGET_QAT) + (
+                "" if target else " (goal set for the CNNs)")
+            res.notes.append(f"{label}: QAT step <= {TARGET_QAT}x float (stretch "
+                             f"{STRETCH_QAT}x): fxquant {verdict}")
+        for variant, target in (("MinMaxObserver", TARGET_CALIB_MINMAX),
+                                ("HistogramObserver (entropy)", TARGET_CALIB_HIST),
+                                ("default_calibration_qconfig_setter (MSE histograms)",
+                                 TARGET_CALIB_HIST)):
+            r = s.get((label, CALIB, "fxquant", variant))
+            if r is not None:
+                res.notes.append(f"{label}: calibration <= {target}x float forward, {variant}: "
+                                 f"{_verdict(r, target)}")
+        _lowest_note(res, s, label, QAT, "fxquant", "")
+        _lowest_note(res, s, label, CALIB, "fxquant", "MinMaxObserver")
+        _lowest_note(res, s, label, CALIB, "fxquant", "Histogram", histogram=True)
     for key, value in s.items():
-        if key.startswith("range:"):
-            _, setup, method = key.split(":")
-            res.notes.append(
-                f"target range search < {TARGET_RANGE_S:g} s ({setup}, {method}): "
-                f"{_verdict(value, TARGET_RANGE_S, ' s')}"
-            )
+        if key[0] == "range":
+            res.notes.append(f"target range search < {TARGET_RANGE_S:g} s ({key[1]}, {key[2]}): "
+                             f"{_verdict(value, TARGET_RANGE_S, ' s')}")
+    res.notes.append(f"suite time: {seconds:.0f} s")

@@ -12,7 +12,10 @@ CPU at batch 1 and batch 64 as:
   ONNX (QDQ, per-channel, U8S8, min-max calibration over the same calibration batches);
 * OpenVINO fp32 (``INFERENCE_PRECISION_HINT=f32``: its default on AVX512/AMX CPUs is bf16) and
   OpenVINO int8 from fxquant's QDQ export of the ``openvino`` profile;
-* torch int8 -- ``fxquant.convert(backend="x86")`` (torch's x86 quantized kernels).
+* torch int8 -- ``fxquant.convert(backend="x86")`` (torch's x86 quantized kernels);
+* LiteRT fp32 and LiteRT int8 -- ``fxquant.export_tflite`` of the ``tflite`` profile's model
+  (``quantize=False`` for fp32) run by LiteRT's default CPU path (the XNNPACK delegate); the
+  files have a static batch, so each batch size gets its own export.
 
 Method: every runtime gets ``torch.get_num_threads()`` threads (ORT ``intra_op_num_threads``,
 OpenVINO ``INFERENCE_NUM_THREADS``); on a busy machine call ``torch.set_num_threads(1)`` before
@@ -27,9 +30,10 @@ the median over rounds of the ratio of the two variants' block medians in the sa
 
 Accuracy: output SQNR of every variant vs torch fp32 on a held-out random batch;
 ``fxquant.verify`` (runtime vs fxquant's simulation: % identical output codes; for ONNX Runtime
-the simulation is evaluated with ORT's integer arithmetic, for OpenVINO exactly in float64; the
-"plain f32 sim" figure says how often the float32 fake-quant model agrees with that reference:
-the network amplifies 1-step rounding differences layer by layer) for the fxquant QDQ files;
+the simulation is the eval-mode model with ORT's integer arithmetic, for OpenVINO the float
+simulation in float64; the "plain f32 sim" figure says how often the float simulation agrees
+with that reference: the network amplifies 1-step rounding differences layer by layer) for the
+fxquant QDQ files;
 SQNR of the x86 int8 model vs its simulation.  A variant that fails to build or run
 is a row with its error.
 """
@@ -60,7 +64,7 @@ __all__ = ["DeployConfig", "FULL", "QUICK", "run"]
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
-TORCH, ORT, OV = "torch", "onnxruntime", "openvino"
+TORCH, ORT, OV, LITERT = "torch", "onnxruntime", "openvino", "litert"
 COLUMNS = [
     "runtime", "model", "batch", "ms", "vs ORT fp32", "vs torch fp32", "SQNR vs fp32 (dB)",
     "agreement", "error",
@@ -263,6 +267,8 @@ def _build(
             counts, e = _attempt(lambda path=path: _ort_op_counts(path, threads))
             notes.append(f"ORT runs {v.model} as: {counts or e}")
 
+    variants += _litert_variants(model, example, calib, eval_t, tmp, threads)
+
     x86 = Variant(TORCH, "int8 fxquant convert(x86)")
     q_x86, x86.error = _attempt(lambda: _prepared(model, example, calib, "x86"))
     if not x86.error:
@@ -271,6 +277,71 @@ def _build(
         x86.agreement = f"simulation failed: {e}" if e else "-"
     variants.append(x86)
     return variants, eval_t.numpy(), ref, notes
+
+
+def _litert_variants(model: nn.Module, example: Tensor, calib: list[Tensor], eval_t: Tensor,
+                     tmp: str, threads: int) -> list[Variant]:
+    """LiteRT fp32 and int8 (XNNPACK) of the ``tflite`` profile's model, with verify's
+    agreement of the int8 file (exported at the eval batch size) with the simulation."""
+    q, err = _attempt(lambda: _prepared(model, example, calib, "tflite"))
+    fp32 = Variant(LITERT, "fp32 (float TFLite, XNNPACK)", error=err)
+    int8 = Variant(LITERT, "int8 fxquant TFLite (XNNPACK)", error=err)
+    if err:
+        return [fp32, int8]
+    fp32.make = lambda: _litert_runner(q, example, tmp, threads, quantize=False)
+    int8.make = lambda: _litert_runner(q, example, tmp, threads, quantize=True)
+    path = os.path.join(tmp, "fxquant_eval.tflite")
+
+    def check() -> object:
+        _export_tflite(q, eval_t, path, quantize=True)
+        return fxquant.verify(q, path, eval_t, "litert", tensors=False, num_threads=threads)
+
+    rep, e = _attempt(check)
+    if e:
+        int8.agreement = f"verify failed: {e}"
+    else:
+        out = rep.outputs[0]
+        int8.agreement = (f"verify ({rep.reference} sim): {100 * out.identical:.1f}% identical, "
+                          f"max {out.max_step_diff} step(s)")
+        if out.float32_identical is not None:
+            int8.agreement += f" (plain f32 sim: {100 * out.float32_identical:.1f}%)"
+    return [fp32, int8]
+
+
+def _export_tflite(q: nn.Module, x: Tensor, path: str, quantize: bool) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fxquant.export_tflite(q, x, path, quantize=quantize, check=False)
+
+
+def _litert_runner(q: nn.Module, example: Tensor, tmp: str, threads: int,
+                   quantize: bool) -> Runner:
+    """A LiteRT (XNNPACK) runner; the file is exported for each batch size on first use (the
+    warmup), as its shapes are static."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    sessions: dict[int, tuple[object, int, int]] = {}
+
+    def session(batch: int):
+        if batch not in sessions:
+            path = os.path.join(tmp, f"litert_{'int8' if quantize else 'fp32'}_{batch}.tflite")
+            x = example.expand(batch, *example.shape[1:]).contiguous()
+            _export_tflite(q, x, path, quantize=quantize)
+            interp = Interpreter(model_path=path, num_threads=threads)
+            interp.allocate_tensors()
+            sessions[batch] = (interp, interp.get_input_details()[0]["index"],
+                               interp.get_output_details()[0]["index"])
+        return sessions[batch]
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        interp, i, o = session(x.shape[0])
+        interp.set_tensor(i, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))  # NHWC input
+        interp.invoke()
+        return interp.get_tensor(o)
+
+    return fn
 
 
 def _prepared(model: nn.Module, example: Tensor, calib: list[Tensor], backend: str) -> nn.Module:

@@ -45,6 +45,8 @@ class Peer:
         extra_index: a second index to try when PyPI's package does not install.
         warmup: code run (in a subprocess) once the import works, e.g. to build a C++
             extension that would otherwise be compiled, slowly, inside the first benchmark.
+        requires: packages installed with it that its own metadata forgets (its import
+            fails without them).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Peer:
     note: str = ""
     extra_index: str | None = None
     warmup: str | None = None
+    requires: tuple[str, ...] = ()
 
 
 PEERS: tuple[Peer, ...] = (
@@ -70,6 +73,14 @@ PEERS: tuple[Peer, ...] = (
         "pytorch_quantization",
         "NVIDIA pytorch-quantization (PyPI has a placeholder sdist; wheels on pypi.nvidia.com)",
         extra_index="https://pypi.nvidia.com",
+    ),
+    Peer(
+        "modelopt",
+        "nvidia-modelopt",
+        "modelopt.torch.quantization",
+        "NVIDIA ModelOpt (PyPI nvidia-modelopt; successor of pytorch-quantization); its "
+        "import needs requests and huggingface_hub, which its metadata does not list",
+        requires=("requests", "huggingface_hub"),
     ),
 )
 
@@ -135,11 +146,13 @@ def check_import(module: str, timeout: float = 300) -> tuple[bool, str]:
     return False, _reason(proc.stderr, 3)
 
 
-def pip_install(spec: str, timeout: float, extra_index: str | None = None) -> tuple[bool, str]:
-    """``pip install -c constraints.txt spec`` with a timeout: ``(ok, output tail)``."""
+def pip_install(
+    spec: str, timeout: float, extra_index: str | None = None, requires: tuple[str, ...] = ()
+) -> tuple[bool, str]:
+    """``pip install -c constraints.txt spec *requires`` with a timeout: ``(ok, output tail)``."""
     cmd = [
         sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-        "-c", str(CONSTRAINTS), spec,
+        "-c", str(CONSTRAINTS), spec, *requires,
     ]
     if extra_index:
         cmd += ["--extra-index-url", extra_index]
@@ -184,11 +197,13 @@ def install(peer: Peer, timeout: float, force: bool = False) -> PeerStatus:
     t = time.perf_counter()
     ok, out = check_import(peer.module)
     # an installed distribution that does not import is not fixed by running pip again
-    if force or (not ok and _distribution_version(peer.spec) is None):
+    # (unless the packages it forgets to require are what is missing)
+    if force or (not ok and (_distribution_version(peer.spec) is None or peer.requires)):
         status.pip_ran = True
-        pip_ok, pip_out = pip_install(peer.spec, timeout)
+        pip_ok, pip_out = pip_install(peer.spec, timeout, requires=peer.requires)
         if not pip_ok and peer.extra_index:
-            idx_ok, idx_out = pip_install(peer.spec, min(timeout, 120), peer.extra_index)
+            idx_ok, idx_out = pip_install(peer.spec, min(timeout, 120), peer.extra_index,
+                                          peer.requires)
             pip_ok = idx_ok
             pip_out += f"\nwith --extra-index-url {peer.extra_index}: {idx_out}"
         ok, out = check_import(peer.module)

@@ -21,6 +21,9 @@ import time
 import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# run as a script, bench/ itself is sys.path[0]: its modules would shadow installed packages of
+# the same name (bench/kernels.py vs the `kernels` package transformers imports)
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import SuiteResult, machine_info, markdown_table  # noqa: E402
@@ -32,6 +35,7 @@ SUITES: dict[str, str] = {  # name -> module path
     "accuracy": "bench.accuracy",
     "coverage": "bench.coverage",
     "ptq": "bench.ptq",
+    "simulation": "bench.simulation",
     "memory": "bench.memory",
     "distributed": "bench.distributed",
 }
@@ -59,6 +63,8 @@ def _load_suite(path: pathlib.Path) -> tuple[dict, SuiteResult] | None:
 
 README_MAX_ROWS = 30
 """A suite table longer than this appears in README as its notes only (full table in latest.md)."""
+README_FULL_TABLES = frozenset({"coverage"})
+"""Suites whose table README shows in full whatever its length (issue 12: the coverage table)."""
 
 
 def _report(names: list[str], quick: bool, summary: bool = False) -> tuple[list[str], list[dict]]:
@@ -77,7 +83,7 @@ def _report(names: list[str], quick: bool, summary: bool = False) -> tuple[list[
         info, r = loaded
         header = ", ".join(f"{k} {v}" for k, v in info.items())
         table = markdown_table(r)
-        if summary and len(r.rows) > README_MAX_ROWS:
+        if summary and len(r.rows) > README_MAX_ROWS and name not in README_FULL_TABLES:
             table = (f"({len(r.rows)} rows: full table in "
                      "[bench/results/latest.md](bench/results/latest.md))")
         md += [f"### {r.title}\n", f"_{header}_\n", table, ""]

@@ -26,6 +26,17 @@ def test_batch_forms():
     assert explicit.tensors() == [x, y]
 
 
+def test_detached_copy_is_independent_of_the_callers_tensors():
+    x = torch.ones(2, 3, requires_grad=True)
+    inputs = ModelInputs((x, [x * 2], None), {"mask": {"m": torch.zeros(2)}, "n": 3})
+    copy = inputs.detached_copy()
+    with torch.no_grad():
+        x.add_(1.0)
+    assert torch.equal(copy.args[0], torch.ones(2, 3)) and not copy.args[0].requires_grad
+    assert torch.equal(copy.args[1][0], torch.full((2, 3), 2.0)) and copy.args[2] is None
+    assert copy.kwargs["n"] == 3 and torch.equal(copy.kwargs["mask"]["m"], torch.zeros(2))
+
+
 @pytest.mark.parametrize("bad", [None, "abc", b"x"])
 def test_bad_batch_is_a_data_error(bad):
     with pytest.raises(DataError, match="batch"):

@@ -18,6 +18,7 @@ from .algorithms import (
 )
 from .autoquant import AutoQuant
 from .backends import PROFILES, BackendProfile, Placement, Runtime, get_profile
+from .checkpoint import load, save
 from .convert import ConvertedModel, ConvertError, convert
 from .debug import compare, report, search_mixed_precision, sensitivity, summary
 from .distributed import no_distributed_sync, set_distributed_sync, sync_observers
@@ -38,6 +39,7 @@ from .export import (
     export_encodings,
     export_onnx,
     export_quantsim_config,
+    export_tflite,
     load_encodings,
     verify,
 )
@@ -50,7 +52,14 @@ from .fake_quant import (
     fake_quantize_state,
     set_fake_quantize,
 )
-from .graph import prepare
+from .graph import (
+    RuntimePlan,
+    Simulation,
+    float_simulation,
+    prepare,
+    runtime_plan,
+    simulation,
+)
 from .numerics import (
     PerChannel,
     PerTensor,
@@ -95,6 +104,11 @@ from .version import __version__
 
 __all__ = [
     "prepare",
+    "Simulation",
+    "simulation",
+    "float_simulation",
+    "runtime_plan",
+    "RuntimePlan",
     "calibrate",
     "fold_bn",
     "equalize",
@@ -116,6 +130,7 @@ __all__ = [
     "export_encodings",
     "load_encodings",
     "export_quantsim_config",
+    "export_tflite",
     "convert",
     "ConvertedModel",
     "ConvertError",
@@ -126,6 +141,8 @@ __all__ = [
     "QuantizerError",
     "set_fake_quantize",
     "fake_quantize_state",
+    "save",
+    "load",
     "set_distributed_sync",
     "no_distributed_sync",
     "sync_observers",

@@ -165,7 +165,8 @@ class AutoQuant:
         backend: a backend profile name (symmetry and per-channel weights come from it).
         num_calibration_batches: how many batches to read (``None``: all).
         adaround_iterations: AdaRound steps per layer (``None``: 10000, 15000 below 8 bits).
-        reconstruct_iterations: block reconstruction steps per block (``None``: as AdaRound).
+        reconstruct_iterations: block reconstruction steps per block (``None``: as
+            ``adaround_iterations`` when that is given, else reconstruct's default, 2000).
         results_dir: where the encodings go (``None``: a new temporary directory).
         progress: progress bars (``False`` silences them all).
         seed: seeds every step (same seed, same result).
@@ -204,7 +205,7 @@ class AutoQuant:
         self.adaround_iterations = adaround_iterations
         self.reconstruct_iterations = (
             adaround_iterations if reconstruct_iterations is None else reconstruct_iterations
-        )
+        )  # None (both): each algorithm's own default
         self.results_dir = results_dir
         self.progress = progress
         self.seed = seed

@@ -22,7 +22,7 @@ ExportError            a model (or one op of it) cannot be exported as asked
 VerifyError            an exported file does not belong to the model it is checked against
 EncodingsError         an encodings file cannot be written or loaded
 ConvertError           a model cannot be converted to torch's integer kernels as asked
-CheckpointError        a saved fxquant model cannot be loaded (format, version, contents)
+CheckpointError        a checkpoint cannot be written, or loaded (format, version, contents)
 UnknownOpNameError     a name given to a setter / option matches no op of the model
 MissingDependencyError an optional dependency is not installed (names the extra to install)
 =====================  ======================================================================
@@ -139,7 +139,8 @@ class ConvertError(FxquantError, RuntimeError):
 
 
 class CheckpointError(FxquantError, ValueError):
-    """A saved fxquant model cannot be loaded: wrong file, newer format version, bad contents."""
+    """A checkpoint cannot be written, or loaded: wrong file, newer format version, bad contents,
+    a model that does not match it."""
 
 
 class UnknownOpNameError(FxquantError, KeyError):

@@ -69,6 +69,11 @@ class ModelInputs:
         """The same inputs with every tensor (also inside lists / dicts) moved to ``device``."""
         return ModelInputs(_to(self.args, device), _to(self.kwargs, device))
 
+    def detached_copy(self) -> ModelInputs:
+        """The same inputs with every tensor (also inside lists / dicts) replaced by a detached
+        copy: later in-place changes of the caller's tensors do not reach it."""
+        return ModelInputs(_copy(self.args), _copy(self.kwargs))
+
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor of the call, positional first, in order."""
         return [t for _, t in _flatten((self.args, self.kwargs), "")]
@@ -86,6 +91,18 @@ class ModelInputs:
 
         parts = [one(a) for a in self.args] + [f"{k}={one(v)}" for k, v in self.kwargs.items()]
         return bounded(", ".join(parts) or "no inputs", 160)
+
+
+def _copy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, tuple):
+        return tuple(_copy(o) for o in obj)
+    if isinstance(obj, list):
+        return [_copy(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _copy(v) for k, v in obj.items()}
+    return obj
 
 
 def _to(obj: Any, device: torch.device | str) -> Any:

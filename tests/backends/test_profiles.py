@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
+import json
 
 import pytest
 import torch
 from torch import nn
 
 import fxquant
-from fxquant.backends import PROFILES, Placement, get_profile
+from fxquant.backends import PROFILES, BackendProfile, Placement, get_profile, profiles
 
 from ..graph.models import ConvNetA
 
@@ -67,3 +69,36 @@ def test_tensorrt_placement_inputs_of_weighted_ops_and_both_add_inputs():
         fq = q.get_submodule(r[(n, "output")].path)
         assert fq.symmetric and fq.dtype == fxquant.qint8
     assert get_profile("tensorrt").placement is Placement.WEIGHTED_INPUTS
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profiles_round_trip_through_json(name):
+    profile = PROFILES[name]
+    data = json.loads(json.dumps(profile.to_dict()))
+    assert BackendProfile.from_dict(data) == profile
+    custom = dataclasses.replace(profile, name="mine", weight_dtype=fxquant.qint4.narrow(),
+                                 float_input_ops=frozenset({"softmax", "mean"}))
+    assert BackendProfile.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
+    # a profile saved before a field existed takes the field's default
+    old = {k: v for k, v in data.items() if k != "max_qdq_bits"}
+    assert BackendProfile.from_dict(old).max_qdq_bits == 16
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"placement": "everywhere"}, "not a valid Placement"),
+    ({"activation_dtype": "qint99"}, "unknown quantized dtype"),
+    ({"int32_bias": 1}, "int32_bias must be true or false"),
+    ({"float_input_ops": "softmax"}, "float_input_ops must be a list"),
+    ({"max_qdq_bits": "8"}, "max_qdq_bits must be an int"),
+    ({"colour": "red"}, "unknown fields 'colour'"),
+])
+def test_profile_from_bad_dict_raises_checkpoint_error(change, match):
+    data = {**PROFILES["generic"].to_dict(), **change}
+    with pytest.raises(fxquant.CheckpointError, match=match):
+        BackendProfile.from_dict(data)
+    with pytest.raises(fxquant.CheckpointError, match="expected a dict"):
+        BackendProfile.from_dict(["generic"])
+
+
+def test_doctests():
+    assert doctest.testmod(profiles, raise_on_error=True).attempted > 0

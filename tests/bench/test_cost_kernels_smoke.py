@@ -1,8 +1,8 @@
 """Smoke tests of the ``kernels`` and ``cost`` benchmark suites: tiny sizes, no timing asserts.
 
-The fused (``torch.compile``) kernels and the peers (NNCF ...) are kept out: compiling and
-importing them is what makes the full suites slow; their correctness is tested in
-``tests/numerics/test_fast_paths.py``.
+The fused (``torch.compile``) kernels and the peers (NNCF, ModelOpt, AIMET: child processes)
+are kept out: compiling and importing them is what makes the full suites slow; the kernels'
+correctness is tested in ``tests/numerics``.
 """
 
 from __future__ import annotations
@@ -32,22 +32,25 @@ def test_kernels_suite_rows_and_bit_identity(monkeypatch):
     assert markdown_table(res).count("\n") == len(res.rows) + 1
 
 
-def test_cost_suite_quick_shape(monkeypatch):
-    monkeypatch.setattr(cost, "_peer_status", lambda module, key: (None, "off in the smoke test"))
-    cfg = cost.CostConfig(width=4, batch=4, rounds=1, block=1, nncf_batches=0, heavy=False)
+def test_cost_suite_quick_shape():
+    cfg = cost.CostConfig(cost.QUICK_MODELS, batch=4, rounds=1, block=1, peers=False,
+                          slope_batches=0, range_width=4, heavy=False, adaround_iterations=0)
     res = cost.run(config=cfg)
     assert res.name == "cost" and res.columns == cost.COLUMNS
-    by = {(r["measure"], r["toolkit"], r.get("variant", "")): r for r in res.rows}
-    qat = [r for r in res.rows if r["measure"].startswith("QAT") and r["toolkit"] == "fxquant"]
-    assert qat and all(r["ratio"] > 0 for r in qat)
-    cal = [r for r in res.rows if r["measure"].startswith("calibration") and "ratio" in r]
-    assert {r["toolkit"] for r in cal} >= {"float (torch)", "fxquant", "torch.ao"}
+    models = {cm.label for cm in cfg.models}
+    assert {r["model"] for r in res.rows} >= models
+    for label in models:
+        rows = [r for r in res.rows if r["model"] == label]
+        qat = [r for r in rows if r["measure"] == cost.QAT and r["toolkit"] == "fxquant"]
+        assert qat and all(r["ratio"] > 0 for r in qat)
+        cal = [r for r in rows if r["measure"] == cost.CALIB and "ratio" in r]
+        assert {r["toolkit"] for r in cal} >= {"float (torch)", "fxquant", "torch.ao"}
+        for peer in ("NNCF", "NVIDIA ModelOpt", "AIMET"):
+            assert any(r["toolkit"] == peer and r.get("note") for r in rows)
     ranges = [r for r in res.rows if r["measure"].startswith("range search")]
     assert len(ranges) == 3  # setup A x (percentile, mse, entropy)
-    for toolkit in ("AIMET", "NVIDIA pytorch-quantization"):
-        assert any(k[1] == toolkit for k in by)
     notes = "\n".join(res.notes)
-    for target in ("QAT step <=", "calibration <=", "range search <"):
+    for target in ("QAT step <=", "calibration <=", "range search <", "lowest of all peers"):
         assert target in notes
 
 

@@ -41,8 +41,8 @@ def test_quick_run_has_a_row_per_runtime_model_and_batch():
     int8 = [r for r in res.rows if r["model"].startswith("int8")]
     assert all(r["SQNR vs fp32 (dB)"] > 10 for r in int8 if r["error"] == "")
     fx_ort = next(r for r in res.rows if r["runtime"] == "onnxruntime" and "fxquant" in r["model"])
-    # ONNX Runtime against the integer simulation: code for code on this CNN
-    assert fx_ort["agreement"].startswith("verify (integer sim): 100.0% identical, max 0")
+    # ONNX Runtime against the runtime simulation (the eval-mode model): code for code
+    assert fx_ort["agreement"].startswith("verify (runtime sim): 100.0% identical, max 0")
     assert any(n.startswith("target:") and ("MET" in n or "MISSED" in n) for n in res.notes)
 
 

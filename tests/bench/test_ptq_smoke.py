@@ -15,6 +15,7 @@ def test_quick_run_has_every_row_and_a_note_per_target():
                     "AutoQuant (1-point budget)"}
         if name in ptq.CNNS:
             expected |= {"W4A4 nearest", "W4A4 + block reconstruction",
+                         "W4A4 MSE-act nearest", "W4A4 MSE-act + block reconstruction",
                          "W4A8 per-tensor nearest", "W3A8 nearest"}
             # AdaRound rows of the harder settings appear where nearest loses >= 5 points
             expected |= {f"{label} + AdaRound" for label in ("W4A8 per-tensor", "W3A8")
@@ -29,7 +30,8 @@ def test_quick_run_has_every_row_and_a_note_per_target():
         assert "best:" in rows["AutoQuant (1-point budget)"]["note"]
     targets = [n for n in res.notes if n.startswith("target")]
     for phrase in ("W8A8 within 0.5", "W4A8 AdaRound within 1.5", "AutoQuant meets a 1-point",
-                   "CLE +5", "AdaRound on residual_cnn < 10 min"):
+                   "CLE +5", "AdaRound on residual_cnn < 10 min",
+                   "W4A4 (MSE act) + block reconstruction within 1 of float in < 3 min"):
         assert any(phrase in n for n in targets), phrase
     for n in targets:
         assert "MET" in n or "MISSED" in n or "not applicable" in n or "not measured" in n, n

@@ -56,8 +56,53 @@ def test_qat_example(tmp_path):
         qat_model = torch_quantization.convert(qat_model)  # torch.quantization.convert
         assert qat_model.engine == quantizer.backend == "qnnpack"
         assert qat_model(data[1]).shape == (4, 4)
-    with pytest.raises(fxquant.MissingDependencyError, match="TFLite"):
-        TFLiteConverter(qat_model, dummy_input, tflite_path=str(tmp_path / "m.tflite"))
+
+
+def test_qat_convert_tflite_example(tmp_path):
+    """TinyNN's examples/quantization/qat.py with only the imports changed."""
+    data = _data()
+    dummy_input = data[0]
+    model = _model().train()
+    quantizer = QATQuantizer(model, dummy_input, work_dir=str(tmp_path / "out"),
+                             config={"asymmetric": True, "per_tensor": True,
+                                     "backend": "qnnpack"})
+    qat_model = quantizer.quantize()
+    opt = torch.optim.SGD(qat_model.parameters(), lr=0.01)
+    for x in data:
+        loss = qat_model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        qat_model.eval()
+        qat_model.cpu()
+        qat_model = quantizer.convert(qat_model)
+        torch.backends.quantized.engine = quantizer.backend
+        converter = TFLiteConverter(qat_model, dummy_input,
+                                    tflite_path=str(tmp_path / "out" / "qat_model.tflite"))
+        converter.convert()
+    assert (tmp_path / "out" / "qat_model.tflite").exists()
+    ops = converter.result.ops
+    assert ops.get("CONV_2D") == 1 and ops.get("FULLY_CONNECTED") == 1
+    assert converter.result.fully_integer
+    assert converter.result.inputs[0][3] == "NHWC"  # TinyNN's nchw_transpose default
+
+
+def test_tflite_converter_float_and_uint8_io(tmp_path):
+    x = _data(1)[0]
+    TFLiteConverter(_model().eval(), x, str(tmp_path / "f.tflite")).convert()
+    ptq = PostQuantizer(_model().eval(), x, config={"backend": "qnnpack"})
+    q = ptq.quantize()
+    with torch.no_grad():
+        q(x)
+    conv = TFLiteConverter(ptq.convert(q), x, str(tmp_path / "u8.tflite"),
+                           quantize_target_type="uint8", fuse_quant_dequant=True,
+                           nchw_transpose=False)
+    conv.convert()
+    assert conv.result.inputs[0][2] == "UINT8" and conv.result.outputs[0][2] == "UINT8"
+    assert conv.result.inputs[0][3] == "NCHW"
+    with pytest.raises(fxquant.ConfigError, match="int16"):
+        TFLiteConverter(q, x, str(tmp_path / "i16.tflite"), quantize_target_type="int16").convert()
 
 
 def test_post_quantization_matches_native_fxquant():

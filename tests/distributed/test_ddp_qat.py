@@ -6,7 +6,9 @@ step, and a conv + BatchNorm folded into a ``ConvBn2d`` (batch statistics in tra
 ranks see different data; after each of 20 SGD steps every state-dict tensor (weights,
 scales, zero points, observer statistics, BN running statistics) is bit-identical on both ranks,
 with DDP broadcasting buffers (its default) or not.  Without fxquant's sync they drift apart.
-The trained model's state dict loads in a single process and reproduces rank 0's outputs.
+The trained model, saved by rank 0 with ``fxquant.save`` (given the DDP wrapper), loads in a
+single process -- re-prepared from a fresh float model, without the setter -- and reproduces
+rank 0's outputs and state; so does its plain state dict.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import fxquant
 from fxquant.distributed import diverged_state
 from fxquant.observers import MSEObserver
 
-from .models import dataset, prepared, shard_loader
+from .models import SmallNet, dataset, prepared, shard_loader
 from .ranks import run_ranks, warm_ddp
 
 SETTER = (
@@ -66,6 +68,7 @@ def _train(rank: int, world: int, broadcast_buffers: bool, sync: bool, out=None)
         fxquant.set_fake_quantize(q.eval(), fxquant.FakeQuantState.VALIDATION)
         x = dataset(4, seed=99).tensors[0]
         torch.save({"state": q.state_dict(), "x": x, "y": q(x)}, out)
+        fxquant.save(ddp, out.with_suffix(".fxq"))  # looks through the DDP wrapper
 
 
 @pytest.mark.parametrize("broadcast_buffers", [True, False])
@@ -79,6 +82,13 @@ def test_ddp_qat_steps_keep_ranks_identical(broadcast_buffers, tmp_path):
     q.load_state_dict(saved["state"])
     fxquant.set_fake_quantize(q.eval(), fxquant.FakeQuantState.VALIDATION)
     assert torch.equal(q(saved["x"]), saved["y"])
+    # fxquant.save's checkpoint needs neither the setter nor the trained weights
+    loaded = fxquant.load(out.with_suffix(".fxq"), SmallNet())
+    assert not loaded.training
+    assert torch.equal(loaded(saved["x"]), saved["y"])
+    state = loaded.state_dict()
+    assert state.keys() == saved["state"].keys()
+    assert all(torch.equal(state[k], saved["state"][k]) for k in state)
 
 
 def test_without_sync_the_ranks_drift_apart():

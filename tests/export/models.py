@@ -190,6 +190,20 @@ class CumsumNet(nn.Module):
         return torch.cumsum(self.conv(x), dim=1)
 
 
+class DropPath(nn.Module):
+    """timm's / torchvision's stochastic depth: random residual drop in training only."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1))) >= self.p
+        return x * keep / (1 - self.p)
+
+
 class OpZoo(nn.Module):
     """Many op kinds in one graph: pools, cat / stack / split, elementwise math with scalars,
     interpolate, a BatchNorm that cannot be folded, Conv1d, slicing, a functional linear."""
@@ -201,6 +215,7 @@ class OpZoo(nn.Module):
         self.conv1d = nn.Conv1d(8, 8, 3, padding=1, bias=False)
         self.weight = nn.Parameter(torch.randn(6, 4) * 0.3)
         self.head = nn.Sequential(nn.Linear(4, 5, bias=False), nn.Dropout(0.1), nn.ReLU())
+        self.drop_path = DropPath(0.2)
 
     def forward(self, x):
         x = self.conv(x)
@@ -213,7 +228,7 @@ class OpZoo(nn.Module):
         a, b = z.split([4, 4], dim=1)
         t = torch.stack([a, b], dim=1).mean(dim=(1, 3))
         t = t[:, 1:3].repeat(1, 2) + t.permute(1, 0).t()
-        return torch.cat([F.linear(t, self.weight), self.head(t)], dim=-1)
+        return torch.cat([F.linear(t, self.weight), self.head(self.drop_path(t))], dim=-1)
 
 
 class Branchy(nn.Module):

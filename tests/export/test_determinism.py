@@ -1,4 +1,4 @@
-"""The same seed gives byte-identical files: ONNX, AIMET encodings, saved state dicts.
+"""The same seed gives byte-identical files: ONNX, AIMET encodings, state dicts, checkpoints.
 
 A fresh Python process (another ``PYTHONHASHSEED``, so set / dict iteration orders that leak into
 a file would show) and this one build, calibrate, QAT-train and export the same model from the
@@ -20,8 +20,8 @@ import fxquant
 from tests.distributed.models import SmallNet
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FILES = ("ptq.onnx", "ptq.encodings", "ptq_v1.encodings", "ptq_state.pt", "qat.onnx",
-         "qat_state.pt")
+FILES = ("ptq.onnx", "ptq.encodings", "ptq_v1.encodings", "ptq_state.pt", "ptq.fxq",
+         "qat.onnx", "qat_state.pt", "qat.fxq")
 
 
 def write_artifacts(out: pathlib.Path) -> None:
@@ -38,6 +38,7 @@ def write_artifacts(out: pathlib.Path) -> None:
     fxquant.export_encodings(ptq, out / "ptq_v1.encodings", onnx_path=out / "ptq.onnx",
                              version="1.0.0")
     torch.save(ptq.state_dict(), out / "ptq_state.pt")
+    fxquant.save(ptq, out / "ptq.fxq")
     qat = fxquant.prepare(model, data[0], fxquant.get_qconfig(learnable=True),
                           backend="onnxruntime")
     fxquant.calibrate(qat, data, progress=False)
@@ -52,6 +53,7 @@ def write_artifacts(out: pathlib.Path) -> None:
     fxquant.set_fake_quantize(qat.eval(), fxquant.FakeQuantState.VALIDATION)
     fxquant.export_onnx(qat, data[0], out / "qat.onnx")
     torch.save(qat.state_dict(), out / "qat_state.pt")
+    fxquant.save(qat, out / "qat.fxq")
 
 
 def test_same_seed_gives_byte_identical_files_in_a_fresh_process(tmp_path):

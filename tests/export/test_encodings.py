@@ -508,8 +508,11 @@ _HAS_EXPORTER = importlib.util.find_spec("fxquant.export.onnx_export") is not No
 @pytest.mark.skipif(
     not _HAS_EXPORTER, reason="fxquant.export.onnx_export (export_onnx) is not in this tree yet"
 )
-@pytest.mark.parametrize("quantize", [True, False])
-@pytest.mark.parametrize(("backend", "kind"), [("x86", "default"), ("generic", "mixed16")])
+@pytest.mark.parametrize(("quantize", "backend", "kind"), [
+    (True, "generic", "mixed16"), (False, "x86", "default"),
+    pytest.param(True, "x86", "default", marks=pytest.mark.slow),
+    pytest.param(False, "generic", "mixed16", marks=pytest.mark.slow),
+])
 def test_names_exist_in_exported_onnx(tmp_path, quantize, backend, kind):
     from fxquant.export.onnx_export import export_onnx
 

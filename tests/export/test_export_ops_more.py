@@ -67,7 +67,9 @@ class SizesFromShapes(nn.Module):
         return y.flatten(0, 1).unflatten(0, (-1, 10 * n))
 
 
-@pytest.mark.parametrize("model", [ReshapeAs, ViewExpandAs, SizesFromShapes])
+@pytest.mark.parametrize("model", [pytest.param(ReshapeAs, marks=pytest.mark.slow),
+                                   pytest.param(ViewExpandAs, marks=pytest.mark.slow),
+                                   SizesFromShapes])
 def test_reshape_as_uses_the_runtime_shape(model, tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "m.onnx"
@@ -220,10 +222,10 @@ class SwinPad(nn.Module):
 @pytest.mark.parametrize(
     "model, shape",
     [
-        (lambda: Attention("none"), (4, 6, 16)),
+        pytest.param(lambda: Attention("none"), (4, 6, 16), marks=pytest.mark.slow),
         (lambda: Attention("bool"), (4, 6, 16)),
-        (lambda: Attention("float"), (4, 6, 16)),
-        (lambda: Attention("causal"), (4, 6, 16)),
+        pytest.param(lambda: Attention("float"), (4, 6, 16), marks=pytest.mark.slow),
+        pytest.param(lambda: Attention("causal"), (4, 6, 16), marks=pytest.mark.slow),
         (GroupNormNet, (4, 3, 8, 8)),
         (SwinPad, (4, 6, 7, 8)),
     ],

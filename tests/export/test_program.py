@@ -46,7 +46,7 @@ def _check(q, x):
     quantizers = {p for p, m in q.named_modules() if isinstance(m, FakeQuantize)}
     assert set(cp.quantizers.values()) <= quantizers and cp.quantizers
     args = [a.clone() for a in cp.inputs.args]  # a model may change its input in place
-    with torch.no_grad():
+    with torch.no_grad(), fxquant.float_simulation():  # the program is the float simulation
         want = q.eval()(*[a.clone() for a in args])
         got = cp.program.module()(*[a.clone() for a in args])
     want = want if isinstance(want, torch.Tensor) else want[0]

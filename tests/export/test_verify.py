@@ -32,7 +32,7 @@ def test_report_fields_and_table(conv_model):
     report = verify(qmodel, result.path, x)
     assert isinstance(report, VerifyReport) and report.runtime == "onnxruntime"
     out = report.outputs[0]
-    assert out.name == result.output_names[0] == "conv_dequantized"
+    assert out.name == result.output_names[0] == "output"  # the model's stable output name
     assert out.quantizer == "conv.output_fake_quant" and out.shape == (8, 8, 8, 8)
     assert sum(out.histogram.values()) == x.numel() // 3 * 8
     assert out.identical == pytest.approx(out.histogram.get(0, 0) / sum(out.histogram.values()))
@@ -40,7 +40,11 @@ def test_report_fields_and_table(conv_model):
     assert {t.name for t in report.tensors} == {"x_dequantized", "conv_dequantized"}
     assert report.integer_ops == {"QLinearConv": 1} and not report.float_ops
     text = str(report)
-    for piece in ("fxquant verify (onnxruntime)", "[output] conv_dequantized",
+    import onnxruntime
+
+    assert report.runtime_version == f"onnxruntime {onnxruntime.__version__}"
+    for piece in ("fxquant verify (onnxruntime)", f"onnxruntime {onnxruntime.__version__}",
+                  "[output] output",
                   "[tensor] x_dequantized", "integer ops: QLinearConv x1", "f32 sim"):
         assert piece in text, text
     lean = verify(qmodel, result.path, x, tensors=False, reference="float32")
@@ -50,7 +54,10 @@ def test_report_fields_and_table(conv_model):
 def test_openvino_reports_integer_layers(conv_model):
     qmodel, result = conv_model
     report = verify(qmodel, result.path, torch.randn(4, 3, 8, 8), "openvino")
+    import openvino
+
     assert report.runtime == "openvino"
+    assert report.runtime_version == f"openvino {openvino.__version__}"
     assert report.integer_ops.get("Convolution") == 1, report.integer_ops
     assert report.outputs[0].max_step_diff <= 1
 

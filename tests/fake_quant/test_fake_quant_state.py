@@ -214,3 +214,42 @@ def test_calibration_context_computes_scales_on_exit():
     assert yq.shape == y.shape and not torch.equal(yq, y)
     with fake_quantize_state(model, FLOAT):
         assert torch.equal(model(x), y)  # float path untouched by calibration
+
+
+# -- Python mirrors of the state buffers --------------------------------------------------------
+def test_set_state_code_switches_without_computing_the_scale():
+    fq = FakeQuantize()
+    fq.set_state(CALIBRATION)
+    fq(torch.linspace(-1, 1, 11))
+    fq.set_state_code(FLOAT)
+    assert fq.state is FLOAT and int(fq.state_code) == FLOAT.value
+    assert not bool(fq.calibrated)  # the pending observation was not turned into a scale
+    fq.set_state(VALIDATION)
+    assert bool(fq.calibrated)
+
+
+def test_state_and_calibration_follow_a_loaded_state_dict():
+    src = FakeQuantize()
+    src.set_state(CALIBRATION)
+    src(torch.linspace(-2, 2, 9))
+    src.set_state(VALIDATION)
+    dst = FakeQuantize()
+    assert dst.state is QAT
+    dst.load_state_dict(src.state_dict())
+    assert dst.state is VALIDATION and bool(dst.calibrated)
+    x = torch.linspace(-3, 3, 13)
+    assert torch.equal(dst(x), src(x))  # no QAT observation, the loaded scale
+    fresh = FakeQuantize()
+    fresh.set_state(VALIDATION)
+    dst.load_state_dict(fresh.state_dict())  # back to uncalibrated: forward must notice
+    with pytest.raises(QuantizerError, match="no scale yet"):
+        dst(x)
+
+
+def test_a_calibrated_buffer_set_from_outside_is_seen():
+    """Tools that load scales (encodings) write the buffers and ``calibrated`` directly."""
+    fq = FakeQuantize()
+    fq.set_state(VALIDATION)
+    fq._store_qparams(torch.tensor(0.5), torch.tensor(0, dtype=torch.int32))
+    fq.calibrated.fill_(True)
+    assert torch.equal(fq(torch.tensor([1.3])), torch.tensor([1.5]))

@@ -304,3 +304,66 @@ def test_learnable_validation_and_calibration():
     s, z = choose_qparams(x.min(), x.max(), qint8, symmetric=False)
     assert torch.equal(fq.scale.detach(), s) and torch.equal(fq.zero_point.detach(), z.float())
     assert bit_equal(fq(x), fake_quantize(x, s, z, qint8))
+
+
+# -- the native observe + qparams call gives the Python path's bits -----------------------------
+def _all_bits(module) -> dict:
+    out = {}
+    for k, v in module.state_dict().items():
+        v = v.detach()
+        out[k] = v.contiguous().view(torch.int32) if v.dtype == torch.float32 else v.clone()
+    return out
+
+
+@pytest.mark.parametrize("observer", ["minmax", "moving"])
+@pytest.mark.parametrize("ch_axis", [None, 0, 1])
+@pytest.mark.parametrize("grid", ["qint8 sym", "quint8 sym", "qint8 affine", "qint4 pow2",
+                                  "qint16 sym eps0"])
+def test_native_observation_is_the_python_observation(observer, ch_axis, grid):
+    import fxquant
+    from fxquant.numerics import native
+    from fxquant.observers import MinMaxObserver, MovingAverageMinMaxObserver
+
+    dtype = {"qint8": fxquant.qint8, "quint8": fxquant.quint8, "qint4": fxquant.qint4,
+             "qint16": fxquant.qint16}[grid.split()[0]]
+    kw = dict(dtype=dtype, symmetric="affine" not in grid, power_of_two="pow2" in grid,
+              eps=0.0 if "eps0" in grid else fxquant.numerics.DEFAULT_EPS, ch_axis=ch_axis,
+              observer=MinMaxObserver if observer == "minmax"
+              else MovingAverageMinMaxObserver.with_args(averaging_constant=0.1))
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 6, 5, generator=gen) * s + o
+               for s, o in ((1, 0), (3, 1), (0.5, -2), (2, 0))]
+    batches[2][0, 1, :] = 0.0  # a zero minimum / maximum in some channels (signed zeros)
+    batches[3][1, 2, 3] = -0.0
+    results = []
+    for on in (True, False):
+        fq = FakeQuantize(**kw)
+        outs = []
+        with native.native_kernels(on):
+            fq.set_state(FakeQuantState.CALIBRATION)
+            fq(batches[0])
+            fq.set_state(FakeQuantState.QAT)
+            for b in batches[1:]:
+                xb = b.clone().requires_grad_(True)
+                y = fq(xb)
+                y.backward(torch.ones_like(y))
+                outs += [y.detach().view(torch.int32), xb.grad.view(torch.int32)]
+        results.append((_all_bits(fq), outs, fq._dirty, bool(fq.calibrated)))
+    (a, oa, da, ca), (b, ob, db, cb) = results
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert all(torch.equal(x, y) for x, y in zip(oa, ob, strict=True))
+    assert (da, ca) == (db, cb)
+
+
+def test_native_observation_leaves_nan_to_the_python_error():
+    from fxquant.numerics import native
+
+    fq = FakeQuantize()
+    fq(torch.randn(8))
+    before = _all_bits(fq)
+    with native.native_kernels(True), pytest.raises(ObserverError, match="NaN or Inf"):
+        fq(torch.tensor([1.0, float("nan")]))
+    after = _all_bits(fq)
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -64,7 +64,9 @@ def test_exported_program_quantizes_like_its_module(make, tmp_path):
                         backend="onnxruntime")
     fxquant.calibrate(q, data, progress=False)
     s = fxquant.summary(q)
-    assert s.float_ops == () and len(s.quantizers) >= 15
+    # only what feeds softmax stays float (the onnxruntime profile keeps softmax's input float)
+    assert all("float_input_ops" in f.reason for f in s.float_ops), s.float_ops
+    assert len(s.quantizers) >= 15
     path = tmp_path / "m.onnx"
     fxquant.export_onnx(q, x, path)
     report = fxquant.verify(q, path, x)

@@ -188,19 +188,20 @@ def _check_branch_model(model_cls, mode):
 def test_f_branch_in_submodule_becomes_island():
     _q, s = _check_branch_model(BranchInSubmoduleF, "fx")
     reasons = {f.name: f.reason for f in s.float_ops}
-    assert "gate" in reasons and "if x.mean() > 0:" in reasons["gate"]
-    assert "models.py" in reasons["gate"]
+    notes = {f.name: f.reason for f in s.capture}  # how it was captured: not a float op
+    assert "gate" in notes and "if x.mean() > 0:" in notes["gate"]
+    assert "models.py" in notes["gate"] and "gate" not in reasons
     # the island runs eagerly; the conv on the taken branch is still quantized
     taken = {r.name for r in s.quantizers if r.role == "weight"}
     assert "gate.a" in taken or "gate.b" in taken
     assert "gate.a" in reasons or "gate.b" in reasons  # the branch not taken is listed as float
-    assert "float island" in str(s)
+    assert "runs eagerly" in str(s)
 
 
 def test_f_branch_in_forward_falls_back_to_eager():
     _q, s = _check_branch_model(BranchInForwardF, "eager")
     reasons = {f.name: f.reason for f in s.float_ops}
-    assert "if x.mean() > 0:" in reasons["<forward>"]
+    assert "if x.mean() > 0:" in {f.name: f.reason for f in s.capture}["<forward>"]
     assert "branch_b" in reasons  # not taken with the example inputs
     names = {r.name for r in s.quantizers}
     assert "branch_a" in names
@@ -403,8 +404,10 @@ def test_eager_capture_keeps_structure_kwargs_and_modulelist_blocks():
     assert addmm.granularity == "per_channel(axis=1)"
     # Conv1DLike's forward unpacks x.shape (untraceable): an island that runs eagerly, whose
     # functional addmm still gets its weight and output quantized
-    for f in s.float_ops:
-        assert f.name == "<forward>" or "runs eagerly" in f.reason, f
+    # the forward and the islands, run eagerly, are capture notes; the one op computing in float
+    # is the max its `if h.abs().max() > 1e6:` reads
+    assert [(f.name, f.op_type) for f in s.float_ops] == [("_generated_max_0", "max")]
+    assert [f.name for f in s.capture] == ["<forward>"] + [f"blocks.{i}.attn" for i in range(3)]
     with torch.no_grad():
         assert sqnr_db(model(ids), q(ids)) > 20.0
         mask = torch.zeros(2, 7, 16)
@@ -452,3 +455,16 @@ def test_chunk_outputs_share_the_producers_quantizer():
     assert ("qkv", "output") in r
     assert not any(n.startswith("_generated_getitem") or n.startswith("_generated_chunk")
                    for n, _ in r), sorted(r)
+
+
+@pytest.mark.parametrize("cls, leaf", [(ConvNetA, "conv2"), (BranchInForwardF, "stem")])
+def test_prepare_records_its_options_and_a_copy_of_the_example_inputs(cls, leaf):
+    x = torch.randn(2, 3, 16, 16)
+    q = fxquant.prepare(cls().eval(), x, leaf_modules=iter([leaf]), skip_modules=("fc",),
+                        fold_bn=False)
+    report = fxquant.graph.get_report(q)
+    assert report.capture_mode == ("fx" if cls is ConvNetA else "eager")
+    assert report.options == fxquant.graph.PrepareOptions((leaf,), ("fc",), False)
+    before = x.clone()
+    x.add_(1.0)  # the caller's tensor changes; the recorded copy does not
+    assert torch.equal(report.example_inputs.args[0], before)

@@ -304,3 +304,65 @@ def test_from_float_errors_name_the_module():
         ConvBn1d.from_float(conv, nn.BatchNorm1d(6))
     with pytest.raises(ValueError, match="batched 4D"):
         ConvBn2d.from_float(conv, nn.BatchNorm2d(6)).train()(torch.randn(4, 6, 6))
+
+
+# -- the BN-fold division: two backward passes, autograd's bits --------------------------------
+def _bits(t):
+    return t.detach().contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.mark.parametrize(
+    "shape", [(4, 6, 5, 5), (1, 6, 5, 5), (3, 6, 1, 1), (2, 6, 9), (2, 6, 2, 3, 2)]
+)
+@pytest.mark.parametrize("native_on", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_divide_matches_autograd_bit_for_bit(shape, native_on, dtype):
+    from fxquant.nn.conv_bn import _ChannelDivide
+    from fxquant.numerics import native
+
+    y = torch.randn(shape, dtype=dtype) * 100
+    signs = torch.tensor([1, -1] * (shape[1] // 2), dtype=dtype)
+    d = (torch.rand(shape[1], dtype=dtype) + 0.1) * signs
+    g = torch.randn(shape, dtype=dtype)
+    dshape = (1, -1) + (1,) * (len(shape) - 2)
+    grads = []
+    for custom in (False, True):
+        yy, dd = y.clone().requires_grad_(), d.clone().requires_grad_()
+        with native.native_kernels(native_on):
+            db = dd.reshape(dshape)
+            out = _ChannelDivide.apply(yy, db) if custom else yy / db
+            out.backward(g)
+        grads.append((out, yy.grad, dd.grad))
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(_bits(a), _bits(b))
+    # only y needs a gradient (frozen gamma): no d gradient is computed
+    yy = y.clone().requires_grad_()
+    _ChannelDivide.apply(yy, d.reshape(dshape)).backward(g)
+    assert torch.equal(_bits(yy.grad), _bits(grads[0][1]))
+
+
+def test_qat_training_is_bit_identical_with_and_without_native_kernels():
+    """A few fold-aware QAT steps: weights, BN statistics and scales agree to the last bit."""
+    from fxquant.numerics import native
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 8, 3, padding=1), _randomize_bn(nn.BatchNorm2d(8))
+    x, target = torch.randn(6, 3, 7, 7), torch.randn(6, 8, 7, 7)
+    results = []
+    for on in (True, False):
+        m = ConvBn2d.from_float(copy.deepcopy(conv), copy.deepcopy(bn),
+                                FakeQuantize(ch_axis=0, is_weight=True)).train()
+        act = FakeQuantize()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        with native.native_kernels(on):
+            for _ in range(4):
+                loss = (act(m(x)) - target).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        results.append({**m.state_dict(), **{f"act.{k}": v for k, v in act.state_dict().items()}})
+    assert results[0].keys() == results[1].keys()
+    for k in results[0]:
+        a, b = results[0][k], results[1][k]
+        assert torch.equal(a, b), k
+        assert not a.is_floating_point() or torch.equal(_bits(a), _bits(b)), k

@@ -73,6 +73,8 @@ def test_ranges_for_every_width(bits, signed):
         assert (d.qmin, d.qmax) == (0, 2**bits - 1)
         assert d.narrow().qmin == 1
     assert d.narrow().qmax == d.qmax
+    # every width has a name that parses back (x86's reduce-range quint7 included)
+    assert dtype_by_name(d.name) == d and dtype_by_name(d.narrow().name) == d.narrow()
 
 
 @pytest.mark.parametrize("name", list(NAMED) + list(NARROW))
@@ -84,7 +86,8 @@ def test_dtype_by_name_round_trip(name):
 
 
 @pytest.mark.parametrize(
-    "bad", ["int8", "qint7", "quint8_wide", "", "qint8_narrow_narrow", "QINT8"]
+    "bad", ["int8", "qint1", "qint33", "qint08", "quint8_wide", "", "qint8_narrow_narrow",
+            "QINT8", "qint 8"]
 )
 def test_dtype_by_name_rejects_unknown(bad):
     with pytest.raises(ValueError, match="unknown quantized dtype"):

@@ -220,3 +220,92 @@ def test_range_is_covered_up_to_half_a_step(rng_, dtype, symmetric, power_of_two
     err = (fq(torch.from_numpy(x), scale, zp, dtype, math) - torch.from_numpy(x)).abs().double()
     tol = 0.5 * float(scale) + 4 * float(np.spacing(np.float32(max(abs(lo), abs(hi)))))
     assert float(err.max()) <= tol, f"max error {float(err.max())} > {tol} (scale {float(scale)})"
+
+
+# -- the exact shortcuts: one range in Python floats, symmetric signed grids in float32 -----------
+def _float64_path(lo: torch.Tensor, hi: torch.Tensor, *args, **kwargs):
+    """The float64 tensor arithmetic itself (a 1-d float64 range takes no shortcut)."""
+    s, z = choose_qparams(lo.double().reshape(-1), hi.double().reshape(-1), *args, **kwargs)
+    return s.reshape(lo.shape), z.reshape(lo.shape)
+
+
+def assert_same_qparams(got, ref, what: str) -> None:
+    (s, z), (rs, rz) = got, ref
+    assert s.dtype == rs.dtype == torch.float32 and z.dtype == rz.dtype == torch.int32, what
+    assert s.shape == rs.shape and z.shape == rz.shape, what
+    assert torch.equal(s.view(torch.int32), rs.view(torch.int32)), f"{what}: {s} vs {rs}"
+    assert torch.equal(z, rz), f"{what}: {z} vs {rz}"
+
+
+SHORTCUT_GRIDS = [*ALL, QDType(24, True), QDType(24, True, True), QDType(5, False)]
+F32_EXTREMES = [0.0, -0.0, 2.0**-149, -(2.0**-149), 1.17e-38, 1e-30, 3e-8, 1.0, 65504.0, 1e30,
+                float(np.finfo(np.float32).max)]
+
+
+def _shortcut_cases(rng, n: int):
+    for i in range(n):
+        a, b = (np.float32(rng.standard_normal() * 10.0 ** rng.uniform(-44, 38)) for _ in "ab")
+        if i % 7 == 0:
+            a = np.float32(rng.choice(F32_EXTREMES)) * np.float32(rng.choice([-1, 1]))
+        if i % 11 == 0:
+            b = a
+        yield (min(a, b), max(a, b), SHORTCUT_GRIDS[i % len(SHORTCUT_GRIDS)],
+               bool(i % 2), bool(i % 5 == 0), [DEFAULT_EPS, 1e-30, 0.1, 0.0, 1e-3][i % 5])
+
+
+def test_one_range_in_python_floats_matches_the_float64_tensors():
+    rng = np.random.default_rng(3)
+    for lo, hi, dtype, symmetric, p2, eps in _shortcut_cases(rng, 4000):
+        lo_t, hi_t = torch.tensor(float(lo)), torch.tensor(float(hi))
+        what = f"[{lo}, {hi}] {dtype} sym={symmetric} p2={p2} eps={eps}"
+        ref = _float64_path(lo_t, hi_t, dtype, symmetric, p2, eps)
+        assert_same_qparams(choose_qparams(lo_t, hi_t, dtype, symmetric, p2, eps), ref, what)
+        # Python numbers and float64 0-d tensors take the same shortcut
+        assert_same_qparams(choose_qparams(float(lo), float(hi), dtype, symmetric, p2, eps),
+                            ref, what + " (floats)")
+
+
+def test_symmetric_signed_float32_shortcut_matches_the_float64_tensors():
+    rng = np.random.default_rng(4)
+    for i in range(400):
+        c = int(rng.integers(1, 40))
+        vals = [next(_shortcut_cases(rng, 1))[:2] for _ in range(c)]
+        lo = torch.tensor([float(v[0]) for v in vals], dtype=torch.float32)
+        hi = torch.tensor([float(v[1]) for v in vals], dtype=torch.float32)
+        dtype = [qint8, qint4, qint16, QDType(24, True), qint8.narrow(), QDType(2, True)][i % 6]
+        eps = [DEFAULT_EPS, 1e-30, 0.1, 0.0][i % 4]
+        ref = _float64_path(lo, hi, dtype, True, False, eps)
+        assert_same_qparams(choose_qparams(lo, hi, dtype, True, False, eps), ref, f"{dtype} {eps}")
+
+
+@settings(max_examples=500)
+@given(
+    a=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    b=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    dtype=st.sampled_from(SHORTCUT_GRIDS),
+    symmetric=st.booleans(),
+    power_of_two=st.booleans(),
+    eps=st.sampled_from([DEFAULT_EPS, 1e-30, 0.25, 0.0]),
+)
+def test_shortcuts_hypothesis(a, b, dtype, symmetric, power_of_two, eps):
+    lo, hi = sorted((a, b))
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    ref = _float64_path(lo_t, hi_t, dtype, symmetric, power_of_two, eps)
+    assert_same_qparams(choose_qparams(lo_t, hi_t, dtype, symmetric, power_of_two, eps), ref,
+                        "one range")
+    lo_c, hi_c = torch.tensor([lo, -abs(hi), 0.0]), torch.tensor([hi, abs(hi), abs(lo)])
+    ref = _float64_path(lo_c, hi_c, dtype, symmetric, power_of_two, eps)
+    assert_same_qparams(choose_qparams(lo_c, hi_c, dtype, symmetric, power_of_two, eps), ref,
+                        "per channel")
+
+
+def test_shortcut_declines_what_it_cannot_reproduce():
+    # non-finite ranges, zero scales (eps 0) and overflowing scales take the tensor arithmetic
+    inf = torch.tensor(float("inf"))
+    s, _ = choose_qparams(torch.tensor(0.0), inf, qint8, True)
+    assert torch.isinf(s)
+    s, z = choose_qparams(torch.tensor(0.0), torch.tensor(0.0), quint8, False, eps=0.0)
+    ref = _float64_path(torch.tensor(0.0), torch.tensor(0.0), quint8, False, eps=0.0)
+    assert torch.equal(s, ref[0]) and torch.equal(z, ref[1])
+    with pytest.raises(ValueError, match="min_val > max_val"):
+        choose_qparams(2.0, 1.0, qint8, True)

@@ -454,3 +454,24 @@ def test_functions_accept_batches_and_check_zero_edge():
             fn(counts, -127.5, 1.0, qint8, True)
     with pytest.raises(ValueError, match="valid"):
         search_range("l2", counts, lo, width, qint8, True)
+
+
+@pytest.mark.parametrize("ch_axis", [None, 1])
+def test_native_histogram_gives_the_pure_torch_buffers(ch_axis):
+    """Growing ranges (regrid), signed zeros, tiny negatives, float64 and float16 batches."""
+    from fxquant.numerics import native
+
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.randn(4, 3, 50, generator=gen) * 10.0**k for k in (-30, -2, 0, 1, 3)]
+    batches[1][0, 0, :4] = torch.tensor([0.0, -0.0, -1e-40, 1e-40])
+    batches.append(batches[2].double() * 7)
+    batches.append(batches[3].half())
+    states = []
+    for on in (True, False):
+        obs = HistogramObserver(bins=256, ch_axis=ch_axis)
+        with native.native_kernels(on):
+            for b in batches:
+                obs(b)
+        states.append(obs.state_dict())
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k

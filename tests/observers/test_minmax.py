@@ -242,3 +242,38 @@ def test_with_args_factory_builds_independent_observers():
     assert factory(ch_axis=0).ch_axis == 0  # call-time override
     assert "averaging_constant=0.25" in repr(factory) and "averaging_constant=0.25" in repr(a)
     assert math.isinf(float(MinMaxObserver().min_val))
+
+
+# -- channel_aminmax: amin / amax, bit for bit as aminmax ----------------------------------------
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+def test_channel_aminmax_is_aminmax_bit_for_bit():
+    """Signed zeros included: where amin / amax would pick another zero, aminmax decides."""
+    from fxquant.observers import channel_aminmax
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        c = int(torch.randint(1, 40, (), generator=gen))
+        k = int(torch.randint(1, 600, (), generator=gen))
+        v = torch.randn(c, k, generator=gen)
+        zeros = torch.where(torch.rand(c, k, generator=gen) < 0.5, 0.0, -0.0)
+        pick = torch.rand(c, k, generator=gen) < 0.3
+        kinds = [v, torch.where(pick, zeros, v.abs()), torch.where(pick, zeros, -v.abs()), zeros]
+        v = kinds[trial % 4]
+        for x in (v, v.double(), v.t().contiguous().t()):
+            lo, hi = channel_aminmax(x)
+            rlo, rhi = torch.aminmax(x, dim=1)
+            assert torch.equal(_bits(lo), _bits(rlo)) and torch.equal(_bits(hi), _bits(rhi)), trial
+
+
+def test_per_channel_observer_buffers_unchanged_by_the_shortcut():
+    x = torch.randn(6, 5, 7)
+    x[2] = 0.0
+    x[3, 0, 0] = -0.0
+    obs = MinMaxObserver(ch_axis=0)
+    obs(x)
+    rlo, rhi = torch.aminmax(x.reshape(6, -1), dim=1)
+    assert torch.equal(_bits(obs.min_val), _bits(rlo))
+    assert torch.equal(_bits(obs.max_val), _bits(rhi))

@@ -22,6 +22,11 @@ QCONFIGS = {
     "fixed_scale": get_qconfig(out_dtype=qint16, weight_dtype=None, fixed_scale=0.03125),
     "fix_scale": get_qconfig(fix_scale=True, in_dtype=qint8, weight_per_channel=False),
     "float": fxquant.FLOAT,
+    # x86's reduce-range activations are quint7 (a width without a preset name)
+    "x86_template": fxquant.default_qat_qconfig_setter(
+        OpInfo("conv", "Conv2d", OpKind.WEIGHTED, nn.Conv2d(3, 4, 3)),
+        SetterContext(profile=get_profile("x86")),
+    ),
 }
 
 

@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
 from ..graph.ops import layer_traits
 from ..graph.report import check_prepared
+from ..graph.simulate import float_simulation
 from ..modelio import ModelInputs, call_model
 from ..nn import MIN_SCALE, ConvBnNd, QuantWeightMixin, bn_scale_factor
 from ..numerics import broadcast_param, dequantize, quantize_codes
@@ -389,14 +390,16 @@ def adaround_layers(
 
 @contextlib.contextmanager
 def working_mode(qmodel: nn.Module) -> Iterator[None]:
-    """Eval mode, quantizers in VALIDATION and no parameter gradients; all restored after."""
+    """Eval mode, quantizers in VALIDATION and no parameter gradients; all restored after.
+    The model runs the float simulation (rounding is optimized against it, through its layers'
+    forward hooks)."""
     was_training = qmodel.training
     grads = [(p, p.requires_grad) for p in qmodel.parameters()]
     qmodel.eval()
     try:
         for p, _ in grads:
             p.requires_grad_(False)
-        with fake_quantize_state(qmodel, FakeQuantState.VALIDATION):
+        with fake_quantize_state(qmodel, FakeQuantState.VALIDATION), float_simulation():
             yield
     finally:
         for p, flag in grads:

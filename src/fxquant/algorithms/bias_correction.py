@@ -40,6 +40,7 @@ from .. import nn as qnn
 from ..errors import ConfigError, DataError
 from ..fake_quant import FakeQuantize, FakeQuantState, fake_quantize_state
 from ..graph.report import check_prepared, num_inputs_of
+from ..graph.simulate import float_simulation
 from ..modelio import ModelInputs, call_model, iter_inputs, model_device
 
 __all__ = ["CORRECTABLE", "bias_correction", "channel_sums", "corrected_bias"]
@@ -218,8 +219,8 @@ def bias_correction(
     }
     was_training = qmodel.training
     qmodel.eval()
-    try:
-        with torch.no_grad():
+    try:  # the float simulation: the layers' forward hooks measure its bias shift
+        with torch.no_grad(), float_simulation():
             order, calls = _execution_order(qmodel, batches[0], layers)
             for name in tqdm(order, desc="bias correction", disable=not progress, leave=False):
                 module = layers[name]

@@ -7,18 +7,28 @@ It also names what deploys the model: the torch quantized ``engine`` :func:`fxqu
 builds for, and the :class:`Runtime` :func:`fxquant.verify` checks an export in.  ``prepare``
 records the profile; ``convert`` and ``verify`` default to it and warn when asked for
 another one.
+
+A profile that names a ``runtime`` also lists the patterns that runtime runs as one integer
+kernel (:class:`FusedKernel`, e.g. ONNX Runtime's ``DQ -> Conv -> Q`` = ``QLinearConv``): in eval
+mode a prepared model computes exactly those ops with the runtime's integer arithmetic
+(:mod:`fxquant.graph.simulate`).  The ONNX Runtime table is what ORT's graph optimizer fuses in
+the QDQ files :func:`fxquant.export_onnx` writes (``tests/graph/test_simulation_ort.py`` checks
+it against ORT's optimized graph, and :func:`fxquant.verify` warns where they disagree).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .._utils import Choice
-from ..errors import ConfigError, bounded
-from ..numerics import QDType, ScaleMath, qint8, qint16, quint8
+from ..errors import CheckpointError, ConfigError, bounded, bounded_list
+from ..numerics import QDType, ScaleMath, dtype_by_name, qint8, qint16, quint8
 
-__all__ = ["Placement", "Runtime", "BackendProfile", "PROFILES", "get_profile"]
+__all__ = ["Placement", "Runtime", "KernelOp", "FusedKernel", "FixedOutput", "BackendProfile",
+           "PROFILES", "get_profile", "op_type_key", "ORT_KERNELS", "LITERT_KERNELS",
+           "ORT_EXACT_IN_FLOAT", "RUNTIME_KERNELS"]
 
 
 class Runtime(Choice):
@@ -27,10 +37,12 @@ class Runtime(Choice):
 
     ONNXRUNTIME: ONNX Runtime, CPU execution provider.
     OPENVINO: OpenVINO, CPU plugin (fp32 inference precision).
+    LITERT: LiteRT (TFLite) interpreter, CPU (its default XNNPACK delegate).
     """
 
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"
+    LITERT = "litert"
 
 
 class Placement(enum.Enum):
@@ -44,6 +56,139 @@ class Placement(enum.Enum):
 
     OUTPUTS = "outputs"
     WEIGHTED_INPUTS = "weighted_inputs"
+
+
+class KernelOp(enum.Enum):
+    """What a fused integer kernel computes (matched on the prepared graph).
+
+    CONV: a weight-quantized ``Conv1d/2d/3d`` (ConvBn included).
+    LINEAR: a weight-quantized ``Linear`` / ``F.linear``.
+    MATMUL: ``@`` / ``torch.matmul`` of two quantized tensors.
+    ADD / MUL: ``+`` / ``*`` of two quantized tensors.
+    GLOBAL_AVG_POOL: adaptive average pooling to size 1.
+    AVG_POOL: ``avg_pool1d/2d/3d`` (``AvgPool`` modules).
+    SIGMOID: ``sigmoid``.
+    MEAN: ``mean`` over the trailing dimensions (e.g. ``x.mean((2, 3))``).
+    SILU: ``silu`` (``x * sigmoid(x)``).
+    """
+
+    CONV = "conv"
+    LINEAR = "linear"
+    MATMUL = "matmul"
+    ADD = "add"
+    MUL = "mul"
+    GLOBAL_AVG_POOL = "global_avg_pool"
+    AVG_POOL = "avg_pool"
+    SIGMOID = "sigmoid"
+    MEAN = "mean"
+    SILU = "silu"
+
+
+@dataclass(frozen=True)
+class FusedKernel:
+    """One pattern a runtime runs as a single integer kernel.
+
+    The pattern is ``DQ(inputs) -> op -> [relu / clip] -> Q``: every tensor input comes from a
+    per-tensor quantizer of at most ``max_bits`` bits (through pure data movement such as
+    reshape or max pooling), and -- with ``quantized_output`` -- the op's only consumer is a
+    per-tensor output quantizer (clipping activations in between are absorbed when the output
+    grid already implies them, as ORT's Relu / Clip + QuantizeLinear fusion requires).
+
+    Attributes:
+        op: what the kernel computes.
+        kernel: the runtime's name for it (``QLinearConv``, ``QGemm`` ...).
+        input_ndims: only for inputs of these ranks (``None``: any rank); the first entry whose
+            pattern matches wins.
+        quantized_output: the output quantizer is part of the kernel; ``False``: the kernel
+            returns float (``MatMulIntegerToFloat``) and its consumers run as they are.
+        max_bits: the widest activation grid the kernel takes.
+        integer: an integer kernel the runtime fuses; ``False``: a float op the runtime runs with
+            float arithmetic of its own that fxquant reproduces (its input must come from a
+            quantizer, so that both start from the same values).
+    """
+
+    op: KernelOp
+    kernel: str
+    input_ndims: tuple[int, ...] | None = None
+    quantized_output: bool = True
+    max_bits: int = 8
+    integer: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, KernelOp):
+            raise TypeError(f"FusedKernel.op must be a KernelOp, got {self.op!r}")
+
+
+ORT_KERNELS: tuple[FusedKernel, ...] = (
+    FusedKernel(KernelOp.CONV, "QLinearConv"),
+    # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add
+    FusedKernel(KernelOp.LINEAR, "QGemm", input_ndims=(2,)),
+    FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", input_ndims=(3, 4, 5, 6),
+                quantized_output=False),
+    FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
+    FusedKernel(KernelOp.ADD, "QLinearAdd"),
+    FusedKernel(KernelOp.MUL, "QLinearMul"),
+    FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
+    FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
+    FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
+    # not fused -- float ops whose arithmetic fxquant reproduces: ReduceMean's Eigen summation
+    # order, MLAS's logistic for Sigmoid (and SiLU exported as x * Sigmoid(x))
+    FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.SIGMOID, "Sigmoid", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.SILU, "Sigmoid*x", quantized_output=False, integer=False),
+)
+"""ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
+kernels in files written by :func:`fxquant.export_onnx`."""
+
+LITERT_KERNELS: tuple[FusedKernel, ...] = (
+    FusedKernel(KernelOp.CONV, "CONV_2D"),
+    FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED"),
+    FusedKernel(KernelOp.ADD, "ADD"),
+    FusedKernel(KernelOp.MATMUL, "BATCH_MATMUL"),
+    FusedKernel(KernelOp.CONV, "CONV_2D_16x8", max_bits=16),
+    FusedKernel(KernelOp.LINEAR, "FULLY_CONNECTED_16x8", max_bits=16),
+    FusedKernel(KernelOp.MEAN, "MEAN_16x8", max_bits=16),
+    FusedKernel(KernelOp.GLOBAL_AVG_POOL, "MEAN_16x8", max_bits=16),
+)
+"""LiteRT (XNNPACK delegate, the interpreter's default on CPU): int8 CONV_2D /
+DEPTHWISE_CONV_2D / FULLY_CONNECTED accumulate exactly in int32 and requantize in float32
+(``float(acc) * (s_in * s_w / s_out)``, rounded half to even, plus the zero point) -- the same
+arithmetic as ONNX Runtime's QLinearConv / QGemm; ADD: XNNPACK's integer multipliers at a common
+shift (:func:`fxquant.runtime_math.tflite.xnnpack_add`); BATCH_MATMUL: XNNPACK takes it (float32
+requantization) only when the right operand's zero point is 0, else LiteRT's builtin kernel
+requantizes in fixed point (:func:`fxquant.runtime_math.tflite.requantize_product`).  16x8
+CONV_2D / FULLY_CONNECTED run on LiteRT's builtin kernels: exact accumulation, int64 bias,
+fixed-point requantization (:func:`fxquant.runtime_math.tflite.requantize`); 16-bit MEAN / global
+average pooling: :func:`fxquant.runtime_math.tflite.mean`.  Checked code for code against LiteRT
+in ``tests/runtime_math/test_tflite.py`` and ``tests/export/test_tflite_export.py``."""
+
+ORT_EXACT_IN_FLOAT: frozenset[str] = frozenset({"QLinearConcat", "QLinearLeakyRelu"})
+"""ORT kernels fused as well, whose arithmetic is exactly the float simulation's: requantizing
+lookup tables built from float32 ``DequantizeLinear -> f -> QuantizeLinear`` with an ``f``
+(identity, ``x if x >= 0 else alpha * x``) torch computes identically."""
+
+
+def op_type_key(op_type: str) -> str:
+    """How profiles name op types: lower case without underscores (``Softmax`` / ``softmax``,
+    ``AvgPool2d`` / ``avg_pool2d`` -> ``avgpool2d``)."""
+    return op_type.lower().replace("_", "")
+
+
+@dataclass(frozen=True)
+class FixedOutput:
+    """A runtime's fixed output grid for some op types (TFLite: SOFTMAX / LOGISTIC int8 output
+    scale 1/256, zero point -128).
+
+    Attributes:
+        op_types: op types (:func:`op_type_key` form: ``softmax``, ``sigmoid``).
+        bits: the activation width this grid is for (8 or 16).
+        scale / zero_point: the grid.
+    """
+
+    op_types: frozenset[str]
+    bits: int
+    scale: float
+    zero_point: int
 
 
 @dataclass(frozen=True)
@@ -74,7 +219,16 @@ class BackendProfile:
         activation_symmetric_16: 16-bit activations (``activation_dtype_16``) are symmetric.
         engine: the ``torch.backends.quantized.engine`` :func:`fxquant.convert` builds for
             (``None``: the profile has no torch engine).
-        runtime: the :class:`Runtime` :func:`fxquant.verify` checks exports in (``None``: any).
+        runtime: the :class:`Runtime` :func:`fxquant.verify` checks exports in (``None``: any),
+            and whose arithmetic the model computes in eval mode when ``kernels`` is not empty.
+        kernels: the patterns ``runtime`` runs as fused integer kernels, in priority order (the
+            runtime simulation, :mod:`fxquant.graph.simulate`; empty: the float simulation).
+        fixed_outputs: output grids the runtime fixes for some op types (prepare gives those
+            ops a fixed-scale output quantizer whatever the qconfig's observer).
+        same_grid_ops: op types whose integer kernel writes its input's grid (TFLite's average
+            pooling and resizing): prepare gives the output the input's quantizer.
+        shared_grid_ops: op types whose inputs and output must share one grid (TFLite's
+            concatenation): prepare makes their quantizers one.
     """
 
     name: str
@@ -94,6 +248,16 @@ class BackendProfile:
     activation_symmetric_16: bool = True
     engine: str | None = None
     runtime: Runtime | None = None
+    kernels: tuple[FusedKernel, ...] = ()
+    fixed_outputs: tuple[FixedOutput, ...] = ()
+    same_grid_ops: frozenset[str] = frozenset()
+    shared_grid_ops: frozenset[str] = frozenset()
+
+    def fixed_output(self, op_type: str, bits: int) -> FixedOutput | None:
+        """The fixed output grid of ``op_type`` at ``bits`` (``None``: free)."""
+        key = op_type_key(op_type)
+        return next((f for f in self.fixed_outputs if key in f.op_types and f.bits == bits),
+                    None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.placement, Placement):
@@ -108,16 +272,95 @@ class BackendProfile:
             raise ConfigError(f"BackendProfile.runtime must be a Runtime, got {self.runtime!r}")
 
     def numerics_differ(self, other: BackendProfile) -> list[str]:
-        """The fields (other than name, engine and runtime) in which ``other`` asks for other
-        numerics or placement than this profile; empty when a model prepared for one is what
-        the other would have prepared."""
-        skip = {"name", "engine", "runtime"}
+        """The fields (other than name, engine, runtime and its kernels) in which ``other`` asks
+        for other numerics or placement than this profile; empty when a model prepared for one is
+        what the other would have prepared."""
+        skip = {"name", "engine", "runtime", "kernels"}
         return [f.name for f in fields(self)
                 if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)]
 
     def __repr__(self) -> str:
         return f"BackendProfile({self.name!r})"
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain JSON value (dtypes by name, enums by value, sets as sorted
+        lists), for checkpoints (:func:`fxquant.save`).
+
+        >>> BackendProfile.from_dict(get_profile("x86").to_dict()) == get_profile("x86")
+        True
+        """
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, QDType):
+                v = v.name
+            elif isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, frozenset):
+                v = sorted(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BackendProfile:
+        """Inverse of :meth:`to_dict`; fields it lacks take their defaults (a profile saved
+        before they existed).  :class:`~fxquant.CheckpointError` for anything else."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"backend profile: expected a dict, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise CheckpointError(f"backend profile: unknown fields {bounded_list(unknown)}")
+        values: dict[str, Any] = {}
+        try:
+            for name, v in data.items():
+                values[name] = _field_from_plain(name, v)
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"backend profile: {bounded(exc, 300)}") from None
+
+
+_PARSE: dict[str, Any] = {
+    "activation_dtype": dtype_by_name, "weight_dtype": dtype_by_name,
+    "activation_dtype_16": dtype_by_name, "scale_math": ScaleMath, "placement": Placement,
+    "runtime": Runtime,
+}
+
+
+def _field_from_plain(name: str, value: Any) -> Any:
+    """A :class:`BackendProfile` field from its :meth:`~BackendProfile.to_dict` value."""
+    if name == "float_input_ops":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"float_input_ops must be a list of op names, got "
+                            f"{bounded(repr(value))}")
+        return frozenset(value)
+    if value is None and name in ("engine", "runtime"):
+        return None
+    if name == "max_qdq_bits":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"max_qdq_bits must be an int, got {bounded(repr(value))}")
+        return value
+    parse = _PARSE.get(name)
+    if parse is not None or name in ("name", "engine"):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {bounded(repr(value))}")
+        return value if parse is None else parse(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {bounded(repr(value))}")
+    return value
+
+
+# TFLite's integer kernels fix these output grids (LiteRT refuses other scales): int8
+# SOFTMAX / LOGISTIC 1/256 zp -128, TANH 1/128 zp 0, LOG_SOFTMAX 16/256 zp 127; 16x8: 1/32768
+# zp 0 (TANH / LOGISTIC / SOFTMAX)
+_SIGMOID = frozenset({"softmax", "sigmoid"})
+_TANH = frozenset({"tanh"})
+TFLITE_FIXED_OUTPUTS = (
+    FixedOutput(_SIGMOID, 8, 1.0 / 256.0, -128),
+    FixedOutput(_TANH, 8, 1.0 / 128.0, 0),
+    FixedOutput(frozenset({"logsoftmax"}), 8, 16.0 / 256.0, 127),
+    FixedOutput(_SIGMOID | _TANH, 16, 1.0 / 32768.0, 0),
+)
 
 # x86 / fbgemm: activations quint8 with reduce_range (codes 0..127) so that u8*s8 pair sums
 # cannot saturate vpmaddubsw on AVX2 CPUs; weights per-channel qint8; torch kernels multiply by
@@ -165,6 +408,7 @@ PROFILES: dict[str, BackendProfile] = {
             int32_bias=True,
             float_input_ops=frozenset({"softmax", "log_softmax"}),
             runtime=Runtime.ONNXRUNTIME,
+            kernels=ORT_KERNELS,
         ),
         # OpenVINO CPU: u8 activations / i8 per-channel weights like ORT; conv + residual add
         # become one kernel with a sum post-op, so the conv output is not requantized.  Its
@@ -182,6 +426,21 @@ PROFILES: dict[str, BackendProfile] = {
             max_qdq_bits=8,
             runtime=Runtime.OPENVINO,
         ),
+        # LiteRT / TFLite: int8 asymmetric activations, symmetric narrow-range per-channel int8
+        # weights, int32 bias (int64 for 16x8, whose int16 activations are symmetric)
+        BackendProfile(
+            "tflite",
+            activation_dtype=qint8,
+            weight_dtype=qint8.narrow(),
+            activation_symmetric=False,
+            int32_bias=True,
+            fixed_outputs=TFLITE_FIXED_OUTPUTS,
+            same_grid_ops=frozenset({"avgpool1d", "avgpool2d", "interpolate", "upsample",
+                                     "upsamplingnearest2d", "upsamplingbilinear2d"}),
+            shared_grid_ops=frozenset({"cat", "concat", "concatenate"}),
+            runtime=Runtime.LITERT,
+            kernels=LITERT_KERNELS,
+        ),
         BackendProfile(
             "tensorrt",
             activation_dtype=qint8,
@@ -190,6 +449,12 @@ PROFILES: dict[str, BackendProfile] = {
         ),
     )
 }
+
+
+RUNTIME_KERNELS: dict[str, tuple[FusedKernel, ...]] = {"onnxruntime": ORT_KERNELS,
+                                                      "litert": LITERT_KERNELS}
+"""Runtime name -> the patterns it fuses (for verifying a model against a runtime other than its
+profile's)."""
 
 
 def get_profile(backend: str | BackendProfile) -> BackendProfile:

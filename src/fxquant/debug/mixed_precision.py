@@ -43,6 +43,7 @@ from ..fake_quant import FakeQuantize
 from ..graph import prepare
 from ..graph.ops import count_macs, layer_traits
 from ..graph.report import get_report
+from ..graph.simulate import float_simulation
 from ..modelio import ModelInputs, as_inputs, call_model
 from ..numerics import QDType, qint4, qint8, qint16
 from ..qconfig import OpInfo, OpKind, QConfig, SetterContext
@@ -166,7 +167,7 @@ def _bitops(qmodel: nn.Module, example: ModelInputs) -> float:
                 total[0] += macs * _w.dtype.bits * last_bits[0] / batch
             hooks.append(m.register_forward_hook(w_hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float_simulation():  # every layer's forward runs (its hooks count)
             call_model(qmodel.eval(), example)
     finally:
         for h in hooks:

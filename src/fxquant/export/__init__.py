@@ -1,13 +1,14 @@
-"""Export of prepared models: ONNX QDQ (fxquant's own emitter) and verification in runtimes.
+"""Export of prepared models: ONNX QDQ (torch.export + torch.onnx + fxquant's post-passes),
+TFLite, and verification in runtimes.
 
 Importing this package does not import onnx / onnxruntime / openvino; they are loaded when an
 export or a verification runs.
 """
 
 from .encodings import export_encodings, load_encodings
-from .integer_sim import IntegerSimulation, integer_simulation
 from .onnx_export import ExportError, ExportResult, ExportWarning, export_onnx
 from .quantsim_config import export_quantsim_config
+from .tflite_export import TFLiteExport, TFLiteExportWarning, export_tflite
 from .verify import TensorDiff, VerifyReport, verify
 
 __all__ = [
@@ -18,9 +19,10 @@ __all__ = [
     "verify",
     "VerifyReport",
     "TensorDiff",
-    "integer_simulation",
-    "IntegerSimulation",
     "export_encodings",
     "load_encodings",
     "export_quantsim_config",
+    "export_tflite",
+    "TFLiteExport",
+    "TFLiteExportWarning",
 ]

@@ -8,7 +8,10 @@
 * the weight of op ``N`` is tensor ``N.weight`` (a float initializer in a float export, the
   output of its DequantizeLinear in a QDQ export, fed by initializer ``N.weight_quantized``);
   the bias is ``N.bias`` (int32 ``N.bias_quantized`` + DequantizeLinear in QDQ exports);
-* scale / zero-point initializers of tensor ``T`` are ``T_scale`` / ``T_zero_point``.
+* scale / zero-point initializers of tensor ``T`` are ``T_scale`` / ``T_zero_point``;
+* a library module quantized inside (attention, recurrent layers:
+  :mod:`fxquant.graph.library_modules`) has more roles, e.g. ``q_weight``, ``scores``,
+  ``l0.hidden``: its quantizer of role ``R`` quantizes tensor ``N.R``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ def quantized_tensor_name(op_name: str, role: str) -> str:
         return op_name
     if role == "weight":
         return weight_name(op_name)
-    if role.startswith("input_"):
-        return f"{op_name}.{role}"
-    raise ValueError(f"unknown quantizer role {role!r} of op {op_name!r}")
+    if not role or role.startswith(".") or role.endswith("."):
+        raise ValueError(f"unknown quantizer role {role!r} of op {op_name!r}")
+    return f"{op_name}.{role}"  # input_<i>; a library module's internal values
 
 
 def weight_name(op_name: str) -> str:

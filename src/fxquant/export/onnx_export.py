@@ -1,62 +1,54 @@
-"""``export_onnx``: a prepared model -> an ONNX QDQ model, written by fxquant's own emitter.
+"""``export_onnx``: a prepared model -> an ONNX QDQ model, checked in ONNX Runtime before it is
+written.
 
-The prepared ``GraphModule`` is walked node by node (no ``torch.onnx.export``):
+One path for every prepared model, whatever ``prepare`` captured it with (torch.fx, float
+islands, eager capture of an untraceable ``forward``):
 
-* every op becomes the ONNX nodes its emitter in :mod:`fxquant.export.onnx_ops` writes; its
-  output tensor is named after the op (:mod:`fxquant.export.naming` is the naming contract);
-* a fake-quantizer call becomes ``QuantizeLinear -> DequantizeLinear`` with the quantizer's exact
-  scale / zero point (1-D scale + ``axis`` per channel);
-* weights become integer initializers (quantized with :func:`fxquant.numerics.quantize` and the
-  quantizer's scale math) + ``DequantizeLinear``; conv / linear biases become int32 initializers
-  with scale ``input_scale * weight_scale`` for runtimes that fuse them into integer kernels
-  (:mod:`fxquant.export.bias`);
-* ops that only move values (reshape, transpose, max pool ...) of a quantized tensor get a
-  ``Q -> DQ`` pair with the same parameters after them: the layout ONNX Runtime turns into
-  integer data movement, and the one TensorRT wants right before a weighted op.
+1. :func:`fxquant.export.program.capture` -- ``torch.export`` of the model in eval mode, each
+   quantizer one ``fxquant::quantize_dequantize`` op carrying its module path;
+2. :func:`fxquant.export.onnx_lower.lower` -- ``torch.onnx.export(dynamo=True)`` translates the
+   ATen ops, each quantizer becomes a private node;
+3. :func:`fxquant.export.onnx_passes.finish` -- the quantizers become QuantizeLinear /
+   DequantizeLinear with the grids of ``FakeQuantize.qparams()``, weights integer initializers,
+   biases int32 where the profile says so, tensors named per :mod:`fxquant.export.naming`;
+4. ``onnx.checker`` (full check), then the **self-check** (:mod:`fxquant.export.onnx_check`):
+   ONNX Runtime runs the file on the example inputs and it is compared with the simulation;
+   only a file that passes is renamed into place (atomically).
 
-The opset is the lowest one the quantized dtypes need (13 for 8-bit, 21 for 16-bit / 4-bit),
-raised to 17 when the model has a LayerNorm (``LayerNormalization``).  The file is checked with
-``onnx.checker.check_model(full_check=True)`` and written atomically.
+The opset is the lowest one the quantized dtypes need, but at least 18 (the lowest
+``torch.onnx`` writes): 18 for 8-bit grids, 21 for 16-bit / 4-bit ones.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
 
-from ..errors import ExportError
-from ..fake_quant import FakeQuantize, FakeQuantState
-from ..graph.meta import op_name
-from ..graph.patterns import classify_function, classify_method, classify_module
+from ..errors import ExportError, bounded, require
+from ..fake_quant import FakeQuantize, FakeQuantState, quantizer_states
 from ..graph.report import PrepareReport, get_report
-from ..qconfig import OpKind
 from .arguments import check_export_arguments
-from .atomic import check_writable, write_bytes_atomic
+from .atomic import atomic_path, check_writable
+from .onnx_lower import MIN_TORCH_ONNX_OPSET, lower
+from .onnx_types import opset_for_qdtype
+from .program import CapturedProgram, capture, constant_inputs
+from .verify import VerifyReport
 
 __all__ = [
     "ExportError",
     "ExportWarning",
     "ExportResult",
     "export_onnx",
-    "quantizer_index",
-    "frozen_quantizers",
 ]
 
-MIN_OPSET = 13
-"""Per-axis (per-channel) QuantizeLinear / DequantizeLinear need opset 13."""
-
-"""Backend profiles whose runtimes fuse ``DQ(int32 bias)`` into integer conv / gemm kernels."""
-
-_PREFERRED_OPSET = {nn.LayerNorm: 17, torch.nn.functional.layer_norm: 17}
+MIN_OPSET = MIN_TORCH_ONNX_OPSET
 
 
 class ExportWarning(UserWarning):
@@ -70,12 +62,20 @@ class ExportResult:
     Attributes:
         path: absolute path of the ONNX file.
         opset: ONNX opset of the default domain.
-        input_names / output_names: graph inputs / outputs in positional order.
+        input_names / output_names: graph inputs / outputs in positional order (the model's
+            argument names; the stable output names of :func:`fxquant.modelio.flatten_outputs`).
         tensor_names: quantizer module path -> the ONNX tensor it quantizes (the float tensor
             before ``QuantizeLinear``; for weights the output of the weight's
             ``DequantizeLinear``), per :mod:`fxquant.export.naming`.
         warnings: everything that made the export differ from the simulation.
         quantized: False for a ``quantize=False`` (float) export.
+        specialized: data-dependent conditions exported as the branch the example inputs took
+            (``specialize=True``), as ``"file:line: code"``.
+        check: the self-check's report (ONNX Runtime vs the simulation on the example inputs);
+            None with ``check=False`` or for a float export.
+        float_ops: op type -> count of the ops whose result the file leaves in float (ops
+            without an integer form, ``keep_float`` ops, quantizers the profile keeps off);
+            :func:`fxquant.verify` says what a runtime really ran in integer kernels.
     """
 
     path: str
@@ -85,147 +85,13 @@ class ExportResult:
     tensor_names: dict[str, str]
     warnings: tuple[str, ...] = ()
     quantized: bool = True
+    specialized: tuple[str, ...] = ()
+    check: VerifyReport | None = None
+    float_ops: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Meta:
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-
-def quantizer_index(report: PrepareReport) -> dict[str, tuple[str, str]]:
-    """Quantizer module path -> (op name, role); a shared quantizer keeps its first op."""
-    index: dict[str, tuple[str, str]] = {}
-    for rec in report.ops.values():
-        for role, path in rec.quantizers.items():
-            index.setdefault(path, (rec.name, role))
-    return index
-
-
-@contextlib.contextmanager
-def frozen_quantizers(model: nn.Module, mapping: dict[FakeQuantState, FakeQuantState]):
-    """Temporarily switch quantizer states *without* recomputing scales; restore afterwards.
-
-    Unlike :func:`fxquant.fake_quantize_state` nothing is observed or updated: e.g.
-    ``{QAT: VALIDATION}`` runs a QAT-state model with its scales exactly as they are.
-    """
-    saved = []
-    for m in model.modules():
-        if isinstance(m, FakeQuantize):
-            saved.append((m, m.state_code.clone()))
-            new = mapping.get(m.state)
-            if new is not None:
-                m.state_code.fill_(new.value)
-    try:
-        yield model
-    finally:
-        for m, code in saved:
-            m.state_code.copy_(code)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
-
-
-def _active(fq: FakeQuantize | None) -> bool:
-    return fq is not None and fq.state is not FakeQuantState.FLOAT
-
-
-def _record_values(gm: fx.GraphModule, inputs: tuple[Any, ...], keep: set[fx.Node]):
-    """Run ``gm`` once in float; shapes of every tensor, Python values, and the tensors of
-    nodes without a graph-input ancestor (foldable constants) or listed in ``keep``."""
-    dynamic: set[fx.Node] = set()
-    for n in gm.graph.nodes:
-        if n.op == "placeholder" or any(a in dynamic for a in n.all_input_nodes):
-            dynamic.add(n)
-    record: dict[fx.Node, Any] = {}
-
-    def meta(v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return _Meta(tuple(v.shape), v.dtype)
-        if isinstance(v, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in v):
-            return tuple(meta(t) for t in v)
-        return v
-
-    class _Rec(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor) and (n not in dynamic or n in keep):
-                record[n] = out.detach()
-            elif n in keep:
-                record[n] = out
-            else:
-                record[n] = meta(out)
-            return out
-
-    float_state = {s: FakeQuantState.FLOAT for s in FakeQuantState}
-    with torch.no_grad(), _eval_mode(gm), frozen_quantizers(gm, float_state):
-        _Rec(gm).run(*inputs)
-    return record
-
-
-def _shape_of(v: Any) -> tuple[int, ...] | None:
-    if isinstance(v, torch.Tensor):
-        return tuple(v.shape)
-    if isinstance(v, _Meta):
-        return v.shape
-    return None
-
-
-def _dtype_of(v: Any) -> torch.dtype | None:
-    if isinstance(v, (torch.Tensor, _Meta)):
-        return v.dtype
-    return None
-
-
-def _is_tensorish(v: Any) -> bool:
-    if isinstance(v, (torch.Tensor, _Meta)):
-        return True
-    return isinstance(v, tuple) and any(isinstance(t, (torch.Tensor, _Meta)) for t in v)
-
-
-def _node_kind(gm: fx.GraphModule, node: fx.Node) -> OpKind:
-    if node.op == "call_module":
-        return classify_module(gm.get_submodule(node.target))
-    if node.op == "call_function":
-        return classify_function(node)
-    if node.op == "call_method":
-        return classify_method(node)
-    return OpKind.FLOAT
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in patterns)
-
-
-def _choose_opset(
-    requested: int | None, needs: dict[str, tuple[int, str]], preferred: int
-) -> int:
-    import onnx
-
-    top = onnx.defs.onnx_opset_version()
-    need_path, (need, what) = max(needs.items(), key=lambda kv: kv[1][0], default=("", (0, "")))
-    if requested is None:
-        return max(MIN_OPSET, need, preferred)
-    if not isinstance(requested, int) or requested < MIN_OPSET or requested > top:
-        raise ExportError(
-            f"opset={requested!r} is not supported: fxquant exports opset {MIN_OPSET}..{top} "
-            "(per-channel QuantizeLinear needs opset 13)"
-        )
-    if requested < need:
-        raise ExportError(
-            f"opset={requested} is too low: quantizer {need_path!r} ({what}) needs opset >= "
-            f"{need} (QuantizeLinear supports int16 / uint16 / int4 / uint4 from opset 21); "
-            "pass opset=None to choose automatically"
-        )
-    return requested
 
 
 def export_onnx(
@@ -238,112 +104,175 @@ def export_onnx(
     quantize: bool = True,
     keep_float: Sequence[str] = (),
     int32_bias: bool | None = None,
+    check: bool = True,
+    specialize: bool = False,
 ) -> ExportResult:
     """Write ``qmodel`` (from :func:`fxquant.prepare`, calibrated) as an ONNX QDQ model.
 
     Args:
-        qmodel: a prepared model captured with torch.fx (not an eager-captured one).
-        example_inputs: a tensor or a tuple of positional inputs (one batch).
+        qmodel: a prepared model (any capture path: torch.fx, float islands, eager).
+        example_inputs: one batch (:mod:`fxquant.modelio`: a tensor, a tuple of positional
+            inputs, a dict of keyword inputs).
         path: the ``.onnx`` file to write (atomically; the folder must exist).
-        opset: ONNX opset; ``None`` picks the lowest the quantized dtypes need (>= 13, 17 with
-            LayerNorm, 21 for 16-bit / 4-bit).  Too low for a dtype -> :class:`ExportError`.
-        dynamic_batch: make the first dimension of inputs and outputs symbolic (``batch``).
+        opset: ONNX opset; ``None`` picks the lowest the quantized dtypes need (18, or 21 for
+            16-bit / 4-bit grids).  Below 18 or too low for a dtype -> :class:`ExportError`.
+        dynamic_batch: keep the first dimension of inputs and outputs symbolic (``batch``);
+            static when the model's code fixes the batch size.
         quantize: ``False`` writes the float model with the same tensor names (for a float ONNX
             plus an encodings file).
-        keep_float: op names (or module-path prefixes) to export in float: their weights and
-            output quantizers are dropped, and ops without an emitter (or float islands) are
-            exported through ``torch.onnx.export`` as a float subgraph.
+        keep_float: op names (or module-path prefixes) to export in float: their quantizers
+            (weights included) are left out.
         int32_bias: int32 biases (scale ``input_scale * weight_scale``); ``None``: for the
             profiles whose ``BackendProfile.int32_bias`` is set (ONNX Runtime, x86 / fbgemm /
             qnnpack).
+        check: run the written file in ONNX Runtime on ``example_inputs`` and refuse it when it
+            does not compute what the simulation computes (beyond quantization noise: see
+            :mod:`fxquant.export.onnx_check`); ``False`` skips that (a file is still written
+            only when it passes ``onnx.checker``).
+        specialize: data-dependent Python conditions (``if x.sum() > 0``) are exported as the
+            branch the example inputs take, with an :class:`ExportWarning` naming each (see
+            :func:`fxquant.export.program.capture`); ``False`` refuses them.
 
     Returns:
         :class:`ExportResult`.
 
     Raises:
-        ExportError: uncalibrated quantizer, op without an emitter, float island, dtype the
-            opset cannot express, unwritable path (the message names the op / quantizer).
+        ExportError: uncalibrated quantizer, code ``torch.export`` cannot capture, an op
+            ``torch.onnx`` cannot translate, a dtype the opset cannot express, a file that fails
+            the self-check, an unwritable path (the message names the op / quantizer / tensor).
+
+    >>> import os, tempfile, torch, fxquant
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    >>> qmodel = fxquant.prepare(model, torch.randn(2, 3, 8, 8), backend="onnxruntime")
+    >>> _ = fxquant.calibrate(qmodel, [torch.randn(8, 3, 8, 8)], progress=False)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    >>> res = export_onnx(qmodel, torch.randn(2, 3, 8, 8), path)
+    >>> res.opset, res.input_names, res.output_names
+    (18, ('input',), ('output',))
     """
     check_export_arguments(qmodel, example_inputs, path, keep_float)  # before any work
+    require("onnx", "onnx", "export_onnx")
+    require("onnxscript", "onnx", "export_onnx")
+    # the onnx_ir-based passes load with the optional onnx packages, on the first export
+    from .onnx_check import check_float, check_quantized
+    from .onnx_passes import FinishOptions, finish
     try:
         report = get_report(qmodel)
     except TypeError as err:
         raise ExportError(str(err)) from None
-    if report.capture_mode != "fx" or not isinstance(qmodel, fx.GraphModule):
-        raise ExportError(
-            "export_onnx needs a model whose forward fxquant captured with torch.fx; this one "
-            f"was captured eagerly because its forward could not be traced ({report.root_failure}"
-            "). Make the forward traceable (or move the untraceable part into a submodule)"
-        )
     try:
         path = check_writable(path)
     except OSError as err:
         raise ExportError(f"cannot write the ONNX file: {err}") from err
-    from .onnx_writer import OnnxWriter
-
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (
-        tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
-    )
     keep_float = tuple(keep_float)
     _check_keep_float(report, keep_float)
     if int32_bias is None:
         int32_bias = report.profile.int32_bias
-    fqs = _used_quantizers(qmodel, report, keep_float)
-    if quantize:
-        _check_calibrated(fqs)
-    needs = _dtype_opsets(fqs) if quantize else {}
-    preferred = max(
-        (
-            _PREFERRED_OPSET.get(
-                type(qmodel.get_submodule(n.target)) if n.op == "call_module" else n.target, 0
-            )
-            for n in qmodel.graph.nodes
-            if n.op in ("call_module", "call_function")
-        ),
-        default=0,
-    )
-    chosen = _choose_opset(opset, needs, preferred)
-    keep_nodes = {
-        a
-        for n in qmodel.graph.nodes
-        if op_name(n) is not None and _matches(op_name(n), keep_float)
-        for a in n.all_input_nodes
-    }
-    values = _record_values(qmodel, inputs, keep_nodes)
-    writer = OnnxWriter(
-        qmodel,
-        report,
-        values,
-        opset=chosen,
-        dynamic_batch=dynamic_batch,
-        quantize=quantize,
-        keep_float=keep_float,
-        int32_bias=int32_bias,
-        max_qdq_bits=report.profile.max_qdq_bits,
-    )
-    model = writer.build()
-    import onnx
-
+    max_bits = report.profile.max_qdq_bits
+    index = {path: (op, role) for path, op, role in report.quantizers()}
+    quantizers = {p: m for p, m in qmodel.named_modules() if isinstance(m, FakeQuantize)}
+    float_ops = frozenset(p for p in quantizers if _matches(index.get(p, (p, ""))[0], keep_float))
+    used = {p: m for p, m in quantizers.items()
+            if p not in float_ops and m.state is not FakeQuantState.FLOAT}
+    chosen = _choose_opset(opset, _dtype_opsets(used, max_bits) if quantize else {})
+    cp = _capture(qmodel, example_inputs, report, dynamic_batch, specialize, quantize)
+    model = lower(cp, chosen, lambda base: [
+        name for name, rec in report.ops.items() if rec.op_type.lower().lstrip("_") == base
+    ])
+    done = finish(model, FinishOptions(
+        qmodel=qmodel, index=index, constants=constant_inputs(cp),
+        input_names=cp.input_names, output_names=cp.output_names, quantize=quantize,
+        float_ops=float_ops, int32_bias=int32_bias, max_qdq_bits=max_bits, opset=chosen,
+    ))
+    proto = _to_proto(done.model)
+    notes = list(done.warnings) + [
+        f"data-dependent condition specialised to the branch the example inputs take: {w}"
+        for w in cp.specialized
+    ]
+    check_report = None
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as err:  # a bug in an emitter: say which model part failed
-        raise ExportError(f"the exported graph does not pass onnx.checker: {err}") from err
-    data = model.SerializeToString()
-    try:
-        write_bytes_atomic(path, data)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString())
+            if check and quantize:
+                off = {p: FakeQuantState.FLOAT for p in float_ops}  # keep_float: as written
+                with quantizer_states(qmodel, None, off), torch.no_grad():
+                    check_report = check_quantized(qmodel, tmp, cp.inputs)
+            elif check:
+                check_float(qmodel, tmp, cp.inputs)
     except OSError as err:
         raise ExportError(f"cannot write the ONNX file {path!r}: {err}") from err
-    for msg in writer.warnings:
+    for msg in notes:
         warnings.warn(msg, ExportWarning, stacklevel=2)
     return ExportResult(
         path=path,
         opset=chosen,
-        input_names=tuple(writer.input_names),
-        output_names=tuple(writer.output_names),
-        tensor_names=dict(writer.tensor_names),
-        warnings=tuple(writer.warnings),
+        input_names=tuple(v.name for v in done.model.graph.inputs),
+        output_names=tuple(v.name for v in done.model.graph.outputs),
+        tensor_names=dict(done.tensor_names),
+        warnings=tuple(notes),
         quantized=quantize,
+        specialized=cp.specialized,
+        check=check_report,
+        float_ops=dict(done.float_ops),
     )
+
+
+def _capture(qmodel: nn.Module, example_inputs: Any, report: PrepareReport,
+             dynamic_batch: bool, specialize: bool, quantize: bool) -> CapturedProgram:
+    """:func:`capture`, with the error naming the float island the failure is in."""
+    try:
+        return capture(qmodel, example_inputs, dynamic_batch=dynamic_batch,
+                       specialize=specialize, require_scales=quantize)
+    except ExportError as err:
+        if "data-dependent" not in str(err) or not report.islands:
+            raise
+        name, isl = next(iter(report.islands.items()))
+        raise ExportError(
+            f"op {name!r} is a float island (tracing failed at {bounded(isl.source, 120)}) and "
+            f"torch.export cannot capture it either: {err}"
+        ) from err
+
+
+def _to_proto(model: Any) -> Any:
+    import onnx
+    import onnx_ir as ir
+
+    from .. import __version__
+
+    proto = ir.serde.serialize_model(model)
+    proto.producer_name, proto.producer_version = "fxquant", __version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as err:  # a bug in a pass: say which check failed
+        raise ExportError(
+            f"internal: the exported graph does not pass onnx.checker: {bounded(err, 300)}"
+        ) from err
+    return proto
+
+
+def _choose_opset(requested: int | None, needs: dict[str, tuple[int, str]]) -> int:
+    import onnx
+
+    top = onnx.defs.onnx_opset_version()
+    need_path, (need, what) = max(needs.items(), key=lambda kv: kv[1][0], default=("", (0, "")))
+    if requested is None:
+        return max(MIN_OPSET, need)
+    if not isinstance(requested, int) or requested > top:
+        raise ExportError(f"opset={requested!r} is not supported: fxquant exports opset "
+                          f"{MIN_OPSET}..{top}")
+    if requested < need:
+        raise ExportError(
+            f"opset={requested} is too low: quantizer {need_path!r} ({what}) needs opset >= "
+            f"{need} (QuantizeLinear supports int16 / uint16 / int4 / uint4 from opset 21); "
+            "pass opset=None to choose automatically"
+        )
+    if requested < MIN_OPSET:  # after the dtype check: that message says more
+        raise ExportError(
+            f"opset={requested} is too low: fxquant exports through torch.onnx, which writes "
+            f"opset >= {MIN_OPSET}; pass opset=None (or {MIN_OPSET}..{top})"
+        )
+    return requested
 
 
 def _check_keep_float(report: PrepareReport, keep_float: tuple[str, ...]) -> None:
@@ -357,44 +286,11 @@ def _check_keep_float(report: PrepareReport, keep_float: tuple[str, ...]) -> Non
             raise ExportError(f"keep_float: no op named {k!r} in the prepared model{hint}")
 
 
-def _used_quantizers(
-    gm: fx.GraphModule, report: PrepareReport, keep_float: tuple[str, ...]
-) -> dict[str, FakeQuantize]:
-    """Quantizers the top-level graph runs (activation calls and weighted modules' weights)."""
-    index = quantizer_index(report)
-    out: dict[str, FakeQuantize] = {}
-    for n in gm.graph.nodes:
-        if n.op != "call_module":
-            continue
-        mod = gm.get_submodule(n.target)
-        name = op_name(n)
-        if isinstance(mod, FakeQuantize):
-            owner = index.get(n.target, (n.target, ""))[0]
-            if not _matches(owner, keep_float) and _active(mod):
-                out[n.target] = mod
-        elif name is not None and not _matches(name, keep_float) and n.target not in report.islands:
-            wfq = getattr(mod, "weight_fake_quant", None)
-            if isinstance(wfq, FakeQuantize) and _active(wfq):
-                out[f"{n.target}.weight_fake_quant"] = wfq
-    return out
-
-
-def _check_calibrated(fqs: dict[str, FakeQuantize]) -> None:
-    missing = [p for p, fq in fqs.items() if not bool(fq.calibrated)]
-    if missing:
-        shown = ", ".join(repr(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ExportError(
-            f"{len(missing)} quantizer(s) have no scale yet: {shown}. Run "
-            "fxquant.calibrate(qmodel, data) (or train in FakeQuantState.QAT) before exporting, "
-            "or export the float model with quantize=False"
-        )
-
-
-def _dtype_opsets(fqs: dict[str, FakeQuantize]) -> dict[str, tuple[int, str]]:
-    from .onnx_graph import opset_for_qdtype
-
+def _dtype_opsets(fqs: dict[str, nn.Module], max_bits: int) -> dict[str, tuple[int, str]]:
     needs: dict[str, tuple[int, str]] = {}
     for path, fq in fqs.items():
+        if not isinstance(fq, FakeQuantize) or fq.dtype.bits > max_bits:
+            continue  # written as float arithmetic / fake-quantized float constants
         need = opset_for_qdtype(fq.dtype)
         if need is None:
             raise ExportError(
@@ -404,4 +300,3 @@ def _dtype_opsets(fqs: dict[str, FakeQuantize]) -> dict[str, tuple[int, str]]:
             )
         needs[path] = (need, repr(fq.dtype))
     return needs
-

@@ -15,12 +15,25 @@ what the simulation computes (``program.module()(*args)``).
 
 Quantizers in ``FLOAT`` state are identities (no op); quantizers in ``CALIBRATION`` or ``QAT``
 are captured with their current scales, as in ``VALIDATION``.
+
+**Data-dependent Python control flow** (``if x.sum() > 0:``) has no graph form: by default
+:func:`capture` refuses with an :class:`~fxquant.errors.ExportError` naming the source line.
+``specialize=True`` captures it with ``torch.export.draft_export`` instead, which specialises
+each such condition to the branch the example inputs take; the program then computes that
+branch for every input, and :attr:`CapturedProgram.specialized` lists the conditions (source
+lines) so the exporter can say so.
+
+:func:`constant_inputs` evaluates, in torch, what each quantizer on a constant quantizes (a
+weight, a conv weight with its BatchNorm folded in): the exporters write those as integer
+constants computed from exactly the simulation's values.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import re
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +50,10 @@ __all__ = [
     "QDQ_OP_NAME",
     "CapturedProgram",
     "capture",
+    "constant_inputs",
     "quantizers_as_ops",
     "quantize_dequantize",
+    "user_frame",
 ]
 
 QDQ_OP_NAME = "fxquant::quantize_dequantize"
@@ -85,11 +100,11 @@ def _grid_dtype(quant_min: int, quant_max: int) -> QDType:
     return dtype
 
 
-def _qdq_forward(fq: FakeQuantize, path: str):
+def _qdq_forward(fq: FakeQuantize, path: str, require_scale: bool = True):
     """``fq``'s forward as one op; state and grid are read now, not while tracing."""
     if fq.state is FakeQuantState.FLOAT:
         return lambda x: x
-    if not bool(fq.calibrated):
+    if require_scale and not bool(fq.calibrated):
 
         def uncalibrated(x: torch.Tensor) -> torch.Tensor:
             if not x.is_floating_point():
@@ -117,21 +132,44 @@ def _qdq_forward(fq: FakeQuantize, path: str):
 
 
 @contextlib.contextmanager
-def quantizers_as_ops(model: nn.Module) -> Iterator[dict[str, FakeQuantize]]:
+def quantizers_as_ops(
+    model: nn.Module, require_scales: bool = True
+) -> Iterator[dict[str, FakeQuantize]]:
     """Inside the block every quantizer of ``model`` calls :func:`quantize_dequantize`.
 
     Yields ``{module path: quantizer}``.  A quantizer without a scale that is reached by a
-    float tensor raises :class:`~fxquant.errors.ExportError` naming it (calibrate first).  The
-    model is restored afterwards (instance-level ``forward`` overrides only).
+    float tensor raises :class:`~fxquant.errors.ExportError` naming it (calibrate first);
+    ``require_scales=False`` lets it run with its initial grid (for exporters that only need to
+    know where the quantizers are, e.g. a float export).  The model is restored afterwards
+    (instance-level ``forward`` overrides only).
     """
     quantizers = {p: m for p, m in model.named_modules() if isinstance(m, FakeQuantize)}
     for path, m in quantizers.items():
-        m.forward = _qdq_forward(m, path)  # type: ignore[method-assign]
+        m.forward = _qdq_forward(m, path, require_scales)  # type: ignore[method-assign]
     try:
         yield quantizers
     finally:
         for m in quantizers.values():
             del m.forward
+
+
+@contextlib.contextmanager
+def _stateless(model: nn.Module) -> Iterator[None]:
+    """The quantizers' buffers and parameters (scale, zero point, observer statistics ...) are
+    hidden inside the block.  Their forward, replaced by :func:`quantizers_as_ops`, reads none
+    of them, and torch.export would lift every one as a program input: thousands in a large
+    model, which its decomposition pass handles in quadratic time (densenet121: minutes)."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, FakeQuantize):
+            for sub in m.modules():
+                saved.append((sub, sub._buffers, sub._parameters))
+                sub._buffers, sub._parameters = {}, {}
+    try:
+        yield
+    finally:
+        for sub, buffers, params in saved:
+            sub._buffers, sub._parameters = buffers, params
 
 
 @dataclass(frozen=True)
@@ -146,6 +184,8 @@ class CapturedProgram:
         output_names: the flattened outputs' stable names (:func:`fxquant.modelio.flatten_outputs`).
         dynamic_batch: whether dimension 0 of the inputs stayed symbolic.
         inputs: the example inputs it was captured with.
+        specialized: data-dependent conditions fixed to the branch the example inputs took
+            (``capture(..., specialize=True)``), as ``"file:line: code"``; empty otherwise.
     """
 
     program: torch.export.ExportedProgram
@@ -154,6 +194,7 @@ class CapturedProgram:
     output_names: tuple[str, ...]
     dynamic_batch: bool
     inputs: ModelInputs
+    specialized: tuple[str, ...] = ()
 
 
 def _positional_names(model: nn.Module, count: int) -> list[str]:
@@ -194,7 +235,8 @@ def _dynamic_shapes(inputs: ModelInputs) -> Any:
     return (*[spec(a) for a in inputs.args],), {k: spec(v) for k, v in inputs.kwargs.items()}
 
 
-def _export(model: nn.Module, inputs: ModelInputs, dynamic: bool) -> torch.export.ExportedProgram:
+def _export(model: nn.Module, inputs: ModelInputs, dynamic: bool,
+            draft: bool = False) -> torch.export.ExportedProgram:
     shapes: dict[str, Any] | None = None
     if dynamic:
         args_spec, kwargs_spec = _dynamic_shapes(inputs)
@@ -204,9 +246,37 @@ def _export(model: nn.Module, inputs: ModelInputs, dynamic: bool) -> torch.expor
         if len(args_spec) > len(named):
             shapes[_var_positional(model) or "args"] = args_spec[len(named):]
         shapes.update(kwargs_spec)
+    if draft:
+        return torch.export.draft_export(
+            model, inputs.args, inputs.kwargs, dynamic_shapes=shapes, strict=False
+        )
     return torch.export.export(
         model, inputs.args, inputs.kwargs, dynamic_shapes=shapes, strict=False
     )
+
+
+def _doubled_batch(inputs: ModelInputs) -> ModelInputs | None:
+    """``inputs`` with every tensor of first dimension 1 repeated to 2, or None when no tensor
+    has a first dimension of 1 (``torch.export`` specializes sizes 0 and 1, so a batch-1 example
+    would give a file that only takes batch 1)."""
+    found = False
+
+    def wide(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, torch.Tensor):
+            if v.dim() > 0 and v.shape[0] == 1:
+                found = True
+                return torch.cat([v, v])
+            return v
+        if isinstance(v, (tuple, list)):
+            return type(v)(wide(x) for x in v)
+        if isinstance(v, dict):
+            return {k: wide(x) for k, x in v.items()}
+        return v
+
+    out = ModelInputs(tuple(wide(a) for a in inputs.args),
+                      {k: wide(v) for k, v in inputs.kwargs.items()})
+    return out if found else None
 
 
 def _batch_is_dynamic(ep: torch.export.ExportedProgram) -> bool:
@@ -220,7 +290,8 @@ def _batch_is_dynamic(ep: torch.export.ExportedProgram) -> bool:
 
 
 def capture(
-    qmodel: nn.Module, example_inputs: Any, *, dynamic_batch: bool = True
+    qmodel: nn.Module, example_inputs: Any, *, dynamic_batch: bool = True,
+    specialize: bool = False, require_scales: bool = True,
 ) -> CapturedProgram:
     """Capture a calibrated prepared model with ``torch.export`` (see the module docstring).
 
@@ -229,26 +300,44 @@ def capture(
         example_inputs: one batch (:mod:`fxquant.modelio`: tensor, tuple, dict).
         dynamic_batch: try to keep dimension 0 of every input symbolic; when the model's code
             fixes the batch size the program is static (``CapturedProgram.dynamic_batch``).
+        specialize: capture data-dependent Python conditions as the branch the example inputs
+            take (``torch.export.draft_export``), listed in ``CapturedProgram.specialized``;
+            False refuses them.
+        require_scales: a quantizer without a scale raises (default); False captures it with
+            its initial grid (for a float export that only needs the quantizers' places).
+
+    >>> import torch, fxquant
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    >>> qmodel = fxquant.prepare(model, torch.randn(2, 4))
+    >>> _ = fxquant.calibrate(qmodel, [torch.randn(8, 4)], progress=False)
+    >>> cp = capture(qmodel, torch.randn(2, 4))
+    >>> cp.input_names, cp.output_names, cp.dynamic_batch
+    (('input',), ('output',), True)
 
     The model runs in eval mode with the float simulation during the capture; its modes and
-    quantizers are restored afterwards.
+    quantizers are restored afterwards.  ``CapturedProgram.inputs`` holds copies of the example
+    inputs *before* the model ran (a model that changes its input in place has not touched them).
 
     Raises:
         ExportError: a quantizer without a scale, or code ``torch.export`` cannot capture
             (data-dependent control flow ...), with the failing source line.
     """
-    inputs = as_inputs(example_inputs)
+    inputs = _owned(as_inputs(example_inputs))
     modes = [(m, m.training) for m in qmodel.modules()]
     qmodel.eval()
     try:
-        with quantizers_as_ops(qmodel):  # no quantizer observes or updates from here on
+        with quantizers_as_ops(qmodel, require_scales):  # nothing observes or updates from here
             with torch.no_grad():
-                example_out = call_model(qmodel, inputs)
+                example_out = call_model(qmodel, _owned(inputs))
             output_names = tuple(n for n, _ in flatten_outputs(example_out))
-            ep, dynamic = _export_with_fallback(qmodel, inputs, dynamic_batch)
+            with _stateless(qmodel):
+                ep, dynamic = _export_with_fallback(qmodel, _owned(inputs), dynamic_batch,
+                                                    specialize)
     finally:
         for m, t in modes:
             m.training = t
+    specialized = _strip_specializations(ep) if specialize else ()
+    _check_no_batch_statistics(ep)
     qnodes = {
         n.name: str(n.args[6])
         for n in ep.graph.nodes
@@ -261,30 +350,181 @@ def capture(
         output_names=output_names,
         dynamic_batch=dynamic,
         inputs=inputs,
+        specialized=specialized,
     )
 
 
+def _owned(inputs: ModelInputs) -> ModelInputs:
+    """Contiguous copies of the example tensors: a model that changes its input in place does
+    not change the caller's, and torch.onnx needs contiguous example inputs."""
+
+    def own(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.detach().clone(memory_format=torch.contiguous_format)
+        if isinstance(v, (tuple, list)):
+            return type(v)(own(x) for x in v)
+        if isinstance(v, dict):
+            return {k: own(x) for k, x in v.items()}
+        return v
+
+    return ModelInputs(own(inputs.args), own(inputs.kwargs))
+
+
 def _export_with_fallback(
-    model: nn.Module, inputs: ModelInputs, dynamic_batch: bool
+    model: nn.Module, inputs: ModelInputs, dynamic_batch: bool, specialize: bool = False
 ) -> tuple[torch.export.ExportedProgram, bool]:
     err: Exception | None = None
-    if dynamic_batch:
+    wide = _doubled_batch(inputs) if dynamic_batch else None
+    if wide is not None:  # torch.export fixes a size-1 dimension: trace the batch at size 2
         try:
-            ep = _export(model, inputs, dynamic=True)
-            return ep, _batch_is_dynamic(ep)
+            ep = _export(model, wide, dynamic=True)
+            if _batch_is_dynamic(ep):
+                return ep, True
+        except ExportError:
+            raise
+        except Exception:
+            pass
+    for dynamic in (True, False) if dynamic_batch else (False,):
+        try:
+            ep = _export(model, inputs, dynamic=dynamic)
+            return ep, dynamic and _batch_is_dynamic(ep)
         except ExportError:
             raise
         except Exception as exc:
-            err = exc
-    try:
-        return _export(model, inputs, dynamic=False), False
-    except ExportError:
-        raise
-    except Exception as exc:
-        raise ExportError(
-            f"torch.export could not capture {type(model).__name__}: "
-            f"{type(exc).__name__}: {bounded(str(exc).splitlines()[0] if str(exc) else '', 300)}"
-            " -- data-dependent Python control flow (if on a tensor's value) cannot be "
-            "exported; rewrite it with torch.where / torch.cond or keep that module out of "
-            "the exported model"
-        ) from (err or exc)
+            err = err or exc
+    if specialize:
+        for dynamic in (True, False) if dynamic_batch else (False,):
+            try:
+                ep = _export(model, inputs, dynamic=dynamic, draft=True)
+                return ep, dynamic and _batch_is_dynamic(ep)
+            except ExportError:
+                raise
+            except Exception as exc:
+                err = exc
+    assert err is not None
+    where = _raising_frame(err) or user_frame(str(err))
+    head = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    hint = (
+        "" if specialize else
+        ", or capture with specialize=True to export the branch the example inputs take "
+        "(reported as a warning)"
+    )
+    raise ExportError(
+        f"torch.export could not capture {type(model).__name__}"
+        f"{f' at {where}' if where else ''}: data-dependent Python control flow (if on a "
+        f"tensor's value) cannot be exported; rewrite it with torch.where / torch.cond{hint} "
+        f"({type(err).__name__}: {bounded(head, 160)})"
+    ) from err
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.+)')
+_GRAPH_FRAME = re.compile(r"# File: (\S+):(\d+) in (\S+), code: (.+)")
+
+
+def user_frame(text: str) -> str:
+    """``file:line: code`` of the innermost frame outside torch / fxquant in a traceback or a
+    graph dump (``# File: path:line in fn, code: ...``), ``""`` when there is none."""
+    frames = [(m.group(1), m.group(2), m.group(4)) for m in _FRAME.finditer(text)]
+    frames += [(m.group(1), m.group(2), m.group(4)) for m in _GRAPH_FRAME.finditer(text)]
+    frames = [f for f in frames if "/torch/" not in f[0] and "/fxquant/" not in f[0]]
+    if not frames:
+        return ""
+    path, line, code = frames[-1]
+    return f"{path.rsplit('/', 1)[-1]}:{line}: {bounded(code.strip(), 100)}"
+
+
+def _raising_frame(err: BaseException) -> str:
+    """``file:line: code`` of the innermost model-code frame on ``err``'s traceback (non-strict
+    export runs the model's Python, so the failing condition is on the stack)."""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" in path or "/fxquant/" in path or path.startswith("<"):
+            continue
+        code = bounded((frame.line or "").strip(), 100)
+        return f"{path.rsplit('/', 1)[-1]}:{frame.lineno}: {code}"
+    return ""
+
+
+_ASSERTS = ("_assert_scalar", "_assert_async", "sym_constrain_range")
+
+
+def _strip_specializations(ep: torch.export.ExportedProgram) -> tuple[str, ...]:
+    """Remove the runtime checks ``draft_export`` put on specialised data-dependent values
+    (ONNX has no form for them) and say where they were."""
+    found: list[str] = []
+    doomed = []
+    for n in ep.graph.nodes:
+        name = getattr(n.target, "__name__", str(n.target))
+        if n.op == "call_function" and any(a in name for a in _ASSERTS):
+            doomed.append(n)
+        if n.op == "call_function" and name in ("item", "_local_scalar_dense", "item.default",
+                                                "_local_scalar_dense.default"):
+            where = user_frame(n.meta.get("stack_trace") or "")
+            if where and where not in found:
+                found.append(where)
+    for n in doomed:
+        ep.graph.erase_node(n)
+    ep.graph.eliminate_dead_code()
+    ep.graph_module.recompile()
+    return tuple(found)
+
+
+_TRAINING_BN = ("_batch_norm_with_update", "_batch_norm_with_update_functional")
+
+
+def _check_no_batch_statistics(ep: torch.export.ExportedProgram) -> None:
+    """A batch norm that normalises with the batch's own statistics (``training=True`` baked
+    into the prepared graph) has no deployable form."""
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or "batch_norm" not in str(n.target):
+            continue
+        name = getattr(n.target, "__name__", str(n.target)).split(".")[0]
+        training = name in _TRAINING_BN or (
+            "no_training" not in name and len(n.args) > 5 and n.args[5] is True
+        )
+        if training:
+            where = user_frame(n.meta.get("stack_trace") or "")
+            raise ExportError(
+                f"a batch norm{f' at {where}' if where else ''} normalises with batch "
+                "statistics (training=True in the prepared graph); prepare the model in eval "
+                "mode (model.eval() before fxquant.prepare) so it uses its running statistics"
+            )
+
+
+def constant_inputs(cp: CapturedProgram) -> dict[str, list[torch.Tensor]]:
+    """Quantizer path -> the float tensors its calls on constants quantize, in program order.
+
+    A call is on a constant when its input depends on no model input (a weight, a conv weight
+    with its BatchNorm folded, a quantized parameter).  The values are computed in torch by the
+    program's own ATen ops on its parameters, i.e. exactly what the simulation quantizes.
+    """
+    ep = cp.program
+    qdq = torch.ops.fxquant.quantize_dequantize.default
+    values: dict[str, Any] = {}
+    lookup = {**ep.state_dict, **ep.constants}
+    for spec in ep.graph_signature.input_specs:
+        if spec.target is not None and spec.target in lookup:
+            values[spec.arg.name] = lookup[spec.target]
+    calls = [n for n in ep.graph.nodes if n.op == "call_function" and n.target is qdq]
+    needed: set[str] = set()
+    stack = [c.args[0] for c in calls if isinstance(c.args[0], torch.fx.Node)]
+    while stack:
+        n = stack.pop()
+        if n.name in needed:
+            continue
+        needed.add(n.name)
+        stack.extend(n.all_input_nodes)
+    with torch.no_grad():
+        for n in ep.graph.nodes:
+            if n.name not in needed or n.name in values:
+                continue
+            if n.op != "call_function" or any(a.name not in values for a in n.all_input_nodes):
+                continue  # depends on a model input
+            args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: values[a.name])
+            values[n.name] = n.target(*args, **kwargs)
+    out: dict[str, list[torch.Tensor]] = {}
+    for c in calls:
+        src = c.args[0]
+        if isinstance(src, torch.fx.Node) and src.name in values:
+            out.setdefault(str(c.args[6]), []).append(values[src.name].detach())
+    return out

@@ -11,6 +11,7 @@ OpenVINO's runtime model (each layer's runtime precision).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -24,16 +25,18 @@ import torch.fx as fx
 from torch import nn
 
 from .._utils import Choice, as_path
-from ..backends import BackendProfile, Runtime
-from ..errors import ConfigError, VerifyError, bounded
+from ..backends import ORT_EXACT_IN_FLOAT, RUNTIME_KERNELS, BackendProfile, Runtime
+from ..errors import ConfigError, VerifyError, bounded, bounded_list
 from ..fake_quant import FakeQuantize, quantizer_states
 from ..graph.ops import node_traits
 from ..graph.report import get_report
+from ..graph.simulate import float_simulation, runtime_simulation
 from ..modelio import as_inputs, eval_mode, output_tensors
 from ..qconfig import OpKind
 from ..runtimes import (
     FLOAT_RTOL,
     HIST_CLIP,
+    MOVEMENT_OPS,
     ExecutedOps,
     TensorDiff,
     onnx_model,
@@ -42,7 +45,8 @@ from ..runtimes import (
     runtime_version,
     tensor_diff,
 )
-from .integer_sim import integer_simulation
+from ..runtimes.litert_runtime import LiteRTSession
+from ..runtimes.onnx_runtime import INTEGER_OPS
 from .naming import dq_output, quantized_tensor_name
 from .provenance import check_exported_from
 
@@ -54,6 +58,8 @@ __all__ = [
     "RUNTIMES",
     "HIST_CLIP",
     "FLOAT_RTOL",
+    "KernelMismatchWarning",
+    "kernel_mismatches",
 ]
 
 RUNTIMES = tuple(r.value for r in Runtime)
@@ -63,16 +69,44 @@ RUNTIMES = tuple(r.value for r in Runtime)
 class Reference(Choice):
     """How :func:`verify` evaluates the simulation it compares the runtime with.
 
-    AUTO: INTEGER for ONNX Runtime with integer kernels, else EXACT.
-    INTEGER: the ops ONNX Runtime fused into integer kernels compute as those kernels do.
-    EXACT: the simulation in float64.
-    FLOAT32: the prepared model as it is.
+    AUTO: RUNTIME for ONNX Runtime with integer kernels, else EXACT.
+    RUNTIME: the model in eval mode with the runtime's arithmetic (the runtime simulation).
+    INTEGER: the former name of RUNTIME.
+    EXACT: the float simulation in float64.
+    FLOAT32: the float simulation (:attr:`fxquant.Simulation.FLOAT`).
     """
 
     AUTO = "auto"
+    RUNTIME = "runtime"
     INTEGER = "integer"
     EXACT = "exact"
     FLOAT32 = "float32"
+
+
+class KernelMismatchWarning(UserWarning):
+    """The runtime fused other ops than the backend profile's kernel table says (the simulation
+    then computes a different kernel than the runtime at those tensors)."""
+
+
+def kernel_mismatches(simulated: dict[str, str], fused: dict[str, str],
+                      integer_ops: frozenset[str] = INTEGER_OPS) -> dict[str, str]:
+    """Tensor -> how the simulation's integer kernels (``RuntimePlan.kernels``) and the ones the
+    runtime fused (read from its optimized graph) differ there.  Kernels whose arithmetic the
+    float simulation reproduces exactly (:data:`fxquant.backends.ORT_EXACT_IN_FLOAT`) and float
+    ops with the runtime's arithmetic (not in ``integer_ops``) are not differences."""
+    out: dict[str, str] = {}
+    simulated = {t: k for t, k in simulated.items() if k in integer_ops}
+    for tensor in sorted(set(simulated) | set(fused)):
+        sim, rt = simulated.get(tensor), fused.get(tensor)
+        if sim == rt or (sim is None and rt in ORT_EXACT_IN_FLOAT):
+            continue
+        if sim is None:
+            out[tensor] = f"the runtime runs {rt}; the simulation runs float ops"
+        elif rt is None:
+            out[tensor] = f"the simulation computes {sim}; the runtime did not fuse it"
+        else:
+            out[tensor] = f"the runtime runs {rt}; the simulation computes {sim}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,11 +123,14 @@ class VerifyReport:
         float_ops: compute op / layer types still running in float (Q/DQ and pure data
             movement such as Reshape / Transpose / MaxPool are not counted).
         reference: how the simulation was evaluated (a :class:`Reference`).
-        emulated: with ``reference="integer"``: kernel -> number of fused ops computed with the
-            runtime's integer arithmetic; ``not_emulated``: quantized tensor -> why its fused
-            op was evaluated in float64 instead.
+        emulated: with ``reference="runtime"``: kernel -> number of ops the simulation computed
+            with the runtime's arithmetic; ``not_emulated``: op -> why an op the runtime might
+            fuse ran as float ops in the simulation.
         runtime_version: the runtime and its version that ran the file
             (``"onnxruntime 1.32.0"``).
+        kernel_mismatch: tensor -> how the kernels the simulation computes differ from the
+            ones the runtime fused (ONNX Runtime's optimized graph); empty when they agree.
+            Also reported as a :class:`KernelMismatchWarning`.
     """
 
     runtime: str
@@ -105,6 +142,7 @@ class VerifyReport:
     emulated: dict[str, int] = field(default_factory=dict)
     not_emulated: dict[str, str] = field(default_factory=dict)
     runtime_version: str = ""
+    kernel_mismatch: dict[str, str] = field(default_factory=dict)
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Every output passes :meth:`TensorDiff.ok`."""
@@ -144,6 +182,7 @@ class VerifyReport:
             f"[reference: {ref}]",
             line(head), line(tuple("-" * w for w in widths)), *map(line, rows),
             f"integer ops: {ops}", f"float ops:   {flo}",
+            *(f"kernel mismatch: {t}: {why}" for t, why in self.kernel_mismatch.items()),
         ]
         if self.runtime_version:
             lines.append(f"ran in:      {self.runtime_version}")
@@ -211,7 +250,9 @@ def verify(
         inputs: one batch (:mod:`fxquant.modelio`): a tensor, a tuple / list of positional
             inputs or a dict of keyword inputs.
         runtime: a :class:`~fxquant.backends.Runtime` or its name, ``"onnxruntime"`` (CPU) or
-            ``"openvino"`` (CPU, fp32 inference precision).  Default: the runtime of the
+            ``"openvino"`` (CPU, fp32 inference precision) or ``"litert"`` (a TFLite file from
+            :func:`fxquant.export_tflite`; outputs from LiteRT's XNNPACK path, tensors from its
+            builtin kernels).  Default: the runtime of the
             backend profile ``qmodel`` was prepared for (ONNX Runtime when the profile names
             none); another one than the profile's works, with a warning.
         tensors: also compare every quantized activation (runs a second, instrumented copy).
@@ -225,20 +266,23 @@ def verify(
             choice runs the same quantizers, scales and weight codes; they differ in arithmetic
             only:
 
-            * ``"integer"`` (ONNX Runtime): the ops ORT fused into integer kernels (read from
-              its optimized graph) compute as those kernels do -- exact int32 accumulation,
-              the int32 bias, float32 requantization
-              (:func:`fxquant.export.integer_sim.integer_simulation`); everything else in
-              float64.  Differences left are the runtime's float ops and kernels not
-              emulated (listed in the report);
-            * ``"exact"``: the simulation in float64 (exact sums of the integer-valued
+            * ``"runtime"`` (ONNX Runtime): the model in eval mode with the runtime's integer
+              arithmetic (:mod:`fxquant.graph.simulate`) -- exact int32 accumulation, the
+              int32 bias, float32 requantization and each fused kernel's own rounding -- at
+              every op the runtime's fused-kernel table names (the profile's, or
+              :data:`fxquant.backends.RUNTIME_KERNELS` for a model prepared for another
+              target); where the table and ORT's optimized graph disagree the report lists it
+              (``kernel_mismatch``) and a :class:`KernelMismatchWarning` is issued.
+              Differences left are the runtime's float ops (LayerNorm, GELU ...);
+              ``"integer"`` is the former name of this reference;
+            * ``"exact"``: the float simulation in float64 (exact sums of the integer-valued
               products; requantization without float32 rounding);
-            * ``"float32"``: ``qmodel`` as is;
-            * ``"auto"`` (default): ``"integer"`` for ONNX Runtime with integer kernels, else
+            * ``"float32"``: the float simulation (:attr:`fxquant.Simulation.FLOAT`);
+            * ``"auto"`` (default): ``"runtime"`` for ONNX Runtime with integer kernels, else
               ``"exact"``.
 
-            ``TensorDiff.float32_identical`` says how often the plain float32 model agrees
-            with the chosen reference.
+            ``TensorDiff.float32_identical`` says how often the float32 float simulation
+            agrees with the chosen reference.
 
     The report names the runtime version that ran the file (``VerifyReport.runtime_version``).
     """
@@ -247,13 +291,17 @@ def verify(
     ref = Reference.parse(reference, "reference")
     if not integer_kernels and rt is not Runtime.ONNXRUNTIME:
         raise ConfigError("integer_kernels=False is supported with runtime='onnxruntime' only")
-    if ref is Reference.INTEGER and (rt is not Runtime.ONNXRUNTIME or not integer_kernels):
-        raise ConfigError("reference='integer' emulates ONNX Runtime's integer kernels: use it "
-                          "with runtime='onnxruntime' and integer_kernels=True")
+    ref = Reference.RUNTIME if ref is Reference.INTEGER else ref
+    if ref is Reference.RUNTIME and (rt not in RUNTIME_KERNELS or not integer_kernels):
+        raise ConfigError("reference='runtime' computes a runtime's integer kernels: fxquant "
+                          f"reproduces {sorted(RUNTIME_KERNELS)} (with integer_kernels=True)")
     if ref is Reference.AUTO:
-        ref = Reference.INTEGER if rt is Runtime.ONNXRUNTIME and integer_kernels \
+        ref = Reference.RUNTIME if rt in RUNTIME_KERNELS and integer_kernels \
             else Reference.EXACT
     onnx_path = as_path(onnx_path, "verify: onnx_path")
+    if rt is Runtime.LITERT:
+        return _verify_litert(qmodel, onnx_path, inputs, tensors=tensors, reference=ref,
+                              num_threads=num_threads)
     proto = onnx_model.load(onnx_path, "verify", VerifyError)
     check_exported_from(qmodel, report, proto, onnx_path)
     produced = onnx_model.tensor_names(proto)
@@ -279,28 +327,42 @@ def verify(
             rt_extra = {k: v for k, v in inst.run(feeds).items() if k in extra}
     emulated: dict[str, int] = {}
     not_emulated: dict[str, str] = {}
-    if ref is Reference.INTEGER:
-        isim = integer_simulation(qmodel, executed.fused)
-        ref_model = isim.model
-        emulated = dict(sorted(Counter(isim.emulated.values()).items()))
-        not_emulated = dict(isim.skipped)
+    mismatch: dict[str, str] = {}
+    ref_model: nn.Module = qmodel
+    float_ref = True
+    if ref is Reference.RUNTIME:
+        # the model as it evaluates when it simulates this runtime (its profile's table, checked
+        # against what the runtime fused); a model prepared for another target: the kernels the
+        # runtime was seen to fuse
+        own = report.profile.runtime == rt and bool(report.profile.kernels)
+        module, plan = runtime_simulation(qmodel, rt, None if own else executed.fused)
+        emulated = dict(sorted(Counter(plan.kernels.values()).items()))
+        not_emulated = dict(plan.skipped)
+        mismatch = kernel_mismatches(plan.kernels, executed.fused)
+        if mismatch and own:
+            warnings.warn(
+                f"the simulation's fused kernels differ from what {rt} fused at "
+                f"{len(mismatch)} tensor(s): {bounded_list(mismatch.items())}",
+                KernelMismatchWarning, stacklevel=2,
+            )
+        if module is not None:
+            ref_model, float_ref = module, False
     elif ref is Reference.EXACT:
         ref_model = copy.deepcopy(qmodel).double()
-    else:
-        ref_model = qmodel
     captured: dict[str, torch.Tensor] = {}
     ref_watch = {dq: (path, ref_model.get_submodule(path)) for dq, (path, _) in watch.items()}
-    sim_out = _simulate(ref_model, call, ref_watch if tensors else {}, captured)
-    sim32 = _simulate(qmodel, call, {}, {}) if ref is not Reference.FLOAT32 else None
+    sim_out = _simulate(ref_model, call, ref_watch if tensors else {}, captured, float_ref)
+    sim32 = _simulate(qmodel, call, {}, {}, True) if ref is not Reference.FLOAT32 else None
     if len(out_names) != len(sim_out):
         raise VerifyError(
             f"{bounded(onnx_path, 120)!r} has {len(out_names)} output(s) but the model returns "
             f"{len(sim_out)}: it was not exported from this model"
         )
     out_q = _output_quantizers(qmodel)
+    from_graph = _graph_output_quantizers(proto, watch)
     outputs = []
     for i, (name, sim) in enumerate(zip(out_names, sim_out, strict=False)):
-        path = out_q[i] if i < len(out_q) else None
+        path = out_q[i] if i < len(out_q) and out_q[i] else from_graph.get(name)
         qp = qmodel.get_submodule(path).qparams() if path else None
         d = tensor_diff(name, rt_all[name], sim, qp, path)
         if sim32 is not None and i < len(sim32) and qp is not None:
@@ -312,17 +374,103 @@ def verify(
         for dq in extra if dq in rt_extra and dq in captured
     ]
     return VerifyReport(rt, tuple(outputs), tuple(tensor_diffs), executed.integer,
-                        executed.floating, ref, emulated, not_emulated, runtime_version(rt))
+                        executed.floating, ref, emulated, not_emulated, runtime_version(rt),
+                        mismatch)
+
+
+def _verify_litert(qmodel: nn.Module, path: str | os.PathLike[str], inputs: Any, *,
+                   tensors: bool, reference: Reference, num_threads: int | None) -> VerifyReport:
+    """:func:`verify` of a TFLite file (:func:`fxquant.export_tflite`) in LiteRT.
+
+    Outputs come from LiteRT's default CPU path (the XNNPACK delegate); the quantized tensors
+    inside from a second run on LiteRT's builtin kernels with every tensor kept (a delegate's
+    intermediate tensors are not readable), mapped to their quantizers by the file's metadata.
+    ``reference="runtime"`` (the default): the model's eval mode with LiteRT's arithmetic
+    (:data:`fxquant.backends.LITERT_KERNELS`).
+    """
+    call = as_inputs(inputs)
+    options = {"threads": num_threads}
+    with LiteRTSession(path, **options) as main:
+        feeds = main.feeds(call)
+        rt_all = main.run(feeds)
+        out_names = main.output_names
+        executed = main.executed_ops()
+        entries = main.meta.get("tensors", []) if tensors else []
+    watch = {e["tensor"]: (e["quantizer"], qmodel.get_submodule(e["quantizer"]))
+             for e in entries}
+    rt_extra: dict[str, Any] = {}
+    if watch:
+        with LiteRTSession(path, extra_outputs=list(watch), **options) as inner:
+            rt_extra = {k: v for k, v in inner.run(feeds).items() if k in watch}
+    emulated: dict[str, int] = {}
+    not_emulated: dict[str, str] = {}
+    ref_model: nn.Module = qmodel
+    float_ref = True
+    if reference is Reference.RUNTIME:
+        module, plan = runtime_simulation(qmodel, Runtime.LITERT)
+        emulated = dict(sorted(Counter(plan.kernels.values()).items()))
+        not_emulated = dict(plan.skipped)
+        if module is not None:
+            ref_model, float_ref = module, False
+    elif reference is Reference.EXACT:
+        ref_model = copy.deepcopy(qmodel).double()
+    captured: dict[str, torch.Tensor] = {}
+    ref_watch = {t: (p, ref_model.get_submodule(p)) for t, (p, _) in watch.items()}
+    sim_out = _simulate(ref_model, call, ref_watch, captured, float_ref)
+    sim32 = _simulate(qmodel, call, {}, {}, True) if reference is not Reference.FLOAT32 else None
+    out_q = _output_quantizers(qmodel)
+    outputs = []
+    for i, (name, sim) in enumerate(zip(out_names, sim_out, strict=False)):
+        qpath = out_q[i] if i < len(out_q) else None
+        qp = qmodel.get_submodule(qpath).qparams() if qpath else None
+        d = tensor_diff(name, rt_all[name], sim, qp, qpath)
+        if sim32 is not None and i < len(sim32) and qp is not None:
+            agree = tensor_diff(name, sim32[i].double().numpy(), sim, qp, qpath).identical
+            d = dataclasses.replace(d, float32_identical=agree)
+        outputs.append(d)
+    tensor_diffs = [
+        tensor_diff(t, rt_extra[t], captured[t], watch[t][1].qparams(), watch[t][0])
+        for t in watch if t in rt_extra and t in captured
+    ]
+    version = f"{LiteRTSession.version()} (outputs: XNNPACK; tensors: builtin kernels)"
+    return VerifyReport(Runtime.LITERT, tuple(outputs), tuple(tensor_diffs), executed.integer,
+                        executed.floating, reference, emulated, not_emulated, version, {})
+
+
+def _graph_output_quantizers(model: Any, watch: dict[str, tuple[str, Any]]) -> dict[str, str]:
+    """Graph output name -> quantizer path, for outputs that are a watched ``_dequantized``
+    tensor (directly or through Identity / value-moving nodes): the grid of an output of a
+    model without an fx graph (eager capture)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for out in model.graph.output:
+        name = out.name
+        for _ in range(64):
+            if name in watch:
+                found[out.name] = watch[name][0]
+                break
+            node = producer.get(name)
+            if node is None or node.op_type not in MOVEMENT_OPS or not node.input:
+                break
+            name = node.input[0]
+    return found
 
 
 def _simulate(qmodel: nn.Module, inputs: Any, watch: dict[str, Any],
-              captured: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Run the simulation (eval, QAT quantizers held frozen); capture ``watch`` quantizers."""
+              captured: dict[str, torch.Tensor], float_sim: bool) -> list[torch.Tensor]:
+    """Run ``qmodel`` (eval, QAT quantizers held frozen; the float simulation if ``float_sim``);
+    capture ``watch`` quantizers."""
     params = [p for p in qmodel.parameters()] + [b for b in qmodel.buffers()]
     dtype = next((t.dtype for t in params if t.is_floating_point()), torch.float32)
 
-    def cast(v: Any) -> Any:
-        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    def cast(a: Any) -> Any:  # copies: a model may change its inputs in place
+        if isinstance(a, torch.Tensor):
+            return a.to(dtype, copy=True) if a.is_floating_point() else a.clone()
+        if isinstance(a, (tuple, list)):
+            return type(a)(cast(x) for x in a)
+        if isinstance(a, dict):
+            return {k: cast(v) for k, v in a.items()}
+        return a
 
     args = tuple(cast(a) for a in inputs.args)
     kwargs = {k: cast(v) for k, v in inputs.kwargs.items()}
@@ -332,7 +480,8 @@ def _simulate(qmodel: nn.Module, inputs: Any, watch: dict[str, Any],
             captured[_dq] = out.detach().clone()
         hooks.append(fq.register_forward_hook(hook))
     try:
-        with torch.no_grad(), eval_mode(qmodel), quantizer_states(qmodel, None):
+        mode = float_simulation() if float_sim else contextlib.nullcontext()
+        with torch.no_grad(), eval_mode(qmodel), mode, quantizer_states(qmodel, None):
             return output_tensors(qmodel(*args, **kwargs))
     finally:
         for h in hooks:

@@ -84,15 +84,15 @@ def quantizer_states(
     for name, m in module.named_modules():
         if not isinstance(m, FakeQuantize):
             continue
-        saved.append((m, m.state_code.clone()))
+        saved.append((m, m.state))
         st = overrides.get(name, default)
         if st is None:
             st = FakeQuantState.VALIDATION if m.state is FakeQuantState.QAT else m.state
         if st is FakeQuantState.VALIDATION and m._dirty:
             m.update_qparams()
-        m.state_code.fill_(st.value)
+        m.set_state_code(st)
     try:
         yield module
     finally:
-        for m, code in saved:
-            m.state_code.copy_(code)
+        for m, state in saved:
+            m.set_state_code(state)

@@ -22,9 +22,17 @@ from ..numerics import (
     fake_quantize_lsq,
     fake_quantize_ste,
     granularity_from_axis,
+    native,
     qint8,
 )
-from ..observers import FixedScaleObserver, MinMaxObserver, Observer, ObserverSpec, check_scale
+from ..observers import (
+    FixedScaleObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    Observer,
+    ObserverSpec,
+    check_scale,
+)
 from .state import FakeQuantState
 
 __all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError", "QuantizerSpec",
@@ -104,10 +112,15 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self._init_qparams()
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("frozen", torch.tensor(bool(fixed_in_qat)))
-        self._frozen = bool(fixed_in_qat)  # Python mirror: no tensor read on the hot path
         self.register_buffer(
             "state_code", torch.tensor(FakeQuantState.QAT.value, dtype=torch.uint8)
         )
+        # Python mirrors of the buffers above: forward reads no tensor to decide what to do
+        # (refreshed by set_state / set_state_code / load_state_dict; ``_calibrated`` caches
+        # only True, a False is re-read from the buffer)
+        self._frozen = bool(fixed_in_qat)
+        self._state = FakeQuantState.QAT
+        self._calibrated = False
         self._dirty = False
 
     @property
@@ -131,6 +144,8 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if prefix + "frozen" in missing_keys:  # a state dict saved before ``frozen`` existed
             missing_keys.remove(prefix + "frozen")
         self.fixed_in_qat = bool(self.frozen) or built_frozen
+        self._state = FakeQuantState(int(self.state_code))
+        self._calibrated = bool(self.calibrated)
 
     # -- storage -----------------------------------------------------------------------------
     def _init_qparams(self) -> None:
@@ -139,9 +154,17 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
 
     def _store_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        dev = self.calibrated.device
-        self.scale = scale.to(dev)
-        self.zero_point = zero_point.to(device=dev, dtype=torch.int32)
+        # new tensors (never in place: autograd may hold the old ones), straight into the
+        # buffer table (``Module.__setattr__`` re-registers the buffer: several times slower)
+        bufs = self._buffers
+        dev = bufs["calibrated"].device
+        bufs["scale"] = scale.to(dev)
+        bufs["zero_point"] = zero_point.to(device=dev, dtype=torch.int32)
+
+    def _is_calibrated(self) -> bool:
+        if not self._calibrated:
+            self._calibrated = bool(self.calibrated)
+        return self._calibrated
 
     # -- naming --------------------------------------------------------------------------------
     @property
@@ -207,7 +230,7 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     # -- state ---------------------------------------------------------------------------------
     @property
     def state(self) -> FakeQuantState:
-        return FakeQuantState(int(self.state_code))
+        return self._state
 
     def set_state(self, state: FakeQuantState) -> None:
         """Switch mode; leaving CALIBRATION computes the scale from what was observed.
@@ -223,18 +246,25 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         """Switch mode without a distributed merge (the caller merged already)."""
         if self._dirty and state is not FakeQuantState.CALIBRATION:
             self.update_qparams()
+        self.set_state_code(state)
+
+    def set_state_code(self, state: FakeQuantState) -> None:
+        """Switch mode *without* computing the scale from pending observations (tools that
+        run a model as it is and restore the previous state afterwards)."""
         self.state_code.fill_(state.value)
+        self._state = FakeQuantState(state)
 
     def update_qparams(self) -> None:
         """Recompute scale / zero point from the observer (no-op if it saw nothing)."""
         self._dirty = False
-        if not self.observer.has_stats():
+        observer = self.observer
+        if not observer.has_stats():
             return
-        s, z = self.observer.calculate_qparams(
-            self.dtype, self.symmetric, self.power_of_two, self.eps
-        )
+        s, z = observer.calculate_qparams(self.dtype, self.symmetric, self.power_of_two, self.eps)
         self._store_qparams(s, z)
-        self.calibrated.fill_(True)
+        if not self._calibrated:
+            self.calibrated.fill_(True)
+            self._calibrated = True
 
     def _observe(self, x: torch.Tensor) -> None:
         if self.distributed_sync.active():  # torch.distributed with > 1 rank, not opted out
@@ -243,26 +273,63 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
             self.observer(x)
         self._dirty = True
 
+    def _observe_native(self, x: torch.Tensor, update: bool) -> bool:
+        """``_observe(x)`` (and ``update_qparams()`` if ``update``) in one native call for the
+        min-max observers; False (nothing done) where the Python path must run (other
+        observers, statistics merged across ranks, no native kernels ...)."""
+        if self.distributed_sync.active():
+            return False
+        obs = self.observer
+        kind = type(obs)
+        if kind is MovingAverageMinMaxObserver:
+            averaging = obs.averaging_constant
+        elif kind is MinMaxObserver:
+            averaging = None
+        else:
+            return False
+        if x.numel() == 0:
+            return False
+        bufs = obs._buffers
+        got = native.observe_qparams(x.detach(), bufs["min_val"], bufs["max_val"], averaging,
+                                     obs.ch_axis, self.dtype, self.symmetric, self.power_of_two,
+                                     self.eps, update)
+        if got is None:
+            return False
+        scale, zero_point, status = got
+        self._dirty = True
+        if not update:
+            return True
+        if status == native.OBSERVED_ONLY:
+            self.update_qparams()
+            return True
+        self._dirty = False
+        self._store_qparams(scale, zero_point)
+        if not self._calibrated:
+            self.calibrated.fill_(True)
+            self._calibrated = True
+        return True
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.state
+        # decisions from Python mirrors only: no tensor is read unless something is computed
+        state = self._state
         if state is FakeQuantState.FLOAT or not x.is_floating_point():
             return x
-        if state is FakeQuantState.CALIBRATION:
-            if not (self._frozen and bool(self.calibrated)):
-                self._observe(x)
-            return x
         if state is FakeQuantState.QAT:
-            if not (self.fixed_in_qat and bool(self.calibrated)):
+            if not (self._frozen and self._is_calibrated()) and not self._observe_native(x, True):
                 self._observe(x)
                 self.update_qparams()
+        elif state is FakeQuantState.CALIBRATION:
+            if not (self._frozen and self._is_calibrated()) and not self._observe_native(x, False):
+                self._observe(x)
+            return x
         elif self._dirty:
             self.update_qparams()
-        if not bool(self.calibrated):
+        if not self._is_calibrated():
             if self.is_weight:
                 self._observe(x)
                 self.update_qparams()
-            if not bool(self.calibrated):
+            if not self._is_calibrated():
                 raise QuantizerError(
                     f"quantizer {self.name or '<unnamed>'!r} has no scale yet: run "
                     "fxquant.calibrate(model, data) or train in FakeQuantState.QAT first"
@@ -270,8 +337,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         return self._fake_quantize(x)
 
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        bufs = self._buffers
         return fake_quantize_ste(
-            x, self.scale, self.zero_point, self.dtype, self.ch_axis, self.scale_math
+            x, bufs["scale"], bufs["zero_point"], self.dtype, self.ch_axis, self.scale_math
         )
 
     def extra_repr(self) -> str:
@@ -325,7 +393,7 @@ class LearnableFakeQuantize(FakeQuantize):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state is FakeQuantState.QAT and bool(self.calibrated):
+        if self._state is FakeQuantState.QAT and self._is_calibrated():
             return self._fake_quantize(x)  # learned: no observation
         return super().forward(x)
 

@@ -2,7 +2,8 @@
 
 from .capture import Island, RootTraceError
 from .prepare import as_input_tuple, prepare
-from .report import OpRecord, PrepareReport, get_report
+from .report import OpRecord, PrepareOptions, PrepareReport, get_report
+from .simulate import RuntimePlan, Simulation, float_simulation, runtime_plan, simulation
 
 __all__ = [
     "prepare",
@@ -10,6 +11,12 @@ __all__ = [
     "Island",
     "RootTraceError",
     "OpRecord",
+    "PrepareOptions",
     "PrepareReport",
     "get_report",
+    "Simulation",
+    "RuntimePlan",
+    "simulation",
+    "float_simulation",
+    "runtime_plan",
 ]

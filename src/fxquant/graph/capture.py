@@ -24,13 +24,27 @@ from torch import nn
 
 from ..errors import DataError, FxquantError, bounded
 from ..modelio import ModelInputs, call_model, eval_mode
+from ..qconfig import OpKind
+from .insert import place_module
 from .meta import ValueInfo, set_name_override, set_value_info
-from .patterns import is_stub
+from .naming import owner_of
+from .patterns import TRACE_THROUGH, classify_function, is_stub
+from .plan import constant_nodes
 
-__all__ = ["Island", "RootTraceError", "capture", "trace_failure_site", "propagate_values",
-           "check_inputs_fit"]
+__all__ = [
+    "FunctionCall",
+    "Island",
+    "RootTraceError",
+    "capture",
+    "check_inputs_fit",
+    "trace_failure_site",
+    "propagate_values",
+    "unspecified_defaults",
+    "route_opaque_functions",
+]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_NN_DIR = os.path.join(_TORCH_DIR, "nn")
 _FXQ_DIR = os.path.dirname(os.path.dirname(__file__))
 
 
@@ -66,6 +80,9 @@ def trace_failure_site(exc: BaseException) -> str:
         fname = os.path.abspath(fr.filename)
         if not fname.startswith(_TORCH_DIR) and not fname.startswith(_FXQ_DIR):
             return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
+    for fr in reversed(frames):  # a torch module's own forward (nn.TransformerEncoderLayer ...)
+        if os.path.abspath(fr.filename).startswith(_TORCH_NN_DIR):
+            return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
     fr = frames[-1] if frames else None
     return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}" if fr else "<unknown>"
 
@@ -93,7 +110,8 @@ class _Tracer(fx.Tracer):
         mod = type(m).__module__
         if mod.startswith("fxquant.nn"):
             return True
-        return mod.startswith("torch.nn.modules") and not _is_container(m)
+        return (mod.startswith("torch.nn.modules") and not _is_container(m)
+                and type(m) not in TRACE_THROUGH)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         qualname = self.path_of_module(m)
@@ -120,6 +138,73 @@ class _Tracer(fx.Tracer):
                 if u not in nodes[idx:]:
                     raise RuntimeError(f"cannot roll back partial trace at {n}")
             self.graph.erase_node(n)
+
+
+class FunctionCall(nn.Module):
+    """One call site of a Python function that torch.fx keeps opaque (``torch.fx.wrap``, e.g.
+    torchvision's ``shifted_window_attention``): a float island whose ``forward`` calls the
+    function, so eager capture quantizes the ops inside it like any untraceable forward's."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+
+_NOT_OPAQUE = ("torch", "_operator", "operator", "builtins", "math", "fxquant")
+
+
+def _opaque_function(node: fx.Node) -> bool:
+    fn = node.target
+    if node.op != "call_function" or not inspect.isfunction(fn):
+        return False
+    module = (getattr(fn, "__module__", None) or "").split(".")[0]
+    return module not in _NOT_OPAQUE and classify_function(node) is OpKind.FLOAT
+
+
+def route_opaque_functions(gm: fx.GraphModule, islands: dict[str, Island]) -> None:
+    """Replace each call of an opaque function (:func:`_opaque_function`) that depends on the
+    model's inputs by a call of a :class:`FunctionCall` island at
+    ``<owner>.<function name>[_<k>]`` (recorded in ``islands``).  A call on parameters only
+    (e.g. computing a bias table) stays: it is a weight computation."""
+    const = constant_nodes(gm)
+    for node in list(gm.graph.nodes):
+        if node in const or not _opaque_function(node):
+            continue
+        owner = owner_of(node)
+        base = f"{owner}.{node.target.__name__}" if owner else node.target.__name__
+        path, k = base, 0
+        while path in islands or _has_attr_path(gm, path):
+            k += 1
+            path = f"{base}_{k}"
+        path = place_module(gm, path, FunctionCall(node.target))
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(path, node.args, dict(node.kwargs))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        fn = node.target
+        try:
+            src = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}: def {fn.__name__}"
+        except (OSError, TypeError):
+            src = f"{fn.__module__}.{fn.__qualname__}"
+        islands[path] = Island(path, f"{fn.__module__}.{fn.__qualname__} is a function torch.fx "
+                               "does not trace into (torch.fx.wrap)", src)
+    gm.recompile()
+
+
+def _has_attr_path(gm: fx.GraphModule, path: str) -> bool:
+    obj: Any = gm
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
 
 
 def _absorb_float_functional(gm: fx.GraphModule, root: nn.Module) -> None:
@@ -188,6 +273,27 @@ def propagate_values(
     return kept
 
 
+def unspecified_defaults(module: nn.Module, inputs: ModelInputs) -> dict[str, Any]:
+    """The non-tensor defaults of the parameters of ``module.forward`` that ``inputs`` leaves
+    out (``mask=None``, ``scale=1.0``, keyword-only flags): traced as constants.
+
+    Traced as placeholders instead, ``if mask is not None:`` would take the branch for a value
+    the example inputs never pass.  The traced graph asserts the value it was specialised on.
+    """
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        given = i < len(inputs.args) or p.name in inputs.kwargs
+        if not given and not isinstance(p.default, torch.Tensor):
+            out[p.name] = p.default
+    return out
+
+
 def _positional(model: nn.Module, inputs: ModelInputs) -> tuple[Any, ...]:
     """``inputs`` as the positional arguments of the traced graph: one per parameter of
     ``model.forward`` (keyword inputs bound by name, defaults filled in)."""
@@ -248,19 +354,22 @@ def capture(
     """Trace ``model`` (islands for untraceable submodules) and annotate values.
 
     ``example_inputs``: one call's inputs (:class:`~fxquant.modelio.ModelInputs`, or a tuple of
-    positional inputs).  Raises :class:`RootTraceError` when the root ``forward`` cannot be
-    traced.
+    positional inputs).  Parameters of ``forward`` it leaves out are fixed to their defaults
+    (:func:`unspecified_defaults`).  Raises :class:`RootTraceError` when the root ``forward``
+    cannot be traced.
     """
     if not isinstance(example_inputs, ModelInputs):
         example_inputs = ModelInputs(tuple(example_inputs))
     tracer = _Tracer(leaf_names)
+    concrete = unspecified_defaults(model, example_inputs)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as exc:
         raise RootTraceError(_reason(exc), trace_failure_site(exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _absorb_float_functional(gm, model)
     _drop_identities(gm)
+    route_opaque_functions(gm, tracer.islands)
     gm.recompile()
     island_args = propagate_values(gm, _positional(model, example_inputs),
                                    frozenset(tracer.islands))

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
 from collections import defaultdict
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -37,8 +39,22 @@ from .. import nn as qnn
 from ..backends import BackendProfile
 from ..fake_quant import QuantizerError
 from ..qconfig import OpInfo, OpKind, QconfigSetter, resolve_qconfig, validate_setters
-from .capture import Island, RootTraceError, _Tracer, propagate_values, trace_failure_site
+from .capture import (
+    FunctionCall,
+    Island,
+    RootTraceError,
+    _Tracer,
+    propagate_values,
+    route_opaque_functions,
+    trace_failure_site,
+)
 from .insert import OpQuantizers
+from .library_modules import (
+    call_is_masked,
+    is_library_module,
+    quantize_library_module,
+    record_float_ops,
+)
 from .naming import assign_names
 from .patterns import (
     FUNCTION_KINDS,
@@ -47,6 +63,8 @@ from .patterns import (
     WEIGHT_ARG,
     classify_module,
     function_name,
+    interpolate_kind,
+    pad_kind,
 )
 from .report import OpRecord, PrepareReport
 from .stages import GraphPass, PrepareContext, prepare_graph, set_submodule, weight_quantizer
@@ -73,10 +91,15 @@ _QUANTIZABLE = tuple(qnn.FLOAT_TO_QUANT)  # module types that carry a quantizabl
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-def _glue_kind(func: Any) -> tuple[str, OpKind]:
+def _glue_kind(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, OpKind]:
     name = getattr(func, "__name__", "")
     if name in _DUNDER:
         return _DUNDER[name], OpKind.COMPUTE
+    if func is F.pad:
+        a = dict(zip(("input", "pad", "mode", "value"), args, strict=False)) | kwargs
+        return "pad", pad_kind(a.get("mode", "constant"), a.get("value"))
+    if func is F.interpolate:
+        return "interpolate", interpolate_kind(kwargs.get("mode", "nearest"))
     if func in FUNCTION_KINDS:
         return function_name(func), FUNCTION_KINDS[func]
     kind = METHOD_KINDS.get(name)
@@ -118,9 +141,29 @@ class _GlueMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        base, kind = _glue_kind(func)
+        base, kind = _glue_kind(func, args, kwargs)
+        disc = self.discover
+        if disc is not None and disc.constant_inputs(base, args, kwargs):
+            out = func(*args, **kwargs)  # computed from parameters / shapes only: a constant
+            disc.mark_constant(out)
+            if kind in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
+                site = self._caller_site()
+                if site is not None:
+                    k = self.counts[(site, base)]
+                    self.counts[(site, base)] += 1
+                    disc.constant_ops.add(f"{site[0]}:{site[1]}:{base}:{k}")
+            return out
         if kind not in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
-            return func(*args, **kwargs)
+            if kind is not OpKind.FLOAT or self.discover is None:
+                return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if _computes_float(args, kwargs, out):  # an op without a pattern: reported
+                site = self._caller_site()
+                if site is not None:
+                    k = self.counts[(site, base)]
+                    self.counts[(site, base)] += 1
+                    self.discover.float_ops.setdefault(f"{site[0]}:{site[1]}:{base}:{k}", base)
+            return out
         site = self._caller_site()
         if site is None:
             return func(*args, **kwargs)
@@ -132,7 +175,10 @@ class _GlueMode(TorchFunctionMode):
         widx = WEIGHT_ARG.get(func)
         if holder is not None and widx is not None and "weight_fake_quant" in holder._modules:
             args = (*args[:widx], holder.weight_fake_quant(args[widx]), *args[widx + 1:])
-        out = func(*args, **kwargs)
+        if isinstance(holder, qnn.ScaledDotProductAttention):
+            out = holder(*args, **kwargs)  # quantized inside
+        else:
+            out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return out
         if self.discover is not None:
@@ -141,6 +187,9 @@ class _GlueMode(TorchFunctionMode):
             weight = args[widx] if widx is not None and len(args) > widx else None
             is_param = isinstance(weight, nn.Parameter)
             self.discover.glue_ops.setdefault(key, (base, func if is_param else None))
+            if func is F.scaled_dot_product_attention and call_is_masked(
+                    qnn.ScaledDotProductAttention(), args, kwargs):
+                self.discover.masked.add(key)
         if holder is None:
             if self.discover is None:
                 _warn_unseen(self.owner, key, base, site)
@@ -156,6 +205,44 @@ class _GlueMode(TorchFunctionMode):
                 "calibration never reached this op; run fxquant.calibrate with data that "
                 "reaches it"
             ) from err
+
+
+_FACTORIES = frozenset({
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
+    "full_like", "empty_like",
+})  # fmt: skip
+
+
+def _tensors(values: Any) -> list[torch.Tensor]:
+    out, stack = [], [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return out
+
+
+def _holds_float(values: Any) -> bool:
+    stack = [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point():
+                return True
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return False
+
+
+def _computes_float(args: Any, kwargs: dict[str, Any], out: Any) -> bool:
+    """Float tensors computed from at least one float tensor (not a factory or a cast)."""
+    return _holds_float(out) and _holds_float((args, kwargs))
 
 
 def _warn_unseen(owner: nn.Module, key: str, base: str, site: tuple[str, int]) -> None:
@@ -174,9 +261,16 @@ def _warn_unseen(owner: nn.Module, key: str, base: str, site: tuple[str, int]) -
     )
 
 
+def _forward_code(forward: Any) -> Any:
+    """The code object of ``forward`` itself: decorators (transformers wraps every ``forward``
+    in one shared ``wrapped_func``) are looked through, so frames of another module's forward
+    are not mistaken for this one."""
+    return inspect.unwrap(forward).__code__
+
+
 def _eager_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     base = type(self).__mro__[1]
-    with _GlueMode(self, base.forward.__code__):
+    with _GlueMode(self, _forward_code(base.forward)):
         return base.forward(self, *args, **kwargs)
 
 
@@ -194,6 +288,25 @@ class _Discovery:
         self.calls: dict[str, list[Call]] = defaultdict(list)
         self.glue_ops: dict[str, tuple[str, Any]] = {}  # key -> (op, weighted function)
         self.nonfinite: set[str] = set()
+        self.masked: set[str] = set()  # attention call sites given a mask
+        self.float_ops: dict[str, str] = {}  # key -> op without a quantization pattern
+        self.constant_ops: set[str] = set()  # call sites computing from constants only
+        self._constants: dict[int, weakref.ref] = {}  # by identity (tensors compare by value)
+
+    def constant_inputs(self, base: str, args: Any, kwargs: dict[str, Any]) -> bool:
+        """An op whose tensors are all parameters, buffers or other constants (or a factory:
+        ``torch.arange``, ``x.new_zeros``): its result depends on no activation."""
+        if base in _FACTORIES:
+            return True
+        return all(self._is_constant(t) for t in _tensors((args, kwargs)))
+
+    def _is_constant(self, t: torch.Tensor) -> bool:
+        ref = self._constants.get(id(t))
+        return ref is not None and ref() is t
+
+    def mark_constant(self, out: Any) -> None:
+        for t in _tensors(out):
+            self._constants[id(t)] = weakref.ref(t)
 
 
 def _candidates(module: nn.Module, path: str = "") -> list[tuple[str, nn.Module]]:
@@ -219,11 +332,13 @@ def _discover(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             cap.calls[_p].append((a, kw))
 
         handles.append(child.register_forward_pre_hook(hook, with_kwargs=True))
+    for t in (*module.parameters(), *module.buffers()):
+        cap.mark_constant(t)
     was_training = module.training
     module.eval()
     fwd = type(module).forward
     try:
-        with torch.no_grad(), _GlueMode(module, fwd.__code__, discover=cap):
+        with torch.no_grad(), _GlueMode(module, _forward_code(fwd), discover=cap):
             fwd(module, *args, **kwargs)
     finally:
         for h in handles:
@@ -314,7 +429,8 @@ def prepare_islands(
     """Quantize inside float islands too: their forward runs eagerly, children are captured."""
     for name, isl in islands.items():
         mod = gm.get_submodule(name)
-        if isl.example_args is None or not any(True for _ in mod.children()):
+        opaque_call = isinstance(mod, FunctionCall)
+        if isl.example_args is None or not (opaque_call or any(True for _ in mod.children())):
             continue
         isl_args, isl_kwargs = isl.example_args
         _prepare_eager(mod, tuple(isl_args), dict(isl_kwargs or {}), ctx, f"{prefix}{name}.",
@@ -322,9 +438,10 @@ def prepare_islands(
         set_submodule(gm, name, mod)
         rec = ctx.report.ops.get(f"{prefix}{name}")
         if rec is not None:
-            rec.float_reason = (
-                f"float island: tracing failed at {isl.source} ({isl.reason}); "
-                "runs eagerly, its children and own ops are quantized"
+            rec.float_reason = None  # its ops are quantized or listed on their own
+            ctx.report.notes[rec.name] = (
+                f"tracing failed at {isl.source} ({isl.reason}); its forward runs eagerly: "
+                "children and its own ops are quantized (or listed as float ops)"
             )
 
 
@@ -335,11 +452,15 @@ def _prepare_eager(
     cap = _discover(model, args, kwargs)
     units = _units(cands, cap)
     unit_paths = {p for p, _ in units}
+    used = {id(t) for _, u in units for t in u.parameters()}
     for path, child in cands:
         if path in unit_paths or any(path.startswith(u + ".") for u in unit_paths):
             continue
         if any(p.startswith(path + ".") for p in unit_paths):
             continue  # a container whose children are units
+        params = list(child.parameters())
+        if params and all(id(t) in used for t in params):
+            continue  # its weights are tied to a called module's (e.g. T5's ``shared``)
         if any(isinstance(m, _QUANTIZABLE) for m in child.modules()):
             full = f"{prefix}{path}"
             ctx.report.ops[full] = OpRecord(
@@ -363,7 +484,8 @@ def _prepare_eager(
             )
             continue
         if _is_leaf(child, full, ctx):
-            _set(model, path, _quantize_leaf(child, full, f"{path_prefix}{path}", ctx))
+            _set(model, path, _quantize_leaf(child, full, f"{path_prefix}{path}", ctx,
+                                             cap.calls[path][0]))
             continue
         calls = cap.calls[path]
         a, kw = calls[0]
@@ -414,6 +536,7 @@ def _trace_unit(child, a, kw, calls, ctx, prefix):
         if not str(node.target).startswith("*"):
             node.target = pname  # keep the signature's names so keyword calls still work
     gm = fx.GraphModule(child, graph, type(child).__name__)
+    route_opaque_functions(gm, tracer.islands)
     gm._fxq_islands = tracer.islands  # type: ignore[attr-defined]
     return gm, None
 
@@ -485,8 +608,10 @@ def _traced_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return type(self).__mro__[1].forward(self, *args, **kwargs)
 
 
-def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: PrepareContext) -> nn.Module:
-    """Quantize a leaf module in place: weight, first input and output quantizers."""
+def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: PrepareContext,
+                   call: Call) -> nn.Module:
+    """Quantize a leaf module in place: weight, first input and output quantizers (a library
+    module: inside, all its tensor inputs and its first output; ``call``: its example call)."""
     kind = classify_module(m)
     if kind is OpKind.FLOAT and full in ctx.leaf_modules:
         kind = OpKind.COMPUTE
@@ -503,6 +628,11 @@ def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: PrepareContext) -> n
         )
         return m
     if kind in (OpKind.SHARE, OpKind.DEQUANT_STUB):
+        return m
+    if is_library_module(m):
+        m, roles = quantize_library_module(m, q, ctx.profile, full, path, io=True)
+        rec.quantizers.update(roles)
+        record_float_ops(ctx.report, full, m, call_is_masked(m, *call))
         return m
     if kind is OpKind.WEIGHTED and q.weight is not None and type(m) in qnn.FLOAT_TO_QUANT:
         m = qnn.FLOAT_TO_QUANT[type(m)].from_float(m, weight_quantizer(q.weight, m, full))
@@ -557,6 +687,12 @@ def _add_glue_quantizers(
         fq = q.output()
         fq.name = shown
         holder = OpQuantizers()
+        if base == qnn.ScaledDotProductAttention.op_type:
+            holder, roles = quantize_library_module(
+                qnn.ScaledDotProductAttention(), q, ctx.profile, shown, f"{path_prefix}{local}"
+            )
+            rec.quantizers.update(roles)
+            record_float_ops(ctx.report, shown, holder, key in cap.masked)
         holder.add_module("output_fake_quant", fq)
         rec.quantizers["output"] = f"{path_prefix}{local}.output_fake_quant"
         if weighted is not None and q.weight is not None:
@@ -565,5 +701,10 @@ def _add_glue_quantizers(
             rec.quantizers["weight"] = f"{path_prefix}{local}.weight_fake_quant"
         model.add_module(local, holder)
         sites[key] = local
+    for base in cap.float_ops.values():
+        shown = f"{prefix}_generated_{base}_{counts[base]}"
+        counts[base] += 1
+        ctx.report.ops[shown] = OpRecord(shown, base, OpKind.FLOAT, None, {},
+                                         f"no quantization pattern for {base!r}")
     model.__dict__["_fxq_glue_sites"] = sites
-    model.__dict__["_fxq_glue_seen"] = frozenset(cap.glue_ops)
+    model.__dict__["_fxq_glue_seen"] = frozenset(cap.glue_ops) | frozenset(cap.constant_ops)

@@ -8,7 +8,7 @@ from torch import nn
 from ..fake_quant import FakeQuantize
 from .meta import set_value_info, value_info
 
-__all__ = ["OpQuantizers", "attach", "insert_after", "insert_on_edge"]
+__all__ = ["OpQuantizers", "attach", "place_module", "insert_after", "insert_on_edge"]
 
 
 class OpQuantizers(nn.Module):
@@ -47,6 +47,18 @@ def attach(gm: fx.GraphModule, op_name: str, attr: str, fq: FakeQuantize, qname:
     return f"{path}.{attr}" if path else attr
 
 
+def place_module(gm: fx.GraphModule, path: str, module: nn.Module) -> str:
+    """Store ``module`` at ``path`` (missing parents become :class:`OpQuantizers`); returns the
+    path it got (``<leaf>_fxq`` when a non-module attribute already has that name)."""
+    parent_path, leaf = _split(path)
+    parent = _container(gm, parent_path)[0] if parent_path else gm
+    existing = getattr(parent, leaf, None)
+    if existing is not None and not isinstance(existing, nn.Module):
+        leaf = leaf + "_fxq"
+    parent.add_module(leaf, module)
+    return f"{parent_path}.{leaf}" if parent_path else leaf
+
+
 def insert_after(gm: fx.GraphModule, value: fx.Node, path: str) -> fx.Node:
     """Call module ``path`` on ``value`` and make every other user read its result."""
     with gm.graph.inserting_after(value):
@@ -59,7 +71,11 @@ def insert_after(gm: fx.GraphModule, value: fx.Node, path: str) -> fx.Node:
 
 
 def insert_on_edge(gm: fx.GraphModule, value: fx.Node, consumer: fx.Node, path: str) -> fx.Node:
-    """Call module ``path`` on ``value`` for ``consumer`` only."""
+    """Call module ``path`` on ``value`` for ``consumer`` only (on ``value``'s output quantizer
+    when :func:`insert_after` already gave it one: ``consumer`` reads that now)."""
+    if value not in consumer.all_input_nodes:
+        value = next((u for u in value.users if u.op == "call_module"
+                      and u in consumer.all_input_nodes and u.args[:1] == (value,)), value)
     with gm.graph.inserting_before(consumer):
         q = gm.graph.call_module(path, (value,))
     consumer.replace_input_with(value, q)

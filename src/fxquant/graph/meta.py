@@ -17,6 +17,7 @@ __all__ = [
     "name_override",
     "set_name_override",
     "is_float_tensor",
+    "carries_float",
 ]
 
 _VALUE = "fxquant_value"
@@ -32,6 +33,7 @@ class ValueInfo:
     dtype: torch.dtype | None = None
     shape: tuple[int, ...] | None = None
     finite: bool = True
+    holds_float: bool = False  # a float tensor, or a tuple / list / dict holding one
 
     @property
     def is_float(self) -> bool:
@@ -41,8 +43,19 @@ class ValueInfo:
     def of(value: Any) -> ValueInfo:
         if isinstance(value, torch.Tensor):
             finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
-            return ValueInfo(True, value.dtype, tuple(value.shape), finite)
-        return ValueInfo(False)
+            return ValueInfo(True, value.dtype, tuple(value.shape), finite,
+                             value.is_floating_point())
+        return ValueInfo(False, holds_float=_holds_float(value))
+
+
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point()
+    if isinstance(value, (tuple, list)):
+        return any(_holds_float(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_float(v) for v in value.values())
+    return False
 
 
 def value_info(node: Node) -> ValueInfo | None:
@@ -59,6 +72,15 @@ def is_float_tensor(node: Any) -> bool:
         return False
     info = value_info(node)
     return info is not None and info.is_float
+
+
+def carries_float(node: Any) -> bool:
+    """True when ``node`` produced a float tensor or a tuple / list / dict holding one (an op
+    that computes in float even though its result is not a single tensor, e.g. an LSTM)."""
+    if not isinstance(node, Node):
+        return False
+    info = value_info(node)
+    return info is not None and info.holds_float
 
 
 def op_name(node: Node) -> str | None:

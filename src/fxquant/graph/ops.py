@@ -49,6 +49,7 @@ __all__ = [
     "MODULE_TRAITS",
     "FUNCTION_TRAITS",
     "METHOD_TRAITS",
+    "NAMED_FUNCTION_TRAITS",
     "module_traits",
     "layer_traits",
     "function_traits",
@@ -224,6 +225,10 @@ def _modules() -> dict[type, OpTraits]:
     add([nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
          nn.UpsamplingNearest2d, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d], kind=S,
         native=TORCH_ENGINES)
+    # library modules quantized inside (fxquant.graph.library_modules): weighted ops whose
+    # weights do not multiply one input (no MACs rule: CLE / AdaRound leave them alone)
+    add([*qnn.LIBRARY_TO_QUANT, *qnn.LIBRARY_TO_QUANT.values()], kind=W, weight_axis=0)
+    add([qnn.ScaledDotProductAttention], kind=C)
     return m
 
 
@@ -295,7 +300,16 @@ def _methods() -> dict[str, OpTraits]:
          "reshape_as", "unflatten", "clone", "detach", "movedim", "swapaxes", "tile",
          "__getitem__"], kind=S, native=TORCH_ENGINES)
     add(["roll"], kind=S)  # no quantized kernel
+    add(["to", "float", "type_as"], kind=S)  # casts: float to float keeps the values
     return m
+
+
+def _named_functions() -> dict[tuple[str, str], OpTraits]:
+    """Functions of optional libraries, by ``(module, name)``: fxquant imports none of them."""
+    return {
+        ("torchvision.ops.stochastic_depth", "stochastic_depth"): OpTraits(
+            "stochastic_depth", S, elementwise=True, identity_at_inference=True),
+    }
 
 
 MODULE_TRAITS: dict[type, OpTraits] = _modules()
@@ -304,6 +318,8 @@ FUNCTION_TRAITS: dict[Any, OpTraits] = _functions()
 """Function (``torch.add``, ``F.relu``, ``operator.add`` ...) -> :class:`OpTraits`."""
 METHOD_TRAITS: dict[str, OpTraits] = _methods()
 """Tensor method name (``"view"``, ``"add_"`` ...) -> :class:`OpTraits`."""
+NAMED_FUNCTION_TRAITS: dict[tuple[str, str], OpTraits] = _named_functions()
+"""``(module, name)`` of a function of an optional library -> :class:`OpTraits`."""
 
 _QUANT_STUB = OpTraits("quant_stub", OpKind.QUANT_STUB, identity_at_inference=True)
 _DEQUANT_STUB = OpTraits("dequant_stub", OpKind.DEQUANT_STUB)
@@ -359,7 +375,13 @@ def layer_traits(m: nn.Module) -> OpTraits:
 
 def function_traits(target: Any) -> OpTraits:
     """Traits of a function target (:data:`UNKNOWN` for unlisted or unhashable targets)."""
-    return FUNCTION_TRAITS.get(target, UNKNOWN) if hashable(target) else UNKNOWN
+    if not hashable(target):
+        return UNKNOWN
+    traits = FUNCTION_TRAITS.get(target)
+    if traits is None:
+        key = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+        traits = NAMED_FUNCTION_TRAITS.get(key, UNKNOWN)  # type: ignore[arg-type]
+    return traits
 
 
 def method_traits(name: str) -> OpTraits:

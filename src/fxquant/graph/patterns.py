@@ -43,6 +43,9 @@ __all__ = [
     "is_stub",
     "QUANT_STUB_NAMES",
     "data_users",
+    "TRACE_THROUGH",
+    "pad_kind",
+    "interpolate_kind",
 ]
 
 C, S = OpKind.COMPUTE, OpKind.SHARE
@@ -74,16 +77,34 @@ def function_name(target: Any) -> str:
     return canonical_name(target)
 
 
-def _pad_kind(node: Node) -> OpKind:
-    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
-    # zero padding and reflect / replicate only move values; another constant is a new value
+TRACE_THROUGH: frozenset[type] = frozenset({
+    nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+})  # fmt: skip
+"""torch.nn modules that capture traces into instead of keeping as leaves (composites of
+library modules: their children become the graph's ops; see
+:mod:`fxquant.graph.library_modules`)."""
+
+
+def pad_kind(mode: Any, value: Any) -> OpKind:
+    """``F.pad``: zero padding and reflect / replicate only move values; another constant is a
+    new value."""
     return S if mode != "constant" or not value else C
 
 
-def _interp_kind(node: Node) -> OpKind:
-    mode = node.kwargs.get("mode", "nearest")
+def interpolate_kind(mode: Any) -> OpKind:
+    """``F.interpolate``: nearest only moves values."""
     return S if mode == "nearest" else C
+
+
+def _pad_kind(node: Node) -> OpKind:
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+    return pad_kind(mode, value)
+
+
+def _interp_kind(node: Node) -> OpKind:
+    return interpolate_kind(node.kwargs.get("mode", "nearest"))
 
 
 def classify_module(m: nn.Module) -> OpKind:

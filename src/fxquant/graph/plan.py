@@ -66,11 +66,14 @@ class Plan:
         outputs: node -> quantizer for its output value.
         inputs: (consumer node, input node, index) -> explicit per-edge input quantizer.
         fused: producer node -> activation node it was fused into.
+        float_outputs: quantized op -> why its output deliberately stays float (it feeds only
+            ops the profile runs on float inputs).
     """
 
     outputs: dict[fx.Node, ValueQuant] = field(default_factory=dict)
     inputs: dict[tuple[fx.Node, fx.Node, int], ValueQuant] = field(default_factory=dict)
     fused: dict[fx.Node, fx.Node] = field(default_factory=dict)
+    float_outputs: dict[fx.Node, str] = field(default_factory=dict)
 
 
 def data_inputs(node: fx.Node) -> list[fx.Node]:
@@ -233,6 +236,12 @@ def plan_placement(
             folded_into_add = len(users) == 1 and skip_input(n, users[0])
             if n not in plan.fused and not feeds_only_float_inputs(n) and not folded_into_add:
                 mark(n, q.output, name)
+            elif n not in plan.fused and not folded_into_add:
+                ops = sorted({_base(u, gm) for u in data_users(n)})
+                plan.float_outputs[n] = (
+                    f"output stays float: it only feeds {', '.join(ops)}, whose input the "
+                    "profile keeps float (float_input_ops)"
+                )
         else:  # WEIGHTED_INPUTS
             base = function_name(n.target) if n.op != "call_module" else ""
             if kind is OpKind.WEIGHTED or base in _TRT_INPUT_OPS:

@@ -3,8 +3,9 @@
 The pipeline::
 
     deepcopy -> capture (fx, float islands) -> the stages of fxquant.graph.stages (names ->
-             kinds -> qconfigs -> fold conv+BN -> plan placement -> swap weighted modules ->
-             insert activation quantizers) -> float islands prepared eagerly
+             attention call sites -> kinds -> qconfigs -> fold conv+BN -> plan placement ->
+             swap weighted modules -> library modules -> insert activation quantizers) ->
+             float islands prepared eagerly
 
 If the model's own ``forward`` cannot be traced, :func:`fxquant.graph.eager.prepare_eager`
 takes over (eager capture of everything around the failing lines).
@@ -31,9 +32,10 @@ from ..errors import (
 from ..fake_quant import FakeQuantize
 from ..modelio import as_inputs
 from ..qconfig import SetterArg, as_setter_tuple, default_qat_qconfig_setter, validate_setters
-from .capture import RootTraceError, capture, check_inputs_fit
+from .capture import RootTraceError, capture, check_inputs_fit, unspecified_defaults
 from .eager import prepare_eager, prepare_islands
-from .report import REPORT_KEY, PrepareReport
+from .report import REPORT_KEY, PrepareOptions, PrepareReport, get_report
+from .simulate import install as install_simulation
 from .stages import GraphPass, PrepareContext, prepare_graph
 
 __all__ = ["prepare", "as_input_tuple"]
@@ -85,6 +87,9 @@ def prepare(
         DataError: the model cannot run on ``example_inputs`` (names the failing module).
         UnknownOpNameError: a ``leaf_modules`` / ``skip_modules`` / setter name matches no
             module or op of the model.
+
+    Its report records the options and a copy of ``example_inputs`` (what :func:`fxquant.save`
+    stores to re-prepare the model).
     """
     _check_float_model(model)
     profile = get_profile(backend)
@@ -92,6 +97,8 @@ def prepare(
     inputs = as_inputs(example_inputs)
     leaf = _module_paths(model, leaf_modules, "leaf_modules")
     skip = _module_paths(model, skip_modules, "skip_modules")
+    options = PrepareOptions(tuple(sorted(leaf)), tuple(sorted(skip)), bool(fold_bn))
+    recorded = inputs.detached_copy()  # before the model runs: nothing can change it
     original = model
     if not inplace:
         model = copy.deepcopy(model)
@@ -99,7 +106,7 @@ def prepare(
         try:
             gm, islands = capture(model, inputs, leaf | skip)
         except RootTraceError as err:
-            return prepare_eager(
+            qmodel = prepare_eager(
                 model,
                 inputs.args,
                 setters,
@@ -110,19 +117,24 @@ def prepare(
                 fold_bn=fold_bn,
                 kwargs=inputs.kwargs,
             )
+            report = get_report(qmodel)
+            report.options, report.example_inputs = options, recorded
+            return qmodel
     except FxquantError:
         raise
     except Exception:
         check_inputs_fit(original if inplace else model, inputs, "prepare")
         raise
-    report = PrepareReport(profile=profile, islands=dict(islands))
-    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    report = PrepareReport(profile=profile, islands=dict(islands), options=options,
+                           example_inputs=recorded)
+    report.num_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder") - len(
+        unspecified_defaults(model, inputs))  # arguments fixed to their defaults are no inputs
     ctx = PrepareContext(setters, profile, leaf, skip, fold_bn, report)
     prepare_graph(GraphPass(gm, ctx, dict(islands)))
     prepare_islands(gm, islands, ctx)
     validate_setters(setters, sorted(report.ops) + [p for p, _ in gm.named_modules() if p])
     gm.meta[REPORT_KEY] = report
-    return gm
+    return install_simulation(gm)
 
 
 def _check_float_model(model: Any) -> None:

@@ -10,10 +10,12 @@ from torch import nn
 from ..backends import BackendProfile
 from ..errors import ConfigError
 from ..fake_quant import FakeQuantize
+from ..modelio import ModelInputs
 from ..qconfig import OpKind, QConfig
 from .capture import Island
 
-__all__ = ["OpRecord", "PrepareReport", "REPORT_KEY", "get_report", "check_prepared",
+__all__ = ["OpRecord", "PrepareOptions", "PrepareReport", "REPORT_KEY", "get_report",
+           "check_prepared",
            "num_inputs_of"]
 
 REPORT_KEY = "fxquant"
@@ -45,9 +47,25 @@ class OpRecord:
     folded: str | None = None
 
 
+@dataclass(frozen=True)
+class PrepareOptions:
+    """The options :func:`fxquant.prepare` was called with (what re-preparing needs).
+
+    Attributes:
+        leaf_modules: module paths not traced into (sorted).
+        skip_modules: module paths kept entirely in float (sorted).
+        fold_bn: conv + BatchNorm folded.
+    """
+
+    leaf_modules: tuple[str, ...] = ()
+    skip_modules: tuple[str, ...] = ()
+    fold_bn: bool = True
+
+
 @dataclass
 class PrepareReport:
-    """Everything :func:`fxquant.prepare` decided."""
+    """Everything :func:`fxquant.prepare` decided, and what it was given (``options``, and
+    ``example_inputs``: a detached copy of the batch it traced with)."""
 
     profile: BackendProfile
     ops: dict[str, OpRecord] = field(default_factory=dict)
@@ -55,6 +73,10 @@ class PrepareReport:
     capture_mode: str = "fx"  # "fx" or "eager" (root forward untraceable)
     root_failure: str | None = None
     num_inputs: int = 1
+    options: PrepareOptions = field(default_factory=PrepareOptions)
+    example_inputs: ModelInputs | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # op -> how it was captured (an
+    # untraceable forward run eagerly: its ops are quantized, or listed as float ops)
 
     def quantizers(self) -> list[tuple[str, str, str]]:
         """``(module path, op name, role)`` of every distinct quantizer, in op order and role

@@ -3,8 +3,9 @@
 :func:`prepare_graph` runs, on a :class:`GraphPass` (the graph, what the whole prepare call
 shares, and one :class:`NodeRecord` per op node)::
 
-    name_ops -> classify_ops -> resolve_qconfigs -> fold_conv_bn -> plan_placement
-             -> quantize_weights -> insert_quantizers -> explain_float
+    name_ops -> route_attention -> classify_ops -> resolve_qconfigs -> fold_conv_bn
+             -> plan_placement -> quantize_weights -> quantize_library -> insert_quantizers
+             -> share_profile_grids -> explain_float
 
 Each stage reads and updates the records (and the graph); nothing else is passed between them.
 Float islands inside the graph are prepared eagerly afterwards (:mod:`fxquant.graph.eager`).
@@ -34,7 +35,8 @@ from ..qconfig import (
 )
 from .capture import Island
 from .insert import attach, insert_after, insert_on_edge
-from .meta import is_float_tensor, value_info
+from .library_modules import is_library_module, quantize_library_modules, route_attention_calls
+from .meta import carries_float, is_float_tensor, value_info
 from .naming import assign_names
 from .patterns import (
     FUNCTIONAL_WEIGHT_AXIS,
@@ -45,7 +47,8 @@ from .patterns import (
     data_users,
     function_name,
 )
-from .plan import Plan, plan_placement
+from .plan import Plan, constant_nodes, plan_placement
+from .profile_rules import fix_output, share_grids
 from .records import NodeRecord
 from .report import OpRecord, PrepareReport
 
@@ -117,6 +120,12 @@ def name_ops(p: GraphPass) -> None:
         p.records[n] = NodeRecord(n, name, p.rename.get(name, name), _op_type(p.gm, n), module)
 
 
+def route_attention(p: GraphPass) -> None:
+    """``F.scaled_dot_product_attention`` call sites become library-module calls
+    (:func:`fxquant.graph.library_modules.route_attention_calls`), quantized inside."""
+    route_attention_calls(p.gm, p.records)
+
+
 def classify_ops(p: GraphPass) -> None:
     """The :class:`OpKind` of every op, and why an op stays float."""
     for n, r in p.records.items():
@@ -154,11 +163,14 @@ def resolve_qconfigs(p: GraphPass) -> None:
     """Ask the setters for every quantizable op; record each op in the report."""
     ctx = SetterContext(profile=p.ctx.profile, grid_path=_grid_path(p))
     for n, r in p.records.items():
-        if r.kind is not OpKind.FLOAT and is_float_tensor(n):
+        # a library module (an LSTM ...) may return its float tensors in a tuple
+        library = r.module is not None and is_library_module(r.module) and carries_float(n)
+        if r.kind is not OpKind.FLOAT and (is_float_tensor(n) or library):
             info = OpInfo(r.shown, r.op_type, r.kind, r.module)
-            r.qconfig = resolve_qconfig(p.ctx.setters, info, ctx)
+            r.qconfig = fix_output(resolve_qconfig(p.ctx.setters, info, ctx), r.op_type,
+                                   p.ctx.profile)  # the profile's fixed output grids
         p.ctx.report.ops[r.shown] = OpRecord(
-            r.shown, r.op_type, r.kind, r.qconfig, {}, r.reason, is_float_tensor(n)
+            r.shown, r.op_type, r.kind, r.qconfig, {}, r.reason, carries_float(n)
         )
 
 
@@ -260,6 +272,12 @@ def quantize_weights(p: GraphPass) -> None:
             rec.quantizers["weight"] = p.path_prefix + path
 
 
+def quantize_library(p: GraphPass) -> None:
+    """Library modules (attention, recurrent layers) get their quantizers inside
+    (:func:`fxquant.graph.library_modules.quantize_library_modules`)."""
+    quantize_library_modules(p.gm, p.records, p.ctx.report, p.ctx.profile, p.path_prefix)
+
+
 def insert_quantizers(p: GraphPass) -> None:
     """Put the planned activation quantizers into the model and the graph."""
     local_to_shown = {r.name: r.shown for r in p.records.values()}
@@ -276,12 +294,30 @@ def insert_quantizers(p: GraphPass) -> None:
         p.record(r.shown).quantizers[f"input_{i}"] = p.path_prefix + path
 
 
+def share_profile_grids(p: GraphPass) -> None:
+    """The profile's grid-sharing rules (:func:`.profile_rules.share_grids`: TFLite's pooling
+    writes its input's grid, concatenation shares one); aliased quantizers leave the model."""
+    moved = share_grids(p.gm, {n: r.kind for n, r in p.records.items()},
+                        {n: r.op_type for n, r in p.records.items()}, p.ctx.profile)
+    for old, new in moved.items():
+        p.gm.delete_submodule(old)
+        for rec in p.ctx.report.ops.values():
+            for role, path in rec.quantizers.items():
+                if path == p.path_prefix + old:
+                    rec.quantizers[role] = p.path_prefix + new
+
+
 def explain_float(p: GraphPass) -> None:
-    """Say why each op whose result stays float does so."""
+    """Say why each op whose result stays float does so (what counts: ``fxquant.summary``);
+    ops computed from parameters and constants alone are weights, not float ops."""
     report = p.ctx.report
     quantized = set(p.plan.outputs)
+    const = constant_nodes(p.gm)
     for n, r in p.records.items():
         rec = report.ops.get(r.shown)
+        if rec is not None and n in const:
+            rec.float_reason = None
+            continue
         if rec is None or rec.float_reason is not None or not rec.is_tensor_op:
             continue
         q = r.qconfig
@@ -293,6 +329,8 @@ def explain_float(p: GraphPass) -> None:
             rec.float_reason = "no qconfig: no setter covers this op"
             if q is not None:
                 rec.float_reason = "kept float by its qconfig"
+        elif n in p.plan.float_outputs:
+            rec.float_reason = p.plan.float_outputs[n]
         elif (
             n not in quantized
             and n not in p.plan.fused
@@ -304,12 +342,15 @@ def explain_float(p: GraphPass) -> None:
 
 STAGES: tuple[Callable[[GraphPass], None], ...] = (
     name_ops,
+    route_attention,
     classify_ops,
     resolve_qconfigs,
     fold_conv_bn,
     plan,
     quantize_weights,
+    quantize_library,
     insert_quantizers,
+    share_profile_grids,
     explain_float,
 )
 """The stages :func:`prepare_graph` runs, in order."""

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import DistributedSync, sync_batch_norm
+from ..numerics import native
 from .fold import bn_scale_factor, fold_bn_weights
 from .modules import _check_quantizer, conv_forward, rebind_module
 
@@ -156,13 +157,17 @@ class ConvBnNd:
             )
         channel = (1, -1) + (1,) * (ndim - 2)  # broadcast over [N, C, *spatial]
         sf = self._scale_factor()
-        tiny = sf.abs() < MIN_SCALE
         w_scaled = self.weight * sf.reshape(-1, *([1] * (ndim - 1)))
         y = conv_forward(self, x, self._fake_quantize(w_scaled), None)
-        y = y / torch.where(tiny, torch.ones_like(sf), sf).reshape(channel)
-        if bool(tiny.any()):
-            idx = tiny.nonzero().flatten()
-            y = y.index_copy(1, idx, self._float_channels(x, idx))
+        if sf.numel() and float(sf.detach().abs().amin()) >= MIN_SCALE:  # the usual case
+            # (``where`` below would pass ``sf`` and its gradient through unchanged)
+            y = _channel_divide(y, sf.reshape(channel))
+        else:
+            tiny = sf.abs() < MIN_SCALE
+            y = _channel_divide(y, torch.where(tiny, torch.ones_like(sf), sf).reshape(channel))
+            if bool(tiny.any()):
+                idx = tiny.nonzero().flatten()
+                y = y.index_copy(1, idx, self._float_channels(x, idx))
         if self.bias is not None:
             y = y + self.bias.reshape(channel)
         sync = self.distributed_sync
@@ -180,6 +185,47 @@ class ConvBnNd:
         out_per_group = self.weight.shape[0] // groups
         x_groups = x.unflatten(1, (groups, -1)).index_select(1, idx // out_per_group)
         return conv_forward(self, x_groups.flatten(1, 2), w, None, groups=idx.numel())
+
+
+def _channel_divide(y: Tensor, d: Tensor) -> Tensor:
+    """``y / d`` with autograd's gradient bits in fewer passes (C++ operator where the native
+    kernels apply, else :class:`_ChannelDivide`)."""
+    out = native.channel_divide(y, d)
+    return _ChannelDivide.apply(y, d) if out is None else out
+
+
+class _ChannelDivide(torch.autograd.Function):
+    """``y / d`` (``d`` shaped ``[1, C, 1, ...]``) whose backward makes two passes, not six.
+
+    Autograd's rule for a division computes ``grad / d`` and ``-grad * ((y / d) / d)``, then
+    sums the latter over the broadcast dimensions: six passes over the conv output.  Here
+    ``y / d`` is the forward output (saved), so the same two products come from one pass of the
+    native kernel (:func:`fxquant.numerics.native.div_channel_backward`; pure torch otherwise)
+    and one ``sum`` over the same dimensions.  Bit for bit autograd's result: negating a product
+    or a sum is exact, ``(-g) * t == -(g * t)`` and ``sum(-t) == -sum(t)``.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, d: Tensor) -> Tensor:  # type: ignore[override]
+        out = y / d
+        ctx.save_for_backward(out, d)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        out, d = ctx.saved_tensors
+        need_y, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not need_d:
+            return (grad / d if need_y else None), None
+        both = native.div_channel_backward(grad, out, d.reshape(-1))
+        if both is None:
+            gy, t = grad / d, (out / d) * grad
+        else:
+            gy, t = both
+        # as autograd's sum_to: reduce the dimensions where d is 1 and the output is not
+        dims = [i for i, (a, b) in enumerate(zip(d.shape, out.shape, strict=True)) if a == 1 != b]
+        gd = (t.sum(dims, keepdim=True) if dims else t).neg_()
+        return (gy if need_y else None), gd
 
 
 class ConvBn1d(ConvBnNd, nn.Conv1d):

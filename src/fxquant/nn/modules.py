@@ -24,12 +24,14 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..fake_quant import FakeQuantState
 
 __all__ = [
     "QuantWeightMixin",
@@ -43,6 +45,7 @@ __all__ = [
     "QuantEmbedding",
     "conv_forward",
     "conv_transpose_forward",
+    "quantizers_on",
 ]
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -65,6 +68,22 @@ def rebind_module(src: nn.Module, cls: type[nn.Module], drop: Sequence[str] = ()
     for name in drop:
         new._modules.pop(name, None)
     return new
+
+
+def quantizers_on(quantizers: Iterable[nn.Module | None]) -> bool:
+    """True when one of ``quantizers`` (``None`` entries skipped) is not in FLOAT state.
+
+    Modules with a float and a quantized forward (attention, recurrent layers) branch on it.
+    While ``torch.export`` traces, any quantizer counts as on: reading a quantizer's state
+    buffer there would be data-dependent, and exporters capture the quantized forward (a
+    quantizer in FLOAT state is captured as an identity).
+    """
+    present = [q for q in quantizers if q is not None]
+    if not present:
+        return False
+    if torch.compiler.is_exporting():
+        return True
+    return any(q.state is not FakeQuantState.FLOAT for q in present)  # type: ignore[union-attr]
 
 
 def _check_quantizer(owner: str, quantizer: Any) -> None:

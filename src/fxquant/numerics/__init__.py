@@ -13,6 +13,7 @@ from .autograd import fake_quantize_lsq, fake_quantize_ste, fake_quantize_with_m
 from .dtypes import QDType, dtype_by_name, qint4, qint8, qint16, qint32, quint4, quint8, quint16
 from .fused import enable_fused_kernels, fused_kernels
 from .granularity import Granularity, PerChannel, PerTensor, granularity_from_axis
+from .native import enable_native_kernels, native_kernels
 from .paths import fake_quantize
 from .qparams import DEFAULT_EPS, QParams, choose_qparams
 
@@ -43,6 +44,8 @@ __all__ = [
     "fake_quantize_with_mask",
     "enable_fused_kernels",
     "fused_kernels",
+    "enable_native_kernels",
+    "native_kernels",
     "choose_qparams",
     "QParams",
     "DEFAULT_EPS",

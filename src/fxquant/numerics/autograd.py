@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .affine import (
     FAST_PATH_MAX_BITS,
     ScaleMath,
@@ -68,7 +69,11 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, dtype, axis, math):  # type: ignore[override]
         if _ste_fast_path(x, dtype):
-            out, mask = fake_quantize_with_mask(x, scale, zero_point, dtype, axis, math)
+            # one pass with a 1-byte mask where the native kernel applies (backward: one pass)
+            done = native.fake_quant(x, scale, zero_point, dtype, axis,
+                                     math is ScaleMath.RECIPROCAL, with_mask=True)
+            out, mask = done if done is not None else fake_quantize_with_mask(
+                x, scale, zero_point, dtype, axis, math)
             ctx.save_for_backward(mask)
             return out
         q = unclamped_codes(x, scale, zero_point, axis, math)
@@ -83,6 +88,8 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (mask,) = ctx.saved_tensors
+        if mask.dtype == torch.bool:  # grad * mask, bit for bit as with a float 0 / 1 mask
+            return native.masked_grad(grad, mask), None, None, None, None, None
         return grad * mask, None, None, None, None, None
 
 
@@ -94,9 +101,19 @@ def fake_quantize_ste(
     axis: int | None = None,
     math: ScaleMath = ScaleMath.DIVIDE,
 ) -> torch.Tensor:
-    """Fake quantization whose backward is the clipped straight-through estimator."""
+    """Fake quantization whose backward is the clipped straight-through estimator.
+
+    Where the native kernels apply, an autograd operator whose backward runs in C++
+    (:func:`fxquant.numerics.native.fake_quant_ste`); else a Python autograd function.  Same
+    bits either way.
+    """
     if not x.requires_grad:
         return fake_quantize(x, scale, zero_point, dtype, axis, math)
+    if _ste_fast_path(x, dtype) and not scale.requires_grad and not zero_point.requires_grad:
+        out = native.fake_quant_ste(x, scale, zero_point, dtype, axis,
+                                    math is ScaleMath.RECIPROCAL)
+        if out is not None:
+            return out
     return _FakeQuantizeSTE.apply(x, scale, zero_point, dtype, axis, math)
 
 

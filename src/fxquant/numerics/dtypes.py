@@ -6,6 +6,7 @@ A :class:`QDType` is described by its bit width, signedness and whether it uses 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from ..errors import ConfigError, bounded
@@ -100,16 +101,23 @@ quint16 = QDType(16, False)
 qint32 = QDType(32, True)
 
 _BY_NAME = {d.name: d for d in (qint4, quint4, qint8, quint8, qint16, quint16, qint32)}
+_NAME = re.compile(r"q(?P<sign>u?)int(?P<bits>[0-9]{1,2})(?P<narrow>_narrow)?")
 
 
 def dtype_by_name(name: str) -> QDType:
-    """Parse ``qint8`` / ``quint8_narrow`` ... back into a :class:`QDType`."""
+    """Parse a :attr:`QDType.name` (``qint8``, ``quint8_narrow``, ``quint7`` ...) back into a
+    :class:`QDType`: every width from 2 to 32 bits, signed or not, narrow or not.
+
+    >>> dtype_by_name("quint7"), dtype_by_name("qint8_narrow").qmin
+    (quint7, -127)
+    """
     if not isinstance(name, str):
         raise ConfigError(f"a quantized dtype name is a str (e.g. 'qint8'), got "
                           f"{bounded(repr(name))}")
-    narrow = name.endswith("_narrow")
-    base = name[: -len("_narrow")] if narrow else name
-    if base not in _BY_NAME:
-        raise ConfigError(f"unknown quantized dtype {bounded(name)!r}; valid: {sorted(_BY_NAME)} "
-                          "(optionally with '_narrow')")
-    return _BY_NAME[base].narrow(narrow)
+    m = _NAME.fullmatch(name)
+    if m is None or not 2 <= int(m["bits"]) <= 32 or m["bits"].startswith("0"):
+        raise ConfigError(
+            f"unknown quantized dtype {bounded(name)!r}; valid: q(u)int<bits>[_narrow] with "
+            f"2 <= bits <= 32, e.g. {sorted(_BY_NAME)}"
+        )
+    return QDType(int(m["bits"]), m["sign"] == "", narrow_range=m["narrow"] is not None)

@@ -1,14 +1,16 @@
 """``fake_quantize``: the no-grad entry point, choosing between the equivalent paths.
 
-The formula lives in :mod:`.affine` (the reference and the in-place path); :mod:`.fused` holds
-the opt-in compiled kernel.  This module only picks one of them, so that :mod:`.affine` does not
-depend on the compiled path and :mod:`.fused` can check itself against :mod:`.affine`.
+The formula lives in :mod:`.affine` (the reference and the in-place path); :mod:`.native` holds
+the one-pass C++ kernel (the default on CPU) and :mod:`.fused` the opt-in compiled kernel.
+This module only picks one of them, so that :mod:`.affine` does not depend on the compiled paths
+and they can check themselves against :mod:`.affine`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import native
 from .affine import (
     ScaleMath,
     fake_quantize_inplace_path,
@@ -33,9 +35,10 @@ def fake_quantize(
 
     No autograd rule is attached (``round`` has zero gradient); use
     :func:`fxquant.numerics.fake_quantize_ste` for training.  Float32 / float64 inputs on grids
-    of at most 16 bits take :func:`~fxquant.numerics.affine.fake_quantize_inplace_path`
-    (in-place passes over one new buffer), or the fused kernel of :mod:`fxquant.numerics.fused`
-    when it is turned on; everything else takes
+    of at most 16 bits take the one-pass native kernel (:mod:`fxquant.numerics.native`, for
+    contiguous CPU tensors), else the fused kernel of :mod:`fxquant.numerics.fused` when it is
+    turned on, else :func:`~fxquant.numerics.affine.fake_quantize_inplace_path` (in-place
+    passes over one new buffer); everything else takes
     :func:`~fxquant.numerics.affine.fake_quantize_reference`.  All give bit-identical results
     wherever the fast paths apply (tested).
 
@@ -44,6 +47,10 @@ def fake_quantize(
     tensor([0.5000, 9.0000])
     """
     if fast_path_applies(x, dtype, scale, zero_point):
+        done = native.fake_quant(x, scale, zero_point, dtype, axis, math is ScaleMath.RECIPROCAL,
+                                 with_mask=False)
+        if done is not None:
+            return done[0]
         fused = fused_fake_quantize(x, scale, zero_point, dtype, axis, math)  # None when off
         if fused is not None:
             return fused[0]

@@ -18,6 +18,8 @@ Returns float32 ``scale`` and int32 ``zero_point`` with the shape of ``min_val``
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,8 @@ from .paths import fake_quantize
 __all__ = ["choose_qparams", "DEFAULT_EPS", "QParams"]
 
 DEFAULT_EPS = float(torch.finfo(torch.float32).eps)
+_MIN_NORMAL32 = float(torch.finfo(torch.float32).tiny)
+_MAX_NORMAL32 = float(torch.finfo(torch.float32).max)
 _PER_TENSOR = PerTensor()
 
 
@@ -41,7 +45,33 @@ def choose_qparams(
     power_of_two: bool = False,
     eps: float = DEFAULT_EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point for the range ``[min_val, max_val]`` (see module docstring)."""
+    """Scale and zero point for the range ``[min_val, max_val]`` (see module docstring).
+
+    The arithmetic is float64 (the range is widened exactly), rounded to a float32 scale at the
+    end.  One finite range on the CPU (the per-tensor case of every observer) is computed with
+    Python floats, which are IEEE float64 too: the same operations, the same bits, without a
+    dozen tensor operations on 0-d tensors (tested against the tensor arithmetic).
+    """
+    scalar = _finite_cpu_scalars(min_val, max_val)
+    if scalar is not None:
+        lo, hi = scalar
+        if lo > hi:
+            raise ValueError(f"choose_qparams: min_val > max_val ({lo} > {hi})")
+        done = _choose_qparams_float(lo, hi, dtype, symmetric, power_of_two, eps)
+        if done is not None:
+            return (torch.full((), done[0], dtype=torch.float32),
+                    torch.full((), done[1], dtype=torch.int32))
+    if _float32_symmetric_applies(min_val, max_val, dtype, symmetric, power_of_two, eps):
+        if bool((min_val > max_val).any()):
+            raise ValueError(f"choose_qparams: min_val > max_val ({min_val} > {max_val})")
+        # float32 throughout gives the float64 result's bits here: max(-min, max, 0) is exact,
+        # and a quotient of two float32 numbers rounded once to float64 and then to float32
+        # equals the float32 quotient (53 >= 2 * 24 + 2 bits: the double rounding is
+        # innocuous) unless it underflows, and anything below eps (a normal float32) becomes
+        # eps either way (clamping commutes with the monotone rounding)
+        scale = torch.maximum(min_val.neg(), max_val).clamp_(min=0.0).div_(dtype.qmax)
+        scale = scale.clamp_(min=eps)
+        return scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
     min_val = torch.as_tensor(min_val, dtype=torch.float64)
     max_val = torch.as_tensor(max_val, dtype=torch.float64)
     if bool((min_val > max_val).any()):
@@ -66,6 +96,88 @@ def choose_qparams(
     # float32 rounding must not push the scale below eps
     scale32 = torch.clamp(scale32, min=eps)
     return scale32, zp.to(torch.int32)
+
+
+def _float32_symmetric_applies(min_val, max_val, dtype: QDType, symmetric: bool,
+                               power_of_two: bool, eps: float) -> bool:
+    """Symmetric signed grid of at most 24 bits (``qmax`` exact in float32) on float32 ranges,
+    with ``eps`` a normal float32 (no scale below it can underflow)."""
+    return (
+        symmetric and dtype.signed and not power_of_two and dtype.bits <= 24
+        and _MIN_NORMAL32 <= eps <= _MAX_NORMAL32
+        and isinstance(min_val, torch.Tensor) and isinstance(max_val, torch.Tensor)
+        and min_val.dtype == torch.float32 and max_val.dtype == torch.float32
+        and min_val.shape == max_val.shape and min_val.device == max_val.device
+    )
+
+
+def _finite_cpu_scalars(min_val, max_val) -> tuple[float, float] | None:
+    """``(min, max)`` as Python floats when both are one finite number on the CPU, else None."""
+    vals = []
+    for v in (min_val, max_val):
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1 or v.dim() != 0 or v.device.type != "cpu" or v.is_complex():
+                return None
+            v = v.item()
+        elif not isinstance(v, (int, float)) or isinstance(v, bool):
+            return None
+        v = float(v)
+        if not math.isfinite(v):
+            return None
+        vals.append(v)
+    return vals[0], vals[1]
+
+
+def _float32(v: float) -> float:
+    """``v`` rounded to float32 (to nearest, ties to even; overflow gives +-inf)."""
+    try:
+        return struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:
+        return math.copysign(math.inf, v)
+
+
+def _pow2_up(scale: float) -> float:
+    # torch's own log2 / exp2, not libm's: the ceiling depends on the last ulp near 2**k
+    t = torch.tensor(scale, dtype=torch.float64)
+    return float(torch.exp2(torch.ceil(torch.log2(t))))
+
+
+def _choose_qparams_float(
+    lo: float, hi: float, dtype: QDType, symmetric: bool, power_of_two: bool, eps: float
+) -> tuple[float, int] | None:
+    """:func:`choose_qparams` of one finite range in Python floats (IEEE float64), step by step
+    the same operations as the tensor arithmetic, so the same bits (``torch.round`` and Python's
+    ``round`` both round half to even; a signed zero never reaches the result: the scale is
+    clamped to ``eps`` and the zero point is an integer).  None where the tensor arithmetic
+    would meet a zero or infinite scale (``eps <= 0``, overflow): it handles those itself."""
+    lo = min(lo, 0.0)
+    hi = max(hi, 0.0)
+    qmin, qmax = dtype.qmin, dtype.qmax
+    if symmetric:
+        amax = max(-lo, hi)
+        if dtype.signed:
+            zp = 0.0
+            scale = amax / qmax
+        else:
+            mid = (qmin + qmax + 1) // 2
+            zp = float(mid)
+            scale = amax / (qmax - mid)
+        scale = max(scale, eps)
+        if power_of_two:
+            scale = _pow2_up(scale)
+        if not 0.0 < scale < math.inf:
+            return None
+    else:
+        scale = max((hi - lo) / (qmax - qmin), eps)
+        if power_of_two:
+            scale = _pow2_up(scale)
+        if not 0.0 < scale < math.inf:
+            return None
+        zp = min(max(float(qmin) - float(round(lo / scale)), float(qmin)), float(qmax))
+    scale32 = max(_float32(scale), _float32(eps))
+    if not scale32 < math.inf:
+        return None
+    return scale32, int(zp)
 
 
 @dataclass(frozen=True, eq=False)

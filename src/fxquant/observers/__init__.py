@@ -1,7 +1,7 @@
 """Observers: statistics only (min/max, moving average, histograms, fixed scales)."""
 
 from ..numerics.range_search import RangeMethod
-from .base import Observer, ObserverError, channel_view
+from .base import Observer, ObserverError, channel_aminmax, channel_view
 from .fixed import FixedScaleObserver
 from .histogram import HistogramObserver, MSEObserver, PercentileObserver
 from .minmax import MinMaxObserver, MovingAverageMinMaxObserver
@@ -11,6 +11,7 @@ __all__ = [
     "Observer",
     "ObserverError",
     "channel_view",
+    "channel_aminmax",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "FixedScaleObserver",

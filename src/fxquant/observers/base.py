@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._utils import LazyShapeBuffers, WithArgs
 from ..errors import ConfigError, ObserverError, bounded
 from ..numerics import DEFAULT_EPS, QDType, choose_qparams
 
-__all__ = ["Observer", "ObserverError", "channel_view"]
+__all__ = ["Observer", "ObserverError", "channel_view", "channel_aminmax"]
 
 
 def channel_view(x: torch.Tensor, ch_axis: int | None) -> torch.Tensor:
@@ -16,6 +18,20 @@ def channel_view(x: torch.Tensor, ch_axis: int | None) -> torch.Tensor:
     if ch_axis is None:
         return x.reshape(-1)
     return x.movedim(ch_axis % x.dim(), 0).reshape(x.shape[ch_axis], -1)
+
+
+def channel_aminmax(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.aminmax(v, dim=1)`` of a 2-d ``v``, bit for bit, several times faster.
+
+    ``torch.amin`` and ``torch.amax`` along ``dim=1`` are vectorised where ``aminmax`` along a
+    dimension is not (~10x on ``[64, 576]``).  They agree with it on every value except the
+    sign of a zero result (each reduction keeps a different one of ``-0.0`` / ``+0.0``), so a
+    zero in either result falls back to ``aminmax`` itself.
+    """
+    lo, hi = torch.amin(v, dim=1), torch.amax(v, dim=1)
+    if bool(((lo == 0) | (hi == 0)).any()):
+        return torch.aminmax(v, dim=1)
+    return lo, hi
 
 
 class Observer(LazyShapeBuffers, WithArgs):
@@ -86,11 +102,14 @@ class Observer(LazyShapeBuffers, WithArgs):
         """Raise :class:`ObserverError` unless the batch minima ``lo`` and maxima ``hi`` are
         finite (a NaN in the batch makes them NaN, an Inf makes one of them infinite).
 
-        Fast check first: ``lo - hi`` is non-finite whenever either is; it can also overflow
-        for two finite values, so only then are ``lo`` and ``hi`` checked one by one.
+        Fast check first: ``sum(lo - hi)`` is non-finite whenever one of them is (a NaN or an
+        infinity never cancels out); it can also overflow for finite values, so only then are
+        ``lo`` and ``hi`` checked one by one.  One range on the CPU is read as two numbers.
         """
-        d = lo - hi
-        if bool(torch.isfinite(d).all()):
+        if lo.dim() == 0 and lo.device.type == "cpu":
+            if math.isfinite(lo.item()) and math.isfinite(hi.item()):
+                return
+        elif math.isfinite((lo - hi).sum().item()):
             return
         for v in (lo, hi):
             if not bool(torch.isfinite(v).all()):

@@ -17,12 +17,14 @@ range (``R / 2 <= max|x| < R``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import ConfigError, bounded
-from ..numerics import QDType
+from ..numerics import QDType, native
 from ..numerics.range_search import RangeMethod, search_range
-from .base import Observer, ObserverError, channel_view
+from .base import Observer, ObserverError, channel_aminmax, channel_view
 
 __all__ = ["HistogramObserver", "PercentileObserver", "MSEObserver"]
 
@@ -84,7 +86,7 @@ class HistogramObserver(Observer):
             self._observe_tensor(x)
             return
         v = channel_view(x, self.ch_axis)
-        lo, hi = torch.aminmax(v, dim=1)
+        lo, hi = channel_aminmax(v)
         self._check_finite(lo, hi)
         if self.hist.shape[0] != v.shape[0]:
             if self.hist.shape[0] != 0:
@@ -107,10 +109,27 @@ class HistogramObserver(Observer):
 
         Same arithmetic as the per-channel path (so the same histogram), with a full-tensor
         ``aminmax`` (a reduction along ``dim=1`` of a ``[1, N]`` view is several times slower)
-        and int32 bin indices computed in float (:func:`_bin_counts_flat`).
+        and the bins counted by :func:`_bin_counts_flat`.  On the CPU the range exponent is
+        found from the two numbers of the batch range (``math.frexp`` is exact, as
+        ``torch.frexp``) and the counts are added in place.
         """
         lo, hi = torch.aminmax(x)
         self._check_finite(lo, hi)
+        if x.device.type == "cpu" and self.range_exp.device.type == "cpu":
+            amax = max(-lo.item(), hi.item())
+            exp = max(math.frexp(amax)[1], _MIN_EXP) if amax > 0 else _MIN_EXP
+            old = int(self.range_exp)
+            new = max(old, exp)
+            counts = _bin_counts_flat(x, new, self.bins)
+            if new > old:
+                grown = _regrid(self.hist[None], torch.tensor([new - old]))[0]
+                self.hist.copy_(grown.add_(counts))
+                self.range_exp.fill_(new)
+            else:
+                self.hist.add_(counts)
+            torch.minimum(self.min_val, lo.float(), out=self.min_val)
+            torch.maximum(self.max_val, hi.float(), out=self.max_val)
+            return
         exp = self.range_exp
         new_exp = torch.maximum(exp, _exponent_above(torch.maximum(-lo, hi)))
         hist = self.hist
@@ -284,14 +303,19 @@ def _bin_counts_flat(x: torch.Tensor, exp: int, bins: int) -> torch.Tensor:
     """Exact int64 ``[bins]`` histogram of all of ``x`` over ``[-2**exp, 2**exp)``.
 
     The same bins as :func:`_bin_counts` (``floor(x * 2**shift)``, exact: a multiplication by a
-    power of two), in fewer passes: ``mul``, ``floor_``, ``add_(bins / 2)`` in float (integers
-    of at most ``bins`` in magnitude are exact), int32 indices, ``bincount``.  Any layout of
-    ``x`` works (no reshape copy of a non-contiguous tensor before the first pass).
+    power of two), counted by the native kernel (:mod:`fxquant.numerics.native`) where it
+    applies, else in fewer passes than :func:`_bin_counts`: ``mul``, ``floor_``,
+    ``add_(bins / 2)`` in float (integers of at most ``bins`` in magnitude are exact), int32
+    indices, ``bincount``.  Any layout of ``x`` works (no reshape copy of a non-contiguous
+    tensor before the first pass).
     """
     half = bins // 2
+    shift = (half.bit_length() - 1) - exp
+    counts = native.histogram(x, shift, bins)  # one pass, per-thread counts (CPU)
+    if counts is not None:
+        return counts
     if bins > 1 << 23:  # float index arithmetic would not be exact: the general path
         return _bin_counts(x.reshape(1, -1), torch.tensor([exp], device=x.device), bins)[0]
-    shift = (half.bit_length() - 1) - exp
     factor = _pow2(torch.tensor(shift)).to(x.dtype)  # exact: a normal float by _MIN_EXP
     scaled = torch.mul(x, factor.to(x.device)).floor_()
     if shift < 0:

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import ConfigError, bounded
 from ..numerics import QDType
-from .base import Observer, channel_view
+from .base import Observer, channel_aminmax, channel_view
 
 __all__ = ["MinMaxObserver", "MovingAverageMinMaxObserver"]
 
@@ -27,7 +27,7 @@ class MinMaxObserver(Observer):
         if self.ch_axis is None:
             lo, hi = torch.aminmax(x)  # any layout: no reshape copy of a non-contiguous x
         else:
-            lo, hi = torch.aminmax(channel_view(x, self.ch_axis), dim=1)
+            lo, hi = channel_aminmax(channel_view(x, self.ch_axis))
         lo, hi = lo.float(), hi.float()
         self._check_finite(lo, hi)
         return lo, hi
@@ -44,7 +44,10 @@ class MinMaxObserver(Observer):
         self._combine(*self._batch_minmax(x))
 
     def has_stats(self) -> bool:
-        return self.min_val.numel() > 0 and bool((self.min_val <= self.max_val).all())
+        lo, hi = self.min_val, self.max_val
+        if lo.dim() == 0 and lo.device.type == "cpu":
+            return lo.item() <= hi.item()  # two reads instead of three tensor operations
+        return lo.numel() > 0 and bool((lo <= hi).all())
 
     def compute_range(self, dtype: QDType, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return self.min_val, self.max_val

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import require
 from .base import MOVEMENT_OPS, QDQ_OPS, ExecutedOps, Runtime, Session
 from .diff import FLOAT_RTOL, HIST_CLIP, StepCounter, TensorDiff, step_counts, tensor_diff
+from .litert_runtime import LiteRTSession
 from .onnx_runtime import OrtSession
 from .openvino_runtime import OpenVinoSession
 
@@ -41,11 +42,13 @@ __all__ = [
     "MOVEMENT_OPS",
     "OrtSession",
     "OpenVinoSession",
+    "LiteRTSession",
 ]
 
 SESSIONS: dict[Runtime, type[Session]] = {
     Runtime.ONNXRUNTIME: OrtSession,
     Runtime.OPENVINO: OpenVinoSession,
+    Runtime.LITERT: LiteRTSession,
 }
 """Runtime -> its :class:`Session` class."""
 

@@ -46,6 +46,8 @@ class TensorDiff:
             with the reference (outputs only).  Deep models amplify rounding noise into 1-step
             flips: this says how far the plain float32 evaluation of the same simulation is
             from the reference the runtime was compared with.
+        sqnr_db: ``10 log10(sum(simulation^2) / sum((runtime - simulation)^2))``: inf when
+            equal, None when the runtime returned NaN / Inf.
     """
 
     name: str
@@ -57,6 +59,7 @@ class TensorDiff:
     identical: float
     histogram: dict[int, int] = field(default_factory=dict)
     float32_identical: float | None = None
+    sqnr_db: float | None = None
 
     def ok(self, max_steps: int = 2, min_identical: float = 0.99) -> bool:
         """Within ``max_steps`` everywhere (quantized tensors) and identical on at least
@@ -96,6 +99,7 @@ class StepCounter:
         self.max_abs = 0.0
         self.max_steps = 0
         self.hist: Counter[int] = Counter()
+        self.signal = self.noise = 0.0
 
     def add(self, rt: np.ndarray, sim: torch.Tensor) -> None:
         rt = np.asarray(rt, dtype=np.float32)
@@ -104,6 +108,8 @@ class StepCounter:
         diff = rt.astype(np.float64) - sim_np.astype(np.float64)
         self.shape = tuple(rt.shape)
         self.n += diff.size
+        self.signal += float(np.square(sim_np.astype(np.float64)).sum())
+        self.noise += float(np.square(diff).sum())
         if diff.size:
             self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
         if self.qparams is None:  # float tensor: "identical" up to float32 noise
@@ -118,11 +124,20 @@ class StepCounter:
 
     def result(self) -> TensorDiff:
         ident = self.same / self.n if self.n else 1.0
+        sqnr = self.sqnr_db()
         if self.qparams is None:
-            return TensorDiff(self.name, None, self.shape, None, self.max_abs, None, ident, {})
+            return TensorDiff(self.name, None, self.shape, None, self.max_abs, None, ident, {},
+                              sqnr_db=sqnr)
         step = float(self.qparams.scale.double().max())
         return TensorDiff(self.name, self.path, self.shape, step, self.max_abs, self.max_steps,
-                          ident, dict(sorted(self.hist.items())))
+                          ident, dict(sorted(self.hist.items())), sqnr_db=sqnr)
+
+    def sqnr_db(self) -> float | None:
+        if not np.isfinite(self.noise):
+            return None
+        if self.noise == 0.0:
+            return float("inf")
+        return 10 * float(np.log10(self.signal / self.noise)) if self.signal > 0 else -np.inf
 
 
 def tensor_diff(name: str, rt: np.ndarray, sim: torch.Tensor, qparams: QParams | None,

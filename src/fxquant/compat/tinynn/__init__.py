@@ -14,9 +14,10 @@ the imports.
 torch.Size([2, 4, 6, 6])
 
 Modules: :mod:`.graph.quantization.quantizer` (``QATQuantizer``, ``PostQuantizer``);
-:mod:`.converter` is where ``TFLiteConverter`` goes (fxquant's TFLite exporter).
+:mod:`.converter` (``TFLiteConverter``: TFLite files through :func:`fxquant.export_tflite`).
 """
 
+from .converter import TFLiteConverter
 from .graph.quantization.quantizer import PostQuantizer, QATQuantizer
 
-__all__ = ["QATQuantizer", "PostQuantizer"]
+__all__ = ["QATQuantizer", "PostQuantizer", "TFLiteConverter"]

@@ -37,6 +37,7 @@ from ....torch_ao import (
     QConfig,
     to_fxquant_qconfig,
 )
+from ...converter.base import register_prepared
 
 __all__ = ["QATQuantizer", "PostQuantizer", "BACKENDS"]
 
@@ -118,7 +119,9 @@ class QATQuantizer:
         if engine not in ("qnnpack", "fbgemm", "x86"):
             raise ConfigError(f"convert: backend {engine!r} has no torch int8 engine; export "
                               "with fxquant.export_onnx instead")
-        return convert(q_model, backend=engine, keep_float=True)
+        converted = convert(q_model, backend=engine, keep_float=True)
+        register_prepared(converted, q_model)  # TFLiteConverter(converted, ...) exports q_model
+        return converted
 
 
 class PostQuantizer(QATQuantizer):

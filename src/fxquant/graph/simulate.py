@@ -1,0 +1,654 @@
+"""The simulation a prepared model runs: the float simulation, or its runtime's integer arithmetic.
+
+A prepared model (:func:`fxquant.prepare`) fake-quantizes in float: every quantized tensor is
+``Q(op(DQ(inputs)))`` computed with float ops (:attr:`Simulation.FLOAT`).  A runtime that fuses
+``DQ -> op -> Q`` into an integer kernel computes the same quantity differently -- exact int32
+accumulation, an int32-rounded bias, float32 requantization, its own rounding -- and a deep
+network turns those last-bit differences into different outputs.  In :attr:`Simulation.RUNTIME`
+the ops the backend profile's runtime fuses (``BackendProfile.kernels``) compute exactly what
+that runtime's kernels compute (:mod:`fxquant.runtime_math`), so the model *is* the deployed
+model; every other op runs as in the float simulation.
+
+**Which mode runs.**  Train mode always runs the float simulation (QAT needs its gradients).
+Eval mode runs the runtime arithmetic when the profile recorded at prepare time names a runtime
+(``onnxruntime``), unless :func:`simulation` chose :attr:`Simulation.FLOAT`.  Tracing for export
+(``torch.export``, ``torch.onnx.export``, ``torch.jit.trace``, fx tracing) and
+:func:`float_simulation` blocks always see the float simulation: exporters write plain Q/DQ.
+
+**How.**  :func:`install` gives the prepared ``GraphModule`` a one-line prologue that asks
+:func:`_runtime_forward` for the runtime result in eval mode; the runtime graph is a copy of the
+prepared graph in which each fused op is a :class:`~fxquant.runtime_math.RuntimeKernel` (sharing
+the model's modules and quantizers), built on first use and rebuilt when the graph or its modules
+change.  A kernel falls back to the float op while its quantizers are not settled (calibration,
+QAT observing) -- :func:`runtime_plan` lists what is emulated and why not.
+
+>>> import torch, fxquant
+>>> qmodel = fxquant.prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)),
+...                          torch.randn(1, 3, 8, 8), backend="onnxruntime")
+>>> _ = fxquant.calibrate(qmodel, [torch.randn(4, 3, 8, 8)], progress=False)
+>>> fxquant.runtime_plan(qmodel).kernels
+{'0': 'QLinearConv'}
+>>> with fxquant.simulation(qmodel, fxquant.Simulation.FLOAT):   # today's float simulation
+...     y_float = qmodel.eval()(torch.randn(1, 3, 8, 8))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import operator
+import weakref
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.graph import CodeGen
+
+from .. import nn as qnn
+from ..backends import RUNTIME_KERNELS, FusedKernel, KernelOp
+from ..errors import ConfigError
+from ..fake_quant import FakeQuantize
+from ..numerics import ScaleMath
+from ..qconfig import OpKind
+from ..runtime_math import (
+    AvgPoolKernel,
+    BinaryKernel,
+    FixedPointMeanKernel,
+    GlobalAvgPoolKernel,
+    LookupKernel,
+    MeanKernel,
+    RuntimeKernel,
+    WeightedKernel,
+)
+from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
+from .meta import value_info
+from .ops import canonical_name, clip_bounds, node_traits
+from .report import REPORT_KEY, get_report
+
+__all__ = [
+    "Simulation",
+    "RuntimePlan",
+    "simulation",
+    "float_simulation",
+    "runtime_plan",
+    "runtime_simulation",
+    "install",
+    "SIMULATION_KEY",
+]
+
+SIMULATION_KEY = "fxquant_simulation"
+"""``GraphModule.meta`` key holding the :class:`Simulation` chosen with :func:`simulation`."""
+
+
+class Simulation(enum.Enum):
+    """What a prepared model computes in eval mode.
+
+    FLOAT: the float simulation (fake quantization with float ops), as in training; what
+        exporters trace.
+    RUNTIME: the profile's runtime arithmetic at every op the runtime fuses (the default for
+        profiles that name a runtime).
+    """
+
+    FLOAT = "float"
+    RUNTIME = "runtime"
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """Which ops run with the runtime's arithmetic (:func:`runtime_plan`).
+
+    Attributes:
+        runtime: the profile's runtime (``None``: the float simulation only).
+        kernels: quantized tensor name (the op owning the output quantizer; for a float-output
+            kernel, the op itself) -> the runtime kernel that computes it.
+        skipped: op name -> why an op the runtime might fuse runs in float instead.
+    """
+
+    runtime: str | None
+    kernels: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+# -- mode -----------------------------------------------------------------------------------------
+_FLOAT_ONLY: contextvars.ContextVar[int] = contextvars.ContextVar("fxquant_float_only", default=0)
+_FLOAT = object()  # the prologue's "run the float graph" answer
+
+
+class _Switch:
+    """What :func:`simulation` returns: the mode is already set; ``with`` restores the old one."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], previous: Any) -> None:
+        self.model, self.meta, self.previous = model, meta, previous
+
+    def __enter__(self) -> nn.Module:
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is None:
+            self.meta.pop(SIMULATION_KEY, None)
+        else:
+            self.meta[SIMULATION_KEY] = self.previous
+
+
+def simulation(qmodel: nn.Module, mode: Simulation | str) -> _Switch:
+    """Choose what ``qmodel`` computes in eval mode; usable as a context manager.
+
+    ``simulation(qmodel, Simulation.FLOAT)`` switches to the float simulation until switched
+    back; ``with simulation(qmodel, Simulation.FLOAT): ...`` switches for the block only.  Train
+    mode always runs the float simulation.
+
+    Raises:
+        ConfigError: ``RUNTIME`` for a profile without a runtime, or for a model whose root
+            ``forward`` was captured eagerly (no graph to compute with the runtime's kernels).
+    """
+    try:
+        mode = Simulation(mode)
+    except ValueError:
+        raise ConfigError(
+            f"simulation mode must be a Simulation (FLOAT or RUNTIME), got {mode!r}"
+        ) from None
+    report = _report(qmodel)
+    if mode is Simulation.RUNTIME:
+        if not report.profile.kernels:
+            raise ConfigError(
+                f"backend profile {report.profile.name!r} names no runtime whose arithmetic "
+                "fxquant reproduces; prepare with backend='onnxruntime' for ONNX Runtime's"
+            )
+        if not isinstance(qmodel, fx.GraphModule):
+            raise ConfigError(
+                f"{type(qmodel).__name__} was captured eagerly (its root forward is not "
+                "traceable): the runtime arithmetic needs an fx-captured model"
+            )
+    if not isinstance(qmodel, fx.GraphModule):  # eager capture: always the float simulation
+        return _Switch(qmodel, {}, None)
+    previous = qmodel.meta.get(SIMULATION_KEY)
+    qmodel.meta[SIMULATION_KEY] = mode
+    return _Switch(qmodel, qmodel.meta, previous)
+
+
+@contextlib.contextmanager
+def float_simulation() -> Iterator[None]:
+    """Every prepared model runs the float simulation inside the block (for exporters: the
+    traced graph is the plain Q/DQ one).  ``torch.export``, ``torch.onnx.export`` and fx / jit
+    tracing are recognised without it."""
+    token = _FLOAT_ONLY.set(_FLOAT_ONLY.get() + 1)
+    try:
+        yield
+    finally:
+        _FLOAT_ONLY.reset(token)
+
+
+def _report(qmodel: nn.Module):
+    try:
+        return get_report(qmodel)
+    except TypeError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _tracing(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    return any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
+
+
+# -- dispatch -------------------------------------------------------------------------------------
+@dataclass
+class _Runtime:
+    code: str
+    objects: list[tuple[str, Any]]
+    module: fx.GraphModule | None
+    plan: RuntimePlan
+
+
+_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple, _Runtime]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _runtime_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+    """The prologue's question: the runtime simulation's result, or ``_FLOAT``."""
+    if _FLOAT_ONLY.get() or gm.meta.get(SIMULATION_KEY) is Simulation.FLOAT:
+        return _FLOAT
+    report = gm.meta.get(REPORT_KEY)
+    if report is None or not report.profile.kernels or _tracing(args, kwargs):
+        return _FLOAT
+    rt = _runtime(gm, report.profile.runtime or "", report.profile.kernels)
+    if rt.module is None:
+        return _FLOAT
+    return rt.module(*args, **kwargs)
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    owner, _, attr = target.rpartition(".")
+    return getattr(root.get_submodule(owner) if owner else root, attr)
+
+
+def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...],
+             only: frozenset[str] | None = None) -> _Runtime:
+    per_model = _CACHE.setdefault(gm, {})
+    key = (runtime, only)
+    rt = per_model.get(key)
+    if rt is not None and (rt.code is gm.code or rt.code == gm.code) and all(
+        _fetch(gm, t) is obj for t, obj in rt.objects
+    ):
+        return rt
+    rt = _build(gm, runtime, kernels, only)
+    per_model[key] = rt
+    return rt
+
+
+class _SimulationCodeGen(CodeGen):
+    """Python code generation with the runtime-simulation prologue (see :func:`install`)."""
+
+    def gen_fn_def(self, free_vars: list[str], maybe_return_annotation: str, *,
+                   expanded_def: bool = False) -> str:
+        head = super().gen_fn_def(free_vars, maybe_return_annotation, expanded_def=expanded_def)
+        names = [v.split(":")[0].split("=")[0].strip() for v in free_vars if v != "self"]
+        call = ", ".join(["self", *names])
+        return (head + "\n    if not self.training and (_fxquant_out := "
+                f"fxquant_runtime_forward({call})) is not fxquant_float: return _fxquant_out")
+
+    def additional_globals(self) -> list[tuple[str, Any]]:
+        return [("fxquant_runtime_forward", _runtime_forward), ("fxquant_float", _FLOAT)]
+
+
+def install(gm: fx.GraphModule) -> fx.GraphModule:
+    """Give a prepared ``GraphModule`` the eval-mode runtime-simulation prologue (its forward
+    asks :func:`_runtime_forward` first; the float graph runs when that says so)."""
+    gm.graph.set_codegen(_SimulationCodeGen())
+    gm.recompile()
+    return gm
+
+
+# -- the runtime graph -------------------------------------------------------------------------
+_CONVS = (qnn.QuantConv1d, qnn.QuantConv2d, qnn.QuantConv3d, qnn.ConvBn1d, qnn.ConvBn2d,
+          qnn.ConvBn3d)
+_GAP_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_AVG_POOL_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+_AVG_POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_GAP_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_BINARY = {"add": KernelOp.ADD, "mul": KernelOp.MUL, "matmul": KernelOp.MATMUL,
+           "bmm": KernelOp.MATMUL}
+_IN_PLACE = frozenset({operator.iadd, operator.imul, "add_", "mul_"})
+
+
+def _all_ones(size: Any) -> bool:
+    sizes = size if isinstance(size, (tuple, list)) else (size,)
+    return all(s == 1 for s in sizes)
+
+
+def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
+    if n.op == "call_module":
+        m = gm.get_submodule(str(n.target))
+        if isinstance(m, _CONVS):
+            return KernelOp.CONV
+        if isinstance(m, qnn.QuantLinear):
+            return KernelOp.LINEAR
+        if isinstance(m, _GAP_MODULES):
+            return KernelOp.GLOBAL_AVG_POOL if _all_ones(m.output_size) else None
+        if type(m) in _AVG_POOL_MODULES:
+            return KernelOp.AVG_POOL
+        if isinstance(m, nn.Sigmoid):
+            return KernelOp.SIGMOID
+        if isinstance(m, nn.SiLU):
+            return KernelOp.SILU
+        return None
+    if n.op == "call_function" and n.target in _GAP_FUNCTIONS:
+        size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
+        return KernelOp.GLOBAL_AVG_POOL if _all_ones(size) else None
+    if n.op == "call_function" and n.target in _AVG_POOL_FUNCTIONS:
+        return KernelOp.AVG_POOL
+    if n.op == "call_function" and n.target is F.linear:
+        return KernelOp.LINEAR
+    if n.op in ("call_function", "call_method"):
+        name = canonical_name(n.target)
+        if name in _BINARY:
+            return _BINARY[name]
+        if name == "sigmoid":
+            return KernelOp.SIGMOID
+        if name == "silu":
+            return KernelOp.SILU
+        if name == "mean":
+            return KernelOp.MEAN
+    return None
+
+
+def _is_share(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """An op that only moves its input's values (the op-trait table's SHARE kind)."""
+    if n.op not in ("call_module", "call_function", "call_method"):
+        return False
+    return node_traits(n, gm).kind is OpKind.SHARE
+
+
+def _quantizer(gm: fx.GraphModule, n: fx.Node) -> FakeQuantize | None:
+    if n.op != "call_module":
+        return None
+    m = gm.get_submodule(str(n.target))
+    return m if isinstance(m, FakeQuantize) else None
+
+
+def _per_tensor(fq: FakeQuantize, bits: int) -> str | None:
+    if fq.ch_axis is not None:
+        return f"quantizer {fq.name!r} is per channel"
+    if fq.dtype.bits > bits:
+        return f"quantizer {fq.name!r} is {fq.dtype.bits}-bit (the kernel takes <= {bits})"
+    if fq.scale_math is not ScaleMath.DIVIDE:
+        return f"quantizer {fq.name!r} multiplies by the reciprocal scale"
+    return None
+
+
+def _dynamic(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that depend on a model input (the others are constants the exporter folds)."""
+    out: set[fx.Node] = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" or any(a in out for a in n.all_input_nodes):
+            out.add(n)
+    return out
+
+
+def _input_quantizer(gm: fx.GraphModule, v: Any, bits: int,
+                     dynamic: set[fx.Node]) -> tuple[FakeQuantize | None, str]:
+    """The per-tensor quantizer whose grid ``v`` lies on (through pure data movement)."""
+    moved = False
+    while isinstance(v, fx.Node):
+        fq = _quantizer(gm, v)
+        if fq is not None:
+            if moved and v not in dynamic:
+                # a quantized constant moved by reshape / slicing: the export folds it into an
+                # initializer + ops without requantizing, so the runtime fuses nothing across it
+                return None, f"quantizer {fq.name!r} of a constant reaches the op through " \
+                             "data movement"
+            why = _per_tensor(fq, bits)
+            return (None, why) if why else (fq, "")
+        if not _is_share(gm, v) or not v.args:
+            break
+        v, moved = v.args[0], True
+    return None, "an input does not come straight from a quantizer"
+
+
+def _clip(gm: fx.GraphModule, n: fx.Node) -> tuple[float | None, float | None] | None:
+    """The bounds of a clipping activation node (None: not one): the op-trait table's clip-like
+    ops, and ``clamp`` with constant bounds (exported as Clip)."""
+    if n.op not in ("call_module", "call_function", "call_method"):
+        return None
+    bounds = clip_bounds(n, gm)
+    if bounds is not None:
+        return bounds
+    if n.op != "call_module" and canonical_name(n.target) == "clamp":
+        lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
+        hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
+        if all(b is None or isinstance(b, (int, float)) for b in (lo, hi)):
+            return (lo, hi)
+    return None
+
+
+def _output_quantizer(gm: fx.GraphModule, n: fx.Node, bits: int):
+    """``(quantizer, clip bounds, why not)`` for the output of op ``n``."""
+    lo: float | None = None
+    hi: float | None = None
+    clipped = False
+    v = n
+    while True:
+        users = list(v.users)
+        if len(users) != 1:
+            return None, None, "the op's output has several consumers"
+        u = users[0]
+        fq = _quantizer(gm, u)
+        if fq is not None:
+            why = _per_tensor(fq, bits)
+            return (None, None, why) if why else (fq, (lo, hi) if clipped else None, "")
+        bounds = _clip(gm, u)
+        if bounds is None:
+            return None, None, "the op's output is not quantized"
+        clipped = True
+        lo = bounds[0] if lo is None else (lo if bounds[0] is None else max(lo, bounds[0]))
+        hi = bounds[1] if hi is None else (hi if bounds[1] is None else min(hi, bounds[1]))
+        v = u
+
+
+def _first_ndim(n: fx.Node) -> int | None:
+    arg = n.args[0] if n.args else None
+    info = value_info(arg) if isinstance(arg, fx.Node) else None
+    return None if info is None or info.shape is None else len(info.shape)
+
+
+def _entries(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> list[FusedKernel]:
+    """The table's entries for ``op`` at node ``n``, in priority order."""
+    return [k for k in kernels
+            if k.op is op and (k.input_ndims is None or _first_ndim(n) in k.input_ndims)]
+
+
+def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
+    """``(dims, keepdim)`` of a ``mean`` node with explicit dimensions (None: other forms)."""
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+    if dim is None or "dtype" in n.kwargs:
+        return None
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    if not all(isinstance(d, int) for d in dims) or not isinstance(keep, bool):
+        return None
+    return dims, keep
+
+
+def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
+    """``(kernel module, tensor name source quantizer / module, why not)`` for op node ``n``."""
+    op, bits = entry.op, entry.max_bits
+    out_fq, clip = None, None
+    if entry.quantized_output:
+        out_fq, clip, why = _output_quantizer(gm, n, bits)
+        if out_fq is None:
+            return None, why
+    if op is KernelOp.LINEAR and n.op == "call_function":  # F.linear(x, fq(weight), bias)
+        w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+        wfq = _quantizer(gm, w) if isinstance(w, fx.Node) else None
+        if wfq is None or wfq.dtype.bits > bits or wfq.ch_axis not in (None, 0):
+            return None, "the weight is not an 8-bit grid per output channel"
+        in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+        if in_fq is None:
+            return None, why
+        return WeightedKernel(entry.kernel, None, in_fq, out_fq, clip,
+                              float_output=not entry.quantized_output, weight_fq=wfq), ""
+    if entry.kernel == FixedPointMeanKernel.NAME:  # LiteRT's 16-bit MEAN (mean / global pool)
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if in_fq is None or out_fq is None:
+            return None, why or "the output is not quantized"
+        if in_fq.dtype.bits <= 8:
+            return None, "an 8-bit input (the kernel takes 16-bit activations)"
+        dims = None if op is KernelOp.GLOBAL_AVG_POOL else _mean_dims(n)
+        if op is KernelOp.MEAN and dims is None:
+            return None, "not a mean over given dimensions"
+        return FixedPointMeanKernel(_fallback(gm, n), in_fq, out_fq, dims), ""
+    if op is KernelOp.MEAN:
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if in_fq is None:
+            return None, why
+        return MeanKernel(_fallback(gm, n), in_fq), ""
+    if not entry.integer:  # a float op computed with the runtime's own float function
+        fn = FLOAT_FUNCTIONS.get(entry.kernel)
+        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        if fn is None or in_fq is None:
+            return None, why or f"no arithmetic for {entry.kernel}"
+        return FloatFunctionKernel(entry.kernel, _fallback(gm, n), fn, in_fq), ""
+    if op in (KernelOp.CONV, KernelOp.LINEAR):
+        layer = gm.get_submodule(str(n.target))
+        wfq = layer.weight_fake_quant
+        if not isinstance(wfq, FakeQuantize):
+            return None, "the weight is not quantized"
+        if wfq.dtype.bits > bits or wfq.ch_axis not in (None, 0):
+            return None, "the weight is not an 8-bit grid per output channel"
+        if len(n.args) != 1 or n.kwargs:
+            return None, "not a one-input call"
+        in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+        if in_fq is None:
+            return None, why
+        if bits > 8 and in_fq.dtype.bits <= 8:
+            return None, "an 8-bit input (the kernel takes 16-bit activations)"
+        return WeightedKernel(entry.kernel, layer, in_fq, out_fq, clip,
+                              float_output=not entry.quantized_output), ""
+    assert out_fq is not None
+    fallback = _fallback(gm, n)
+    if op in (KernelOp.ADD, KernelOp.MUL, KernelOp.MATMUL):
+        if len(n.args) < 2 or not all(isinstance(a, fx.Node) for a in n.args[:2]):
+            return None, "not an op of two tensors"
+        a_fq, why_a = _input_quantizer(gm, n.args[0], bits, dynamic)
+        b_fq, why_b = _input_quantizer(gm, n.args[1], bits, dynamic)
+        if a_fq is None or b_fq is None:
+            return None, why_a or why_b
+        return BinaryKernel(entry.kernel, fallback, a_fq, b_fq, out_fq, clip), ""
+    if not n.args:
+        return None, "no input"
+    in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+    if in_fq is None:
+        return None, why
+    if clip is not None:
+        return None, "a clip after the op"
+    if op is KernelOp.GLOBAL_AVG_POOL:
+        return GlobalAvgPoolKernel(fallback, in_fq, out_fq), ""
+    if op is KernelOp.AVG_POOL:
+        spatial = (_AVG_POOL_MODULES.get(type(gm.get_submodule(str(n.target))))
+                   if n.op == "call_module" else _AVG_POOL_FUNCTIONS[n.target])
+        return AvgPoolKernel(fallback, in_fq, out_fq, spatial), ""
+    fn = LOOKUP_FUNCTIONS.get(entry.kernel)
+    if fn is None:
+        return None, f"no arithmetic for {entry.kernel}"
+    return LookupKernel(entry.kernel, fallback, fn, in_fq, out_fq), ""
+
+
+class _Method:
+    """Calls ``args[0].<name>(*args[1:], **kwargs)`` (the float fallback of a method node)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(obj, self.name)(*args, **kwargs)
+
+
+def _fallback(gm: fx.GraphModule, n: fx.Node):
+    if n.op == "call_module":
+        return gm.get_submodule(str(n.target))
+    if n.op == "call_method":
+        return _Method(str(n.target))
+    return n.target
+
+
+def _quantizer_ops(report) -> dict[str, str]:
+    """Quantizer module path -> the name of the op it belongs to (for ``output``: the name of
+    the tensor it quantizes)."""
+    names: dict[str, str] = {}
+    for rec in report.ops.values():
+        for path in rec.quantizers.values():
+            names.setdefault(path, rec.name)
+    return names
+
+
+def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
+           only: frozenset[str] | None = None) -> _Runtime:
+    report = get_report(gm)
+    code = gm.code
+    plan = RuntimePlan(runtime or None)
+    if not table:
+        return _Runtime(code, [], None, plan)
+    paths = {id(m): p for p, m in gm.named_modules()}
+    names = _quantizer_ops(report)
+    graph = fx.Graph()
+    val_map: dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, val_map))
+    kernels: dict[str, RuntimeKernel] = {}
+    dynamic = _dynamic(gm.graph)
+    for n in list(gm.graph.nodes):
+        op = _kernel_op(gm, n)
+        entries = [] if op is None else _entries(table, op, n)
+        kernel, whys = None, []
+        for entry in entries:  # the first entry whose pattern matches
+            kernel, why = _make_kernel(gm, n, entry, dynamic)
+            if kernel is not None:
+                break
+            whys.append(f"{entry.kernel}: {why}")
+        if kernel is None:
+            if whys:
+                plan.skipped[_op_name(gm, n, names, paths)] = "; ".join(whys)
+            continue
+        # the tensor the kernel produces: its output quantizer's, or (float output) the op's
+        if entry.quantized_output:
+            tensor = names.get(paths.get(id(kernel.quantizers[-1]), ""), n.name)
+        elif isinstance(kernel, WeightedKernel):
+            tensor = names.get(paths.get(id(kernel.wfq), ""), n.name)
+        else:
+            tensor = _op_name(gm, n, names, paths)
+        if only is not None and entry.integer and tensor not in only:
+            plan.skipped[tensor] = f"{entry.kernel}: the runtime did not fuse it"
+            continue
+        target = f"_fxquant_kernel_{len(kernels)}"
+        kernels[target] = kernel
+        plan.kernels[tensor] = entry.kernel
+        new = val_map[n]
+        with graph.inserting_before(new):
+            call = graph.call_module(target, new.args, dict(new.kwargs))
+        new.replace_all_uses_with(call)
+        graph.erase_node(new)
+    if not kernels:
+        objects = [(str(n.target), _fetch(gm, str(n.target))) for n in gm.graph.nodes
+                   if n.op in ("call_module", "get_attr")]
+        return _Runtime(code, objects, None, plan)
+    # every module / attribute the model's graph reads: a replaced one invalidates the build
+    objects = [(str(n.target), _fetch(gm, str(n.target))) for n in gm.graph.nodes
+               if n.op in ("call_module", "get_attr")]
+    root: dict[str, Any] = dict(kernels)
+    for n in graph.nodes:
+        if n.op in ("call_module", "get_attr") and n.target not in kernels:
+            root[str(n.target)] = _fetch(gm, str(n.target))
+    graph.lint()
+    module = fx.GraphModule(root, graph, "RuntimeSimulation")
+    module.eval()
+    return _Runtime(code, objects, module, plan)
+
+
+def _op_name(gm: fx.GraphModule, n: fx.Node, names: dict[str, str],
+             paths: dict[int, str]) -> str:
+    for u in n.users:
+        fq = _quantizer(gm, u)
+        if fq is not None:
+            return names.get(paths.get(id(fq), ""), n.name)
+    if n.op == "call_module":
+        return str(n.target)
+    return n.name
+
+
+def runtime_plan(qmodel: nn.Module) -> RuntimePlan:
+    """Which ops of ``qmodel`` run with its runtime's arithmetic in eval mode, and why others
+    do not (ops the runtime might fuse whose pattern does not match: a float input, a 16-bit
+    grid, a second consumer ...).  Per call, a kernel may still fall back while its quantizers
+    are not settled (calibration, QAT still observing)."""
+    return runtime_simulation(qmodel)[1]
+
+
+def runtime_simulation(
+    qmodel: nn.Module, runtime: str | None = None, fused: Collection[str] | None = None
+) -> tuple[nn.Module | None, RuntimePlan]:
+    """A module computing ``qmodel`` with ``runtime``'s arithmetic, and its plan.
+
+    ``runtime``: default the profile's; another runtime's fused-kernel table
+    (:data:`fxquant.backends.RUNTIME_KERNELS`) serves to compare a model prepared for one target
+    with another runtime (what :func:`fxquant.verify` does).  ``fused``: only the integer kernels
+    producing these tensors (the ones the runtime was seen to fuse; ``None``: the table decides).
+    The module shares ``qmodel``'s modules and quantizers (it is not a copy: do not train it); it
+    is ``None`` when nothing would run differently from the float simulation (no runtime, an
+    eager capture, no fused op).
+    """
+    report = _report(qmodel)
+    if runtime is None or runtime == report.profile.runtime:
+        name, table = report.profile.runtime, report.profile.kernels
+    else:
+        name, table = runtime, RUNTIME_KERNELS.get(runtime, ())
+    if not isinstance(qmodel, fx.GraphModule):
+        return None, RuntimePlan(name, {}, {
+            "<model>": "captured eagerly: the float simulation runs"} if table else {})
+    only = None if fused is None else frozenset(fused)
+    rt = _runtime(qmodel, name or "", table, only)
+    return rt.module, rt.plan

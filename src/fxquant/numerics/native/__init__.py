@@ -1,0 +1,424 @@
+"""Native CPU kernels (C++ through ``torch.library``), bit-identical to the pure-torch paths.
+
+The pure-torch fake quantization makes five or six passes over memory (divide, round, clamp,
+mask, multiply, add) and the histogram observers' ``torch.bincount`` runs on one thread; the
+kernels of ``kernels.cpp`` make one pass each:
+
+* ``fake_quant``: fake quantization of a contiguous float32 / float64 tensor (per tensor or per
+  channel), optionally with the straight-through estimator's mask as a 1-byte bool tensor;
+* ``masked_grad``: ``grad * mask`` for the backward;
+* ``histogram``: the exact fixed-bin histogram of :mod:`fxquant.observers.histogram`, counted
+  in per-thread sub-histograms;
+* ``div_channel_backward``: both element-wise parts of the gradient of ``y / d`` (``d`` per
+  channel), the BN-fold division of :class:`fxquant.nn.ConvBn2d` in training;
+* ``observe_qparams``: a min-max / moving-average observer's statistics update and
+  :func:`fxquant.numerics.choose_qparams` of the new range in one call (the same ATen
+  operations and float64 arithmetic as the Python observers and qparams);
+* ``fake_quant_ste`` and ``channel_divide``: the straight-through fake quantization and that
+  division as autograd operators whose backward runs in C++ (no Python call per quantizer in
+  the backward pass).
+
+Every kernel evaluates the same IEEE operations in the same order as the pure-torch formula
+(no ``-ffast-math``, no floating-point contraction), so results are identical bit for bit; the
+test suite checks that on exhaustive sweeps, and each process checks it once on tricky inputs
+(ties, +-0, +-inf, NaN, saturation) before the kernels are used (:func:`available`).
+
+**Build.**  The kernels are compiled with ``torch.utils.cpp_extension`` (g++ and ninja) the
+first time they are needed, or ahead of time with ``python -m fxquant.numerics.native``
+(``make venv`` does it), into a folder keyed by the source, torch version, compiler flags and
+CPU (under ``sys.prefix``, else ``~/.cache/fxquant``).  A failed build is remembered there and
+not retried; everything then takes the pure-torch path (one warning is logged).  They are on by
+default; :func:`enable_native_kernels` / :func:`native_kernels` turn them off (e.g. to compare).
+Only plain CPU tensors use them: subclasses (fake tensors of ``torch.export`` / ``torch.compile``)
+and ``torch.jit`` tracing take the pure-torch path, which traces into ordinary operators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import torch
+
+from ..dtypes import QDType
+from . import selfcheck
+
+__all__ = [
+    "available",
+    "enable_native_kernels",
+    "native_kernels",
+    "native_enabled",
+    "build",
+    "why_unavailable",
+    "fake_quant",
+    "masked_grad",
+    "histogram",
+    "div_channel_backward",
+    "fake_quant_ste",
+    "channel_divide",
+    "observe_qparams",
+]
+
+_log = logging.getLogger(__name__)
+
+SOURCE = pathlib.Path(__file__).with_name("kernels.cpp")
+LIB_NAME = "fxquant_native"
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math",
+          "-fopenmp")
+"""``-ffp-contract=off``: no fused multiply-adds (torch rounds each product); ``-fno-trapping-math``
+only lets ``floor`` vectorise (no value changes: it assumes no floating-point traps)."""
+LDFLAGS = ("-fopenmp",)
+
+
+class _State:
+    enabled: bool = True
+    loaded: bool | None = None  # None: not tried yet
+    reason: str | None = None  # why the kernels are unavailable
+    ops: ClassVar[list] = []
+
+
+def native_enabled() -> bool:
+    """True if native kernels are switched on (they may still be unavailable)."""
+    return _State.enabled
+
+
+def enable_native_kernels(enabled: bool = True) -> bool:
+    """Switch the native kernels on or off for this process; returns whether they are in use."""
+    _State.enabled = bool(enabled)
+    return available() if enabled else False
+
+
+@contextlib.contextmanager
+def native_kernels(enabled: bool = True) -> Iterator[bool]:
+    """Context manager: native kernels on (or off) inside the block; yields whether in use."""
+    previous = _State.enabled
+    _State.enabled = bool(enabled)
+    try:
+        yield available() if enabled else False
+    finally:
+        _State.enabled = previous
+
+
+def available() -> bool:
+    """True if the native kernels are switched on, built, loaded and self-checked.
+
+    The first call builds (once per environment, about a minute) and loads them.
+    """
+    if not _State.enabled:
+        return False
+    if _State.loaded is None:
+        _load()
+    return bool(_State.loaded)
+
+
+def why_unavailable() -> str | None:
+    """Why the kernels could not be used (None when they can, or were not tried yet)."""
+    return _State.reason
+
+
+# -- building ----------------------------------------------------------------------------------
+def _cpu_signature() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    """Hash of everything the compiled library depends on."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(),
+                 sys.version.encode(), _cpu_signature().encode(), platform.machine().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_dir() -> pathlib.Path:
+    """Where the library for this environment is (or will be) built."""
+    key = build_key()
+    for root in (pathlib.Path(sys.prefix) / "fxquant-native",
+                 pathlib.Path.home() / ".cache" / "fxquant" / "native"):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if os.access(root, os.W_OK):
+                return root / key
+        except OSError:
+            continue
+    raise OSError("no writable folder for fxquant's native kernels (sys.prefix, ~/.cache)")
+
+
+def _library_path(folder: pathlib.Path) -> pathlib.Path:
+    return folder / f"{LIB_NAME}.so"
+
+
+def build(verbose: bool = False, force: bool = False) -> pathlib.Path:
+    """Compile the kernels for this environment (if not done yet); returns the library path.
+
+    Raises whatever the compiler raised; a compiler failure is also recorded so that later
+    processes do not try again (``force=True``, or ``python -m fxquant.numerics.native
+    --force``, tries again).  A missing ``ninja`` is not recorded: installing it is enough.
+    """
+    # imported here: cpp_extension imports setuptools, needed only to build
+    from torch.utils import cpp_extension
+
+    folder = build_dir()
+    lib = _library_path(folder)
+    failed = folder / "FAILED"
+    if force:
+        failed.unlink(missing_ok=True)
+    if _built(folder):
+        return lib
+    cpp_extension.verify_ninja_availability()  # RuntimeError, not recorded
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"  # torch's build lock: left behind by a killed build, it would hang
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+    try:
+        cpp_extension.load(
+            name=LIB_NAME,
+            sources=[str(SOURCE)],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            build_directory=str(folder),
+            is_python_module=False,
+            verbose=verbose,
+        )
+    except Exception as exc:
+        failed.write_text(f"{type(exc).__name__}: {exc}")
+        raise
+    failed.unlink(missing_ok=True)
+    (folder / "OK").write_text(torch.__version__)  # the library is complete
+    return lib
+
+
+STALE_LOCK_SECONDS = 900
+"""A build lock older than this is left over from a killed build (a build takes ~1 minute)."""
+
+
+def _built(folder: pathlib.Path) -> bool:
+    return (folder / "OK").exists() and _library_path(folder).exists()
+
+
+def _load() -> None:
+    _State.loaded = False
+    try:
+        folder = build_dir()
+        failed = folder / "FAILED"
+        if failed.exists():
+            raise RuntimeError(f"an earlier build failed ({failed}): "
+                               + failed.read_text().strip().splitlines()[0][:200])
+        lib = _library_path(folder)
+        if not hasattr(torch.ops, LIB_NAME) or not hasattr(torch.ops.fxquant_native, "fake_quant"):
+            if not _built(folder):
+                _log.warning("fxquant: building native CPU kernels once for this environment "
+                             "(about a minute) in %s", folder)
+                build()
+            if not hasattr(torch.ops.fxquant_native, "fake_quant"):
+                torch.ops.load_library(str(lib))
+        problem = selfcheck.run(_ops())
+        if problem:
+            raise RuntimeError(f"self-check failed: {problem}")
+    except Exception as exc:  # no compiler, read-only file system, ...: pure torch
+        _State.reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        _log.warning("fxquant native kernels unavailable, using pure torch: %s", _State.reason)
+        return
+    _State.loaded = True
+    _State.reason = None
+
+
+# -- the kernels -------------------------------------------------------------------------------
+MAX_BITS = 16
+"""Grids up to this many bits: ``qmin - zp`` / ``qmax - zp`` are exact in float32 (as for the
+pure-torch in-place path)."""
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _ops():
+    ns = torch.ops.fxquant_native
+    return (ns.fake_quant.default, ns.masked_grad.default, ns.histogram.default,
+            ns.div_channel_backward.default, ns.fake_quant_ste.default,
+            ns.channel_divide.default, ns.observe_qparams.default)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain(*ts: torch.Tensor) -> bool:
+    """Ordinary CPU tensors, outside tracing: what the kernels may see."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return all(type(t) in _PLAIN and t.device.type == "cpu" for t in ts)
+
+
+def _ready() -> bool:
+    if not _State.enabled:
+        return False
+    if _State.loaded is None:
+        _load()
+    if _State.loaded and not _State.ops:
+        _State.ops[:] = _ops()
+    return bool(_State.loaded)
+
+
+def fake_quant(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None,
+    reciprocal: bool,
+    with_mask: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Fake quantization (and the STE mask, bool) in one pass, or None where it does not apply.
+
+    Applies to contiguous float32 / float64 CPU tensors on grids of at most :data:`MAX_BITS`
+    bits, per tensor (0-d ``scale``) or per channel (1-d ``scale`` with one entry per index of
+    ``x.shape[axis]``).  ``out`` equals :func:`fxquant.numerics.fake_quantize` bit for bit;
+    ``mask`` is True where the unclamped code lies in ``[qmin, qmax]``.  Records no autograd
+    graph.
+    """
+    inner = _fq_inner(x, scale, zero_point, dtype, axis)
+    if inner is None:
+        return None
+    out, mask = _State.ops[0](x, scale, zero_point, dtype.qmin, dtype.qmax, inner,
+                              bool(reciprocal), bool(with_mask))
+    return out, (mask if with_mask else None)
+
+
+def fake_quant_ste(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    axis: int | None,
+    reciprocal: bool,
+) -> torch.Tensor | None:
+    """:func:`fake_quant` as an autograd operator (straight-through estimator: the gradient is
+    ``grad * mask``, computed in C++), or None where it does not apply."""
+    inner = _fq_inner(x, scale, zero_point, dtype, axis)
+    if inner is None:
+        return None
+    return _State.ops[4](x, scale, zero_point, dtype.qmin, dtype.qmax, inner, bool(reciprocal))
+
+
+def _fq_inner(x, scale, zero_point, dtype: QDType, axis: int | None) -> int | None:
+    """The ``inner`` size of the ``[outer, C, inner]`` view, or None if the kernel declines."""
+    if not _ready() or x.dtype not in _FLOATS or dtype.bits > MAX_BITS:
+        return None
+    if not x.is_contiguous() or not _plain(x, scale, zero_point):
+        return None
+    if scale.dim() == 0:
+        if zero_point.dim() != 0:
+            return None
+        inner = 1
+    else:
+        if axis is None or scale.dim() != 1 or x.dim() == 0:
+            return None
+        ax = axis % x.dim()
+        if scale.shape[0] != x.shape[ax] or zero_point.shape != scale.shape:
+            return None
+        inner = 1
+        for d in x.shape[ax + 1:]:
+            inner *= d
+        if inner == 0:
+            return None
+    return inner
+
+
+def masked_grad(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``grad * mask`` (``mask`` bool, same shape), in one pass where the kernel applies."""
+    if (_ready() and grad.dtype in _FLOATS and _plain(grad, mask)
+            and grad.is_contiguous() and mask.is_contiguous() and grad.shape == mask.shape):
+        return _State.ops[1](grad, mask)
+    return grad * mask
+
+
+def histogram(x: torch.Tensor, shift: int, bins: int) -> torch.Tensor | None:
+    """int64 ``[bins]`` counts of ``floor(x * 2**shift) + bins / 2`` (see
+    :mod:`fxquant.observers.histogram`), or None where the kernel does not apply.
+
+    Every value must fall inside ``[0, bins)`` (finite ``x`` with ``|x| < 2**-shift * bins/2``).
+    """
+    if not _ready() or x.dtype not in _FLOATS or not _plain(x):
+        return None
+    if not x.is_contiguous() or bins > 1 << 30:
+        return None
+    return _State.ops[2](x, int(shift), int(bins))
+
+
+def div_channel_backward(
+    grad: torch.Tensor, out: torch.Tensor, d: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(grad / d, (out / d) * grad)`` for ``[N, C, *]`` tensors and ``d`` of ``C`` entries
+    broadcast along axis 1, in one pass; None where the kernel does not apply."""
+    if (not _ready() or grad.dtype not in _FLOATS or not _plain(grad, out, d)
+            or grad.dtype != out.dtype or d.dtype != out.dtype or grad.dim() < 2
+            or not (grad.is_contiguous() and out.is_contiguous()) or grad.shape != out.shape
+            or d.numel() != grad.shape[1]):
+        return None
+    inner = 1
+    for s in grad.shape[2:]:
+        inner *= s
+    if inner == 0 or grad.numel() == 0:
+        return None
+    return _State.ops[3](grad, out, d.contiguous(), inner)
+
+
+def channel_divide(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+    """``y / d`` for ``d`` shaped ``[1, C, 1, ...]`` as an autograd operator whose backward is
+    autograd's rule for a division, bit for bit, in two passes computed in C++; None where it
+    does not apply."""
+    if (not _ready() or y.dtype not in _FLOATS or not _plain(y, d) or y.dim() < 2
+            or d.dim() != y.dim() or d.dtype != y.dtype or d.shape[1] != y.shape[1]
+            or any(s != 1 for i, s in enumerate(d.shape) if i != 1)):
+        return None
+    return _State.ops[5](y, d)
+
+
+OBSERVED_ONLY = 2
+"""``observe_qparams`` status: statistics updated, qparams left to the caller."""
+
+
+def observe_qparams(
+    x: torch.Tensor,
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    averaging: float | None,
+    axis: int | None,
+    dtype: QDType,
+    symmetric: bool,
+    power_of_two: bool,
+    eps: float,
+    compute: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int] | None:
+    """Update min-max statistics (``averaging``: the moving-average constant, None: running
+    min / max) with ``x`` in place and, if ``compute``, return the new ``(scale, zero_point)``.
+
+    Returns ``(scale, zero_point, 0)``; ``(None, None, OBSERVED_ONLY)`` when the statistics were
+    updated but the qparams are left to the caller; None when nothing was touched (the caller
+    runs its Python path: not applicable here, a first per-channel batch, NaN / Inf ...).
+    """
+    if not _ready() or x.dtype != torch.float32 or not _plain(x, min_val, max_val):
+        return None
+    ax = -1 if axis is None else axis % x.dim()
+    avg = -1.0 if averaging is None else float(averaging)
+    scale, zp, status = _State.ops[6](x, min_val, max_val, avg, ax, dtype.qmin, dtype.qmax,
+                                      bool(symmetric), dtype.signed, bool(power_of_two),
+                                      float(eps), dtype.bits, bool(compute))
+    if status == 1:
+        return None
+    return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)

@@ -1,0 +1,545 @@
+// fxquant native CPU kernels: one memory pass where pure torch makes several.
+//
+// Every kernel computes exactly the IEEE operations of the pure-torch formula it replaces
+// (same operations, same order, same rounding; compiled without -ffast-math and without
+// floating-point contraction), so results are bit-identical.  The Python side
+// (fxquant/numerics/native.py) checks that once per process on tricky inputs before using them,
+// and the test suite checks it on exhaustive sweeps.
+//
+//   fake_quant(x, scale, zero_point, qmin, qmax, inner, reciprocal, with_mask) -> (out, mask)
+//       r    = round_half_even(x / s)        (or x * (1 / s) with `reciprocal`)
+//       c    = clamp(r, qmin - zp, qmax - zp) (NaN stays NaN)
+//       out  = c * s + 0.0                   (+0.0 turns -0.0 into +0.0)
+//       mask = (r == c)                      (uint8; the straight-through estimator's mask)
+//     x is contiguous, viewed as [outer, C, inner]; scale / zero_point have C elements (C = 1:
+//     per tensor); without `with_mask` the mask is empty.
+//   masked_grad(grad, mask) -> grad * float(mask)
+//   histogram(x, shift, bins) -> int64 [bins]
+//       bin = floor(x * 2**shift) + bins / 2, where -0.0 from an underflowing negative x
+//       counts as -1 (every x must land in [0, bins): the caller sizes the range)
+//   div_channel_backward(grad, out, d, inner) -> (grad / d, (out / d) * grad)
+//     the two element-wise parts of the gradient of out = y / d, d per channel [C] of a
+//     contiguous [outer, C, inner] tensor.
+//
+//   observe_qparams(x, min_val!, max_val!, averaging, axis, qmin, qmax, symmetric, is_signed,
+//                   power_of_two, eps, bits, compute) -> (scale, zero_point, status)
+//       MinMaxObserver (averaging < 0) / MovingAverageMinMaxObserver statistics of x, then
+//       choose_qparams of the new range, in one call: the same ATen operations as the Python
+//       observers (aminmax / amin / amax, minimum / maximum, add_ with alpha) and, per tensor,
+//       the float64 arithmetic of fxquant.numerics.qparams._choose_qparams_float.  status 0:
+//       done; 1: nothing touched (the caller runs its Python path: first per-channel batch,
+//       NaN / Inf, empty or non-float32 x); 2: statistics updated, qparams left to the caller
+//       (cases the Python arithmetic handles differently: power of two, zero scales ...).
+//
+// Two of them also come as autograd operators whose backward runs in C++ (no Python function
+// call per quantizer and step):
+//   fake_quant_ste(x, scale, zero_point, qmin, qmax, inner, reciprocal) -> out
+//       forward fake_quant with the mask saved; backward masked_grad (grad * mask)
+//   channel_divide(y, d) -> y / d   (d shaped [1, C, 1, ...], y contiguous [N, C, ...])
+//       backward: grad / d, and -sum((out / d) * grad) over the dimensions where d is 1,
+//       the bits of autograd's own rule for a division (negation is exact)
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;
+
+template <typename T>
+inline T round_half_even(T v) {
+  return std::nearbyint(v);  // default rounding mode: to nearest, ties to even
+}
+
+template <typename T>
+inline T clamp_nan(T v, T lo, T hi) {
+  // torch.clamp: NaN propagates; otherwise min(max(v, lo), hi)
+  T a = v < lo ? lo : v;
+  return a > hi ? hi : a;
+}
+
+template <typename T, bool kRecip, bool kMask>
+void fq_row(const T* __restrict x, T* __restrict out, uint8_t* __restrict mask, int64_t n,
+            T s, T inv, T lo, T hi) {
+  const T zero = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    T v = kRecip ? x[i] * inv : x[i] / s;
+    T r = round_half_even(v);
+    T c = clamp_nan(r, lo, hi);
+    out[i] = c * s + zero;
+    if (kMask) mask[i] = static_cast<uint8_t>(r == c);
+  }
+}
+
+template <typename T, bool kRecip, bool kMask>
+void fq_channels_last(const T* __restrict x, T* __restrict out, uint8_t* __restrict mask,
+                      int64_t n_channels, const T* s, const T* inv, const T* lo, const T* hi) {
+  const T zero = T(0);
+  for (int64_t c = 0; c < n_channels; ++c) {
+    T v = kRecip ? x[c] * inv[c] : x[c] / s[c];
+    T r = round_half_even(v);
+    T q = clamp_nan(r, lo[c], hi[c]);
+    out[c] = q * s[c] + zero;
+    if (kMask) mask[c] = static_cast<uint8_t>(r == q);
+  }
+}
+
+template <typename T, bool kRecip, bool kMask>
+void fq_impl(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, const at::Tensor& scale,
+             const at::Tensor& zp, int64_t qmin, int64_t qmax, int64_t inner) {
+  const int64_t n_channels = scale.numel();
+  const int64_t numel = x.numel();
+  const T* xp = x.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  uint8_t* mp = kMask ? reinterpret_cast<uint8_t*>(mask.mutable_data_ptr<bool>()) : nullptr;
+  const T* sp = scale.const_data_ptr<T>();
+  const T* zpp = zp.const_data_ptr<T>();
+  std::vector<T> inv(n_channels), lo(n_channels), hi(n_channels);
+  for (int64_t c = 0; c < n_channels; ++c) {
+    inv[c] = T(1) / sp[c];
+    lo[c] = static_cast<T>(qmin) - zpp[c];  // exact: integers below 2**24 in magnitude
+    hi[c] = static_cast<T>(qmax) - zpp[c];
+  }
+  const T* lop = lo.data();
+  const T* hip = hi.data();
+  if (n_channels == 1) {
+    at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+      fq_row<T, kRecip, kMask>(xp + b, op + b, kMask ? mp + b : nullptr, e - b, sp[0], inv[0],
+                               lop[0], hip[0]);
+    });
+    return;
+  }
+  if (inner == 1) {  // channels on the last axis: rows of C elements
+    const int64_t rows = numel / n_channels;
+    const int64_t grain = std::max<int64_t>(1, kGrain / n_channels);
+    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t off = r * n_channels;
+        fq_channels_last<T, kRecip, kMask>(xp + off, op + off, kMask ? mp + off : nullptr,
+                                           n_channels, sp, inv.data(), lop, hip);
+      }
+    });
+    return;
+  }
+  const int64_t rows = numel / inner;  // outer * C rows of `inner` contiguous elements
+  const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t c = r % n_channels;
+      const int64_t off = r * inner;
+      fq_row<T, kRecip, kMask>(xp + off, op + off, kMask ? mp + off : nullptr, inner, sp[c],
+                               inv[c], lop[c], hip[c]);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& scale_in,
+                                              const at::Tensor& zero_point, int64_t qmin,
+                                              int64_t qmax, int64_t inner, bool reciprocal,
+                                              bool with_mask) {
+  TORCH_CHECK(x.device().is_cpu() && scale_in.device().is_cpu() && zero_point.device().is_cpu(),
+              "fxquant::fake_quant: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous(), "fxquant::fake_quant: x must be contiguous");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "fxquant::fake_quant: float32 / float64 only");
+  const int64_t n_channels = scale_in.numel();
+  TORCH_CHECK(n_channels >= 1 && zero_point.numel() == n_channels,
+              "fxquant::fake_quant: scale / zero point sizes differ");
+  // as the pure-torch path: scale.to(x.dtype); bounds qmin - zp and qmax - zp in x's dtype
+  // (exact: integers below 2**24 in magnitude)
+  at::Tensor scale = scale_in.to(x.scalar_type()).contiguous().reshape({n_channels});
+  at::Tensor zp = zero_point.to(x.scalar_type()).contiguous().reshape({n_channels});
+  TORCH_CHECK(inner >= 1 && x.numel() % (n_channels * inner) == 0,
+              "fxquant::fake_quant: x does not split into [outer, C, inner]");
+  at::Tensor out = at::empty_like(x);
+  at::Tensor mask = at::empty(with_mask ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kBool));
+  if (x.numel() == 0) return {out, mask};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fxquant_fake_quant", [&] {
+    if (reciprocal) {
+      if (with_mask) fq_impl<scalar_t, true, true>(x, out, mask, scale, zp, qmin, qmax, inner);
+      else fq_impl<scalar_t, true, false>(x, out, mask, scale, zp, qmin, qmax, inner);
+    } else {
+      if (with_mask) fq_impl<scalar_t, false, true>(x, out, mask, scale, zp, qmin, qmax, inner);
+      else fq_impl<scalar_t, false, false>(x, out, mask, scale, zp, qmin, qmax, inner);
+    }
+  });
+  return {out, mask};
+}
+
+template <typename T>
+void masked_grad_impl(const T* __restrict g, const uint8_t* __restrict m, T* __restrict o,
+                      int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = g[i] * static_cast<T>(m[i]);
+}
+
+at::Tensor masked_grad(const at::Tensor& grad, const at::Tensor& mask) {
+  TORCH_CHECK(grad.device().is_cpu() && mask.device().is_cpu(),
+              "fxquant::masked_grad: CPU tensors only");
+  TORCH_CHECK(grad.is_contiguous() && mask.is_contiguous() && grad.sizes() == mask.sizes(),
+              "fxquant::masked_grad: contiguous tensors of one shape only");
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "fxquant::masked_grad: mask must be bool");
+  at::Tensor out = at::empty_like(grad);
+  const uint8_t* mp = reinterpret_cast<const uint8_t*>(mask.const_data_ptr<bool>());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fxquant_masked_grad", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, grad.numel(), kGrain, [&](int64_t b, int64_t e) {
+      masked_grad_impl<scalar_t>(gp + b, mp + b, op + b, e - b);
+    });
+  });
+  return out;
+}
+
+template <typename T>
+void bin_indices(const T* __restrict x, int64_t n, T factor, int32_t half,
+                 int32_t* __restrict idx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    T fl = std::floor(v * factor);
+    fl = (fl == T(0) && v < T(0)) ? T(-1) : fl;  // an underflowing negative value: bin -1
+    idx[i] = static_cast<int32_t>(fl) + half;
+  }
+}
+
+template <typename T>
+void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
+                    int64_t* __restrict counts, bool* bad) {
+  // indices computed in vectorised blocks, then counted into four interleaved 32-bit
+  // sub-histograms (consecutive equal bins do not wait on one another), flushed before they
+  // could overflow
+  constexpr int kWays = 4;
+  constexpr int64_t kBlock = 1024;
+  const int32_t half = static_cast<int32_t>(bins / 2);
+  std::vector<uint32_t> local(static_cast<size_t>(kWays * bins), 0);
+  uint32_t* lp = local.data();
+  int32_t idx[kBlock];
+  uint32_t range_check = 0;
+  int64_t since_flush = 0;
+  auto flush = [&] {
+    for (int w = 0; w < kWays; ++w)
+      for (int64_t b = 0; b < bins; ++b) {
+        counts[b] += lp[w * bins + b];
+        lp[w * bins + b] = 0;
+      }
+    since_flush = 0;
+  };
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t m = std::min(kBlock, n - start);
+    bin_indices<T>(x + start, m, factor, half, idx);
+    uint32_t acc = 0;
+    for (int64_t i = 0; i < m; ++i) acc |= static_cast<uint32_t>(idx[i]);
+    if (acc >= static_cast<uint32_t>(bins)) {  // some index negative or >= bins
+      range_check = 1;
+      break;
+    }
+    int64_t i = 0;
+    for (; i + kWays <= m; i += kWays) {
+      ++lp[idx[i]];
+      ++lp[bins + idx[i + 1]];
+      ++lp[2 * bins + idx[i + 2]];
+      ++lp[3 * bins + idx[i + 3]];
+    }
+    for (; i < m; ++i) ++lp[idx[i]];
+    since_flush += m;
+    if (since_flush >= (int64_t(1) << 30)) flush();
+  }
+  flush();
+  if (range_check) *bad = true;
+}
+
+at::Tensor histogram(const at::Tensor& x, int64_t shift, int64_t bins) {
+  TORCH_CHECK(x.device().is_cpu(), "fxquant::histogram: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous(), "fxquant::histogram: x must be contiguous");
+  TORCH_CHECK(bins >= 2 && (bins & (bins - 1)) == 0, "fxquant::histogram: bins must be 2**k");
+  TORCH_CHECK(bins <= (int64_t(1) << 30), "fxquant::histogram: at most 2**30 bins");
+  const int64_t n = x.numel();
+  const int max_threads = at::get_num_threads();
+  const int64_t grain = 1 << 16;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(max_threads, (n + grain - 1) / grain));
+  at::Tensor partial = at::zeros({chunks, bins}, x.options().dtype(at::kLong));
+  int64_t* pp = partial.mutable_data_ptr<int64_t>();
+  std::vector<char> bad(static_cast<size_t>(chunks), 0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fxquant_histogram", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t factor = static_cast<scalar_t>(std::ldexp(1.0, static_cast<int>(shift)));
+    const int64_t per = (n + chunks - 1) / chunks;
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const int64_t lo = c * per;
+        const int64_t hi = std::min(n, lo + per);
+        bool chunk_bad = false;
+        if (hi > lo) histogram_impl<scalar_t>(xp + lo, hi - lo, factor, bins, pp + c * bins,
+                                               &chunk_bad);
+        bad[c] = chunk_bad;
+      }
+    });
+  });
+  for (int64_t c = 0; c < chunks; ++c)
+    TORCH_CHECK(!bad[c], "fxquant::histogram: a value lies outside the histogram's range");
+  return chunks == 1 ? partial[0] : partial.sum(0);
+}
+
+template <typename T>
+void div_backward_row(const T* __restrict g, const T* __restrict o, T* __restrict gy,
+                      T* __restrict gd, int64_t n, T d) {
+  for (int64_t i = 0; i < n; ++i) {
+    gy[i] = g[i] / d;
+    gd[i] = (o[i] / d) * g[i];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> div_channel_backward(const at::Tensor& grad,
+                                                        const at::Tensor& out,
+                                                        const at::Tensor& d, int64_t inner) {
+  TORCH_CHECK(grad.device().is_cpu(), "fxquant::div_channel_backward: CPU tensors only");
+  TORCH_CHECK(grad.is_contiguous() && out.is_contiguous() && d.is_contiguous() &&
+                  grad.sizes() == out.sizes(),
+              "fxquant::div_channel_backward: contiguous tensors of one shape only");
+  TORCH_CHECK(grad.scalar_type() == out.scalar_type() && d.scalar_type() == out.scalar_type(),
+              "fxquant::div_channel_backward: one dtype only");
+  const int64_t n_channels = d.numel();
+  TORCH_CHECK(inner >= 1 && grad.numel() % (n_channels * inner) == 0,
+              "fxquant::div_channel_backward: grad does not split into [outer, C, inner]");
+  at::Tensor gy = at::empty_like(grad);
+  at::Tensor gd = at::empty_like(grad);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fxquant_div_channel_backward", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* op = out.const_data_ptr<scalar_t>();
+    const scalar_t* dp = d.const_data_ptr<scalar_t>();
+    scalar_t* gyp = gy.mutable_data_ptr<scalar_t>();
+    scalar_t* gdp = gd.mutable_data_ptr<scalar_t>();
+    const int64_t rows = grad.numel() / inner;
+    const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t off = r * inner;
+        div_backward_row<scalar_t>(gp + off, op + off, gyp + off, gdp + off, inner,
+                                   dp[r % n_channels]);
+      }
+    });
+  });
+  return {gy, gd};
+}
+
+// -- fused observer statistics + qparams -------------------------------------------------------
+constexpr int64_t kDone = 0, kUntouched = 1, kObservedOnly = 2;
+
+std::tuple<at::Tensor, at::Tensor> channel_aminmax(const at::Tensor& v) {
+  at::Tensor lo = at::amin(v, 1), hi = at::amax(v, 1);
+  if (at::logical_or(lo == 0, hi == 0).any().item<bool>()) return at::aminmax(v, 1);
+  return {lo, hi};
+}
+
+bool all_finite(const at::Tensor& lo, const at::Tensor& hi) {
+  if (lo.dim() == 0) return std::isfinite(lo.item<double>()) && std::isfinite(hi.item<double>());
+  if (std::isfinite(at::sub(lo, hi).sum().item<double>())) return true;
+  return at::isfinite(lo).all().item<bool>() && at::isfinite(hi).all().item<bool>();
+}
+
+bool has_stats(const at::Tensor& mn, const at::Tensor& mx) {
+  if (mn.dim() == 0) return mn.item<double>() <= mx.item<double>();
+  return mn.numel() > 0 && at::le(mn, mx).all().item<bool>();
+}
+
+float to_float32(double v) { return static_cast<float>(v); }  // nearest, ties to even
+
+// fxquant.numerics.qparams._choose_qparams_float, step by step; false where it returns None
+bool choose_scalar(double lo, double hi, int64_t qmin, int64_t qmax, bool symmetric,
+                   bool is_signed, double eps, float* scale_out, int64_t* zp_out) {
+  lo = std::min(lo, 0.0);
+  hi = std::max(hi, 0.0);
+  double scale, zp;
+  if (symmetric) {
+    const double amax = std::max(-lo, hi);
+    if (is_signed) {
+      zp = 0.0;
+      scale = amax / static_cast<double>(qmax);
+    } else {
+      const int64_t mid = (qmin + qmax + 1) / 2;  // qmin >= 0: floor division
+      zp = static_cast<double>(mid);
+      scale = amax / static_cast<double>(qmax - mid);
+    }
+    scale = std::max(scale, eps);
+    if (!(scale > 0.0 && scale < INFINITY)) return false;
+  } else {
+    scale = std::max((hi - lo) / static_cast<double>(qmax - qmin), eps);
+    if (!(scale > 0.0 && scale < INFINITY)) return false;
+    zp = std::min(std::max(static_cast<double>(qmin) - std::nearbyint(lo / scale),
+                           static_cast<double>(qmin)), static_cast<double>(qmax));
+  }
+  const float s32 = std::max(to_float32(scale), to_float32(eps));
+  if (!(s32 < INFINITY)) return false;
+  *scale_out = s32;
+  *zp_out = static_cast<int64_t>(zp);
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
+    const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, double averaging,
+    int64_t axis, int64_t qmin, int64_t qmax, bool symmetric, bool is_signed, bool power_of_two,
+    double eps, int64_t bits, bool compute) {
+  const at::Tensor none;
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.numel() == 0 ||
+      min_val.scalar_type() != at::kFloat || max_val.scalar_type() != at::kFloat ||
+      !min_val.device().is_cpu())
+    return {none, none, kUntouched};
+  at::Tensor lo, hi;
+  if (axis < 0) {
+    std::tie(lo, hi) = at::aminmax(x);
+  } else {
+    const int64_t c = x.size(axis);
+    std::tie(lo, hi) = channel_aminmax(x.movedim(axis, 0).reshape({c, -1}));
+  }
+  if (!all_finite(lo, hi) || min_val.sizes() != lo.sizes()) return {none, none, kUntouched};
+  if (averaging < 0) {  // MinMaxObserver._combine
+    at::minimum_out(min_val, min_val, lo);
+    at::maximum_out(max_val, max_val, hi);
+  } else if (!has_stats(min_val, max_val)) {  // MovingAverageMinMaxObserver: first batch
+    min_val.copy_(lo);
+    max_val.copy_(hi);
+  } else {
+    min_val.add_(at::sub(lo, min_val), averaging);
+    max_val.add_(at::sub(hi, max_val), averaging);
+  }
+  if (!compute || power_of_two || !has_stats(min_val, max_val)) return {none, none, kObservedOnly};
+  if (axis < 0) {
+    float s32;
+    int64_t zp;
+    if (!choose_scalar(min_val.item<double>(), max_val.item<double>(), qmin, qmax, symmetric,
+                       is_signed, eps, &s32, &zp))
+      return {none, none, kObservedOnly};
+    return {at::scalar_tensor(s32, x.options()),
+            at::scalar_tensor(zp, x.options().dtype(at::kInt)), kDone};
+  }
+  // choose_qparams' float32 path: symmetric signed grids of at most 24 bits, normal eps
+  const double min_normal = 1.1754943508222875e-38, max_normal = 3.4028234663852886e+38;
+  if (!(symmetric && is_signed && bits <= 24 && eps >= min_normal && eps <= max_normal))
+    return {none, none, kObservedOnly};
+  at::Tensor scale = at::maximum(min_val.neg(), max_val).clamp_min_(0.0).div_(qmax);
+  scale.clamp_min_(eps);
+  return {scale, at::zeros(scale.sizes(), scale.options().dtype(at::kInt)), kDone};
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor grad_times_mask(const at::Tensor& grad, const at::Tensor& mask) {
+  // a gradient that requires grad (create_graph=True) takes differentiable ATen operations
+  if (!grad.requires_grad() && grad.is_contiguous() && grad.sizes() == mask.sizes() &&
+      (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble))
+    return masked_grad(grad, mask);
+  return grad * mask;  // same bits: the bool promotes to 0.0 / 1.0
+}
+
+class FakeQuantSTE : public torch::autograd::Function<FakeQuantSTE> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                            int64_t inner, bool reciprocal) {
+    auto result = fake_quant(x, scale, zero_point, qmin, qmax, inner, reciprocal, true);
+    ctx->saved_data["mask"] = std::get<1>(result);
+    return std::get<0>(result);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor mask = ctx->saved_data["mask"].toTensor();
+    at::Tensor gx = grads[0].defined() ? grad_times_mask(grads[0], mask) : at::Tensor();
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor fake_quant_ste_autograd(const at::Tensor& x, const at::Tensor& scale,
+                                   const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                                   int64_t inner, bool reciprocal) {
+  return FakeQuantSTE::apply(x, scale, zero_point, qmin, qmax, inner, reciprocal);
+}
+
+at::Tensor fake_quant_ste_cpu(const at::Tensor& x, const at::Tensor& scale,
+                              const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                              int64_t inner, bool reciprocal) {
+  return std::get<0>(fake_quant(x, scale, zero_point, qmin, qmax, inner, reciprocal, false));
+}
+
+class ChannelDivide : public torch::autograd::Function<ChannelDivide> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& d) {
+    at::Tensor out = at::div(y, d);
+    ctx->save_for_backward({out, d});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& out = saved[0];
+    const at::Tensor& d = saved[1];
+    const at::Tensor& g = grads[0];
+    const bool need_y = ctx->needs_input_grad(0), need_d = ctx->needs_input_grad(1);
+    if (!g.defined()) return {at::Tensor(), at::Tensor()};
+    if (!need_d) return {need_y ? at::div(g, d) : at::Tensor(), at::Tensor()};
+    at::Tensor gy, t;
+    const bool fused = !g.requires_grad() && g.is_contiguous() && out.is_contiguous() &&
+                       g.sizes() == out.sizes() &&
+                       g.dim() >= 2 && g.scalar_type() == out.scalar_type() &&
+                       d.scalar_type() == out.scalar_type() && d.numel() == g.size(1) &&
+                       (g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble) &&
+                       g.numel() > 0;
+    if (fused) {
+      std::tie(gy, t) = div_channel_backward(g, out, d.reshape({-1}).contiguous(),
+                                             g.numel() / (g.size(0) * g.size(1)));
+    } else {
+      gy = at::div(g, d);
+      t = at::mul(at::div(out, d), g);
+    }
+    // as autograd's sum_to: the dimensions where d is 1 and the output is not
+    std::vector<int64_t> dims;
+    for (int64_t i = 0; i < out.dim(); ++i)
+      if (d.size(i) == 1 && out.size(i) != 1) dims.push_back(i);
+    at::Tensor gd = dims.empty() ? t : at::sum(t, dims, /*keepdim=*/true);
+    return {need_y ? gy : at::Tensor(), gd.neg_()};
+  }
+};
+
+at::Tensor channel_divide_autograd(const at::Tensor& y, const at::Tensor& d) {
+  return ChannelDivide::apply(y, d);
+}
+
+at::Tensor channel_divide_cpu(const at::Tensor& y, const at::Tensor& d) { return at::div(y, d); }
+
+}  // namespace
+
+TORCH_LIBRARY(fxquant_native, m) {
+  m.def("fake_quant(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
+        "bool reciprocal, bool with_mask) -> (Tensor, Tensor)");
+  m.def("masked_grad(Tensor grad, Tensor mask) -> Tensor");
+  m.def("histogram(Tensor x, int shift, int bins) -> Tensor");
+  m.def("div_channel_backward(Tensor grad, Tensor out, Tensor d, int inner) -> (Tensor, Tensor)");
+  m.def("fake_quant_ste(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
+        "bool reciprocal) -> Tensor");
+  m.def("channel_divide(Tensor y, Tensor d) -> Tensor");
+  m.def("observe_qparams(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float averaging, "
+        "int axis, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
+        "float eps, int bits, bool compute) -> (Tensor, Tensor, int)");
+}
+
+TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
+  m.impl("fake_quant", &fake_quant);
+  m.impl("masked_grad", &masked_grad);
+  m.impl("histogram", &histogram);
+  m.impl("div_channel_backward", &div_channel_backward);
+  m.impl("fake_quant_ste", &fake_quant_ste_cpu);
+  m.impl("channel_divide", &channel_divide_cpu);
+  m.impl("observe_qparams", &observe_qparams);
+}
+
+TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {
+  m.impl("fake_quant_ste", &fake_quant_ste_autograd);
+  m.impl("channel_divide", &channel_divide_autograd);
+}

@@ -1,0 +1,196 @@
+"""One-time check, per process, that the compiled kernels reproduce the pure-torch formulas.
+
+Runs every kernel variant (float32 / float64, divide / reciprocal, per tensor / per channel,
+mask or not) on small tensors full of the cases where an implementation could differ: exact
+rounding ties and their neighbours one ulp away, +-0, values that saturate, +-inf, NaN, huge and
+tiny magnitudes.  The references below are written with torch ops only (the literal formulas),
+so this module imports nothing else of fxquant.  Costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["run"]
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit patterns (so -0.0 != +0.0), NaN positions equal, NaN payloads ignored."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    na, nb = torch.isnan(a), torch.isnan(b)
+    if not torch.equal(na, nb):
+        return False
+    view = torch.int32 if a.dtype == torch.float32 else torch.int64
+    return torch.equal(a.contiguous().view(view)[~na], b.contiguous().view(view)[~nb])
+
+
+def _inputs(dtype: torch.dtype, scale: float, gen: torch.Generator) -> torch.Tensor:
+    k = torch.arange(-300, 300, dtype=torch.float64)
+    ties = torch.cat([(k + 0.5) * scale, k * scale, (k + 0.25) * scale]).to(dtype)
+    up = torch.nextafter(ties, torch.full_like(ties, float("inf")))
+    down = torch.nextafter(ties, torch.full_like(ties, -float("inf")))
+    big = torch.finfo(dtype).max
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), big, -big,
+                            1e-30, -1e-30, 1e30, -1e30], dtype=dtype)
+    noise = torch.randn(997, generator=gen, dtype=torch.float64).to(dtype) * scale * 200
+    return torch.cat([ties, up, down, special, noise])
+
+
+def _reference_fq(x, s, zp, qmin, qmax, reciprocal):
+    v = x * (1.0 / s) if reciprocal else x / s
+    q = torch.round(v) + zp
+    mask = (q >= qmin) & (q <= qmax)
+    return (q.clamp(qmin, qmax) - zp) * s, mask
+
+
+def _check_fake_quant(fq, masked_grad, gen) -> str | None:
+    grids = [(-128, 127, 0), (0, 255, 128), (0, 255, 0), (-8, 7, 3), (-32768, 32767, -5)]
+    for dtype in (torch.float32, torch.float64):
+        for qmin, qmax, zp in grids:
+            for reciprocal in (False, True):
+                scale = 0.0123
+                x = _inputs(dtype, scale, gen)
+                s32 = torch.tensor(scale, dtype=torch.float32)
+                zpt = torch.tensor(zp, dtype=torch.int32)
+                s, z = s32.to(dtype), zpt.to(dtype)
+                ref, ref_mask = _reference_fq(x, s, z, qmin, qmax, reciprocal)
+                for with_mask in (True, False):
+                    out, mask = fq(x, s32, zpt, qmin, qmax, 1, reciprocal, with_mask)
+                    if not _same_bits(out, ref):
+                        return f"fake_quant {dtype} [{qmin}, {qmax}] zp {zp} recip {reciprocal}"
+                    if with_mask and not torch.equal(mask, ref_mask):
+                        return f"fake_quant mask {dtype} [{qmin}, {qmax}] zp {zp}"
+                g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+                g[::7] = -g[::7].abs()
+                if not _same_bits(masked_grad(g, ref_mask), g * ref_mask.to(dtype)):
+                    return f"masked_grad {dtype}"
+        # per channel: channels in the middle (inner > 1) and last (inner == 1)
+        c = 5
+        scales = torch.tensor([0.01, 0.5, 3.0, 1e-3, 7.25], dtype=torch.float32)
+        zps = torch.tensor([0, 3, -4, 100, -128], dtype=torch.int32)
+        for layout in ("middle", "last"):
+            base = torch.cat([_inputs(dtype, float(sc), gen)[:590] for sc in scales])
+            if layout == "middle":
+                x = base.reshape(c, 2, 295).transpose(0, 1).contiguous()  # [2, C, 295]
+                s, z = scales.to(dtype)[None, :, None], zps.to(dtype)[None, :, None]
+                axis, inner = 1, 295
+            else:
+                x = base.reshape(c, 590).t().contiguous()  # [590, C]
+                s, z = scales.to(dtype), zps.to(dtype)
+                axis, inner = 1, 1
+            for reciprocal in (False, True):
+                ref, ref_mask = _reference_fq(x, s, z, -128, 127, reciprocal)
+                out, mask = fq(x, scales, zps, -128, 127, inner, reciprocal, True)
+                if not (_same_bits(out, ref) and torch.equal(mask, ref_mask)):
+                    return f"fake_quant per channel ({layout}, axis {axis}) {dtype}"
+    return None
+
+
+def _check_histogram(hist, gen) -> str | None:
+    bins = 2048
+    half = bins // 2
+    for dtype in (torch.float32, torch.float64):
+        for exp in (-100, -3, 0, 5, 120):
+            bound = 2.0**exp
+            x = (torch.rand(4099, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            x = torch.cat([x, torch.tensor([0.0, -0.0, -1e-300, 1e-300, -bound * 0.999])])
+            x = x.clamp(-bound * (1 - 2**-40), bound * (1 - 2**-40)).to(dtype)
+            if dtype == torch.float32:
+                x = x[torch.isfinite(x) & (x.abs() < bound)]
+            shift = (half.bit_length() - 1) - exp
+            factor = torch.tensor(2.0**shift, dtype=torch.float64).to(dtype)
+            scaled = torch.floor(x * factor)
+            scaled = torch.where((scaled == 0) & (x < 0), -1.0, scaled)
+            ref = torch.bincount(scaled.to(torch.int64) + half, minlength=bins)
+            if not torch.equal(hist(x, shift, bins), ref):
+                return f"histogram {dtype} exp {exp}"
+    return None
+
+
+def _check_div_backward(divb, gen) -> str | None:
+    for dtype in (torch.float32, torch.float64):
+        g = torch.randn(3, 4, 5, 7, generator=gen, dtype=torch.float64).to(dtype)
+        out = torch.randn(3, 4, 5, 7, generator=gen, dtype=torch.float64).to(dtype) * 1e3
+        d = torch.tensor([0.37, -2.5, 1e-10, 3e7], dtype=dtype)
+        gy, gd = divb(g, out, d, 35)
+        dv = d.reshape(1, -1, 1, 1)
+        if not (_same_bits(gy, g / dv) and _same_bits(gd, (out / dv) * g)):
+            return f"div_channel_backward {dtype}"
+    return None
+
+
+def _check_autograd_ops(fq_ste, divide, gen) -> str | None:
+    """The autograd operators: values and gradients against torch's own autograd."""
+    for dtype in (torch.float32, torch.float64):
+        x = _inputs(dtype, 0.05, gen)[:2000].reshape(4, 5, 100)
+        s, z = torch.tensor(0.05), torch.tensor(3, dtype=torch.int32)
+        ref, mask = _reference_fq(x, s.to(dtype), z.to(dtype), -128, 127, False)
+        g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+        xa = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = fq_ste(xa, s, z, -128, 127, 1, False)
+            out.backward(g)
+        if not (_same_bits(out.detach(), ref) and _same_bits(xa.grad, g * mask.to(dtype))):
+            return f"fake_quant_ste {dtype}"
+        y = torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64).to(dtype) * 10
+        d = torch.tensor([0.3, -2.0, 1.7, 5e-3], dtype=dtype).reshape(1, -1, 1, 1)
+        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+        got, want = [], []
+        with torch.enable_grad():
+            for fn, acc in ((divide, got), (torch.div, want)):
+                ya, da = y.clone().requires_grad_(True), d.clone().requires_grad_(True)
+                o = fn(ya, da)
+                o.backward(gy)
+                acc += [o.detach(), ya.grad, da.grad]
+        if not all(_same_bits(a, b) for a, b in zip(got, want, strict=True)):
+            return f"channel_divide {dtype}"
+    return None
+
+
+def _reference_qparams(lo, hi, qmin, qmax, symmetric):
+    """The float64 arithmetic of ``choose_qparams`` (signed grids) on one range."""
+    lo64, hi64 = lo.double().clamp(max=0.0), hi.double().clamp(min=0.0)
+    if symmetric:
+        scale, zp = torch.maximum(-lo64, hi64) / qmax, torch.zeros_like(lo64)
+        scale = scale.clamp(min=2.0**-23)
+    else:
+        scale = ((hi64 - lo64) / (qmax - qmin)).clamp(min=2.0**-23)
+        zp = (qmin - torch.round(lo64 / scale)).clamp(qmin, qmax)
+    return scale.float().clamp(min=2.0**-23), zp.int()
+
+
+def _check_observe(observe, gen) -> str | None:
+    """Running and moving-average statistics and the qparams of the new range."""
+    for averaging in (-1.0, 0.01):
+        for symmetric in (True, False):
+            mn, mx = torch.tensor(float("inf")), torch.tensor(float("-inf"))
+            ref_mn, ref_mx = mn.clone(), mx.clone()
+            for step in range(3):
+                x = torch.randn(500, generator=gen) * (step + 1) + 0.3
+                s, z, status = observe(x, mn, mx, averaging, -1, -128, 127, symmetric, True,
+                                       False, 2.0**-23, 8, True)
+                lo, hi = torch.aminmax(x)
+                if averaging < 0:
+                    ref_mn, ref_mx = torch.minimum(ref_mn, lo), torch.maximum(ref_mx, hi)
+                elif step == 0:
+                    ref_mn, ref_mx = lo.clone(), hi.clone()
+                else:
+                    ref_mn.add_(lo - ref_mn, alpha=averaging)
+                    ref_mx.add_(hi - ref_mx, alpha=averaging)
+                rs, rz = _reference_qparams(ref_mn, ref_mx, -128, 127, symmetric)
+                if status != 0 or not (_same_bits(mn, ref_mn) and _same_bits(mx, ref_mx)
+                                       and _same_bits(s, rs) and torch.equal(z, rz)):
+                    return f"observe_qparams averaging={averaging} symmetric={symmetric}"
+    return None
+
+
+def run(ops) -> str | None:
+    """None if every kernel matches its reference, else what differed."""
+    fq, masked_grad, hist, divb, fq_ste, divide, observe = ops
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
+                   or _check_div_backward(divb, gen))
+        problem = problem or _check_observe(observe, gen)
+    return problem or _check_autograd_ops(fq_ste, divide, gen)

@@ -1,0 +1,36 @@
+"""Runtime arithmetic: what a deployment runtime's integer kernels compute, bit for bit.
+
+* :mod:`.ort`: ONNX Runtime's (MLAS) kernels as pure functions on code tensors;
+* :mod:`.exact`: exact integer accumulation (conv / linear / matmul over codes) with float
+  kernels;
+* :mod:`.kernels`: modules that compute one op of a prepared model with a runtime's arithmetic
+  (placed by :mod:`fxquant.graph.simulate`, the eval-mode runtime simulation).
+"""
+
+from . import exact, ort, tflite
+from .kernels import (
+    AvgPoolKernel,
+    BinaryKernel,
+    FixedPointMeanKernel,
+    GlobalAvgPoolKernel,
+    LookupKernel,
+    MeanKernel,
+    RuntimeKernel,
+    WeightedKernel,
+    settled,
+)
+
+__all__ = [
+    "ort",
+    "tflite",
+    "exact",
+    "RuntimeKernel",
+    "WeightedKernel",
+    "BinaryKernel",
+    "FixedPointMeanKernel",
+    "GlobalAvgPoolKernel",
+    "AvgPoolKernel",
+    "LookupKernel",
+    "MeanKernel",
+    "settled",
+]
