@@ -91,6 +91,11 @@ def test_profiles_round_trip_through_json(name):
     ({"float_input_ops": "softmax"}, "float_input_ops must be a list"),
     ({"max_qdq_bits": "8"}, "max_qdq_bits must be an int"),
     ({"colour": "red"}, "unknown fields 'colour'"),
+    ({"kernels": "QLinearConv"}, "kernels must be a list"),
+    ({"kernels": [{"op": "spin", "kernel": "X"}]}, "not a valid KernelOp"),
+    ({"kernels": [{"op": "conv", "kernel": "X", "max_bits": "8"}]}, "max_bits an int"),
+    ({"fixed_outputs": [{"op_types": ["softmax"], "bits": 8}]}, "a fixed output grid is"),
+    ({"same_grid_ops": "avgpool2d"}, "same_grid_ops must be a list"),
 ])
 def test_profile_from_bad_dict_raises_checkpoint_error(change, match):
     data = {**PROFILES["generic"].to_dict(), **change}

@@ -21,6 +21,7 @@ from fxquant.runtimes import (
     ExecutedOps,
     StepCounter,
     open_session,
+    require_runtime,
     runtime_version,
     tensor_diff,
 )
@@ -132,3 +133,10 @@ def test_compare_reads_tensors_from_openvino_too(ort_model):
         assert rows and all(r.max_step_diff <= 1 for r in rows), rows
         assert rows[0].numel == 2 * x.numel()
     assert "ort steps" in str(t) and "ov steps" in str(t)
+
+
+def test_every_runtime_names_its_packages():
+    """Each Runtime has a session class and a package list (here all are installed)."""
+    for rt in Runtime:
+        assert rt in SESSIONS
+        assert require_runtime(rt.value, "test") is rt

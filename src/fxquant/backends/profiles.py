@@ -298,6 +298,11 @@ class BackendProfile:
                 v = v.value
             elif isinstance(v, frozenset):
                 v = sorted(v)
+            elif f.name == "kernels":
+                v = [_kernel_to_plain(k) for k in v]
+            elif f.name == "fixed_outputs":
+                v = [{"op_types": sorted(o.op_types), "bits": o.bits, "scale": o.scale,
+                      "zero_point": o.zero_point} for o in v]
             out[f.name] = v
         return out
 
@@ -327,8 +332,59 @@ _PARSE: dict[str, Any] = {
 }
 
 
+def _kernel_to_plain(k: FusedKernel) -> dict[str, Any]:
+    return {"op": k.op.value, "kernel": k.kernel,
+            "input_ndims": None if k.input_ndims is None else list(k.input_ndims),
+            "quantized_output": k.quantized_output, "max_bits": k.max_bits,
+            "integer": k.integer}
+
+
+def _kernel_from_plain(value: Any) -> FusedKernel:
+    keys = {"op", "kernel", "input_ndims", "quantized_output", "max_bits", "integer"}
+    if not isinstance(value, dict) or not set(value) <= keys or "op" not in value \
+            or "kernel" not in value:
+        raise TypeError(f"a fused kernel is a dict with keys {sorted(keys)}, got "
+                        f"{bounded(repr(value))}")
+    ndims = value.get("input_ndims")
+    if ndims is not None and (not isinstance(ndims, list)
+                              or not all(isinstance(n, int) for n in ndims)):
+        raise TypeError(f"fused kernel input_ndims must be a list of ints or null, got "
+                        f"{bounded(repr(ndims))}")
+    flags = {k: value[k] for k in ("quantized_output", "integer") if k in value}
+    if not all(isinstance(v, bool) for v in flags.values()):
+        raise TypeError(f"fused kernel flags must be true or false, got {bounded(repr(flags))}")
+    bits = value.get("max_bits", 8)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not isinstance(value["kernel"], str):
+        raise TypeError(f"fused kernel {bounded(repr(value))}: kernel is a str, max_bits an int")
+    return FusedKernel(KernelOp(value["op"]), value["kernel"],
+                       None if ndims is None else tuple(ndims), max_bits=bits, **flags)
+
+
+def _fixed_output_from_plain(value: Any) -> FixedOutput:
+    ok = isinstance(value, dict) and set(value) == {"op_types", "bits", "scale", "zero_point"} \
+        and isinstance(value["op_types"], list) \
+        and all(isinstance(t, str) for t in value["op_types"]) \
+        and all(isinstance(value[k], int) and not isinstance(value[k], bool)
+                for k in ("bits", "zero_point")) \
+        and isinstance(value["scale"], (int, float)) and not isinstance(value["scale"], bool)
+    if not ok:
+        raise TypeError(f"a fixed output grid is {{op_types: [str], bits: int, scale: float, "
+                        f"zero_point: int}}, got {bounded(repr(value))}")
+    return FixedOutput(frozenset(value["op_types"]), value["bits"], float(value["scale"]),
+                       value["zero_point"])
+
+
 def _field_from_plain(name: str, value: Any) -> Any:
     """A :class:`BackendProfile` field from its :meth:`~BackendProfile.to_dict` value."""
+    if name in ("kernels", "fixed_outputs"):
+        if not isinstance(value, list):
+            raise TypeError(f"{name} must be a list, got {bounded(repr(value))}")
+        parse_one = _kernel_from_plain if name == "kernels" else _fixed_output_from_plain
+        return tuple(parse_one(v) for v in value)
+    if name in ("same_grid_ops", "shared_grid_ops"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{name} must be a list of op types, got {bounded(repr(value))}")
+        return frozenset(value)
     if name == "float_input_ops":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(f"float_input_ops must be a list of op names, got "

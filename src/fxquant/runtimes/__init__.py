@@ -56,6 +56,7 @@ SESSIONS: dict[Runtime, type[Session]] = {
 _PACKAGES: dict[Runtime, tuple[tuple[str, str], ...]] = {
     Runtime.ONNXRUNTIME: (("onnx", "onnx"), ("onnxruntime", "onnx")),
     Runtime.OPENVINO: (("onnx", "onnx"), ("openvino", "openvino")),
+    Runtime.LITERT: (("ai_edge_litert", "tflite"), ("tflite", "tflite")),
 }
 """Runtime -> the optional packages (module, fxquant extra) a session of it imports."""
 
