@@ -166,13 +166,19 @@ def iter_inputs(
 ) -> Iterator[ModelInputs]:
     """The batches of ``data`` (:func:`as_batches`) as :class:`ModelInputs` (:func:`as_inputs`
     with ``num_inputs``), moved to ``device`` when given; at most ``limit`` of them (the
-    ``num_batches`` argument of the caller: :func:`check_num_batches`)."""
+    ``num_batches`` argument of the caller: :func:`check_num_batches`).  ``data`` and ``limit``
+    are checked now, before the caller starts any work (a progress bar ...)."""
     check_num_batches(limit)
-    for i, batch in enumerate(as_batches(data)):
-        if limit is not None and i >= limit:
-            return
-        inputs = as_inputs(batch, num_inputs)
-        yield inputs if device is None else inputs.to(device)
+    batches = as_batches(data)
+
+    def gen() -> Iterator[ModelInputs]:
+        for i, batch in enumerate(batches):
+            if limit is not None and i >= limit:
+                return
+            inputs = as_inputs(batch, num_inputs)
+            yield inputs if device is None else inputs.to(device)
+
+    return gen()
 
 
 def check_num_batches(num_batches: Any) -> None:
