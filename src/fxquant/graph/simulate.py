@@ -272,6 +272,7 @@ _GAP_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d
 _AVG_POOL_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
 _AVG_POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 _GAP_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 _BINARY = {"add": KernelOp.ADD, "mul": KernelOp.MUL, "matmul": KernelOp.MATMUL,
            "bmm": KernelOp.MATMUL}
 
@@ -304,6 +305,8 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
         return KernelOp.AVG_POOL
     if n.op == "call_function" and n.target is F.linear:
         return KernelOp.LINEAR
+    if n.op == "call_function" and n.target in _CONV_FUNCTIONS:
+        return KernelOp.CONV
     if n.op in ("call_function", "call_method"):
         name = canonical_name(n.target)
         if name in _BINARY:
@@ -450,16 +453,20 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
         out_fq, clip, why = _output_quantizer(gm, n, bits)
         if out_fq is None:
             return None, why
-    if op is KernelOp.LINEAR and n.op == "call_function":  # F.linear(x, fq(weight), bias)
+    if op in (KernelOp.LINEAR, KernelOp.CONV) and n.op == "call_function":
+        # F.linear / F.convNd(x, fq(weight), bias, ...)
         w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
         wfq = _quantizer(gm, w) if isinstance(w, fx.Node) else None
-        if wfq is None or wfq.dtype.bits > bits or wfq.ch_axis not in (None, 0):
+        if wfq is None or wfq.dtype.bits > 8 or wfq.ch_axis not in (None, 0):
             return None, "the weight is not an 8-bit grid per output channel"
-        in_fq, why = _input_quantizer(gm, n, n.args[0], bits, dynamic)
+        if op is KernelOp.CONV and bits > 8:
+            return None, "a functional conv (the 16x8 kernels are emulated for modules)"
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
         if in_fq is None:
             return None, why
         return WeightedKernel(entry.kernel, None, in_fq, out_fq, clip,
-                              float_output=not entry.quantized_output, weight_fq=wfq), ""
+                              float_output=not entry.quantized_output, weight_fq=wfq,
+                              conv=n.target if op is KernelOp.CONV else None), ""
     if entry.kernel == FixedPointMeanKernel.NAME:  # LiteRT's 16-bit MEAN (mean / global pool)
         in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
         if in_fq is None or out_fq is None:
