@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import ExportError, bounded, require
 from ..fake_quant import FakeQuantize, FakeQuantState, quantizer_states
 from ..graph.report import PrepareReport, get_report
+from ..version import __version__
 from .arguments import check_export_arguments
 from .atomic import atomic_path, check_writable
 from .onnx_lower import MIN_TORCH_ONNX_OPSET, lower
@@ -238,8 +239,6 @@ def _capture(qmodel: nn.Module, example_inputs: Any, report: PrepareReport,
 def _to_proto(model: Any) -> Any:
     import onnx
     import onnx_ir as ir
-
-    from .. import __version__
 
     proto = ir.serde.serialize_model(model)
     proto.producer_name, proto.producer_version = "fxquant", __version__
