@@ -556,12 +556,19 @@ class FixedPointMeanKernel(RuntimeKernel):
 
 class FloatFunctionKernel(RuntimeKernel):
     """An elementwise float op the runtime computes with a float32 function of its own (ORT's
-    Sigmoid: MLAS's logistic approximation), on a quantized input."""
+    Sigmoid: MLAS's logistic approximation), on a quantized input.
+
+    The input takes at most ``2^bits`` values (its grid's), so the function is evaluated once per
+    grid value and looked up -- the same float32 results at the cost of a gather (the input is
+    checked to lie exactly on the grid; otherwise the function runs on every element)."""
+
+    _TABLE_LIMIT = 2**16
 
     def __init__(self, kernel: str, fallback: Callable[..., Any], fn: Callable[[Tensor], Tensor],
                  in_fq: FakeQuantize) -> None:
         super().__init__(kernel, fallback, (in_fq,))
         self.fn = fn
+        self.in_fq = in_fq
 
     def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
         if not isinstance(x, Tensor) or rest or any(v for v in kwargs.values()):
@@ -569,7 +576,15 @@ class FloatFunctionKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        return self.fn(x)
+        g = _Grid(self.in_fq)
+        if g.qmax - g.qmin >= self._TABLE_LIMIT or x.dtype != _F32 or x.numel() < 4 * (
+                g.qmax - g.qmin + 1):
+            return self.fn(x)
+        values = torch.arange(g.qmin, g.qmax + 1, dtype=_F32).sub_(g.zp).mul_(g.scale)
+        index = g.codes(x).sub_(g.qmin).clamp_(0, g.qmax - g.qmin).long()
+        if not torch.equal(values[index], x):  # not on the grid: compute every element
+            return self.fn(x)
+        return self.fn(values)[index]
 
 
 def _silu(x: Tensor) -> Tensor:
