@@ -81,7 +81,7 @@ class _Grid:
         """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
         ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
         magnitude), so rounding recovers it exactly."""
-        return torch.mul(x.to(_F32), 1.0 / self.scale).round_()
+        return ort.round_(torch.mul(x.to(_F32), 1.0 / self.scale))
 
     def codes(self, x: Tensor) -> Tensor:
         """The raw codes ``q`` of a tensor on this grid."""
