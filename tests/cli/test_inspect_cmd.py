@@ -60,7 +60,7 @@ def test_onnx_rows_are_the_applied_grids(exported):
     assert rows["fc"].dtype == "int16" and rows["fc"].symmetric
     assert rows["conv.weight"].dtype == "int8" and len(rows["conv.weight"].scales) == 6
     assert rows["conv.bias"].dtype == "int32"  # the int32 bias of the onnxruntime profile
-    assert rows["fc"].aliases == ()  # the graph output is fc_dequantized itself
+    assert rows["fc"].aliases == ("output",)  # the graph output: an Identity of fc_dequantized
 
 
 def test_encodings_rows_are_the_file(exported):

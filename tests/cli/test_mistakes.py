@@ -32,16 +32,19 @@ def touches():  # leaves a marker: proves the factory ran
     pathlib.Path("factory_ran").write_text("yes")
     return nn.Linear(4, 2), torch.randn(1, 4)
 
-class Deconv(nn.Module):
+class Branchy(nn.Module):
     def __init__(self):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(3, 3, 2, 2))
+        self.conv = nn.Conv2d(3, 4, 3)
 
-    def forward(self, image):  # functional conv_transpose2d has no ONNX emitter
-        return nn.functional.conv_transpose2d(image, self.w)
+    def forward(self, image):  # an `if` on a tensor's value: prepares (eagerly), cannot export
+        y = self.conv(image)
+        if y.mean() > 0:
+            return torch.relu(y)
+        return y
 
-def no_emitter():
-    return Deconv(), torch.randn(1, 3, 12, 12)
+def unexportable():
+    return Branchy(), torch.randn(1, 3, 12, 12)
 '''
 
 
@@ -196,11 +199,11 @@ def test_output_checked_before_any_work(ws, capsys):
 
 def test_failure_after_the_work_leaves_nothing(ws, capsys):
     """An export error after prepare + calibrate: no --out folder, no staging folder."""
-    argv = ["quantize", "bad.py:no_emitter", "--input-list", "list.txt", "--backend",
+    argv = ["quantize", "bad.py:unexportable", "--input-list", "list.txt", "--backend",
             "generic", "--out", "int8", "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "conv_transpose2d" in err and "no ONNX emitter" in err and len(err.splitlines()) == 1
+    assert "data-dependent" in err and "bad.py" in err and len(err.splitlines()) == 1
     assert not (ws / "int8").exists()
     assert not [p for p in os.listdir(ws) if p.startswith(".")]
 

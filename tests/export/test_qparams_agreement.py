@@ -192,9 +192,6 @@ def test_encodings_and_int8_model_apply_the_clamped_grid(degenerate):
     _same(fq.qparams(), [qmod.scale], [qmod.zero_point])
 
 
-@pytest.mark.xfail(reason="the ONNX writer (fxquant/export/onnx_writer.py, being rewritten) "
-                          "still reads the raw LSQ parameters instead of fq.qparams()",
-                   strict=False)
 def test_onnx_file_applies_the_clamped_grid(degenerate, tmp_path):
     qmodel, x, fq = degenerate
     tensor = next(t for t, (q, _) in _quantizers(qmodel).items() if q is fq)

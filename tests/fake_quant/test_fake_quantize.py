@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import fxquant
 from fxquant.fake_quant import (
     FakeQuantize,
     FakeQuantState,
@@ -24,12 +25,14 @@ from fxquant.numerics import (
     clip_mask,
     fake_quantize,
     fake_quantize_lsq,
+    native,
     qint4,
     qint8,
     quint8,
 )
 from fxquant.observers import (
     FixedScaleObserver,
+    MinMaxObserver,
     MovingAverageMinMaxObserver,
     ObserverError,
 )
@@ -318,16 +321,13 @@ def _all_bits(module) -> dict:
 @pytest.mark.parametrize("observer", ["minmax", "moving"])
 @pytest.mark.parametrize("ch_axis", [None, 0, 1])
 @pytest.mark.parametrize("grid", ["qint8 sym", "quint8 sym", "qint8 affine", "qint4 pow2",
-                                  "qint16 sym eps0"])
+                                  "qint16 sym eps-tiny"])
 def test_native_observation_is_the_python_observation(observer, ch_axis, grid):
-    import fxquant
-    from fxquant.numerics import native
-    from fxquant.observers import MinMaxObserver, MovingAverageMinMaxObserver
-
     dtype = {"qint8": fxquant.qint8, "quint8": fxquant.quint8, "qint4": fxquant.qint4,
              "qint16": fxquant.qint16}[grid.split()[0]]
     kw = dict(dtype=dtype, symmetric="affine" not in grid, power_of_two="pow2" in grid,
-              eps=0.0 if "eps0" in grid else fxquant.numerics.DEFAULT_EPS, ch_axis=ch_axis,
+              eps=torch.finfo(torch.float32).tiny if "eps-tiny" in grid
+              else fxquant.numerics.DEFAULT_EPS, ch_axis=ch_axis,
               observer=MinMaxObserver if observer == "minmax"
               else MovingAverageMinMaxObserver.with_args(averaging_constant=0.1))
     gen = torch.Generator().manual_seed(0)
@@ -358,8 +358,6 @@ def test_native_observation_is_the_python_observation(observer, ch_axis, grid):
 
 
 def test_native_observation_leaves_nan_to_the_python_error():
-    from fxquant.numerics import native
-
     fq = FakeQuantize()
     fq(torch.randn(8))
     before = _all_bits(fq)

@@ -33,7 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import logging
 import re
+import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,8 +240,40 @@ def _dynamic_shapes(inputs: ModelInputs) -> Any:
     return (*[spec(a) for a in inputs.args],), {k: spec(v) for k, v in inputs.kwargs.items()}
 
 
+_QUIET_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export",
+                  "torch._dynamo")
+"""torch loggers that print a whole graph when a capture attempt fails; fxquant tries several
+captures and reports the failure itself (one line, naming the user's code)."""
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _export(model: nn.Module, inputs: ModelInputs, dynamic: bool,
             draft: bool = False) -> torch.export.ExportedProgram:
+    """One ``torch.export`` attempt.  What torch writes to stderr during a failed attempt (its
+    partial graph) is dropped: the caller reports the failure in one line; a successful
+    attempt's stderr (warnings) is passed on."""
+    buf = io.StringIO()
+    with _quiet_torch_logs(), contextlib.redirect_stderr(buf):
+        ep = _export_once(model, inputs, dynamic, draft)
+    if buf.getvalue().strip():
+        sys.stderr.write(buf.getvalue())
+    return ep
+
+
+def _export_once(model: nn.Module, inputs: ModelInputs, dynamic: bool,
+                 draft: bool) -> torch.export.ExportedProgram:
     shapes: dict[str, Any] | None = None
     if dynamic:
         args_spec, kwargs_spec = _dynamic_shapes(inputs)
@@ -413,7 +448,7 @@ def _export_with_fallback(
     )
     raise ExportError(
         f"torch.export could not capture {type(model).__name__}"
-        f"{f' at {where}' if where else ''}: data-dependent Python control flow (if on a "
+        f"{f' ({where})' if where else ''}: data-dependent Python control flow (if on a "
         f"tensor's value) cannot be exported; rewrite it with torch.where / torch.cond{hint} "
         f"({type(err).__name__}: {bounded(head, 160)})"
     ) from err

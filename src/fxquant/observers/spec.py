@@ -110,7 +110,7 @@ class ObserverSpec:
                 f"{bounded_list(valid) or 'no arguments'} (ch_axis comes from the quantizer)"
             )
         if issubclass(self.type, FixedScaleObserver) and "scale" in raw:
-            check_scale("fixed scale (FixedScaleObserver scale=)", raw["scale"])
+            check_scale("FixedScaleObserver: fixed scale", raw["scale"])
         defaults = _defaults(self.type)
         args = tuple(sorted(
             (k, v) for k, v in ((k, _plain(owner, k, v)) for k, v in raw.items())
@@ -118,7 +118,7 @@ class ObserverSpec:
         ))
         object.__setattr__(self, "args", args)
         if issubclass(self.type, FixedScaleObserver) and "scale" in raw:
-            check_scale("fixed scale (FixedScaleObserver scale=)", dict(args)["scale"])
+            check_scale("FixedScaleObserver: fixed scale", dict(args)["scale"])
         try:
             self.type(**self.kwargs())
         except ConfigError:
