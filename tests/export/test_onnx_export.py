@@ -542,6 +542,30 @@ def test_int32_bias_overflow_raises_the_weight_scale(tmp_path):
         assert report.ok(), str(report)
 
 
+def test_folded_bias_is_the_simulations(tmp_path):
+    """A folded BatchNorm's bias is written as torch computes it for the simulation: ONNX
+    constant folding evaluates ``sqrt(var + eps)`` correctly rounded, torch's vectorized sqrt
+    can be one ulp off -- which moved a ResNet-18 int32 bias code by one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 256, 1, bias=False), nn.BatchNorm2d(256)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.01, 4.0)
+        model[1].running_mean.normal_()
+        model[1].weight.uniform_(0.5, 2.0)
+    example = images(2, 0)
+    qmodel = fxquant.prepare(model, example, fxquant.default_calibration_qconfig_setter,
+                             backend="onnxruntime")
+    fxquant.calibrate(qmodel, [images(8, 1)], progress=False)
+    _, bias = qmodel.get_submodule("0").folded_weight_and_bias()
+    bn = qmodel.get_submodule("0").bn
+    std = np.sqrt(bn.running_var.numpy() + np.float32(bn.eps))  # correctly rounded
+    assert (std != torch.sqrt(bn.running_var + bn.eps).numpy()).any()  # what made them differ
+    path = export_onnx(qmodel, example, tmp_path / "f.onnx", int32_bias=False).path
+    conv = next(n for n in onnx.load(path).graph.node if n.op_type == "Conv")
+    written = _inits(onnx.load(path))[conv.input[2]]
+    assert np.array_equal(written, bias.detach().numpy())
+
+
 # -- errors -------------------------------------------------------------------------------------
 def test_uncalibrated_quantizer_is_named(tmp_path):
     qmodel = fxquant.prepare(M.OneConv(), torch.randn(2, 3, 8, 8),

@@ -105,6 +105,29 @@ def test_transformer_within_float_kernel_noise(tmp_path):
     assert report.kernel_mismatch == {}
 
 
+class _FunctionalConvs(nn.Module):
+    """Convs called as functions on parameters (what ``from_exported_program`` graphs hold)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3)
+        self.b1 = nn.Parameter(torch.randn(8) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(8, 4, 3, 3) * 0.3)
+
+    def forward(self, x):
+        y = torch.relu(torch.nn.functional.conv2d(x, self.w1, self.b1, 2, 1))
+        return torch.nn.functional.conv2d(y, self.w2, None, padding=1, groups=2)
+
+
+def test_functional_convs_are_qlinearconv(tmp_path):
+    torch.manual_seed(0)
+    qmodel = _calibrated(_FunctionalConvs(), _images)
+    assert list(fxquant.runtime_plan(qmodel).kernels.values()) == ["QLinearConv"] * 2
+    steps, _, report = _compare(qmodel, _images(2, 0), (_images(64, 99),), tmp_path, "fconv")
+    assert (steps == 0).all() and report.kernel_mismatch == {}, str(report)
+    assert all(t.identical == 1.0 for t in report.tensors), str(report)
+
+
 def _inverted_residual_net():
     from bench._tv_shim import ensure_torchvision_importable
 

@@ -39,7 +39,7 @@ from .arguments import check_export_arguments
 from .atomic import atomic_path, check_writable
 from .onnx_lower import MIN_TORCH_ONNX_OPSET, lower
 from .onnx_types import opset_for_qdtype
-from .program import CapturedProgram, capture, constant_inputs
+from .program import CapturedProgram, capture, constant_biases, constant_inputs
 from .verify import VerifyReport
 
 __all__ = [
@@ -184,6 +184,7 @@ def export_onnx(
         qmodel=qmodel, index=index, constants=constant_inputs(cp),
         input_names=cp.input_names, output_names=cp.output_names, quantize=quantize,
         float_ops=float_ops, int32_bias=int32_bias, max_qdq_bits=max_bits, opset=chosen,
+        biases=constant_biases(cp),
     ))
     proto = _to_proto(done.model)
     notes = list(done.warnings) + [

@@ -9,6 +9,8 @@ Each pass does one job on the ``onnx_ir`` model, in this order (:func:`finish`):
    whose input is a constant (a weight, a folded conv + BN weight) reads the value the
    simulation quantizes, computed in torch (:func:`fxquant.export.program.constant_inputs`);
 4. :func:`fold_constants` -- fold every other constant subgraph (a folded BN's bias ...);
+   :func:`use_bias_values` -- the bias of a conv / linear with a quantized weight is the value
+   torch computes (:func:`fxquant.export.program.constant_biases`), not the folded one;
 5. :func:`free_contract_names` -- values torch.onnx named like a contract tensor are renamed;
 6. activation quantizers -> Q/DQ (:mod:`fxquant.export.onnx_quantizers`);
 7. :func:`requantize_moves` -- ops that only move values of a per-tensor quantized tensor get
@@ -24,7 +26,7 @@ Each pass does one job on the ``onnx_ir`` model, in this order (:func:`finish`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
@@ -69,6 +71,8 @@ class FinishOptions:
         float_ops: quantizer paths to write in float (``keep_float``).
         int32_bias / max_qdq_bits: from the backend profile (or the caller).
         opset: the default-domain opset of the file.
+        biases: weight quantizer path -> the biases of the ops reading it, computed in torch
+            (:func:`fxquant.export.program.constant_biases`).
     """
 
     qmodel: nn.Module
@@ -81,6 +85,7 @@ class FinishOptions:
     int32_bias: bool
     max_qdq_bits: int
     opset: int
+    biases: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +106,7 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
     common.RemoveUnusedNodesPass()(model)
     common.IdentityEliminationPass()(model)
     fold_constants(model)
+    use_bias_values(graph, calls, opts.biases)
     global_pools(graph)
     calls = [c for c in calls if c.node.graph is graph]
     edit = GraphEdit(graph)
@@ -283,6 +289,45 @@ def use_constant_values(graph: ir.Graph, calls: list[QuantizerCall],
                      const_value=tensor)
         graph.register_initializer(v)
         call.node.replace_input_with(0, v)
+
+
+_BIASED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
+
+
+def use_bias_values(graph: ir.Graph, calls: list[QuantizerCall],
+                    biases: dict[str, list[torch.Tensor]]) -> None:
+    """The constant bias of each Conv / ConvTranspose / Gemm whose weight is a quantized
+    constant reads the value torch computed (the simulation's): the folded one can differ in
+    the last bit (another ``sqrt``), which moves an int32 bias code when it lies near a tie.
+    A value is only replaced by one of the same shape within float32 noise of it."""
+    pending = {p: list(v) for p, v in biases.items()}
+    names = Names(graph)
+    for call in calls:
+        values = pending.get(call.path)
+        if not call.constant or not values:
+            continue
+        w = call.node.outputs[0]
+        for user in consumers(w):
+            if user.op_type not in _BIASED_OPS or len(user.inputs) < 3 or user.inputs[1] is not w:
+                continue
+            old = user.inputs[2]
+            if not values or old is None or not is_constant(old):
+                continue
+            value = to_numpy(values.pop(0))
+            folded = old.const_value.numpy()
+            if value.shape != folded.shape or value.dtype != folded.dtype:
+                continue
+            tol = 1e-5 * float(abs(folded).max(initial=0.0))
+            if not bool(abs(value.astype("float64") - folded).max(initial=0.0) <= tol):
+                continue  # not the same bias: keep the folded one
+            if len(old.uses()) == 1 and not old.is_graph_output():
+                old.const_value = ir.tensor(value, name=old.name)
+                continue
+            name = names.fresh(f"{old.name}_value")
+            v = ir.Value(name=name, shape=ir.Shape(value.shape), type=old.type,
+                         const_value=ir.tensor(value, name=name))
+            graph.register_initializer(v)
+            user.replace_input_with(2, v)
 
 
 def fold_constants(model: ir.Model) -> None:

@@ -25,7 +25,8 @@ lines) so the exporter can say so.
 
 :func:`constant_inputs` evaluates, in torch, what each quantizer on a constant quantizes (a
 weight, a conv weight with its BatchNorm folded in): the exporters write those as integer
-constants computed from exactly the simulation's values.
+constants computed from exactly the simulation's values; :func:`constant_biases` does the same
+for the biases of the convs / linears reading them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "CapturedProgram",
     "capture",
     "constant_inputs",
+    "constant_biases",
     "quantizers_as_ops",
     "quantize_dequantize",
     "user_frame",
@@ -526,23 +528,17 @@ def _check_no_batch_statistics(ep: torch.export.ExportedProgram) -> None:
             )
 
 
-def constant_inputs(cp: CapturedProgram) -> dict[str, list[torch.Tensor]]:
-    """Quantizer path -> the float tensors its calls on constants quantize, in program order.
-
-    A call is on a constant when its input depends on no model input (a weight, a conv weight
-    with its BatchNorm folded, a quantized parameter).  The values are computed in torch by the
-    program's own ATen ops on its parameters, i.e. exactly what the simulation quantizes.
-    """
-    ep = cp.program
-    qdq = torch.ops.fxquant.quantize_dequantize.default
+def _constant_values(ep: torch.export.ExportedProgram,
+                     wanted: list[Any]) -> dict[str, torch.Tensor]:
+    """Node name -> its value computed in torch, for the nodes of ``wanted`` (and what they
+    read) that depend on no model input."""
     values: dict[str, Any] = {}
     lookup = {**ep.state_dict, **ep.constants}
     for spec in ep.graph_signature.input_specs:
         if spec.target is not None and spec.target in lookup:
             values[spec.arg.name] = lookup[spec.target]
-    calls = [n for n in ep.graph.nodes if n.op == "call_function" and n.target is qdq]
     needed: set[str] = set()
-    stack = [c.args[0] for c in calls if isinstance(c.args[0], torch.fx.Node)]
+    stack = [n for n in wanted if isinstance(n, torch.fx.Node)]
     while stack:
         n = stack.pop()
         if n.name in needed:
@@ -557,9 +553,52 @@ def constant_inputs(cp: CapturedProgram) -> dict[str, list[torch.Tensor]]:
                 continue  # depends on a model input
             args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: values[a.name])
             values[n.name] = n.target(*args, **kwargs)
+    return values
+
+
+def constant_inputs(cp: CapturedProgram) -> dict[str, list[torch.Tensor]]:
+    """Quantizer path -> the float tensors its calls on constants quantize, in program order.
+
+    A call is on a constant when its input depends on no model input (a weight, a conv weight
+    with its BatchNorm folded, a quantized parameter).  The values are computed in torch by the
+    program's own ATen ops on its parameters, i.e. exactly what the simulation quantizes.
+    """
+    qdq = torch.ops.fxquant.quantize_dequantize.default
+    calls = [n for n in cp.program.graph.nodes if n.op == "call_function" and n.target is qdq]
+    values = _constant_values(cp.program, [c.args[0] for c in calls])
     out: dict[str, list[torch.Tensor]] = {}
     for c in calls:
         src = c.args[0]
         if isinstance(src, torch.fx.Node) and src.name in values:
             out.setdefault(str(c.args[6]), []).append(values[src.name].detach())
+    return out
+
+
+_WEIGHTED_OPS = frozenset({"conv1d", "conv2d", "conv3d", "convolution", "linear",
+                           "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+
+
+def constant_biases(cp: CapturedProgram) -> dict[str, list[torch.Tensor]]:
+    """Weight quantizer path -> the constant bias of each conv / linear reading that quantizer's
+    output as its weight, in program order, computed in torch like :func:`constant_inputs`.
+
+    A folded BatchNorm's bias (``beta - mean * gamma / sqrt(var + eps)``) is a constant
+    subgraph that the ONNX constant folding evaluates with another ``sqrt`` than torch's
+    vectorized one (a last-bit difference that can move the int32 bias by one); the exporter
+    writes these values instead, the ones the simulation computes with.
+    """
+    qdq = torch.ops.fxquant.quantize_dequantize.default
+    ops = []
+    for n in cp.program.graph.nodes:
+        name = getattr(n.target, "__name__", "").split(".")[0] if n.op == "call_function" else ""
+        if name not in _WEIGHTED_OPS or len(n.args) < 3:
+            continue
+        w, b = n.args[1], n.args[2]
+        if isinstance(w, torch.fx.Node) and w.target is qdq and isinstance(b, torch.fx.Node):
+            ops.append((str(w.args[6]), b))
+    values = _constant_values(cp.program, [b for _, b in ops])
+    out: dict[str, list[torch.Tensor]] = {}
+    for path, b in ops:
+        if b.name in values:
+            out.setdefault(path, []).append(values[b.name].detach())
     return out

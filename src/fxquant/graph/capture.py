@@ -314,9 +314,10 @@ def _positional(model: nn.Module, inputs: ModelInputs) -> tuple[Any, ...]:
 
 
 def check_inputs_fit(model: nn.Module, inputs: ModelInputs, what: str) -> None:
-    """Run ``model`` (eval mode, no gradients) on ``inputs``: :class:`DataError` naming the
-    innermost module that raised, the inputs' shapes and the failing source line when it
-    cannot run on them (fxquant's own errors pass through); returns otherwise."""
+    """Run ``model`` (eval mode, no gradients) on a copy of ``inputs`` (a model that changes
+    its input in place leaves the caller's alone): :class:`DataError` naming the innermost
+    module that raised, the inputs' shapes and the failing source line when it cannot run on
+    them (fxquant's own errors pass through); returns otherwise."""
     stack: list[str] = []
     hooks = []
     for name, mod in model.named_modules():
@@ -329,7 +330,7 @@ def check_inputs_fit(model: nn.Module, inputs: ModelInputs, what: str) -> None:
         hooks += [mod.register_forward_pre_hook(enter), mod.register_forward_hook(leave)]
     try:
         with torch.no_grad(), eval_mode(model):
-            call_model(model, inputs)
+            call_model(model, inputs.detached_copy())
     except FxquantError:
         raise
     except Exception as own:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import enum
-import operator
 import weakref
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ from ..runtime_math import (
     WeightedKernel,
 )
 from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
+from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
 from .ops import canonical_name, clip_bounds, node_traits
 from .report import REPORT_KEY, get_report
@@ -272,9 +272,9 @@ _GAP_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d
 _AVG_POOL_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
 _AVG_POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 _GAP_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 _BINARY = {"add": KernelOp.ADD, "mul": KernelOp.MUL, "matmul": KernelOp.MATMUL,
            "bmm": KernelOp.MATMUL}
-_IN_PLACE = frozenset({operator.iadd, operator.imul, "add_", "mul_"})
 
 
 def _all_ones(size: Any) -> bool:
@@ -305,6 +305,8 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
         return KernelOp.AVG_POOL
     if n.op == "call_function" and n.target is F.linear:
         return KernelOp.LINEAR
+    if n.op == "call_function" and n.target in _CONV_FUNCTIONS:
+        return KernelOp.CONV
     if n.op in ("call_function", "call_method"):
         name = canonical_name(n.target)
         if name in _BINARY:
@@ -351,23 +353,28 @@ def _dynamic(graph: fx.Graph) -> set[fx.Node]:
     return out
 
 
-def _input_quantizer(gm: fx.GraphModule, v: Any, bits: int,
+def _input_quantizer(gm: fx.GraphModule, reader: fx.Node, v: Any, bits: int,
                      dynamic: set[fx.Node]) -> tuple[FakeQuantize | None, str]:
-    """The per-tensor quantizer whose grid ``v`` lies on (through pure data movement)."""
-    moved = False
+    """The per-tensor quantizer whose grid ``v`` (an argument of ``reader``) lies on, through
+    pure data movement."""
+    moves: list[fx.Node] = []
     while isinstance(v, fx.Node):
+        if changed_before(v, reader):
+            return None, "an in-place op changes an input before the op reads it"
         fq = _quantizer(gm, v)
         if fq is not None:
-            if moved and v not in dynamic:
-                # a quantized constant moved by reshape / slicing: the export folds it into an
-                # initializer + ops without requantizing, so the runtime fuses nothing across it
-                return None, f"quantizer {fq.name!r} of a constant reaches the op through " \
-                             "data movement"
+            if moves and v not in dynamic:
+                # a quantized constant is exported as DequantizeLinear(initializer): movement
+                # left after it (not folded away) is not requantized, the runtime fuses nothing
+                moved = constant_moves_vanish(gm, moves[::-1])
+                if moved is not None:
+                    return None, f"quantizer {fq.name!r} of a constant: {moved}"
             why = _per_tensor(fq, bits)
             return (None, why) if why else (fq, "")
         if not _is_share(gm, v) or not v.args:
             break
-        v, moved = v.args[0], True
+        moves.append(v)
+        v = v.args[0]
     return None, "an input does not come straight from a quantizer"
 
 
@@ -435,26 +442,33 @@ def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
     return dims, keep
 
 
-def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node]):
-    """``(kernel module, tensor name source quantizer / module, why not)`` for op node ``n``."""
+def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node],
+                 shared: set[fx.Node]):
+    """``(kernel module, why not)`` for op node ``n`` (``shared``: :func:`shared_ops`)."""
     op, bits = entry.op, entry.max_bits
     out_fq, clip = None, None
     if entry.quantized_output:
+        if n in shared:
+            return None, "the export computes the op once for several consumers"
         out_fq, clip, why = _output_quantizer(gm, n, bits)
         if out_fq is None:
             return None, why
-    if op is KernelOp.LINEAR and n.op == "call_function":  # F.linear(x, fq(weight), bias)
+    if op in (KernelOp.LINEAR, KernelOp.CONV) and n.op == "call_function":
+        # F.linear / F.convNd(x, fq(weight), bias, ...)
         w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
         wfq = _quantizer(gm, w) if isinstance(w, fx.Node) else None
-        if wfq is None or wfq.dtype.bits > bits or wfq.ch_axis not in (None, 0):
+        if wfq is None or wfq.dtype.bits > 8 or wfq.ch_axis not in (None, 0):
             return None, "the weight is not an 8-bit grid per output channel"
-        in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+        if op is KernelOp.CONV and bits > 8:
+            return None, "a functional conv (the 16x8 kernels are emulated for modules)"
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
         if in_fq is None:
             return None, why
         return WeightedKernel(entry.kernel, None, in_fq, out_fq, clip,
-                              float_output=not entry.quantized_output, weight_fq=wfq), ""
+                              float_output=not entry.quantized_output, weight_fq=wfq,
+                              conv=n.target if op is KernelOp.CONV else None), ""
     if entry.kernel == FixedPointMeanKernel.NAME:  # LiteRT's 16-bit MEAN (mean / global pool)
-        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
         if in_fq is None or out_fq is None:
             return None, why or "the output is not quantized"
         if in_fq.dtype.bits <= 8:
@@ -464,13 +478,13 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, "not a mean over given dimensions"
         return FixedPointMeanKernel(_fallback(gm, n), in_fq, out_fq, dims), ""
     if op is KernelOp.MEAN:
-        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
         if in_fq is None:
             return None, why
         return MeanKernel(_fallback(gm, n), in_fq), ""
     if not entry.integer:  # a float op computed with the runtime's own float function
         fn = FLOAT_FUNCTIONS.get(entry.kernel)
-        in_fq, why = _input_quantizer(gm, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
         if fn is None or in_fq is None:
             return None, why or f"no arithmetic for {entry.kernel}"
         return FloatFunctionKernel(entry.kernel, _fallback(gm, n), fn, in_fq), ""
@@ -483,7 +497,7 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, "the weight is not an 8-bit grid per output channel"
         if len(n.args) != 1 or n.kwargs:
             return None, "not a one-input call"
-        in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0], bits, dynamic)
         if in_fq is None:
             return None, why
         if bits > 8 and in_fq.dtype.bits <= 8:
@@ -495,14 +509,14 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
     if op in (KernelOp.ADD, KernelOp.MUL, KernelOp.MATMUL):
         if len(n.args) < 2 or not all(isinstance(a, fx.Node) for a in n.args[:2]):
             return None, "not an op of two tensors"
-        a_fq, why_a = _input_quantizer(gm, n.args[0], bits, dynamic)
-        b_fq, why_b = _input_quantizer(gm, n.args[1], bits, dynamic)
+        a_fq, why_a = _input_quantizer(gm, n, n.args[0], bits, dynamic)
+        b_fq, why_b = _input_quantizer(gm, n, n.args[1], bits, dynamic)
         if a_fq is None or b_fq is None:
             return None, why_a or why_b
         return BinaryKernel(entry.kernel, fallback, a_fq, b_fq, out_fq, clip), ""
     if not n.args:
         return None, "no input"
-    in_fq, why = _input_quantizer(gm, n.args[0], bits, dynamic)
+    in_fq, why = _input_quantizer(gm, n, n.args[0], bits, dynamic)
     if in_fq is None:
         return None, why
     if clip is not None:
@@ -561,12 +575,13 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
     graph.output(graph.graph_copy(gm.graph, val_map))
     kernels: dict[str, RuntimeKernel] = {}
     dynamic = _dynamic(gm.graph)
+    shared = shared_ops(gm)
     for n in list(gm.graph.nodes):
         op = _kernel_op(gm, n)
         entries = [] if op is None else _entries(table, op, n)
         kernel, whys = None, []
         for entry in entries:  # the first entry whose pattern matches
-            kernel, why = _make_kernel(gm, n, entry, dynamic)
+            kernel, why = _make_kernel(gm, n, entry, dynamic, shared)
             if kernel is not None:
                 break
             whys.append(f"{entry.kernel}: {why}")

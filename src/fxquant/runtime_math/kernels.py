@@ -81,7 +81,7 @@ class _Grid:
         """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
         ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
         magnitude), so rounding recovers it exactly."""
-        return torch.mul(x.to(_F32), 1.0 / self.scale).round_()
+        return ort.round_(torch.mul(x.to(_F32), 1.0 / self.scale))
 
     def codes(self, x: Tensor) -> Tensor:
         """The raw codes ``q`` of a tensor on this grid."""
@@ -161,20 +161,24 @@ class WeightedKernel(RuntimeKernel):
     ``MatMulIntegerToFloat`` (``float32(acc) * (sx * sw)`` then the float bias add).
 
     ``layer``: the conv / linear module (called with the input only), or ``None`` for
-    ``F.linear(x, weight, bias)`` whose weight argument comes from ``weight_fq``.
+    ``F.linear(x, weight, bias)`` -- or, with ``conv``, ``F.conv1d/2d/3d(x, weight, bias, stride,
+    padding, dilation, groups)`` -- whose weight argument comes from ``weight_fq``.
     """
 
     def __init__(self, kernel: str, layer: nn.Module | None, in_fq: FakeQuantize,
                  out_fq: FakeQuantize | None, clip: tuple[float | None, float | None] | None,
-                 float_output: bool = False, weight_fq: FakeQuantize | None = None) -> None:
+                 float_output: bool = False, weight_fq: FakeQuantize | None = None,
+                 conv: Callable[..., Tensor] | None = None) -> None:
         fqs = (in_fq,) if out_fq is None else (in_fq, out_fq)
-        super().__init__(kernel, layer if layer is not None else torch.nn.functional.linear, fqs)
+        function = conv if conv is not None else torch.nn.functional.linear
+        super().__init__(kernel, layer if layer is not None else function, fqs)
         self.layer = layer
         self.weight_fq = weight_fq
+        self.conv_function = conv if layer is None else None
         self.in_fq, self.out_fq = in_fq, out_fq
         self.clip = clip
         self.float_output = float_output
-        self.is_conv = layer is not None and not isinstance(layer, nn.Linear)
+        self.is_conv = conv is not None or (layer is not None and not isinstance(layer, nn.Linear))
 
     @property
     def wfq(self) -> FakeQuantize:
@@ -188,9 +192,24 @@ class WeightedKernel(RuntimeKernel):
         """``(input, fake-quantized weight or None, bias)`` of this call."""
         if self.layer is not None:
             return args[0], None, None
-        names = ("input", "weight", "bias")
-        a = dict(zip(names, args, strict=False)) | dict(kwargs)
+        a = dict(zip(_CONV_ARGS, args, strict=False)) | dict(kwargs)
         return a["input"], a["weight"], a.get("bias")
+
+    def _groups(self, args: tuple, kwargs: dict) -> int:
+        if self.layer is not None:
+            return int(getattr(self.layer, "groups", 1))
+        a = dict(zip(_CONV_ARGS, args, strict=False)) | dict(kwargs)
+        return int(a.get("groups", 1))
+
+    def _conv(self, args: tuple, kwargs: dict) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+        """``conv(x, w, bias)`` with this call's geometry."""
+        layer, fn = self.layer, self.conv_function
+        if fn is None:
+            return lambda xi, wi, bi: qnn.conv_forward(layer, xi, wi, bi)
+        geometry = dict(zip(_CONV_ARGS, args, strict=False)) | dict(kwargs)
+        for k in ("input", "weight", "bias"):
+            geometry.pop(k, None)
+        return lambda xi, wi, bi: fn(xi, wi, bi, **geometry)
 
     def check(self, *args: Any, **kwargs: Any) -> str | None:
         if isinstance(self.layer, qnn.ConvBnNd) and self.layer.bn.training:
@@ -225,11 +244,11 @@ class WeightedKernel(RuntimeKernel):
         """Centred weight codes, the float bias, the weight grid."""
         qp: QParams = self.wfq.qparams()
         axis = qp.axis
-        if self.layer is None:  # F.linear: the argument is already on the weight grid
+        if self.layer is None:  # F.linear / F.convNd: the argument is on the weight grid
             assert wq is not None
             s = qp.scale.to(_F32)
-            return torch.round(wq.to(_F32) / (s.reshape(-1, 1) if axis is not None else s)), \
-                None, qp
+            view = (-1, *([1] * (wq.dim() - 1))) if axis is not None else ()
+            return torch.round(wq.to(_F32) / s.reshape(view)), None, qp
         w, b = _weight_and_bias(self.layer)
         view = (-1, *([1] * (w.dim() - 1))) if axis is not None else ()
         zp = qp.zero_point.to(_F32).reshape(view)
@@ -259,15 +278,12 @@ class WeightedKernel(RuntimeKernel):
         assert self.out_fq is not None
         out = _Grid(self.out_fq)
         if self.fixed_point:
-            return out.value(self._fixed_point(x, xc, codes, bias, grid_in, s_c, out))
+            return out.value(self._fixed_point(x, xc, codes, bias, grid_in, s_c, out,
+                                               self._conv(args, kwargs)))
         mult = ort.requantize_multiplier(grid_in.scale, s_c, out.scale)
         if self.is_conv:
-            layer = self.layer
-
-            def conv(xi: Tensor, wi: Tensor, bi: Tensor | None) -> Tensor:
-                return qnn.conv_forward(layer, xi, wi, bi)
-
-            acc = exact_conv(conv, xc, codes, bias, grid_in.bound, layer.groups)
+            acc = exact_conv(self._conv(args, kwargs), xc, codes, bias, grid_in.bound,
+                             self._groups(args, kwargs))
             mult = mult.reshape(-1, *([1] * (acc.dim() - 2)))
         else:
             acc = exact_linear(xc, codes, bias, grid_in.bound)
@@ -277,17 +293,13 @@ class WeightedKernel(RuntimeKernel):
 
 
     def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
-                     grid_in: _Grid, s_c: Tensor, out: _Grid) -> Tensor:
+                     grid_in: _Grid, s_c: Tensor, out: _Grid,
+                     conv: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Tensor:
         """LiteRT's 16x8 conv / fully connected: exact accumulation, int64 bias, per-channel
         fixed-point requantization (:func:`fxquant.runtime_math.tflite.requantize`)."""
         bound = grid_in.bound
         if self.is_conv:
-            layer = self.layer
-
-            def conv(xi: Tensor, wi: Tensor, bi: Tensor | None) -> Tensor:
-                return qnn.conv_forward(layer, xi, wi, bi)
-
-            acc = exact_conv(conv, xc, codes, bias, bound, layer.groups)
+            acc = exact_conv(conv, xc, codes, bias, bound, int(getattr(self.layer, "groups", 1)))
             shape = (-1, *([1] * (acc.dim() - 2)))
         else:
             acc = exact_linear(xc, codes, bias, bound)
@@ -306,6 +318,10 @@ class WeightedKernel(RuntimeKernel):
                                       shift.reshape(shape), out.zp, lo, hi,
                                       mode="wide" if self.is_conv else "single")
         return codes_out.to(_F32)
+
+
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+"""Positional arguments of ``F.convNd`` (``F.linear``: the first three)."""
 
 
 # -- QLinearAdd / QLinearMul / QLinearMatMul -----------------------------------------------------
@@ -540,12 +556,19 @@ class FixedPointMeanKernel(RuntimeKernel):
 
 class FloatFunctionKernel(RuntimeKernel):
     """An elementwise float op the runtime computes with a float32 function of its own (ORT's
-    Sigmoid: MLAS's logistic approximation), on a quantized input."""
+    Sigmoid: MLAS's logistic approximation), on a quantized input.
+
+    The input takes at most ``2^bits`` values (its grid's), so the function is evaluated once per
+    grid value and looked up -- the same float32 results at the cost of a gather (the input is
+    checked to lie exactly on the grid; otherwise the function runs on every element)."""
+
+    _TABLE_LIMIT = 2**16
 
     def __init__(self, kernel: str, fallback: Callable[..., Any], fn: Callable[[Tensor], Tensor],
                  in_fq: FakeQuantize) -> None:
         super().__init__(kernel, fallback, (in_fq,))
         self.fn = fn
+        self.in_fq = in_fq
 
     def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
         if not isinstance(x, Tensor) or rest or any(v for v in kwargs.values()):
@@ -553,7 +576,15 @@ class FloatFunctionKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        return self.fn(x)
+        g = _Grid(self.in_fq)
+        if g.qmax - g.qmin >= self._TABLE_LIMIT or x.dtype != _F32 or x.numel() < 4 * (
+                g.qmax - g.qmin + 1):
+            return self.fn(x)
+        values = torch.arange(g.qmin, g.qmax + 1, dtype=_F32).sub_(g.zp).mul_(g.scale)
+        index = g.codes(x).sub_(g.qmin).clamp_(0, g.qmax - g.qmin).long()
+        if not torch.equal(values[index], x):  # not on the grid: compute every element
+            return self.fn(x)
+        return self.fn(values)[index]
 
 
 def _silu(x: Tensor) -> Tensor:

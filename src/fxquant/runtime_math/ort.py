@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "round_",
     "requantize_multiplier",
     "requantize",
     "requantize_centred",
@@ -63,9 +64,23 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return (a.double() * b.double() + c.double()).to(_F32)
 
 
+_ROUNDER = 1.5 * 2.0**23
+"""``(x + 1.5 * 2^23) - 1.5 * 2^23`` in float32 is ``x`` rounded half to even for |x| < 2^22."""
+
+
+def round_(x: Tensor) -> Tensor:
+    """Round a float32 tensor half to even, in place: ``torch.round`` for ``|x| < 2^22`` (two
+    vectorized adds, about twice as fast); larger values come back within 2 of ``x`` -- only for
+    values a later saturation clamps anyway (codes, requantized outputs)."""
+    if x.dtype != _F32:
+        return x.round_()
+    return x.add_(_ROUNDER).sub_(_ROUNDER)
+
+
 def _saturate(v: Tensor, qmin: int, qmax: int) -> Tensor:
-    """Round half to even and saturate a float32 value that already includes the zero point."""
-    return torch.round(v).clamp_(qmin, qmax)
+    """Round half to even and saturate (in place) a float32 value that already includes the zero
+    point."""
+    return round_(v).clamp_(qmin, qmax)
 
 
 # -- QLinearConv / QGemm / QLinearMatMul ---------------------------------------------------------
@@ -98,7 +113,7 @@ def requantize_centred(acc: Tensor, multiplier: Tensor, zero_point: int, qmin: i
 def requantize_unsaturated(acc: Tensor, multiplier: Tensor) -> Tensor:
     """``round(float32(acc) * multiplier)`` in place on a float32 ``acc`` (the caller saturates:
     a quantizer's own clamp does it when the result feeds one)."""
-    return acc.mul_(multiplier.to(_F32)).round_()
+    return round_(acc.mul_(multiplier.to(_F32)))
 
 
 # -- QLinearAdd / QLinearMul --------------------------------------------------------------------

@@ -112,7 +112,9 @@ def fused_outputs(nodes: Any, original: Any) -> dict[str, str]:
 
     A fused kernel's output keeps either the QuantizeLinear's output name (``<tensor>_quantized``)
     or the name of the op node it replaced (``<op>/<OpType>``); from that node the original graph
-    leads, through Relu / Clip nodes ORT dropped, to the QuantizeLinear of the tensor.  (Scale
+    leads, through Relu / Clip nodes ORT dropped, to the QuantizeLinear of the tensor.  A kernel
+    whose output ORT reshapes (``MatMulAddFusion``: an N-D MatMul + Add of static shape run as a
+    2-D Gemm) is named by the Reshape's output.  (Scale
     names cannot be used: ORT merges identical initializers.)
     """
     by_name = {n.name: n for n in original.graph.node}
@@ -122,10 +124,14 @@ def fused_outputs(nodes: Any, original: Any) -> dict[str, str]:
             consumers.setdefault(i, []).append(n)
     suffix = "_quantized"
     fused: dict[str, str] = {}
+    reshaped = {n.input[0]: n.output[0] for n in nodes
+                if n.op_type == "Reshape" and n.input and n.output}
     for n in nodes:
         if n.op_type not in INTEGER_OPS or not n.output:
             continue
         out = n.output[0]
+        if not out.endswith(suffix) and out not in by_name and out in reshaped:
+            out = reshaped[out]  # MatMul + Add fused into a Gemm between two Reshapes
         if n.op_type == "MatMulIntegerToFloat" and out.endswith("_matmul"):
             fused[out[: -len("_matmul")]] = n.op_type  # a Linear's MatMul (float output)
             continue

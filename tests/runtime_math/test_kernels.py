@@ -1,0 +1,31 @@
+"""Runtime kernels (:mod:`fxquant.runtime_math.kernels`) beyond what the ORT comparisons cover."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import fxquant
+from fxquant.graph.simulate import runtime_simulation
+from fxquant.runtime_math.kernels import FloatFunctionKernel
+
+
+def test_float_function_lookup_is_the_function_on_every_element():
+    """SiLU / Sigmoid on a quantized input: evaluated once per grid value and gathered --
+    bit-identical to evaluating every element; an input off the grid computes every element."""
+    torch.manual_seed(0)
+    qmodel = fxquant.prepare(nn.Sequential(nn.Linear(8, 8), nn.SiLU()), torch.randn(2, 8),
+                             backend="onnxruntime")
+    fxquant.calibrate(qmodel, [torch.randn(64, 8)], progress=False)
+    module, plan = runtime_simulation(qmodel)
+    assert "Sigmoid*x" in plan.kernels.values()
+    kernel = next(m for m in module.modules() if isinstance(m, FloatFunctionKernel))
+    fq, fn = kernel.in_fq, kernel.fn
+    sizes: list[int] = []
+    kernel.fn = lambda t: (sizes.append(t.numel()), fn(t))[1]
+    with torch.no_grad():
+        x = fq(torch.randn(4096, 8) * 3)  # on the grid
+        assert torch.equal(kernel.compute(x), fn(x))
+        off = x + 1e-4  # off the grid
+        assert torch.equal(kernel.compute(off), fn(off))
+    assert sizes == [256, x.numel()]  # one evaluation per grid value, then per element
