@@ -21,7 +21,10 @@ EXPECTED = {
     ("openvino", "fp32 (float ONNX, f32 hint)"),
     ("openvino", "int8 fxquant QDQ (openvino profile)"),
     ("torch", "int8 fxquant convert(x86)"),
+    ("litert", "fp32 (float TFLite, XNNPACK)"),
+    ("litert", "int8 fxquant TFLite (XNNPACK)"),
 }
+OPTIONAL = {"openvino": "openvino", "litert": "ai_edge_litert"}
 
 
 def test_quick_run_has_a_row_per_runtime_model_and_batch():
@@ -31,7 +34,7 @@ def test_quick_run_has_a_row_per_runtime_model_and_batch():
         rows = {(r["runtime"], r["model"]): r for r in res.rows if r["batch"] == batch}
         assert set(rows) == EXPECTED
         for (runtime, model), row in rows.items():
-            if runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+            if runtime in OPTIONAL and importlib.util.find_spec(OPTIONAL[runtime]) is None:
                 assert row["error"] and row["ms"] == "-"
                 continue
             assert row["error"] == "", (runtime, model, row["error"])

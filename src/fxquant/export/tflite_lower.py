@@ -226,13 +226,14 @@ class Lowerer:
         perm = identity(v.rank) if perm is None else perm
         if perm == v.perm:
             return v.tensor
-        key = (v.tensor, perm)
-        if key in self._layouts:
-            return self._layouts[key]
         # TFLite tensor t has dims v.perm; we want dims perm: t' = transpose(t, p) with
-        # perm[i] = v.perm[p[i]]
+        # perm[i] = v.perm[p[i]].  The cache is keyed by the transposition: one TFLite tensor
+        # can stand for several torch tensors (x and x.transpose(-2, -1) share it).
         pos = invert(v.perm)
         p = tuple(pos[d] for d in perm)
+        key = (v.tensor, p)
+        if key in self._layouts:
+            return self._layouts[key]
         name = self.model.tensors[v.tensor].name
         out = self.new(f"{name}_t", permuted(v.shape, perm), v.grid)
         self.emit("TRANSPOSE", [v.tensor, self.int_const(f"{name}_perm", p)], [out])

@@ -142,6 +142,11 @@ class Session(abc.ABC):
         self._check_feeds(arrays)
         return arrays
 
+    def _accepts(self, given: np.dtype, expected: np.dtype) -> bool:
+        """Whether a feed of dtype ``given`` may be passed for an input of dtype ``expected``
+        (the same dtype; a runtime that quantizes float feeds itself also takes float)."""
+        return given == expected
+
     def _check_feeds(self, arrays: list[np.ndarray]) -> None:
         """Each array fits its input's rank, fixed dimensions and dtype (:class:`DataError`
         naming the input otherwise, before the runtime sees it)."""
@@ -155,7 +160,7 @@ class Session(abc.ABC):
         for arr, (name, dims, dtype) in zip(arrays, types, strict=True):
             shape_ok = dims is None or (len(dims) == arr.ndim and all(
                 d is None or d == s for d, s in zip(dims, arr.shape, strict=True)))
-            if not shape_ok or (dtype is not None and arr.dtype != dtype):
+            if not shape_ok or (dtype is not None and not self._accepts(arr.dtype, dtype)):
                 want = "?" if dims is None else "x".join("N" if d is None else str(d) for d in dims)
                 raise DataError(
                     f"input {bounded(name)!r} of the exported model "

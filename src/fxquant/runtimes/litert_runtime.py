@@ -182,6 +182,10 @@ class LiteRTSession(Session):
             out.append((name, list(dims), np.dtype(d["dtype"])))
         return out
 
+    def _accepts(self, given: np.dtype, expected: np.dtype) -> bool:
+        # float feeds of an integer (quantized) input are quantized on its grid by feed()
+        return given == expected or (given.kind == "f" and expected.kind in "iu")
+
     def feed(self, feeds: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> None:
         """Set the inputs (torch layout) without running."""
         if isinstance(feeds, Mapping):
