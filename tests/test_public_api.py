@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import pathlib
 import re
@@ -93,3 +94,19 @@ def test_to_moves_every_quantizer(device):
         ref = q.to("cpu")(x)
         codes = torch.round(out.cpu() / step) - torch.round(ref / step)
         assert int(codes.abs().max()) <= 1
+
+
+MAX_LINES = 600
+
+
+def test_every_long_module_says_why_in_its_docstring():
+    """STYLE: a file over ~600 lines needs a reason; the module docstring gives it ("Size")."""
+    unexplained = []
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_LINES:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Size (" not in doc:
+                unexplained.append(f"{path.relative_to(SRC)} ({len(text.splitlines())} lines)")
+    assert not unexplained, "modules over 600 lines with no reason in the docstring: " + ", ".join(
+        unexplained)

@@ -23,6 +23,10 @@ Examples: symmetric int8 -> offset -128, ``min = -128 s``, ``max = 127 s``; uint
 symmetric one with offset ``-(2^(bw-1) - 1)`` and no min/max, is on the narrow grid:
 ``z = full_qmin + 1 - offset``).  Scales are the float32 values as exact Python floats, so
 export -> load -> export is byte-identical.
+
+Size (~680 lines): writing and reading AIMET encodings are inverses of one format mapping
+(offset / zero-point conventions, the 0.6.1 and 1.0.0 schemas, narrow grids); they are kept
+side by side so that export -> load -> export stays byte-identical when either changes.
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ A quantizer on an already quantized tensor with another grid is a requantizing Q
 **Layout.**  Convolutions and pooling want NHWC; every other op takes its inputs in whatever
 layout they have (axes are remapped through ``perm``), so a 4-D tensor stays NHWC from one conv
 to the next and a TRANSPOSE appears only where an op needs torch's own order (a reshape that
-mixes channels with space, a model output).  :meth:`Lowerer.get` inserts it, once per layout.
+mixes channels with space, a model output).  :meth:`Lowerer.get` inserts it, once per
+transposition of a tensor.
 
-The op handlers live in :mod:`fxquant.export.tflite_ops`.
+The op handlers live in :mod:`fxquant.export.tflite_ops` (the dispatch table) and the
+``tflite_op_*`` modules it names.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ Units not called with the example inputs (e.g. a branch not taken) stay float an
 A call-site op that the example run did not reach runs in float with a warning (once per call
 site); a call-site quantizer that calibration did not reach raises :class:`QuantizerError`
 naming it and its call site when it is used outside calibration.
+
+Size (~710 lines): the phases of eager capture -- discovering the units a forward calls, the
+``TorchFunctionMode`` that quantizes glue ops by call site, tracing each unit, quantizing
+leaves -- share the call-site keys and the per-unit state; they are one algorithm, entered
+through :func:`prepare_eager` / :func:`prepare_islands`.
 """
 
 from __future__ import annotations
