@@ -246,3 +246,54 @@ def test_op_zoo_runs_in_litert(make, example, tmp_path):
         # float32: the scores are quantized after the scale, the -inf mask has no int8 form
         assert [name for name, _ in result.float_ops] == ["matmul", "mul", "add", "softmax",
                                                           "silu"]
+
+
+class _Pools(nn.Module):
+    """Pooling TFLite has no single op for: ceil-mode max pooling (squeezenet), average pooling
+    that counts the padded zeros (inception), an in-place dropout (mnasnet), reshape_as (levit)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.drop = nn.Dropout(0.2, inplace=True)
+
+    def forward(self, x):
+        y = self.drop(torch.relu(self.conv(x)))
+        y = y.flatten(2).reshape_as(y)
+        a = F.max_pool2d(y, 3, 2, ceil_mode=True)
+        b = F.avg_pool2d(y, 3, 2, padding=1)
+        return a, b
+
+
+def test_ceil_mode_max_pool_and_padded_average_pool(tmp_path):
+    q, data = _prepared(_Pools(), (2, 3, 15, 15), seed=7)  # 13x13 into the pools
+    result, path = _export(q, data[0], tmp_path)
+    # ceil mode: 6x6 where TFLite's SAME would give 7x7 -> PADV2 (lowest value) + VALID
+    assert {"PADV2", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D"} <= set(result.ops)
+    assert not result.float_ops
+    outs = LiteRTSession(path).run_tensors(data[1])
+    refs = [r.detach() for r in q(data[1])]
+    assert [tuple(o.shape) for o in outs] == [tuple(r.shape) for r in refs] == [
+        (2, 8, 6, 6), (2, 8, 7, 7)]
+    step = max(float(m.qparams().scale.max()) for m in q.modules()
+               if isinstance(m, fxquant.FakeQuantize) and not m.is_weight)
+    # reshape_as gets its own output quantizer (a requantizing QUANTIZE in the file: LiteRT's
+    # fixed-point rescale may differ from the simulation's by one step)
+    for out, ref in zip(outs, refs, strict=True):
+        assert float((out - ref).abs().max()) <= 1.01 * step
+        assert float((out == ref).float().mean()) >= 0.9
+
+
+def test_torch_transformer_encoder_layer_runs_in_litert(tmp_path):
+    """nn.MultiheadAttention splits its packed in_proj weight (a constant list) and quantizes
+    the attention probabilities on an observed grid, which LiteRT's int8 SOFTMAX refuses: the
+    softmax runs in float32 and says why."""
+    torch.manual_seed(0)
+    model = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    q, data = _prepared(model, (2, 5, 16))
+    result, path = _export(q, data[0], tmp_path)
+    assert {"FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX"} <= set(result.ops)
+    why = dict(result.float_ops)["softmax"]
+    assert "not TFLite's fixed SOFTMAX grid (0.00390625, -128)" in why
+    report = fxquant.verify(q, str(path), data[1], "litert", tensors=False)
+    assert report.outputs[0].identical >= 0.99, report

@@ -109,9 +109,13 @@ def _fold(L: Lowerer, n: fx.Node) -> Any:
             return type(a)(val(x) for x in a)
         return a
 
+    def const(o: Any) -> Any:  # a split of a constant (MHA's in_proj weight) gives a list
+        if isinstance(o, torch.Tensor):
+            return Const(o)
+        return type(o)(const(x) for x in o) if isinstance(o, (list, tuple)) else o
+
     with torch.no_grad():
-        out = n.target(*val(n.args), **{k: val(v) for k, v in n.kwargs.items()})
-    return Const(out) if isinstance(out, torch.Tensor) else out
+        return const(n.target(*val(n.args), **{k: val(v) for k, v in n.kwargs.items()}))
 
 
 def _input(L: Lowerer, n: fx.Node, name: str) -> Dyn:

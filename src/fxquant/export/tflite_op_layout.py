@@ -115,9 +115,15 @@ def _pool_emit(L: Lowerer, n: fx.Node, x: Dyn, opcode: str, k: tuple[int, int],
     try:  # SAME padding where it is torch's
         xq, pad = conv_padding(L, n, x, k, s, (1, 1), p, ceil_mode, pad_value_ok=False)
     except ExportError:
-        if opcode != "MAX_POOL_2D" or ceil_mode:
+        if opcode != "MAX_POOL_2D":
             raise
-        xq, pad = _pad_lowest(L, n, x, p), PAD_VALID  # max pooling ignores the lowest value
+        # max pooling ignores the lowest value: pad with it (torch's padding before, and after
+        # as much as the last window needs, ceil_mode included) and pool VALID
+        size = (x.shape[2], x.shape[3])
+        out_hw = L.shape(n)[2:]
+        after = tuple(max(0, (o - 1) * ss + kk - (sz + pp))
+                      for o, ss, kk, sz, pp in zip(out_hw, s, k, size, p, strict=True))
+        xq, pad = _pad_lowest(L, n, x, p, after), PAD_VALID
     name = None if covered else (f"{n.name}" if grid is None or opcode != "MAX_POOL_2D"
                                  else n.name)
     out = out_tensor(L, n, L.shape(n), NHWC, grid, covered, name)
@@ -127,17 +133,19 @@ def _pool_emit(L: Lowerer, n: fx.Node, x: Dyn, opcode: str, k: tuple[int, int],
     return out
 
 
-def _pad_lowest(L: Lowerer, n: fx.Node, x: Dyn, p: tuple[int, int]) -> Dyn:
+def _pad_lowest(L: Lowerer, n: fx.Node, x: Dyn, p: tuple[int, int],
+                after: tuple[int, int] | None = None) -> Dyn:
     """``x`` (NHWC) padded spatially with its lowest value (PADV2): what max pooling's implicit
-    -inf padding does."""
+    -inf padding does; ``p`` before, ``after`` (default ``p``) after."""
     h, w = x.shape[2], x.shape[3]
-    pads = [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]]
+    after = p if after is None else after
+    pads = [[0, 0], [p[0], after[0]], [p[1], after[1]], [0, 0]]
     if x.grid is not None:
         value = L.const(f"{n.name}_pad_value", np.asarray(x.grid.qmin), x.grid.dtype,
                         x.grid.quant())
     else:
         value = L.const(f"{n.name}_pad_value", np.asarray(np.finfo(np.float32).min), "FLOAT32")
-    shape = (x.shape[0], x.shape[1], h + 2 * p[0], w + 2 * p[1])
+    shape = (x.shape[0], x.shape[1], h + p[0] + after[0], w + p[1] + after[1])
     out = L.new(f"{n.name}_pad", permuted(shape, NHWC), x.grid)
     L.emit("PADV2", [L.get(x, NHWC), L.const(f"{n.name}_paddings", np.asarray(pads, np.int32),
                                              "INT32"), value], [out])
@@ -152,9 +160,24 @@ def avg_pool2d(L: Lowerer, n: fx.Node) -> Dyn:
     ceil_mode = bool(n.args[4]) if len(n.args) > 4 else False
     count_pad = bool(n.args[5]) if len(n.args) > 5 else True
     if p != (0, 0) and count_pad:
-        raise ExportError(f"{n.name}: avg_pool2d with padding counts the padded zeros "
-                          "(count_include_pad=True); TFLite averages valid elements only")
+        if ceil_mode:
+            raise ExportError(f"{n.name}: avg_pool2d with padding, count_include_pad=True and "
+                              "ceil_mode=True has no TFLite form (TFLite averages valid elements "
+                              "only); use count_include_pad=False or ceil_mode=False")
+        # torch divides by the whole window, padded zeros included: pad with zeros explicitly
+        # (PAD writes the zero point) and average VALID windows
+        x, p = _pad_zeros(L, n, x, p), (0, 0)
     return _pool(L, n, x, "AVERAGE_POOL_2D", k, s, p, ceil_mode)
+
+
+def _pad_zeros(L: Lowerer, n: fx.Node, x: Dyn, p: tuple[int, int]) -> Dyn:
+    """``x`` (NHWC) padded spatially with zeros (PAD: the zero point of a quantized tensor)."""
+    shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * p[0], x.shape[3] + 2 * p[1])
+    out = L.new(f"{n.name}_pad", permuted(shape, NHWC), x.grid)
+    pads = [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]]
+    L.emit("PAD", [L.get(x, NHWC), L.const(f"{n.name}_paddings", np.asarray(pads, np.int32),
+                                           "INT32")], [out])
+    return Dyn(out, NHWC, x.grid, shape)
 
 
 def max_pool2d(L: Lowerer, n: fx.Node) -> Dyn:

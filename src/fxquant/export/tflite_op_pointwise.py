@@ -6,6 +6,7 @@ which run in float32 between DEQUANTIZE and QUANTIZE.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -98,11 +99,28 @@ def _unary(L: Lowerer, n: fx.Node, opcode: str, kernel: bool = True,
             if perm[-1] != last_axis:
                 perm = (*rest, last_axis)
     grid, covered, _, why = decide(L, n, [x], kernel=kernel)
+    fixed = FIXED_OUTPUT.get((opcode, grid.dtype)) if grid is not None else None
+    if grid is not None and fixed is not None and not (
+            math.isclose(grid.scale, fixed[0], rel_tol=1e-6) and grid.zero_point == fixed[1]):
+        grid, covered, why = None, [], (
+            f"its output grid (scale {grid.scale:.6g}, zero point {grid.zero_point}) is not "
+            f"TFLite's fixed {opcode} grid ({fixed[0]:.6g}, {fixed[1]}); a fixed-scale quantizer "
+            "on that grid lets it run in integer")
     if grid is None:
         x = float_inputs(L, n, [x], why)[0]
     out = out_tensor(L, n, L.shape(n), perm, grid, covered, None if grid is not None else n.name)
     L.emit(opcode, [L.get(x, perm)], [out.tensor], options)
     return out
+
+
+FIXED_OUTPUT = {
+    ("SOFTMAX", "INT8"): (1 / 256, -128), ("SOFTMAX", "INT16"): (1 / 32768, 0),
+    ("LOGISTIC", "INT8"): (1 / 256, -128), ("LOGISTIC", "INT16"): (1 / 32768, 0),
+    ("TANH", "INT8"): (1 / 128, 0), ("TANH", "INT16"): (1 / 32768, 0),
+    ("LOG_SOFTMAX", "INT8"): (16 / 256, 127),
+}
+"""``(opcode, output type) -> (scale, zero point)`` LiteRT's integer kernel requires of its output
+(an op quantized on another grid runs in float32 between DEQUANTIZE and QUANTIZE)."""
 
 
 def relu(L: Lowerer, n: fx.Node) -> Dyn:
