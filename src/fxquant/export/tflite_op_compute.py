@@ -33,10 +33,10 @@ from .tflite_op_support import (
     decide,
     dyn_input,
     float_inputs,
+    on_output_grid,
     operand_tensor,
     out_tensor,
     pair,
-    tensor_name,
 )
 from .tflite_writer import TFLQuant
 
@@ -321,13 +321,7 @@ def sdpa(L: Lowerer, n: fx.Node) -> Dyn:
     L.emit("BATCH_MATMUL", [probs, vf.tensor], [out_t],
            ("BatchMatMulOptions", {"AdjX": False, "AdjY": False}))
     out = Dyn(out_t, identity(len(o_shape)), None, o_shape)
-    if grid is not None:
-        path = L.qparams(covered[-1])[1]
-        out = L.quantized(out, grid, tensor_name(path))
-        L.record(out, path)
-        for c in covered:
-            L.values[c] = out
-    return out
+    return on_output_grid(L, out, grid, covered)
 
 
 def embedding(L: Lowerer, n: fx.Node) -> Dyn:

@@ -332,11 +332,7 @@ def split(L: Lowerer, n: fx.Node) -> list[Dyn]:
         sizes = [min(size, total - i) for i in range(0, total, size)]
     else:
         sizes = [int(s) for s in size]
-    outs, start = [], 0
-    for i, s in enumerate(sizes):
-        outs.append(_strided(L, n, x, dim, start, start + s, 1, False, f"{n.name}_{i}"))
-        start += s
-    return outs
+    return _pieces(L, n, x, dim, sizes)
 
 
 def chunk(L: Lowerer, n: fx.Node) -> list[Dyn]:
@@ -345,6 +341,11 @@ def chunk(L: Lowerer, n: fx.Node) -> list[Dyn]:
     dim = int(n.args[2]) % x.rank if len(n.args) > 2 else 0
     size = -(-x.shape[dim] // chunks)
     sizes = [min(size, x.shape[dim] - i) for i in range(0, x.shape[dim], size)]
+    return _pieces(L, n, x, dim, sizes)
+
+
+def _pieces(L: Lowerer, n: fx.Node, x: Dyn, dim: int, sizes: list[int]) -> list[Dyn]:
+    """``x`` cut along ``dim`` into consecutive pieces of ``sizes`` (STRIDED_SLICE each)."""
     outs, start = [], 0
     for i, s in enumerate(sizes):
         outs.append(_strided(L, n, x, dim, start, start + s, 1, False, f"{n.name}_{i}"))

@@ -30,9 +30,9 @@ from .tflite_op_support import (
     float_inputs,
     float_unary,
     layout_for,
+    on_output_grid,
     operand_tensor,
     out_tensor,
-    tensor_name,
 )
 
 __all__ = [
@@ -213,13 +213,7 @@ def layer_norm(L: Lowerer, n: fx.Node) -> Dyn:
                ("AddOptions", {}))
         cur = nxt
     out = Dyn(cur, identity(x.rank), None, x.shape)
-    if grid is not None:
-        path = L.qparams(covered[-1])[1]
-        out = L.quantized(out, grid, tensor_name(path))
-        L.record(out, path)
-        for c in covered:
-            L.values[c] = out
-    return out
+    return on_output_grid(L, out, grid, covered)
 
 
 def batch_norm(L: Lowerer, n: fx.Node) -> Dyn:

@@ -30,7 +30,7 @@ from .tflite_writer import TFLQuant
 __all__ = [
     "ACT", "Handler", "PAD_SAME", "PAD_VALID", "UNSUPPORTED", "aten", "broadcast_dyn",
     "conv_padding", "decide", "dyn_input", "float_inputs", "float_unary", "layout_for", "moved",
-    "operand_tensor", "out_tensor", "pair", "requantize_to", "tensor_name"
+    "on_output_grid", "operand_tensor", "out_tensor", "pair", "requantize_to", "tensor_name"
 ]
 
 aten = torch.ops.aten
@@ -216,10 +216,17 @@ def float_unary(L: Lowerer, n: fx.Node, why: str,
     xf = L.dequantized(x)
     shape = permuted(x.shape, xf.perm)
     out = Dyn(steps(L, xf.tensor, shape, n.name), xf.perm, None, x.shape)
-    if grid is not None:
-        path = L.qparams(covered[-1])[1]
-        out = L.quantized(out, grid, tensor_name(path))
-        L.record(out, path)
-        for c in covered:
-            L.values[c] = out
+    return on_output_grid(L, out, grid, covered)
+
+
+def on_output_grid(L: Lowerer, out: Dyn, grid: Grid | None, covered: list[fx.Node]) -> Dyn:
+    """A float32 result put on the op's output grid (QUANTIZE), standing for the quantizer
+    nodes it covers; unchanged when the op has no output quantizer."""
+    if grid is None:
+        return out
+    path = L.qparams(covered[-1])[1]
+    out = L.quantized(out, grid, tensor_name(path))
+    L.record(out, path)
+    for c in covered:
+        L.values[c] = out
     return out
