@@ -36,6 +36,7 @@ from .tflite_op_support import (
     moved,
     operand_tensor,
     out_tensor,
+    pad_zeros,
     pair,
     requantize_to,
 )
@@ -166,18 +167,8 @@ def avg_pool2d(L: Lowerer, n: fx.Node) -> Dyn:
                               "only); use count_include_pad=False or ceil_mode=False")
         # torch divides by the whole window, padded zeros included: pad with zeros explicitly
         # (PAD writes the zero point) and average VALID windows
-        x, p = _pad_zeros(L, n, x, p), (0, 0)
+        x, p = pad_zeros(L, n, x, p), (0, 0)
     return _pool(L, n, x, "AVERAGE_POOL_2D", k, s, p, ceil_mode)
-
-
-def _pad_zeros(L: Lowerer, n: fx.Node, x: Dyn, p: tuple[int, int]) -> Dyn:
-    """``x`` (NHWC) padded spatially with zeros (PAD: the zero point of a quantized tensor)."""
-    shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * p[0], x.shape[3] + 2 * p[1])
-    out = L.new(f"{n.name}_pad", permuted(shape, NHWC), x.grid)
-    pads = [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]]
-    L.emit("PAD", [L.get(x, NHWC), L.const(f"{n.name}_paddings", np.asarray(pads, np.int32),
-                                           "INT32")], [out])
-    return Dyn(out, NHWC, x.grid, shape)
 
 
 def max_pool2d(L: Lowerer, n: fx.Node) -> Dyn:

@@ -18,6 +18,7 @@ from .tflite_lower import (
     Const,
     Dyn,
     Lowerer,
+    clip_kind,
     identity,
     permuted,
 )
@@ -128,8 +129,6 @@ def relu(L: Lowerer, n: fx.Node) -> Dyn:
 
 
 def clip_opcode(n: fx.Node) -> str:
-    from .tflite_lower import clip_kind
-
     kind = clip_kind(n)
     if kind is None:
         raise ExportError(f"{n.name}: only relu / relu6 clamps have a TFLite form")

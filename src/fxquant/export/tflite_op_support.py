@@ -30,7 +30,8 @@ from .tflite_writer import TFLQuant
 __all__ = [
     "ACT", "Handler", "PAD_SAME", "PAD_VALID", "UNSUPPORTED", "aten", "broadcast_dyn",
     "conv_padding", "decide", "dyn_input", "float_inputs", "float_unary", "layout_for", "moved",
-    "on_output_grid", "operand_tensor", "out_tensor", "pair", "requantize_to", "tensor_name"
+    "on_output_grid", "operand_tensor", "out_tensor", "pad_zeros", "pair", "requantize_to",
+    "tensor_name"
 ]
 
 aten = torch.ops.aten
@@ -160,11 +161,17 @@ def conv_padding(L: Lowerer, n: fx.Node, x: Dyn, k: tuple[int, int], s: tuple[in
         raise ExportError(f"{n.name}: padding {p} has no TFLite form for this op")
     if ceil_mode:
         raise ExportError(f"{n.name}: ceil_mode=True has no TFLite form")
+    return pad_zeros(L, n, x, p), PAD_VALID
+
+
+def pad_zeros(L: Lowerer, n: fx.Node, x: Dyn, p: tuple[int, int]) -> Dyn:
+    """``x`` (NHWC) padded spatially with zeros (PAD: the zero point of a quantized tensor)."""
+    shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * p[0], x.shape[3] + 2 * p[1])
+    out = L.new(f"{n.name}_pad", permuted(shape, NHWC), x.grid)
     pads = [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]]
-    out = L.new(f"{n.name}_pad", (x.shape[0], h + 2 * p[0], w + 2 * p[1], x.shape[1]), x.grid)
     L.emit("PAD", [L.get(x, NHWC), L.const(f"{n.name}_paddings", np.asarray(pads, np.int32),
                                            "INT32")], [out])
-    return Dyn(out, NHWC, x.grid, (x.shape[0], x.shape[1], h + 2 * p[0], w + 2 * p[1])), PAD_VALID
+    return Dyn(out, NHWC, x.grid, shape)
 
 
 def _pool_out(size: int, k: int, s: int, d: int, p: int, ceil_mode: bool) -> int:
