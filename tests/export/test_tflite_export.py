@@ -277,11 +277,12 @@ def test_ceil_mode_max_pool_and_padded_average_pool(tmp_path):
         (2, 8, 6, 6), (2, 8, 7, 7)]
     step = max(float(m.qparams().scale.max()) for m in q.modules()
                if isinstance(m, fxquant.FakeQuantize) and not m.is_weight)
-    # reshape_as gets its own output quantizer (a requantizing QUANTIZE in the file: LiteRT's
-    # fixed-point rescale may differ from the simulation's by one step)
-    for out, ref in zip(outs, refs, strict=True):
-        assert float((out - ref).abs().max()) <= 1.01 * step
-        assert float((out == ref).float().mean()) >= 0.9
+    # reshape_as reads only the shape of its second input: the pools read the ReLU's grid
+    # (no requantizing QUANTIZE in the file)
+    assert result.ops["QUANTIZE"] == 1
+    assert torch.equal(outs[0], refs[0])  # max pooling moves codes: exact
+    assert float((outs[1] - refs[1]).abs().max()) <= 1.01 * step
+    assert float((outs[1] == refs[1]).float().mean()) >= 0.99
 
 
 def test_torch_transformer_encoder_layer_runs_in_litert(tmp_path):

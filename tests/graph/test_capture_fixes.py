@@ -176,3 +176,28 @@ def test_prepare_inplace_shares_the_parameters():
     fresh = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
     copy = fxquant.prepare(fresh, torch.randn(2, 3, 6, 6))
     assert copy.get_parameter("3.weight") is not fresh[3].weight
+
+
+# -- ops that read only the shape of their second input -------------------------------------------
+class LikeOps(nn.Module):
+    """levit-style ``x.flatten(2).reshape_as(x)``, ``view_as``, ``expand_as``, ``type_as``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        z = y.flatten(2).reshape_as(y).view_as(y).type_as(y)
+        return z + torch.ones(1, 4, 1, 1).expand_as(y)
+
+
+def test_like_ops_keep_their_first_inputs_grid():
+    x = torch.randn(2, 3, 8, 8)
+    q = fxquant.prepare(LikeOps().eval(), x, fxquant.default_calibration_qconfig_setter)
+    fxquant.calibrate(q, [x], progress=False)
+    names = [name for name, m in q.named_modules() if isinstance(m, fxquant.FakeQuantize)
+             and not m.is_weight]
+    # the like-ops are SHARE ops of the ReLU's output: no quantizer of their own
+    assert not [n for n in names if "_as" in n], names
+    assert torch.equal(q(x), q(x))

@@ -62,6 +62,7 @@ __all__ = [
     "count_macs",
     "reads_metadata_only",
     "reads_shape_only",
+    "read_inputs",
 ]
 
 TORCH_ENGINES: frozenset[str] = frozenset({"x86", "fbgemm", "qnnpack"})
@@ -458,6 +459,18 @@ def _reads(user: fx.Node, value: fx.Node | None, attrs: frozenset[str]) -> bool:
                 and user.args[1] in attrs)
     return (user.op == "call_method" and user.target in _SHAPE_METHODS
             and (value is None or user.args[:1] == (value,)))
+
+
+_LIKE_METHODS = frozenset({"view_as", "reshape_as", "expand_as", "type_as"})
+
+
+def read_inputs(n: fx.Node) -> list[fx.Node]:
+    """The inputs whose numbers ``n`` reads: ``x.view_as(y)`` / ``reshape_as`` / ``expand_as`` /
+    ``type_as`` read only ``y``'s shape or dtype, so their data input is ``x`` alone."""
+    if n.op == "call_method" and n.target in _LIKE_METHODS and n.args and isinstance(
+            n.args[0], fx.Node):
+        return [n.args[0]]
+    return list(n.all_input_nodes)
 
 
 def reads_metadata_only(user: fx.Node, value: fx.Node | None = None) -> bool:

@@ -41,6 +41,7 @@ from .._utils import Factory
 from ..backends import Placement
 from ..qconfig import OpKind, QConfig
 from .meta import is_float_tensor, value_info
+from .ops import read_inputs
 from .patterns import WEIGHT_ARG, data_users, function_name
 from .records import NodeRecord
 
@@ -83,7 +84,7 @@ def data_inputs(node: fx.Node) -> list[fx.Node]:
         for a in list(node.args[WEIGHT_ARG[node.target] :]) + list(node.kwargs.values()):
             if isinstance(a, fx.Node):
                 skip.add(a)
-    return [n for n in node.all_input_nodes if n not in skip and is_float_tensor(n)]
+    return [n for n in read_inputs(node) if n not in skip and is_float_tensor(n)]
 
 
 def constant_nodes(gm: fx.GraphModule) -> frozenset[fx.Node]:
@@ -116,7 +117,7 @@ def _root(v: fx.Node, records: Mapping[fx.Node, NodeRecord]) -> fx.Node:
     """First producer of ``v`` that is not a SHARE op (through getitem of chunk / split too)."""
     last_float = v
     while _kind(records, v) is OpKind.SHARE:
-        ins = [n for n in v.all_input_nodes if _carries_float(n, records)]
+        ins = [n for n in read_inputs(v) if _carries_float(n, records)]
         if len(ins) != 1:
             break
         v = ins[0]
