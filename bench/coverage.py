@@ -26,8 +26,9 @@ size):
   defaults (:mod:`bench.onnx_peers`); output SQNR vs float or the error.
 
 SQNR = 10 log10(sum(ref^2) / sum((ref - out)^2)) over the model's first output (logits, the last
-hidden state, the first FPN level).  Every stage runs in ``try`` under a per-model time limit;
-a failure is a cell with the error, never a crash of the suite.
+hidden state, the first FPN level).  Every stage runs in ``try`` under a per-model time limit,
+and every model in a process of its own; a failure -- even a runtime crashing the process -- is
+a cell with the error, never a crash of the suite.
 
 ``python -m bench.coverage [--full] [name ...]`` runs the named models (default: the quick set)
 and prints the table.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import multiprocessing
 import pathlib
 import re
 import signal
@@ -47,7 +49,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,8 +226,13 @@ def _prepared(model: nn.Module, calib: list[tuple[Tensor, ...]], backend: str) -
     return qmodel
 
 
-def run_model(spec: ModelSpec, cfg: CoverageConfig, tmp: str) -> tuple[dict[str, Any], list]:
-    """One table row, and the fxquant failures as ``(model, stage, traceback text)``."""
+def run_model(spec: ModelSpec, cfg: CoverageConfig, tmp: str,
+              progress: Callable[[str, dict[str, Any]], None] | None = None,
+              ) -> tuple[dict[str, Any], list]:
+    """One table row, and the fxquant failures as ``(model, stage, traceback text)``.
+
+    ``progress(stage, row)`` is called as each stage starts (with the row so far): what the
+    parent of :func:`_isolated` reports when a runtime kills the process."""
     t0 = time.perf_counter()
     row: dict[str, Any] = {c: "-" for c in COLUMNS}
     row.update(model=spec.name, family=spec.source, input=spec.input_desc)
@@ -233,6 +240,8 @@ def run_model(spec: ModelSpec, cfg: CoverageConfig, tmp: str) -> tuple[dict[str,
     stage = "float model"
 
     def attempt(name: str, fn) -> Any:
+        if progress is not None:
+            progress(name, row)
         try:
             return fn()
         except _TimeLimit:
@@ -259,6 +268,8 @@ def run_model(spec: ModelSpec, cfg: CoverageConfig, tmp: str) -> tuple[dict[str,
             row["OpenVINO verify"] = _fxquant_openvino(model, calib, x, tmp, attempt)
             if cfg.peers:
                 stage = "peers"
+                if progress is not None:
+                    progress(stage, row)
                 _peers(model, calib, x, ref, tmp, row)
     except _TimeLimit as exc:
         column = {"prepare": "capture", "OpenVINO": "OpenVINO verify",
@@ -411,6 +422,58 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+_CRASH_COLUMN = {
+    "prepare": "capture", "export ORT": "ORT export", "verify ORT": "ORT verify",
+    "run ORT": "ORT SQNR (dB)", "prepare OpenVINO": "OpenVINO verify",
+    "export OpenVINO": "OpenVINO verify", "verify OpenVINO": "OpenVINO verify",
+}
+"""Stage -> the cell that reports a crash of the process in it (peers: NNCF's column)."""
+
+
+def _child(name: str, cfg: CoverageConfig, conn: Any) -> None:
+    """Body of the per-model process: stage reports, then the row."""
+    torch.set_num_threads(cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="fxquant_cov_") as tmp:
+        row, failures = run_model(zoo()[name], cfg, tmp,
+                                  progress=lambda stage, row: conn.send(("stage", stage, row)))
+    conn.send(("done", row, failures))
+    conn.close()
+
+
+def _isolated(name: str, cfg: CoverageConfig,
+              target: Callable[[str, CoverageConfig, Any], None] = _child,
+              ) -> tuple[dict[str, Any], list]:
+    """:func:`run_model` in a child process (``target``, :func:`_child`): a runtime that
+    crashes the process (OpenVINO's ``compile_model`` segfaulted on one export) costs one cell
+    -- the stage it died in, and the row so far -- not the suite."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(name, cfg, child), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    child.close()
+    stage, row, result = "float model", None, None
+    while True:
+        try:
+            message = parent.recv()
+        except EOFError:
+            break
+        if message[0] == "stage":
+            stage, row = message[1], message[2]
+        else:
+            result = message[1], message[2]
+    proc.join()
+    if result is not None:
+        return result
+    code = proc.exitcode
+    why = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
+           else f"exit code {code}")
+    row = dict(row) if row is not None else {c: "-" for c in COLUMNS}
+    row.update(model=name, s=time.perf_counter() - t0)
+    row[_CRASH_COLUMN.get(stage, "NNCF SQNR (dB)")] = f"FAIL process died ({why}) in {stage}"
+    return row, [(name, stage, f"process died ({why})")]
+
+
 def run(quick: bool = False, models: tuple[str, ...] | None = None) -> SuiteResult:
     """The suite entry point for ``bench/run.py`` (``models``: run only these)."""
     cfg = QUICK if quick else FULL
@@ -430,8 +493,7 @@ def run(quick: bool = False, models: tuple[str, ...] | None = None) -> SuiteResu
     torch.set_num_threads(cfg.threads)
     try:
         for name in names:
-            with tempfile.TemporaryDirectory(prefix="fxquant_cov_") as tmp:
-                row, failures = run_model(specs[name], cfg, tmp)
+            row, failures = _isolated(name, cfg)
             result.rows.append(row)
             cells = (f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS)
             print("  " + " | ".join(cells), flush=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -44,6 +46,20 @@ def test_run_model_fills_every_column_and_the_notes_count_it(tmp_path) -> None:
     assert row["OpenVINO verify"].startswith("ok")
     notes = coverage._notes([row])
     assert "exports 1/1 (100%)" in notes[0] and "verifies in ONNX Runtime" in notes[0]
+
+
+def _dies_verifying_in_openvino(name: str, cfg: coverage.CoverageConfig, conn) -> None:
+    """A model process whose runtime kills it (as OpenVINO's compile_model once did)."""
+    row = {c: "-" for c in coverage.COLUMNS} | {"model": name, "ORT export": "ok (1.0 s)"}
+    conn.send(("stage", "verify OpenVINO", row))
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_model_process_that_crashes_costs_one_cell_not_the_suite() -> None:
+    row, failures = coverage._isolated("m", coverage.QUICK, target=_dies_verifying_in_openvino)
+    assert row["OpenVINO verify"] == "FAIL process died (signal SIGSEGV) in verify OpenVINO"
+    assert row["ORT export"] == "ok (1.0 s)" and row["model"] == "m"  # the row so far is kept
+    assert failures == [("m", "verify OpenVINO", "process died (signal SIGSEGV)")]
 
 
 def test_zoo_holds_the_issue_families() -> None:

@@ -9,7 +9,10 @@ Each kernel is compared with an independent pure-torch reference:
   float64), plus tensors large enough to be split across threads;
 * ``masked_grad`` with ``grad * mask`` (a float 0 / 1 mask: signed zeros included);
 * ``histogram`` with the pure-torch binning of :mod:`fxquant.observers.histogram`;
-* ``div_channel_backward`` with the two products autograd's division rule computes.
+* ``div_channel_backward`` with the two products autograd's division rule computes;
+* ``scale_round`` with the torch operations it fuses (per tensor, per channel in the middle and
+  last, with and without the add / multiply, in place), over ties, their neighbours, values
+  beyond 2^22 and specials; ``grid_lookup`` with a gather, and its refusal off the grid.
 
 Bit patterns are compared (``-0.0 != +0.0``); NaN positions must agree.  The build / fallback
 machinery is checked too: a failed build is remembered and everything falls back to pure torch.
@@ -333,3 +336,76 @@ def test_double_backward_takes_differentiable_operations():
         results.append((gx.detach(), w.grad))
     assert_same(results[0][0], results[1][0], "first gradient")
     assert_same(results[0][1], results[1][1], "second-order gradient")
+
+
+# -- the runtime simulation's element-wise arithmetic ------------------------------------------
+_R = 1.5 * 2.0**23
+
+
+def _reference_scale_round(x, mult, add, post):
+    """The torch operations the kernel fuses (:func:`fxquant.runtime_math.ort.round_` ...)."""
+    v = (x * mult).add_(_R).sub_(_R)
+    if add is not None:
+        v.add_(add)
+    return v.mul_(post) if post is not None else v
+
+
+@pytest.mark.parametrize("layout", ["tensor", "middle", "last"])
+def test_scale_round_is_the_torch_operations_bit_for_bit(layout):
+    gen = torch.Generator().manual_seed(3)
+    ties = torch.arange(-3000.0, 3000.0, 0.25)  # x * 1, 0.5, 0.25: exact ties and neighbours
+    base = torch.cat([ties, torch.nextafter(ties, torch.tensor(1e9)),
+                      torch.randn(200_000, generator=gen) * 3e4,
+                      torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"),
+                                    2.0**22, -(2.0**22) - 1.5, 3e38])])
+    n = base.numel() // 60 * 60
+    if layout == "tensor":
+        x, mult, inner, view = base[:n], torch.tensor(0.5), 1, torch.tensor(0.5)
+    elif layout == "middle":  # conv output [N, C, H*W]: one multiplier per channel
+        x = base[:n].reshape(-1, 6, 10)
+        mult = torch.tensor([0.3, 0.25, 2.5, 1.0, 0.5, 0.0123])
+        inner, view = 10, mult.reshape(-1, 1)
+    else:  # linear output [..., C]
+        x = base[:n].reshape(-1, 6)
+        mult = torch.tensor([0.3, 0.25, 2.5, 1.0, 0.5, 0.0123])
+        inner, view = 1, mult
+    for add, post in ((None, None), (128.0, None), (None, 0.0173), (-3.0, 2.0**-7)):
+        want = _reference_scale_round(x, view, add, post)
+        got = native.scale_round(x, mult, inner, add=add, post=post)
+        assert got is not None
+        assert_same(got, want, f"scale_round {layout} add={add} post={post}")
+        inplace = x.clone()
+        assert native.scale_round(inplace, mult, inner, add=add, post=post, out=inplace) is inplace
+        assert_same(inplace, want, f"scale_round in place {layout}")
+
+
+def test_scale_round_declines_what_it_does_not_cover():
+    x = torch.randn(4, 6)
+    m = torch.tensor(0.5)
+    assert native.scale_round(x.t(), m) is None  # not contiguous
+    assert native.scale_round(x.double(), m) is None
+    assert native.scale_round(x, torch.ones(5)) is None  # 5 multipliers, 6 channels
+    assert native.scale_round(x, m, out=torch.empty(6, 4)) is None
+    with native.native_kernels(False):
+        assert native.scale_round(x, m) is None
+
+
+def test_grid_lookup_is_the_gather_on_the_grid_and_declines_off_it():
+    gen = torch.Generator().manual_seed(4)
+    for qmin, qmax, zp, s in ((0, 255, 37, 0.0421), (-128, 127, 0, 0.5), (-32768, 32767, 11,
+                                                                          1e-3)):
+        scale = torch.tensor(s)
+        grid = torch.arange(qmin, qmax + 1, dtype=torch.float32).sub_(zp).mul_(scale)
+        table = torch.sigmoid(grid * 1.7) - 0.25
+        idx = torch.randint(0, qmax - qmin + 1, (300_001,), generator=gen)
+        x = grid[idx]
+        got = native.grid_lookup(x, scale, zp, qmin, qmax, table)
+        assert got is not None
+        assert_same(got, table[idx], f"grid_lookup [{qmin}, {qmax}]")
+        for bad in (float(torch.nextafter(x[5], torch.tensor(1e9))), float("nan"),
+                    float(grid[-1]) + s, float("inf")):
+            off = x.clone()
+            off[123_456] = bad
+            assert native.grid_lookup(off, scale, zp, qmin, qmax, table) is None, bad
+    assert native.grid_lookup(x.double(), scale, zp, qmin, qmax, table) is None
+    assert native.grid_lookup(x, scale, zp, qmin, qmax, table[:-1]) is None

@@ -64,3 +64,26 @@ def test_reduced_matmul_precision_falls_back_to_float64():
     finally:
         torch.set_float32_matmul_precision(before)
     assert torch.equal(got, (x.double() @ w.double().T).float())
+
+
+def test_two_halves_add_in_float32_and_round_once():
+    """A reduction between one and two float32 bounds: two calls (the bias in the first), one
+    float32 add -- IEEE rounds the exact sum once, so the result is float32(acc) even where the
+    accumulator is beyond 2^24 and float32(acc) != acc."""
+    torch.manual_seed(0)
+    x = torch.full((2, 600, 3, 3), 255.0)
+    x[1] = _codes(600, 3, 3, lo=0, hi=256)
+    w = torch.where(torch.rand(4, 600, 1, 1) < 0.9, 127.0, -127.0)
+    w[0] = 127.0  # channel 0: every partial sum the bound, acc = 600 * 127 * 255 + bias
+    bias = torch.tensor([2**22 + 1, -(2**22), 12345, -7], dtype=torch.float64)
+    calls = []
+
+    def conv(a, b, c):
+        calls.append(a.shape[1])
+        return F.conv2d(a, b, c)
+
+    got = exact_conv(conv, x, w, bias, 255.0, 1)
+    ref = F.conv2d(x.double(), w.double(), bias)
+    assert float(ref.abs().max()) > EXACT_FLOAT32 and not torch.equal(ref.float().double(), ref)
+    assert len(calls) == 2 and sum(calls) == 600  # two halves, no float64 pass
+    assert got.dtype == torch.float32 and torch.equal(got, ref.float())

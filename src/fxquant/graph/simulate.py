@@ -69,7 +69,12 @@ from ..runtime_math import (
     RuntimeKernel,
     WeightedKernel,
 )
-from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
+from ..runtime_math.kernels import (
+    FLOAT_FUNCTIONS,
+    LOOKUP_FUNCTIONS,
+    FloatFunctionKernel,
+    one_forward,
+)
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
 from .ops import canonical_name, clip_bounds, node_traits
@@ -225,7 +230,8 @@ def _runtime_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
     rt = _runtime(gm, report.profile.runtime or "", report.profile.kernels)
     if rt.module is None:
         return _FLOAT
-    return rt.module(*args, **kwargs)
+    with one_forward():  # each settled quantizer's grid read once per pass
+        return rt.module(*args, **kwargs)
 
 
 def _fetch(root: nn.Module, target: str) -> Any:

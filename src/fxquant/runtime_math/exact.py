@@ -4,9 +4,11 @@ A conv / matmul over integer codes is exact in float32 as long as every partial 
 2^24 in magnitude, whatever order the float kernel sums in.  Every partial sum of output channel
 ``c`` is bounded by ``sum_k |w[c, k]| * max|x|`` (plus ``|bias[c]|``), so each function checks that
 bound first: within it, one float32 kernel call; beyond it, the reduction is split into chunks
-that each stay within it (summed in float64, exact) -- or, where that is not possible, the whole
-op runs in float64.  Either way the result is ``float32(acc)``: the exact int32 accumulator
-rounded once to float32, which is what a runtime's ``float(acc)`` conversion gives.
+that each stay within it -- two halves (the bias in the first) are added in float32, whose one
+rounding of their exact sum is ``float32(acc)``; more chunks are summed in float64, exact -- or,
+where no split stays within the bound, the whole op runs in float64.  Either way the result is
+``float32(acc)``: the exact int32 accumulator rounded once to float32, which is what a runtime's
+``float(acc)`` conversion gives.
 
 float32 kernels are only trusted at full precision: with
 ``torch.set_float32_matmul_precision("high" | "medium")`` (TF32 / bf16 passes) every call runs in
@@ -68,7 +70,20 @@ def _bounded(
         return call(x.float(), w.float(), None if bias is None else bias.float())
     if _full_precision() and splittable:
         per_pair = w_abs.sum(tuple(range(2, w.dim()))) if w.dim() > 2 else w_abs  # [C_out, red]
-        ranges = _chunks(per_pair.amax(0).double() * x_bound, _LIMIT)
+        per_input = per_pair.amax(0).double() * x_bound
+        if bias is not None:  # two float32 halves, the bias in the first: one float32 add
+            halves = _chunks(per_input, _LIMIT - float(bias.detach().abs().max()))
+        else:
+            halves = _chunks(per_input, _LIMIT)
+        if halves is not None and len(halves) == 2:
+            (lo, mid), (_, hi) = halves
+            first = call(x.narrow(x_axis, lo, mid - lo).float(), w.narrow(1, lo, mid - lo).float(),
+                         None if bias is None else bias.float())
+            # both halves are exact integers in float32; IEEE addition rounds their exact sum
+            # once: float32(acc), as the float64 sum rounded to float32
+            return first.add_(call(x.narrow(x_axis, mid, hi - mid).float(),
+                                   w.narrow(1, mid, hi - mid).float(), None))
+        ranges = _chunks(per_input, _LIMIT)
         if ranges is not None and len(ranges) > 1:
             total = None
             for lo, hi in ranges:

@@ -18,7 +18,9 @@ Arithmetic of ONNX Runtime: :mod:`fxquant.runtime_math.ort`; exact accumulation:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from .. import nn as qnn
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
-from ..numerics import QParams
+from ..numerics import QParams, native
 from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
 from . import ort, tflite
@@ -43,6 +45,7 @@ __all__ = [
     "FixedPointMeanKernel",
     "FloatFunctionKernel",
     "settled",
+    "one_forward",
     "FLOAT_FUNCTIONS",
     "LOOKUP_FUNCTIONS",
 ]
@@ -63,6 +66,46 @@ def settled(fq: FakeQuantize) -> bool:
     return False
 
 
+_MEMO: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
+    "fxquant_runtime_grids", default=None)
+
+
+@contextlib.contextmanager
+def one_forward() -> Iterator[None]:
+    """Inside this block each quantizer's grid is read once and reused by every kernel that
+    reads it (a conv's output grid is the next conv's input grid).  For one forward pass of the
+    runtime simulation: a kernel only reads *settled* quantizers, whose grids do not change
+    while the model runs."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _qparams(fq: FakeQuantize) -> QParams:
+    """``fq.qparams()``, read once per :func:`one_forward` block."""
+    memo = _MEMO.get()
+    if memo is None:
+        return fq.qparams()
+    key = ("qp", id(fq))
+    qp = memo.get(key)  # type: ignore[call-overload]
+    if qp is None:
+        qp = memo[key] = fq.qparams()  # type: ignore[index]
+    return qp
+
+
+def _grid(fq: FakeQuantize) -> _Grid:
+    """``_Grid(fq)``, built once per :func:`one_forward` block."""
+    memo = _MEMO.get()
+    if memo is None:
+        return _Grid(fq)
+    g = memo.get(id(fq))
+    if g is None:
+        g = memo[id(fq)] = _Grid(fq)
+    return g
+
+
 class _Grid:
     """A per-tensor quantizer's grid as the kernels use it: float32 0-d scale, int zero point,
     code bounds, and the largest ``|code - zero_point|``."""
@@ -70,7 +113,7 @@ class _Grid:
     __slots__ = ("bound", "qmax", "qmin", "qp", "scale", "zp")
 
     def __init__(self, fq: FakeQuantize) -> None:
-        qp = fq.qparams()
+        qp = _qparams(fq)
         self.qp = qp
         self.scale = qp.scale.reshape(()).to(_F32)
         self.zp = int(qp.zero_point.reshape(()))
@@ -81,11 +124,15 @@ class _Grid:
         """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
         ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
         magnitude), so rounding recovers it exactly."""
-        return ort.round_(torch.mul(x.to(_F32), 1.0 / self.scale))
+        inv = 1.0 / self.scale
+        fast = native.scale_round(x, inv) if x.dtype == _F32 else None
+        return fast if fast is not None else ort.round_(torch.mul(x.to(_F32), inv))
 
     def codes(self, x: Tensor) -> Tensor:
         """The raw codes ``q`` of a tensor on this grid."""
-        return self.centred(x).add_(self.zp)
+        inv = 1.0 / self.scale
+        fast = native.scale_round(x, inv, add=self.zp) if x.dtype == _F32 else None
+        return fast if fast is not None else self.centred(x).add_(self.zp)
 
     def value(self, codes: Tensor) -> Tensor:
         """Dequantize raw codes: ``(q - zp) * scale`` in float32 (ONNX DequantizeLinear)."""
@@ -216,14 +263,14 @@ class WeightedKernel(RuntimeKernel):
             return "BatchNorm in training mode"
         if self.layer is not None and (len(args) != 1 or kwargs):
             return "not a one-input call"
-        qp = self.wfq.qparams()
+        qp = _qparams(self.wfq)
         if qp.axis not in (None, 0):
             return "weight not quantized per output channel"
         if self.fixed_point:  # LiteRT 16x8: a fused relu / relu6 clamps the output codes
-            if self.in_fq.qparams().dtype.bits <= 8:
+            if _qparams(self.in_fq).dtype.bits <= 8:
                 return "an 8-bit input (the 16x8 kernel takes 16-bit activations)"
             return None
-        if self.out_fq is not None and not _clip_implied(self.clip, _Grid(self.out_fq)):
+        if self.out_fq is not None and not _clip_implied(self.clip, _grid(self.out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
@@ -242,7 +289,7 @@ class WeightedKernel(RuntimeKernel):
 
     def _weight_codes(self, wq: Tensor | None) -> tuple[Tensor, Tensor | None, QParams]:
         """Centred weight codes, the float bias, the weight grid."""
-        qp: QParams = self.wfq.qparams()
+        qp: QParams = _qparams(self.wfq)
         axis = qp.axis
         if self.layer is None:  # F.linear / F.convNd: the argument is on the weight grid
             assert wq is not None
@@ -259,7 +306,7 @@ class WeightedKernel(RuntimeKernel):
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
         x, wq, bias_arg = self._operands(args, kwargs)
-        grid_in = _Grid(self.in_fq)
+        grid_in = _grid(self.in_fq)
         codes, b, wqp = self._weight_codes(wq)
         if self.layer is None and isinstance(bias_arg, Tensor):
             b = bias_arg.detach()
@@ -276,7 +323,7 @@ class WeightedKernel(RuntimeKernel):
             q, _ = quantize_bias(b, grid_in.scale, s_c)  # OverflowError: see forward
             bias = q.double()
         assert self.out_fq is not None
-        out = _Grid(self.out_fq)
+        out = _grid(self.out_fq)
         if self.fixed_point:
             return out.value(self._fixed_point(x, xc, codes, bias, grid_in, s_c, out,
                                                self._conv(args, kwargs)))
@@ -284,12 +331,11 @@ class WeightedKernel(RuntimeKernel):
         if self.is_conv:
             acc = exact_conv(self._conv(args, kwargs), xc, codes, bias, grid_in.bound,
                              self._groups(args, kwargs))
-            mult = mult.reshape(-1, *([1] * (acc.dim() - 2)))
         else:
             acc = exact_linear(xc, codes, bias, grid_in.bound)
         # round(acc * m) * s_out: the output quantizer after the kernel saturates it (the value
         # it sees is on its grid, so it reproduces q - zp exactly)
-        return ort.requantize_unsaturated(acc, mult).mul_(out.scale)
+        return ort.requantize_dequantize(acc, mult, out.scale, channel_axis_last=not self.is_conv)
 
 
     def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
@@ -339,12 +385,12 @@ class BinaryKernel(RuntimeKernel):
     def check(self, a: Any, b: Any, *rest: Any, **kwargs: Any) -> str | None:
         if rest or kwargs or not isinstance(a, Tensor) or not isinstance(b, Tensor):
             return "not a plain two-tensor call"
-        if not _clip_implied(self.clip, _Grid(self.out_fq)):
+        if not _clip_implied(self.clip, _grid(self.out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
     def compute(self, a: Tensor, b: Tensor) -> Tensor:
-        ga, gb, out = _Grid(self.a_fq), _Grid(self.b_fq), _Grid(self.out_fq)
+        ga, gb, out = _grid(self.a_fq), _grid(self.b_fq), _grid(self.out_fq)
         if self.kernel == "BATCH_MATMUL" and gb.zp != 0:
             # LiteRT: XNNPACK takes a quantized BATCH_MATMUL only when its right operand has
             # zero point 0 (like GEMM weights); else the builtin kernel requantizes in fixed point
@@ -356,8 +402,8 @@ class BinaryKernel(RuntimeKernel):
         if self.kernel in ("QLinearMatMul", "BATCH_MATMUL"):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
-            return ort.requantize_unsaturated(acc, mult).mul_(out.scale)  # saturated by its
-            # output quantizer, as for QLinearConv
+            # saturated by its output quantizer, as for QLinearConv
+            return ort.requantize_dequantize(acc, mult, out.scale)
         if self.kernel == "ADD":  # LiteRT (XNNPACK delegate)
             codes = tflite.xnnpack_add(ga.codes(a).long(), float(ga.scale), ga.zp,
                                        gb.codes(b).long(), float(gb.scale), gb.zp,
@@ -390,7 +436,7 @@ class GlobalAvgPoolKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        g, out = _Grid(self.in_fq), _Grid(self.out_fq)
+        g, out = _grid(self.in_fq), _grid(self.out_fq)
         dims = tuple(range(2, x.dim()))
         count = 1
         for d in dims:
@@ -449,7 +495,7 @@ class AvgPoolKernel(RuntimeKernel):
         k = _tuple(a["kernel_size"], n)
         s = k if a["stride"] in (None, [], ()) else _tuple(a["stride"], n)
         p = _tuple(a["padding"], n)
-        out = _Grid(self.out_fq)
+        out = _grid(self.out_fq)
         codes = ort.average_pool(a["input"], k, s, p, bool(a["count_include_pad"]), out.scale,
                                  out.zp, out.qmin, out.qmax)
         return out.value(codes)
@@ -469,12 +515,12 @@ class LookupKernel(RuntimeKernel):
     def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
         if not isinstance(x, Tensor) or rest or kwargs:
             return "not a plain one-tensor call"
-        if self.in_fq.qparams().dtype.bits > 8:
+        if _qparams(self.in_fq).dtype.bits > 8:
             return "input wider than 8 bits"
         return None
 
     def compute(self, x: Tensor) -> Tensor:
-        g, out = _Grid(self.in_fq), _Grid(self.out_fq)
+        g, out = _grid(self.in_fq), _grid(self.out_fq)
         table = ort.lookup_table(self.fn, g.scale, g.zp, g.qmin, g.qmax, out.scale, out.zp,
                                  out.qmin, out.qmax)
         index = (g.codes(x) - g.qmin).long()
@@ -535,12 +581,12 @@ class FixedPointMeanKernel(RuntimeKernel):
     def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
         if not isinstance(x, Tensor) or (self.dims is None and x.dim() < 3):
             return "input is not a batched tensor"
-        if self.in_fq.qparams().dtype.bits <= 8:
+        if _qparams(self.in_fq).dtype.bits <= 8:
             return "an 8-bit input (the 16-bit kernel takes 16-bit activations)"
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        g, out = _Grid(self.in_fq), _Grid(self.out_fq)
+        g, out = _grid(self.in_fq), _grid(self.out_fq)
         if self.dims is None:
             dims, keep = tuple(range(2, x.dim())), True
         else:
@@ -576,15 +622,19 @@ class FloatFunctionKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        g = _Grid(self.in_fq)
+        g = _grid(self.in_fq)
         if g.qmax - g.qmin >= self._TABLE_LIMIT or x.dtype != _F32 or x.numel() < 4 * (
                 g.qmax - g.qmin + 1):
             return self.fn(x)
         values = torch.arange(g.qmin, g.qmax + 1, dtype=_F32).sub_(g.zp).mul_(g.scale)
+        table = self.fn(values)
+        looked_up = native.grid_lookup(x, g.scale, g.zp, g.qmin, g.qmax, table)
+        if looked_up is not None:  # one native pass (None: not applicable, or off the grid)
+            return looked_up
         index = g.codes(x).sub_(g.qmin).clamp_(0, g.qmax - g.qmin).long()
         if not torch.equal(values[index], x):  # not on the grid: compute every element
             return self.fn(x)
-        return self.fn(values)[index]
+        return table[index]
 
 
 def _silu(x: Tensor) -> Tensor:

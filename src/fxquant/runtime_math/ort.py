@@ -31,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..numerics import native
+
 __all__ = [
     "round_",
     "requantize_multiplier",
     "requantize",
     "requantize_centred",
     "requantize_unsaturated",
+    "requantize_dequantize",
     "qlinear_add",
     "qlinear_add_value",
     "qlinear_add_table",
@@ -108,6 +111,30 @@ def requantize_centred(acc: Tensor, multiplier: Tensor, zero_point: int, qmin: i
     clamping before or after adding ``zp`` is the same)."""
     return requantize_unsaturated(acc.clone(), multiplier).clamp_(qmin - zero_point,
                                                                   qmax - zero_point)
+
+
+def requantize_dequantize(acc: Tensor, multiplier: Tensor, out_scale: Tensor,
+                          channel_axis_last: bool = False) -> Tensor:
+    """``round(float32(acc) * multiplier) * out_scale`` in place on a float32 ``acc``: the value
+    :func:`requantize_unsaturated` gives, dequantized (its output quantizer saturates it).
+
+    ``multiplier``: 0-d, or one per channel -- ``acc``'s axis 1 (``[N, C, *spatial]``, a conv
+    output) or, with ``channel_axis_last``, its last axis (a linear output).  One native pass
+    (:func:`fxquant.numerics.native.scale_round`) where it applies, the same torch operations
+    otherwise: the same bits either way.
+    """
+    m = multiplier.to(_F32).reshape(-1)
+    inner = 1
+    if m.numel() > 1 and not channel_axis_last:
+        for d in acc.shape[2:]:
+            inner *= d
+    if native.scale_round(acc, m, inner, post=float(out_scale), out=acc) is not None:
+        return acc
+    if m.numel() == 1:
+        view = m.reshape(())
+    else:
+        view = m if channel_axis_last else m.reshape(-1, *([1] * (acc.dim() - 2)))
+    return requantize_unsaturated(acc, view).mul_(out_scale)
 
 
 def requantize_unsaturated(acc: Tensor, multiplier: Tensor) -> Tensor:

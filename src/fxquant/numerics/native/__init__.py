@@ -14,6 +14,10 @@ kernels of ``kernels.cpp`` make one pass each:
 * ``observe_qparams``: a min-max / moving-average observer's statistics update and
   :func:`fxquant.numerics.choose_qparams` of the new range in one call (the same ATen
   operations and float64 arithmetic as the Python observers and qparams);
+* ``scale_round`` and ``grid_lookup``: the runtime simulation's element-wise integer arithmetic
+  (:mod:`fxquant.runtime_math`): codes recovered from a tensor on a grid (``round(x / s) + zp``),
+  an accumulator requantized and dequantized (``round(acc * m) * s_out``), and a function of a
+  quantized input looked up per code -- one pass instead of three to six;
 * ``fake_quant_ste`` and ``channel_divide``: the straight-through fake quantization and that
   division as autograd operators whose backward runs in C++ (no Python call per quantizer in
   the backward pass).
@@ -65,6 +69,8 @@ __all__ = [
     "fake_quant_ste",
     "channel_divide",
     "observe_qparams",
+    "scale_round",
+    "grid_lookup",
 ]
 
 _log = logging.getLogger(__name__)
@@ -221,12 +227,12 @@ def _load() -> None:
             raise RuntimeError(f"an earlier build failed ({failed}): "
                                + failed.read_text().strip().splitlines()[0][:200])
         lib = _library_path(folder)
-        if not hasattr(torch.ops, LIB_NAME) or not hasattr(torch.ops.fxquant_native, "fake_quant"):
+        if not hasattr(torch.ops, LIB_NAME) or not hasattr(torch.ops.fxquant_native, "grid_lookup"):
             if not _built(folder):
                 _log.warning("fxquant: building native CPU kernels once for this environment "
                              "(about a minute) in %s", folder)
                 build()
-            if not hasattr(torch.ops.fxquant_native, "fake_quant"):
+            if not hasattr(torch.ops.fxquant_native, "grid_lookup"):
                 torch.ops.load_library(str(lib))
         problem = selfcheck.run(_ops())
         if problem:
@@ -251,7 +257,8 @@ def _ops():
     ns = torch.ops.fxquant_native
     return (ns.fake_quant.default, ns.masked_grad.default, ns.histogram.default,
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
-            ns.channel_divide.default, ns.observe_qparams.default)
+            ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
+            ns.grid_lookup.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -422,3 +429,59 @@ def observe_qparams(
     if status == 1:
         return None
     return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)
+
+
+def scale_round(
+    x: torch.Tensor,
+    mult: torch.Tensor,
+    inner: int = 1,
+    add: float | None = None,
+    post: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``v = round(x * mult)`` (float32, :func:`fxquant.runtime_math.ort.round_`'s two adds),
+    then ``v + add`` and ``v * post`` where given, in one pass; None where it does not apply.
+
+    ``x``: contiguous float32 CPU tensor viewed as ``[outer, C, inner]``; ``mult``: float32
+    with ``C`` elements (one: per tensor); ``add`` / ``post``: float32 values; ``out``: where to
+    write (``x`` itself for in place), a new tensor by default.  Equals the same torch
+    operations (``x * mult``, ``add_(1.5 * 2**23)``, ``sub_(1.5 * 2**23)``, ``add_(add)``,
+    ``mul_(post)``) bit for bit.
+    """
+    if (not _ready() or x.dtype != torch.float32 or mult.dtype != torch.float32
+            or not x.is_contiguous() or not _plain(x, mult)):
+        return None
+    m = mult.reshape(-1)
+    c = m.numel()
+    if c == 0 or inner < 1 or x.numel() % (c * inner) != 0:
+        return None
+    if c > 1 and (x.dim() == 0 or (x.numel() // inner) % c != 0):
+        return None
+    if out is None:
+        out = torch.empty_like(x)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
+        return None
+    _State.ops[7](x, out, m.contiguous(), int(inner), 0.0 if add is None else float(add),
+                  add is not None, 1.0 if post is None else float(post), post is not None)
+    return out
+
+
+def grid_lookup(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int,
+    table: torch.Tensor,
+) -> torch.Tensor | None:
+    """``table[q - qmin]`` for the code ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``
+    of every element (``x * float32(1 / scale)`` rounded as :func:`scale_round` does), in one
+    pass -- or None where the kernel does not apply *or* an element is not exactly its grid
+    value ``(q - zero_point) * scale`` (off the grid, NaN): the caller then computes its function
+    on every element.  float32 CPU tensors; ``scale``: one value; ``table``: ``qmax - qmin + 1``
+    values, ``table[i]`` the function at the grid's ``i``-th value."""
+    if (not _ready() or x.dtype != torch.float32 or not x.is_contiguous()
+            or not _plain(x, scale, table) or scale.numel() != 1
+            or scale.dtype != torch.float32 or table.dtype != torch.float32
+            or table.numel() != qmax - qmin + 1):
+        return None
+    s = scale.reshape(())
+    out, ok = _State.ops[8](x, s, 1.0 / s, int(zero_point), int(qmin), int(qmax),
+                            table.contiguous())
+    return out if ok else None

@@ -31,6 +31,18 @@
 //       NaN / Inf, empty or non-float32 x); 2: statistics updated, qparams left to the caller
 //       (cases the Python arithmetic handles differently: power of two, zero scales ...).
 //
+//   scale_round(x, out!, mult, inner, add, with_add, post, with_post)
+//       float32 only; x and out contiguous, viewed as [outer, C, inner], mult C float32 values:
+//       v = x * mult[c]; v = (v + 1.5 * 2**23) - 1.5 * 2**23 (round half to even below 2**22);
+//       then v + add (with_add) and v * post (with_post); out may be x itself.  The arithmetic
+//       of the runtime simulation's code recovery and requantization
+//       (fxquant.runtime_math.ort.round_).
+//   grid_lookup(x, scale, inv, zp, qmin, qmax, table) -> (out, ok)
+//       float32: the code c = clamp(round(x * inv) + zp, qmin, qmax) of every element (as
+//       scale_round), out = table[c - qmin]; ok is False (and out unspecified) unless every
+//       element equals its grid value (c - zp) * scale (NaN never does): a function of the
+//       grid's values evaluated once per code and gathered.
+//
 // Two of them also come as autograd operators whose backward runs in C++ (no Python function
 // call per quantizer and step):
 //   fake_quant_ste(x, scale, zero_point, qmin, qmax, inner, reciprocal) -> out
@@ -45,6 +57,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -427,6 +441,153 @@ std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
   return {scale, at::zeros(scale.sizes(), scale.options().dtype(at::kInt)), kDone};
 }
 
+constexpr float kRounder = 12582912.0f;  // 1.5 * 2**23
+
+template <bool kAdd, bool kPost>
+void scale_round_row(const float* x, float* out, int64_t n, float m, float add, float post) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * m;
+    v = v + kRounder;
+    v = v - kRounder;
+    if (kAdd) v = v + add;
+    if (kPost) v = v * post;
+    out[i] = v;
+  }
+}
+
+template <bool kAdd, bool kPost>
+void scale_round_impl(const float* xp, float* op, const float* mp, int64_t n_channels,
+                      int64_t inner, int64_t numel, float add, float post) {
+  if (n_channels == 1) {
+    at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+      scale_round_row<kAdd, kPost>(xp + b, op + b, e - b, mp[0], add, post);
+    });
+    return;
+  }
+  if (inner == 1) {  // channels last: rows of C elements
+    const int64_t rows = numel / n_channels;
+    const int64_t grain = std::max<int64_t>(1, kGrain / n_channels);
+    at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const float* x = xp + r * n_channels;
+        float* o = op + r * n_channels;
+        for (int64_t c = 0; c < n_channels; ++c) {
+          float v = x[c] * mp[c];
+          v = v + kRounder;
+          v = v - kRounder;
+          if (kAdd) v = v + add;
+          if (kPost) v = v * post;
+          o[c] = v;
+        }
+      }
+    });
+    return;
+  }
+  const int64_t rows = numel / inner;
+  const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      scale_round_row<kAdd, kPost>(xp + r * inner, op + r * inner, inner, mp[r % n_channels],
+                                   add, post);
+  });
+}
+
+void scale_round(const at::Tensor& x, const at::Tensor& out, const at::Tensor& mult,
+                 int64_t inner, double add, bool with_add, double post, bool with_post) {
+  TORCH_CHECK(x.device().is_cpu() && out.device().is_cpu() && mult.device().is_cpu(),
+              "fxquant::scale_round: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+                  mult.scalar_type() == at::kFloat,
+              "fxquant::scale_round: float32 only");
+  TORCH_CHECK(x.is_contiguous() && out.is_contiguous() && mult.is_contiguous() &&
+                  x.sizes() == out.sizes(),
+              "fxquant::scale_round: contiguous x and out of one shape only");
+  const int64_t n_channels = mult.numel();
+  const int64_t numel = x.numel();
+  TORCH_CHECK(n_channels >= 1 && inner >= 1 && numel % (n_channels * inner) == 0,
+              "fxquant::scale_round: x does not split into [outer, C, inner]");
+  if (numel == 0) return;
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const float* mp = mult.const_data_ptr<float>();
+  const float a = static_cast<float>(add), p = static_cast<float>(post);
+  if (with_add && with_post) scale_round_impl<true, true>(xp, op, mp, n_channels, inner, numel, a, p);
+  else if (with_add) scale_round_impl<true, false>(xp, op, mp, n_channels, inner, numel, a, p);
+  else if (with_post) scale_round_impl<false, true>(xp, op, mp, n_channels, inner, numel, a, p);
+  else scale_round_impl<false, false>(xp, op, mp, n_channels, inner, numel, a, p);
+}
+
+// out[i] = table[k[i]] with scalar loads: vector gathers are slow on CPUs with the Gather Data
+// Sampling mitigation (measured 5x slower than this loop on the bench machine)
+__attribute__((optimize("no-tree-vectorize"))) void gather_row(const int32_t* __restrict k,
+                                                              float* __restrict out,
+                                                              const float* __restrict table,
+                                                              int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = table[k[i]];
+}
+
+// 1 if every element of x lies on the grid; out = table[code].  The codes are computed (and
+// checked) vectorised a block at a time, then gathered with scalar loads.
+int lookup_row(const float* __restrict x, float* __restrict out, const float* __restrict table,
+               int64_t n, float m, float z, float base, float lo, float hi, float shift,
+               float s) {
+  constexpr int64_t kBlock = 1024;
+  int32_t idx[kBlock];
+  int good = 1;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const float* xb = x + start;
+#pragma omp simd reduction(& : good)
+    for (int64_t i = 0; i < len; ++i) {
+      const float xi = xb[i];
+      float v = xi * m;
+      v = v + kRounder;
+      v = v - kRounder;
+      v = v + z;
+      v = v - base;
+      v = v >= lo ? v : lo;  // NaN lands on 0, then fails the comparison below
+      v = v > hi ? hi : v;
+      const int32_t k = static_cast<int32_t>(v);
+      // the grid value of code k, as torch.arange(qmin, qmax + 1).sub_(zp).mul_(s) computes it
+      // (k + qmin and its difference with zp are exact integers in float32)
+      const float g = ((static_cast<float>(k) + base) - shift) * s;
+      good &= static_cast<int>(g == xi);
+      idx[i] = k;
+    }
+    gather_row(idx, out + start, table, len);
+  }
+  return good;
+}
+
+std::tuple<at::Tensor, bool> grid_lookup(const at::Tensor& x, const at::Tensor& scale,
+                                         const at::Tensor& inv, int64_t zp, int64_t qmin,
+                                         int64_t qmax, const at::Tensor& table) {
+  TORCH_CHECK(x.device().is_cpu() && scale.device().is_cpu() && inv.device().is_cpu() &&
+                  table.device().is_cpu(),
+              "fxquant::grid_lookup: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && scale.scalar_type() == at::kFloat &&
+                  inv.scalar_type() == at::kFloat && table.scalar_type() == at::kFloat,
+              "fxquant::grid_lookup: float32 only");
+  const int64_t n_codes = qmax - qmin + 1;
+  TORCH_CHECK(x.is_contiguous() && scale.numel() == 1 && inv.numel() == 1 &&
+                  table.is_contiguous() && table.numel() == n_codes,
+              "fxquant::grid_lookup: contiguous x, one scale, a table of qmax - qmin + 1");
+  at::Tensor out = at::empty_like(x);
+  const int64_t numel = x.numel();
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const float* tp = table.const_data_ptr<float>();
+  const float s = scale.const_data_ptr<float>()[0], m = inv.const_data_ptr<float>()[0];
+  const float z = static_cast<float>(zp), lo = 0.0f, hi = static_cast<float>(n_codes - 1);
+  const float base = static_cast<float>(qmin);
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+    if (!lookup_row(xp + b, op + b, tp, e - b, m, z, base, lo, hi, z, s))
+      ok.store(false, std::memory_order_relaxed);
+  });
+  return {out, ok.load()};
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -527,6 +688,10 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("observe_qparams(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float averaging, "
         "int axis, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
         "float eps, int bits, bool compute) -> (Tensor, Tensor, int)");
+  m.def("scale_round(Tensor x, Tensor(a!) out, Tensor mult, int inner, float add, bool with_add, "
+        "float post, bool with_post) -> ()");
+  m.def("grid_lookup(Tensor x, Tensor scale, Tensor inv, int zp, int qmin, int qmax, "
+        "Tensor table) -> (Tensor, bool)");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -537,6 +702,8 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("fake_quant_ste", &fake_quant_ste_cpu);
   m.impl("channel_divide", &channel_divide_cpu);
   m.impl("observe_qparams", &observe_qparams);
+  m.impl("scale_round", &scale_round);
+  m.impl("grid_lookup", &grid_lookup);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {

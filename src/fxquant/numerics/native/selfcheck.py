@@ -185,12 +185,53 @@ def _check_observe(observe, gen) -> str | None:
     return None
 
 
+_ROUNDER = 1.5 * 2.0**23
+
+
+def _check_runtime_ops(scale_round, grid_lookup, gen) -> str | None:
+    """scale_round against the torch operations it fuses; grid_lookup against a gather."""
+    x = _inputs(torch.float32, 0.37, gen)
+    x = torch.cat([x, x * 2.0**20, torch.arange(-70000, 70000, 0.5)])
+    for mult in (torch.tensor([0.0123]), torch.tensor([1 / 3, 2.5, 7e-5, 1.0])):
+        xs = x[: x.numel() // 4 * 4]
+        for inner in (1, 3) if mult.numel() > 1 else (1,):
+            xv = xs[: xs.numel() // (4 * inner) * (4 * inner)]
+            shaped = xv.reshape(-1, mult.numel(), inner)
+            for add, post in ((None, None), (3.0, None), (None, 0.02), (-128.0, 0.5)):
+                ref = (shaped * mult.reshape(-1, 1)).add_(_ROUNDER).sub_(_ROUNDER)
+                if add is not None:
+                    ref.add_(add)
+                if post is not None:
+                    ref.mul_(post)
+                out = torch.empty_like(shaped)
+                scale_round(shaped.contiguous(), out, mult, inner, 0.0 if add is None else add,
+                            add is not None, 1.0 if post is None else post, post is not None)
+                if not _same_bits(out, ref):
+                    return f"scale_round C={mult.numel()} inner={inner} add={add} post={post}"
+    s = torch.tensor(0.05)
+    inv = 1.0 / s
+    grid = torch.arange(-128, 128, dtype=torch.float32).sub_(3).mul_(s)
+    table = torch.sigmoid(grid)
+    codes = torch.randint(-128, 128, (5000,), generator=gen)
+    xg = grid[codes + 128]
+    out, ok = grid_lookup(xg, s, inv, 3, -128, 127, table)
+    if not (ok and _same_bits(out, table[codes + 128])):
+        return "grid_lookup on the grid"
+    for bad in (xg[17] + 1e-3, float("nan")):
+        xb = xg.clone()
+        xb[17] = bad
+        if grid_lookup(xb, s, inv, 3, -128, 127, table)[1]:
+            return f"grid_lookup accepted {bad} off the grid"
+    return None
+
+
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
-    fq, masked_grad, hist, divb, fq_ste, divide, observe = ops
+    fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
                    or _check_div_backward(divb, gen))
         problem = problem or _check_observe(observe, gen)
+        problem = problem or _check_runtime_ops(scale_round, lookup, gen)
     return problem or _check_autograd_ops(fq_ste, divide, gen)
