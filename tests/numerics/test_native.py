@@ -342,9 +342,11 @@ def test_double_backward_takes_differentiable_operations():
 _R = 1.5 * 2.0**23
 
 
-def _reference_scale_round(x, mult, add, post):
+def _reference_scale_round(x, mult, add, post, bounds=None):
     """The torch operations the kernel fuses (:func:`fxquant.runtime_math.ort.round_` ...)."""
     v = (x * mult).add_(_R).sub_(_R)
+    if bounds is not None:
+        v.clamp_(*bounds)
     if add is not None:
         v.add_(add)
     return v.mul_(post) if post is not None else v
@@ -369,13 +371,16 @@ def test_scale_round_is_the_torch_operations_bit_for_bit(layout):
         x = base[:n].reshape(-1, 6)
         mult = torch.tensor([0.3, 0.25, 2.5, 1.0, 0.5, 0.0123])
         inner, view = 1, mult
-    for add, post in ((None, None), (128.0, None), (None, 0.0173), (-3.0, 2.0**-7)):
-        want = _reference_scale_round(x, view, add, post)
-        got = native.scale_round(x, mult, inner, add=add, post=post)
+    for add, post, bounds in ((None, None, None), (128.0, None, None), (None, 0.0173, None),
+                              (-3.0, 2.0**-7, None), (None, 0.0173, (-128.0, 127.0)),
+                              (5.0, None, (0.0, 65535.0))):
+        want = _reference_scale_round(x, view, add, post, bounds)
+        got = native.scale_round(x, mult, inner, add=add, post=post, bounds=bounds)
         assert got is not None
-        assert_same(got, want, f"scale_round {layout} add={add} post={post}")
+        assert_same(got, want, f"scale_round {layout} add={add} post={post} bounds={bounds}")
         inplace = x.clone()
-        assert native.scale_round(inplace, mult, inner, add=add, post=post, out=inplace) is inplace
+        assert native.scale_round(inplace, mult, inner, add=add, post=post, out=inplace,
+                                  bounds=bounds) is inplace
         assert_same(inplace, want, f"scale_round in place {layout}")
 
 

@@ -73,6 +73,7 @@ from ..runtime_math.kernels import (
     FLOAT_FUNCTIONS,
     LOOKUP_FUNCTIONS,
     FloatFunctionKernel,
+    SkipOnGrid,
     one_forward,
 )
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
@@ -227,7 +228,7 @@ def _runtime_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
     report = gm.meta.get(REPORT_KEY)
     if report is None or not report.profile.kernels or _tracing(args, kwargs):
         return _FLOAT
-    rt = _runtime(gm, report.profile.runtime or "", report.profile.kernels)
+    rt = _runtime(gm, report.profile.runtime or "", report.profile.kernels, pass_through=True)
     if rt.module is None:
         return _FLOAT
     with one_forward():  # each settled quantizer's grid read once per pass
@@ -240,15 +241,19 @@ def _fetch(root: nn.Module, target: str) -> Any:
 
 
 def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...],
-             only: frozenset[str] | None = None) -> _Runtime:
+             only: frozenset[str] | None = None, pass_through: bool = False) -> _Runtime:
+    """The runtime module for ``gm`` (cached until its code or a module changes).
+    ``pass_through``: quantizers after self-saturating kernels pass their result through (the
+    eval-mode model, :func:`_pass_through_on_grid`); off for :func:`runtime_simulation`, whose
+    callers (``verify``) hook every quantizer's output."""
     per_model = _CACHE.setdefault(gm, {})
-    key = (runtime, only)
+    key = (runtime, only, pass_through)
     rt = per_model.get(key)
     if rt is not None and (rt.code is gm.code or rt.code == gm.code) and all(
         _fetch(gm, t) is obj for t, obj in rt.objects
     ):
         return rt
-    rt = _build(gm, runtime, kernels, only)
+    rt = _build(gm, runtime, kernels, only, pass_through)
     per_model[key] = rt
     return rt
 
@@ -573,7 +578,7 @@ def _quantizer_ops(report) -> dict[str, str]:
 
 
 def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
-           only: frozenset[str] | None = None) -> _Runtime:
+           only: frozenset[str] | None = None, pass_through: bool = False) -> _Runtime:
     report = get_report(gm)
     code = gm.code
     plan = RuntimePlan(runtime or None)
@@ -584,7 +589,7 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
     graph = fx.Graph()
     val_map: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, val_map))
-    kernels: dict[str, RuntimeKernel] = {}
+    kernels: dict[str, nn.Module] = {}  # kernels and SkipOnGrid stand-ins
     dynamic = _dynamic(gm.graph)
     shared = shared_ops(gm)
     for n in list(gm.graph.nodes):
@@ -618,6 +623,8 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
             call = graph.call_module(target, new.args, dict(new.kwargs))
         new.replace_all_uses_with(call)
         graph.erase_node(new)
+        if pass_through:
+            _pass_through_on_grid(gm, call, kernel, kernels)
     if not kernels:
         objects = [(str(n.target), _fetch(gm, str(n.target))) for n in gm.graph.nodes
                    if n.op in ("call_module", "get_attr")]
@@ -633,6 +640,37 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
     module = fx.GraphModule(root, graph, "RuntimeSimulation")
     module.eval()
     return _Runtime(code, objects, module, plan)
+
+
+def _pass_through_on_grid(gm: fx.GraphModule, call: fx.Node, kernel: RuntimeKernel,
+                          modules: dict[str, nn.Module]) -> None:
+    """After a kernel that saturates onto its output quantizer's grid itself, that quantizer --
+    and clip modules between them, which the grid implies whenever the kernel computes -- pass
+    its result through (:class:`SkipOnGrid`): one memory pass less each.  Clip functions stay
+    (an in-place one returns the kernel's tensor, which the quantizer then passes through).
+    Only plain :class:`FakeQuantize` outputs: their fake quantization of a grid value is that
+    value bit for bit."""
+    out_fq = getattr(kernel, "out_fq", None)
+    if type(out_fq) is not FakeQuantize:
+        return
+    chain, v = [], call
+    while True:
+        users = list(v.users)
+        if len(users) != 1:
+            return
+        u = users[0]
+        if u.op == "call_module" and _fetch(gm, str(u.target)) is out_fq:
+            chain.append(u)
+            break
+        if _clip(gm, u) is None or u.args[:1] != (v,):
+            return
+        if u.op == "call_module":
+            chain.append(u)
+        v = u
+    for u in chain:
+        target = f"_fxquant_on_grid_{len(modules)}"
+        modules[target] = SkipOnGrid(_fetch(gm, str(u.target)), out_fq)
+        u.target = target
 
 
 def _op_name(gm: fx.GraphModule, n: fx.Node, names: dict[str, str],

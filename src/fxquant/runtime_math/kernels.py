@@ -46,6 +46,7 @@ __all__ = [
     "FloatFunctionKernel",
     "settled",
     "one_forward",
+    "SkipOnGrid",
     "FLOAT_FUNCTIONS",
     "LOOKUP_FUNCTIONS",
 ]
@@ -104,6 +105,35 @@ def _grid(fq: FakeQuantize) -> _Grid:
     if g is None:
         g = memo[id(fq)] = _Grid(fq)
     return g
+
+
+def _on_grid(t: Tensor, fq: FakeQuantize) -> Tensor:
+    """Record that ``t`` is already ``fq``'s output (saturated values of its grid) in this
+    :func:`one_forward` block: the quantizer, and clips its grid implies, pass it through
+    (:class:`SkipOnGrid`)."""
+    memo = _MEMO.get()
+    if memo is not None:
+        memo[("on grid", id(fq))] = t  # type: ignore[index]
+    return t
+
+
+class SkipOnGrid(nn.Module):
+    """Stands in for ``fq`` -- or for a clip its grid implies -- after a kernel that produces
+    ``fq``'s values itself: the very tensor the kernel recorded passes through unchanged (the
+    module would return it bit for bit: a saturated grid value is its own fake quantization, and
+    inside the clip); anything else -- the kernel fell back to the float op -- runs ``inner``."""
+
+    def __init__(self, inner: nn.Module, fq: FakeQuantize) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fq = fq
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        memo = _MEMO.get()
+        if not args and not kwargs and memo is not None and memo.get(
+                ("on grid", id(self.fq))) is x:  # type: ignore[call-overload]
+            return x
+        return self.inner(x, *args, **kwargs)
 
 
 class _Grid:
@@ -335,7 +365,10 @@ class WeightedKernel(RuntimeKernel):
             acc = exact_linear(xc, codes, bias, grid_in.bound)
         # round(acc * m) * s_out: the output quantizer after the kernel saturates it (the value
         # it sees is on its grid, so it reproduces q - zp exactly)
-        return ort.requantize_dequantize(acc, mult, out.scale, channel_axis_last=not self.is_conv)
+        bounds = (out.qmin - out.zp, out.qmax - out.zp)
+        y = ort.requantize_dequantize(acc, mult, out.scale, channel_axis_last=not self.is_conv,
+                                      bounds=bounds)
+        return _on_grid(y, self.out_fq)
 
 
     def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
@@ -402,8 +435,9 @@ class BinaryKernel(RuntimeKernel):
         if self.kernel in ("QLinearMatMul", "BATCH_MATMUL"):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
-            # saturated by its output quantizer, as for QLinearConv
-            return ort.requantize_dequantize(acc, mult, out.scale)
+            return _on_grid(ort.requantize_dequantize(acc, mult, out.scale,
+                                                      bounds=(out.qmin - out.zp,
+                                                              out.qmax - out.zp)), self.out_fq)
         if self.kernel == "ADD":  # LiteRT (XNNPACK delegate)
             codes = tflite.xnnpack_add(ga.codes(a).long(), float(ga.scale), ga.zp,
                                        gb.codes(b).long(), float(gb.scale), gb.zp,
@@ -417,7 +451,7 @@ class BinaryKernel(RuntimeKernel):
         else:
             codes = ort.qlinear_mul(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
                                     out.scale, out.zp, out.qmin, out.qmax)
-        return out.value(codes)
+        return _on_grid(out.value(codes), self.out_fq)
 
 
 # -- pooling -------------------------------------------------------------------------------------

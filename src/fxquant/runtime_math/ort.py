@@ -114,9 +114,11 @@ def requantize_centred(acc: Tensor, multiplier: Tensor, zero_point: int, qmin: i
 
 
 def requantize_dequantize(acc: Tensor, multiplier: Tensor, out_scale: Tensor,
-                          channel_axis_last: bool = False) -> Tensor:
+                          channel_axis_last: bool = False,
+                          bounds: tuple[int, int] | None = None) -> Tensor:
     """``round(float32(acc) * multiplier) * out_scale`` in place on a float32 ``acc``: the value
-    :func:`requantize_unsaturated` gives, dequantized (its output quantizer saturates it).
+    :func:`requantize_unsaturated` gives, dequantized -- saturated to ``bounds`` (``(qmin - zp,
+    qmax - zp)``) first where given, else left to the output quantizer.
 
     ``multiplier``: 0-d, or one per channel -- ``acc``'s axis 1 (``[N, C, *spatial]``, a conv
     output) or, with ``channel_axis_last``, its last axis (a linear output).  One native pass
@@ -128,13 +130,17 @@ def requantize_dequantize(acc: Tensor, multiplier: Tensor, out_scale: Tensor,
     if m.numel() > 1 and not channel_axis_last:
         for d in acc.shape[2:]:
             inner *= d
-    if native.scale_round(acc, m, inner, post=float(out_scale), out=acc) is not None:
+    if native.scale_round(acc, m, inner, post=float(out_scale), out=acc,
+                          bounds=bounds) is not None:
         return acc
     if m.numel() == 1:
         view = m.reshape(())
     else:
         view = m if channel_axis_last else m.reshape(-1, *([1] * (acc.dim() - 2)))
-    return requantize_unsaturated(acc, view).mul_(out_scale)
+    v = requantize_unsaturated(acc, view)
+    if bounds is not None:
+        v.clamp_(*bounds)
+    return v.mul_(out_scale)
 
 
 def requantize_unsaturated(acc: Tensor, multiplier: Tensor) -> Tensor:

@@ -438,15 +438,17 @@ def scale_round(
     add: float | None = None,
     post: float | None = None,
     out: torch.Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> torch.Tensor | None:
     """``v = round(x * mult)`` (float32, :func:`fxquant.runtime_math.ort.round_`'s two adds),
-    then ``v + add`` and ``v * post`` where given, in one pass; None where it does not apply.
+    then ``v.clamp(*bounds)``, ``v + add`` and ``v * post`` where given, in one pass; None where
+    it does not apply.
 
     ``x``: contiguous float32 CPU tensor viewed as ``[outer, C, inner]``; ``mult``: float32
     with ``C`` elements (one: per tensor); ``add`` / ``post``: float32 values; ``out``: where to
     write (``x`` itself for in place), a new tensor by default.  Equals the same torch
-    operations (``x * mult``, ``add_(1.5 * 2**23)``, ``sub_(1.5 * 2**23)``, ``add_(add)``,
-    ``mul_(post)``) bit for bit.
+    operations (``x * mult``, ``add_(1.5 * 2**23)``, ``sub_(1.5 * 2**23)``, ``clamp_(*bounds)``,
+    ``add_(add)``, ``mul_(post)``) bit for bit.
     """
     if (not _ready() or x.dtype != torch.float32 or mult.dtype != torch.float32
             or not x.is_contiguous() or not _plain(x, mult)):
@@ -461,8 +463,10 @@ def scale_round(
         out = torch.empty_like(x)
     elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
         return None
+    lo, hi = (0.0, 0.0) if bounds is None else (float(bounds[0]), float(bounds[1]))
     _State.ops[7](x, out, m.contiguous(), int(inner), 0.0 if add is None else float(add),
-                  add is not None, 1.0 if post is None else float(post), post is not None)
+                  add is not None, 1.0 if post is None else float(post), post is not None,
+                  lo, hi, bounds is not None)
     return out
 
 

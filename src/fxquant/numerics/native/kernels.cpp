@@ -31,10 +31,11 @@
 //       NaN / Inf, empty or non-float32 x); 2: statistics updated, qparams left to the caller
 //       (cases the Python arithmetic handles differently: power of two, zero scales ...).
 //
-//   scale_round(x, out!, mult, inner, add, with_add, post, with_post)
+//   scale_round(x, out!, mult, inner, add, with_add, post, with_post, lo, hi, with_clamp)
 //       float32 only; x and out contiguous, viewed as [outer, C, inner], mult C float32 values:
 //       v = x * mult[c]; v = (v + 1.5 * 2**23) - 1.5 * 2**23 (round half to even below 2**22);
-//       then v + add (with_add) and v * post (with_post); out may be x itself.  The arithmetic
+//       then clamp(v, lo, hi) (with_clamp), v + add (with_add) and v * post (with_post); out
+//       may be x itself.  The arithmetic
 //       of the runtime simulation's code recovery and requantization
 //       (fxquant.runtime_math.ort.round_).
 //   grid_lookup(x, scale, inv, zp, qmin, qmax, table) -> (out, ok)
@@ -443,12 +444,19 @@ std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
 
 constexpr float kRounder = 12582912.0f;  // 1.5 * 2**23
 
+struct Bounds {
+  bool on;
+  float lo, hi;
+};
+
 template <bool kAdd, bool kPost>
-void scale_round_row(const float* x, float* out, int64_t n, float m, float add, float post) {
+void scale_round_row(const float* x, float* out, int64_t n, float m, float add, float post,
+                     Bounds c) {
   for (int64_t i = 0; i < n; ++i) {
     float v = x[i] * m;
     v = v + kRounder;
     v = v - kRounder;
+    if (c.on) v = clamp_nan(v, c.lo, c.hi);
     if (kAdd) v = v + add;
     if (kPost) v = v * post;
     out[i] = v;
@@ -457,10 +465,10 @@ void scale_round_row(const float* x, float* out, int64_t n, float m, float add, 
 
 template <bool kAdd, bool kPost>
 void scale_round_impl(const float* xp, float* op, const float* mp, int64_t n_channels,
-                      int64_t inner, int64_t numel, float add, float post) {
+                      int64_t inner, int64_t numel, float add, float post, Bounds bounds) {
   if (n_channels == 1) {
     at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
-      scale_round_row<kAdd, kPost>(xp + b, op + b, e - b, mp[0], add, post);
+      scale_round_row<kAdd, kPost>(xp + b, op + b, e - b, mp[0], add, post, bounds);
     });
     return;
   }
@@ -475,6 +483,7 @@ void scale_round_impl(const float* xp, float* op, const float* mp, int64_t n_cha
           float v = x[c] * mp[c];
           v = v + kRounder;
           v = v - kRounder;
+          if (bounds.on) v = clamp_nan(v, bounds.lo, bounds.hi);
           if (kAdd) v = v + add;
           if (kPost) v = v * post;
           o[c] = v;
@@ -488,12 +497,13 @@ void scale_round_impl(const float* xp, float* op, const float* mp, int64_t n_cha
   at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r)
       scale_round_row<kAdd, kPost>(xp + r * inner, op + r * inner, inner, mp[r % n_channels],
-                                   add, post);
+                                   add, post, bounds);
   });
 }
 
 void scale_round(const at::Tensor& x, const at::Tensor& out, const at::Tensor& mult,
-                 int64_t inner, double add, bool with_add, double post, bool with_post) {
+                 int64_t inner, double add, bool with_add, double post, bool with_post,
+                 double lo, double hi, bool with_clamp) {
   TORCH_CHECK(x.device().is_cpu() && out.device().is_cpu() && mult.device().is_cpu(),
               "fxquant::scale_round: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
@@ -511,10 +521,15 @@ void scale_round(const at::Tensor& x, const at::Tensor& out, const at::Tensor& m
   float* op = out.mutable_data_ptr<float>();
   const float* mp = mult.const_data_ptr<float>();
   const float a = static_cast<float>(add), p = static_cast<float>(post);
-  if (with_add && with_post) scale_round_impl<true, true>(xp, op, mp, n_channels, inner, numel, a, p);
-  else if (with_add) scale_round_impl<true, false>(xp, op, mp, n_channels, inner, numel, a, p);
-  else if (with_post) scale_round_impl<false, true>(xp, op, mp, n_channels, inner, numel, a, p);
-  else scale_round_impl<false, false>(xp, op, mp, n_channels, inner, numel, a, p);
+  const Bounds c{with_clamp, static_cast<float>(lo), static_cast<float>(hi)};
+  if (with_add && with_post)
+    scale_round_impl<true, true>(xp, op, mp, n_channels, inner, numel, a, p, c);
+  else if (with_add)
+    scale_round_impl<true, false>(xp, op, mp, n_channels, inner, numel, a, p, c);
+  else if (with_post)
+    scale_round_impl<false, true>(xp, op, mp, n_channels, inner, numel, a, p, c);
+  else
+    scale_round_impl<false, false>(xp, op, mp, n_channels, inner, numel, a, p, c);
 }
 
 // out[i] = table[k[i]] with scalar loads: vector gathers are slow on CPUs with the Gather Data
@@ -689,7 +704,7 @@ TORCH_LIBRARY(fxquant_native, m) {
         "int axis, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
         "float eps, int bits, bool compute) -> (Tensor, Tensor, int)");
   m.def("scale_round(Tensor x, Tensor(a!) out, Tensor mult, int inner, float add, bool with_add, "
-        "float post, bool with_post) -> ()");
+        "float post, bool with_post, float lo, float hi, bool with_clamp) -> ()");
   m.def("grid_lookup(Tensor x, Tensor scale, Tensor inv, int zp, int qmin, int qmax, "
         "Tensor table) -> (Tensor, bool)");
 }

@@ -199,13 +199,17 @@ def _check_runtime_ops(scale_round, grid_lookup, gen) -> str | None:
             shaped = xv.reshape(-1, mult.numel(), inner)
             for add, post in ((None, None), (3.0, None), (None, 0.02), (-128.0, 0.5)):
                 ref = (shaped * mult.reshape(-1, 1)).add_(_ROUNDER).sub_(_ROUNDER)
+                clamped = post is not None
+                if clamped:
+                    ref.clamp_(-128.0, 127.0)
                 if add is not None:
                     ref.add_(add)
                 if post is not None:
                     ref.mul_(post)
                 out = torch.empty_like(shaped)
                 scale_round(shaped.contiguous(), out, mult, inner, 0.0 if add is None else add,
-                            add is not None, 1.0 if post is None else post, post is not None)
+                            add is not None, 1.0 if post is None else post, post is not None,
+                            -128.0, 127.0, clamped)
                 if not _same_bits(out, ref):
                     return f"scale_round C={mult.numel()} inner={inner} add={add} post={post}"
     s = torch.tensor(0.05)
