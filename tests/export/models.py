@@ -242,3 +242,35 @@ class Branchy(nn.Module):
         if x.mean() > 0:  # untraceable in the root forward: eager capture
             x = x * 2
         return self.conv(x)
+
+
+# -- a quantized concatenation quantized again --------------------------------------------------
+@torch.fx.wrap
+def merge_patches(x):
+    """torchvision's ``_patch_merging_pad`` (Swin) in short: a function torch.fx keeps opaque
+    whose last op is a ``cat``."""
+    return torch.cat([x[:, 0::2], x[:, 1::2]], -1)
+
+
+class PatchMerging(nn.Module):
+    """``cat`` -> its quantizer -> the wrapped function's output quantizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(merge_patches(self.fc(x)))
+
+
+class ScaledCat(nn.Module):
+    """``cat`` -> its quantizer -> ``* 0.5`` -> the product's quantizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.fc(x), x], -1) * 0.5)

@@ -361,6 +361,39 @@ def test_openvino_quantized_reduce_mean_is_wrong(tmp_path):
     assert reports["openvino"].outputs[0].identical == 1.0, str(reports["openvino"])
 
 
+def _concat_feeds_quantize(path) -> bool:
+    graph = onnx.load(path).graph
+    concats = {o for n in graph.node if n.op_type == "Concat" for o in n.output}
+    return any(n.op_type == "QuantizeLinear" and n.input[0] in concats for n in graph.node)
+
+
+@pytest.mark.parametrize("cls", [M.PatchMerging, M.ScaledCat])
+def test_openvino_requantized_concat(cls, tmp_path):
+    """OpenVINO's CPU plugin segfaults in compile_model on ``Concat -> Q/DQ -> [Identity /
+    Reshape / Mul or Add by a constant] -> Q/DQ`` (Swin's patch merging); the openvino profile
+    writes a Concat's output Q/DQ on its inputs instead, so OpenVINO compiles the file and
+    computes the simulation.  The onnxruntime profile keeps the Q/DQ after the Concat, which
+    OpenVinoSession refuses with a ConfigError naming the Concat instead of crashing."""
+    example = torch.randn(2, 4, 8)
+    calib = [torch.randn(16, 4, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    paths = {}
+    for backend in ("onnxruntime", "openvino"):
+        torch.manual_seed(0)
+        qmodel = fxquant.prepare(cls().eval(), example, fxquant.default_calibration_qconfig_setter,
+                                 backend=backend)
+        fxquant.calibrate(qmodel, calib, progress=False)
+        paths[backend] = export_onnx(qmodel, example, tmp_path / f"{backend}.onnx").path
+    assert _concat_feeds_quantize(paths["onnxruntime"])
+    # checked before OpenVINO sees the file: the crashing layout would take pytest down with it
+    assert not _concat_feeds_quantize(paths["openvino"])
+    x = torch.randn(64, 4, 8)
+    report = verify(qmodel, paths["openvino"], x, "openvino")
+    assert report.ok(max_steps=0, min_identical=1.0), str(report)
+    # the onnxruntime layout is refused before OpenVINO compiles it
+    with pytest.raises(fxquant.ConfigError, match=r"Concat node .*cat_0.* quantized again"):
+        verify(qmodel, paths["onnxruntime"], x, "openvino")
+
+
 @pytest.mark.parametrize("backend", ["generic", slow("onnxruntime")])
 def test_openvino_skips_requantization_before_residual_add(backend, exported):
     """OpenVINO runs ``conv2 -> FakeQuantize -> Add`` as one conv with a sum post-op that does not

@@ -216,6 +216,16 @@ class BackendProfile:
             wider quantizers are written as the same arithmetic in float ops (Div, Round, Clip,
             Mul), for runtimes whose integer Q/DQ path is narrower (OpenVINO's CPU plugin runs
             16-bit Q/DQ through its 8-bit path).
+        quantize_concat_inputs: the exporter writes the per-tensor output quantizer of a
+            ``Concat`` on each of its inputs instead (the same values: quantizing is elementwise
+            and a concatenation only moves values).  OpenVINO 2026.4's CPU plugin crashes the
+            process (segfault in ``compile_model``) on a quantized ``Concat`` output that is
+            quantized again, ``Concat -> Q/DQ -> [Identity / Reshape / Mul or Add by a
+            constant] -> Q/DQ`` (``cat(...) * 0.5``; the second Q/DQ of a ``torch.fx.wrap``
+            function ending in ``cat``, torchvision's ``_patch_merging_pad``); with the
+            quantizers on the inputs it compiles (tests/export/test_onnx_export.py:
+            test_openvino_requantized_concat).  Only
+            the ONNX layout changes, not the numerics.
         activation_symmetric_16: 16-bit activations (``activation_dtype_16``) are symmetric.
         engine: the ``torch.backends.quantized.engine`` :func:`fxquant.convert` builds for
             (``None``: the profile has no torch engine).
@@ -245,6 +255,7 @@ class BackendProfile:
     float_input_ops: frozenset[str] = frozenset()
     requantize_before_add: bool = True
     max_qdq_bits: int = 16
+    quantize_concat_inputs: bool = False
     activation_symmetric_16: bool = True
     engine: str | None = None
     runtime: Runtime | None = None
@@ -272,10 +283,11 @@ class BackendProfile:
             raise ConfigError(f"BackendProfile.runtime must be a Runtime, got {self.runtime!r}")
 
     def numerics_differ(self, other: BackendProfile) -> list[str]:
-        """The fields (other than name, engine, runtime and its kernels) in which ``other`` asks
-        for other numerics or placement than this profile; empty when a model prepared for one is
-        what the other would have prepared."""
-        skip = {"name", "engine", "runtime", "kernels"}
+        """The fields (other than name, engine, runtime and its kernels, and the ONNX layout
+        ``quantize_concat_inputs``) in which ``other`` asks for other numerics or placement than
+        this profile; empty when a model prepared for one is what the other would have
+        prepared."""
+        skip = {"name", "engine", "runtime", "kernels", "quantize_concat_inputs"}
         return [f.name for f in fields(self)
                 if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)]
 
@@ -471,7 +483,8 @@ PROFILES: dict[str, BackendProfile] = {
         # integer ReduceMean is wrong for inputs with a non-zero zero point (hundreds of steps
         # off; tests/export: test_openvino_quantized_reduce_mean_is_wrong), so a mean's input
         # stays float there.  Its 16-bit Q/DQ goes through the 8-bit path: wider quantizers are
-        # exported as float arithmetic.
+        # exported as float arithmetic.  A requantized Concat output crashes its compile_model:
+        # a Concat's output quantizer is written on its inputs.
         BackendProfile(
             "openvino",
             activation_dtype=quint8,
@@ -480,6 +493,7 @@ PROFILES: dict[str, BackendProfile] = {
             requantize_before_add=False,
             float_input_ops=frozenset({"mean"}),
             max_qdq_bits=8,
+            quantize_concat_inputs=True,
             runtime=Runtime.OPENVINO,
         ),
         # LiteRT / TFLite: int8 asymmetric activations, symmetric narrow-range per-channel int8

@@ -184,6 +184,7 @@ def export_onnx(
         qmodel=qmodel, index=index, constants=constant_inputs(cp),
         input_names=cp.input_names, output_names=cp.output_names, quantize=quantize,
         float_ops=float_ops, int32_bias=int32_bias, max_qdq_bits=max_bits, opset=chosen,
+        quantize_concat_inputs=report.profile.quantize_concat_inputs,
         biases=constant_biases(cp),
     ))
     proto = _to_proto(done.model)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 import torch
@@ -69,7 +70,8 @@ class FinishOptions:
         input_names / output_names: the captured program's flattened names.
         quantize: False writes every quantizer as an identity (float model, same names).
         float_ops: quantizer paths to write in float (``keep_float``).
-        int32_bias / max_qdq_bits: from the backend profile (or the caller).
+        int32_bias / max_qdq_bits / quantize_concat_inputs: from the backend profile (or the
+            caller).
         opset: the default-domain opset of the file.
         biases: weight quantizer path -> the biases of the ops reading it, computed in torch
             (:func:`fxquant.export.program.constant_biases`).
@@ -85,6 +87,7 @@ class FinishOptions:
     int32_bias: bool
     max_qdq_bits: int
     opset: int
+    quantize_concat_inputs: bool = False
     biases: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
@@ -116,6 +119,8 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
         if not call.constant:
             mat.activation(call)
     requantize_moves(edit)
+    if opts.quantize_concat_inputs:
+        quantize_concat_inputs(edit)
     for call in calls:
         if call.constant:
             mat.constant(call)
@@ -389,6 +394,62 @@ def requantize_moves(edit: GraphEdit) -> None:
                 for i, o in enumerate(graph.outputs):
                     if o is out:
                         graph.outputs[i] = d.outputs[0]
+
+
+def quantize_concat_inputs(edit: GraphEdit) -> None:
+    """``Concat(a, b) -> Q -> DQ`` becomes ``Concat(DQ(Q(a)), DQ(Q(b))) -> Identity`` (the same
+    values: a per-tensor Q is elementwise, a Concat only moves values); an input that a
+    DequantizeLinear of the same grid produced is already on it and is read as it is.
+
+    The Identity keeps the contract's ``<tensor>_dequantized``; the Concat keeps ``<tensor>``.
+    OpenVINO's CPU plugin crashes on a Concat whose quantized output is quantized again (see
+    ``BackendProfile.quantize_concat_inputs``).
+    """
+    graph = edit.graph
+    for node in list(graph):
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+            continue
+        out = node.outputs[0]
+        users = consumers(out)
+        if len(users) != 1 or out.is_graph_output():
+            continue
+        q = users[0]
+        if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") \
+                or len(q.inputs) < 3 or not _per_tensor(q):
+            continue
+        dqs = consumers(q.outputs[0])
+        if q.outputs[0].is_graph_output() or not dqs or not all(
+                d.op_type == "DequantizeLinear" and _same_grid(d, q) for d in dqs):
+            continue
+        s, z = q.inputs[1], q.inputs[2]
+        for i, x in enumerate(node.inputs):
+            src = x.producer() if x is not None else None
+            if x is None or (src is not None and src.op_type == "DequantizeLinear"
+                             and _per_tensor(src) and _same_grid(src, q)):
+                continue
+            base = f"{out.name}.input_{i}"
+            (xq,) = edit.node("QuantizeLinear", [x, s, z], [f"{base}_quantized"], before=node)
+            (xd,) = edit.node("DequantizeLinear", [xq, s, z], [f"{base}_dequantized"],
+                              before=node, like=x)
+            node.replace_input_with(i, xd)
+        for d in dqs:
+            old = d.outputs[0]
+            (same,) = edit.node("Identity", [out], [f"{old.name}_"], before=d, like=old)
+            old.replace_all_uses_with(same, replace_graph_outputs=True)
+            graph.remove(d, safe=True)
+            edit.names.used.discard(old.name or "")
+            edit.names.rename(same, old.name or same.name or "")
+        graph.remove(q, safe=True)
+
+
+def _same_grid(dq: ir.Node, q: ir.Node) -> bool:
+    """``dq`` reads ``q``'s grid: the same constant scale and zero point (values and type)."""
+    if len(dq.inputs) < 3 or len(q.inputs) < 3:
+        return False
+    pairs = [(dq.inputs[1], q.inputs[1]), (dq.inputs[2], q.inputs[2])]
+    return all(is_constant(a) and is_constant(b) and a.dtype == b.dtype
+               and np.array_equal(a.const_value.numpy(), b.const_value.numpy())
+               for a, b in pairs)
 
 
 def global_pools(graph: ir.Graph) -> None:

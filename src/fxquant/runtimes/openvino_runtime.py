@@ -13,14 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import require
+from ..errors import ConfigError, require
 from . import onnx_model
 from .base import MOVEMENT_OPS, ExecutedOps, Runtime, Session
 
-__all__ = ["OpenVinoSession"]
+__all__ = ["OpenVinoSession", "requantized_concat"]
 
 _QUANT_LAYERS = frozenset({"FakeQuantize"})
 _INTEGER_PRECISIONS = ("i8", "u8", "i4", "u4", "i16", "u16")
+# between a Concat's Q/DQ and the next Q, ops that OpenVINO 2026.4 still crashes on (measured;
+# Transpose, Flatten, Unsqueeze, activations and a second reader of the DQ do not crash)
+_THROUGH = frozenset({"Identity", "Reshape"})
+_THROUGH_WITH_CONSTANT = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
 def _ov() -> Any:
@@ -39,6 +43,40 @@ def _rt(info: Any, key: str) -> str:
         return str(v)
 
 
+def requantized_concat(model: Any) -> str | None:
+    """The name (or output) of the first Concat of ``model`` (an ``onnx.ModelProto``) whose
+    quantized output is quantized again: ``Concat -> Q -> DQ -> [Identity / Reshape / Add, Sub,
+    Mul or Div by a constant]* -> Q``, each tensor read once.  OpenVINO 2026.4's CPU plugin
+    segfaults in ``compile_model`` on that (``BackendProfile.quantize_concat_inputs``).
+    ``None``: no such Concat."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    reads: Counter[str] = Counter(i for n in graph.node for i in set(n.input) if i)
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+    def single(name: str) -> Any:
+        node = producers.get(name)
+        return node if node is not None and reads[name] == 1 else None
+
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear":
+            continue
+        node = single(q.input[0])
+        while node is not None and (node.op_type in _THROUGH or (
+                node.op_type in _THROUGH_WITH_CONSTANT and len(node.input) == 2
+                and sum(i in constants for i in node.input) == 1)):
+            node = single(next(i for i in node.input if i not in constants))
+        if node is None or node.op_type != "DequantizeLinear":
+            continue
+        q1 = single(node.input[0])
+        concat = producers.get(q1.input[0]) if q1 is not None \
+            and q1.op_type == "QuantizeLinear" else None
+        if concat is not None and concat.op_type == "Concat" and len(concat.input) > 1:
+            return concat.name or concat.output[0]
+    return None
+
+
 class OpenVinoSession(Session):
     """A model compiled by OpenVINO for its CPU plugin (see :class:`Session` for the args).
 
@@ -52,6 +90,15 @@ class OpenVinoSession(Session):
         super().__init__(model_path, **kwargs)
         ov = _ov()
         model = onnx_model.load(self.model_path)
+        concat = requantized_concat(model)
+        if concat is not None:
+            super().close()
+            raise ConfigError(
+                f"OpenVINO cannot run {self.model_path}: Concat node {concat!r} has a quantized "
+                "output that is quantized again (Concat -> QuantizeLinear -> DequantizeLinear -> "
+                "... -> QuantizeLinear), which crashes OpenVINO's CPU plugin (the whole process) "
+                "in compile_model; export the model prepared with backend='openvino' (it writes "
+                "that Q/DQ on the Concat's inputs)")
         self._graph_outputs = onnx_model.graph_output_names(model)
         path = self.model_path
         if self.extra_outputs:
