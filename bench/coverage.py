@@ -36,9 +36,11 @@ and prints the table.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import multiprocessing
+import os
 import pathlib
 import re
 import signal
@@ -97,6 +99,8 @@ class CoverageConfig:
             timed precisely, and on a shared machine 2 threads that other processes preempt ran
             5-15x slower than 1 (OpenMP spinning).
         seed: seed of every model's weights and data.
+        jobs: models run at once, each in its own process (default: one per ``threads`` CPU
+            cores).
     """
 
     models: tuple[str, ...] | None = None
@@ -107,6 +111,7 @@ class CoverageConfig:
     peers: bool = True
     threads: int = 1
     seed: int = 0
+    jobs: int | None = None
 
 
 FULL = CoverageConfig()
@@ -491,23 +496,30 @@ def run(quick: bool = False, models: tuple[str, ...] | None = None) -> SuiteResu
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    jobs = cfg.jobs or max(1, (os.cpu_count() or 1) // cfg.threads)
+    rows: dict[str, dict[str, Any]] = {}
     try:
-        for name in names:
-            row, failures = _isolated(name, cfg)
-            result.rows.append(row)
-            cells = (f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS)
-            print("  " + " | ".join(cells), flush=True)
-            for model, stage, tb in failures:  # the full story for whoever fixes it
-                print(f"  -- failure: {model} at {stage}\n{tb}", flush=True)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_isolated, name, cfg): name for name in names}
+            for future in concurrent.futures.as_completed(futures):
+                row, failures = future.result()
+                rows[futures[future]] = row
+                cells = (f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c])
+                         for c in COLUMNS)
+                print("  " + " | ".join(cells), flush=True)
+                for model, stage, tb in failures:  # the full story for whoever fixes it
+                    print(f"  -- failure: {model} at {stage}\n{tb}", flush=True)
     finally:
         torch.set_num_threads(threads)
+    result.rows = [rows[name] for name in names]
     result.notes = [
         *_notes(result.rows),
         f"data: random N(0,1) inputs / random token ids (seed {cfg.seed}); BN settled on "
         f"{cfg.settle_batches} batches; {cfg.calib_batches} calibration batches of "
         f"{cfg.batch_size}, evaluation on a held-out batch of {cfg.batch_size}; "
         "default_calibration_qconfig_setter; per-model limit "
-        f"{cfg.time_limit_s:.0f} s; {cfg.threads} torch thread(s).",
+        f"{cfg.time_limit_s:.0f} s; {cfg.threads} torch thread(s) per model, {jobs} model "
+        "process(es) at once (s: wall time of the model's process).",
     ]
     return result
 
