@@ -201,3 +201,44 @@ def test_like_ops_keep_their_first_inputs_grid():
     # the like-ops are SHARE ops of the ReLU's output: no quantizer of their own
     assert not [n for n in names if "_as" in n], names
     assert torch.equal(q(x), q(x))
+
+
+# -- eager glue ops feeding an op whose input the profile keeps float ------------------------------
+class GlueAttention(nn.Module):
+    """Attention written in an untraceable forward (data-dependent branch), as torchvision's
+    shifted-window attention: scores, a bias added, softmax, then the product with v."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.bias = nn.Parameter(torch.randn(4, 4) * 0.1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = q @ k.transpose(-2, -1)
+        if bool(scores.sum() > 1e9):  # never taken; defeats symbolic tracing
+            scores = scores * 0.5
+        scores = scores + self.bias
+        return F.softmax(scores, dim=-1) @ v
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "x86"])
+def test_eager_glue_op_feeding_softmax_follows_the_profile(backend):
+    """ONNX Runtime keeps softmax's input float (float_input_ops): the glue op producing it gets
+    no output quantizer, as in a traced graph (else ORT runs QLinearSoftmax, which the simulation
+    does not compute); a profile without the rule quantizes it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8)
+    qmodel = fxquant.prepare(GlueAttention(), x, fxquant.default_calibration_qconfig_setter,
+                             backend=backend)
+    fxquant.calibrate(qmodel, [x], progress=False)
+    ops = get_report(qmodel).ops
+    add = ops["_generated_add_0"]
+    if backend == "onnxruntime":
+        assert not add.quantizers and "feeds softmax" in add.float_reason
+        assert "_generated_add_0" in [r.name for r in fxquant.summary(qmodel).float_ops]
+    else:
+        assert "output" in add.quantizers
+    assert "output" in ops["_generated_softmax_0"].quantizers
+    with torch.no_grad():
+        assert torch.isfinite(qmodel(x)).all()

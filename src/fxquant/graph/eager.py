@@ -148,6 +148,8 @@ class _GlueMode(TorchFunctionMode):
         kwargs = kwargs or {}
         base, kind = _glue_kind(func, args, kwargs)
         disc = self.discover
+        if disc is not None and args:
+            disc.consumed_by(args[0], base)
         if disc is not None and disc.constant_inputs(base, args, kwargs):
             out = func(*args, **kwargs)  # computed from parameters / shapes only: a constant
             disc.mark_constant(out)
@@ -192,6 +194,7 @@ class _GlueMode(TorchFunctionMode):
             weight = args[widx] if widx is not None and len(args) > widx else None
             is_param = isinstance(weight, nn.Parameter)
             self.discover.glue_ops.setdefault(key, (base, func if is_param else None))
+            self.discover.produced(out, key)
             if func is F.scaled_dot_product_attention and call_is_masked(
                     qnn.ScaledDotProductAttention(), args, kwargs):
                 self.discover.masked.add(key)
@@ -297,6 +300,20 @@ class _Discovery:
         self.float_ops: dict[str, str] = {}  # key -> op without a quantization pattern
         self.constant_ops: set[str] = set()  # call sites computing from constants only
         self._constants: dict[int, weakref.ref] = {}  # by identity (tensors compare by value)
+        self.consumers: dict[str, set[str]] = defaultdict(set)  # key -> ops reading its output
+        self._outputs: dict[int, tuple[str, weakref.ref]] = {}
+
+    def produced(self, out: torch.Tensor, key: str) -> None:
+        """``out`` is the output of call site ``key``."""
+        self._outputs[id(out)] = (key, weakref.ref(out))
+
+    def consumed_by(self, value: Any, base: str) -> None:
+        """Op ``base`` reads ``value`` (its first argument): recorded for the call site that
+        produced it, if any (softmax reading attention scores: :func:`_add_glue_quantizers`)."""
+        if isinstance(value, torch.Tensor):
+            hit = self._outputs.get(id(value))
+            if hit is not None and hit[1]() is value:
+                self.consumers[hit[0]].add(base)
 
     def constant_inputs(self, base: str, args: Any, kwargs: dict[str, Any]) -> bool:
         """An op whose tensors are all parameters, buffers or other constants (or a factory:
@@ -688,6 +705,13 @@ def _add_glue_quantizers(
             continue
         if q is None or q.output is None:
             rec.float_reason = "no qconfig: no setter covers this op"
+            continue
+        float_readers = cap.consumers.get(key, set()) & ctx.profile.float_input_ops
+        if float_readers and weighted is None and base != qnn.ScaledDotProductAttention.op_type:
+            # as plan_placement does for a graph: the runtime then runs the reader in float
+            # (ONNX Runtime: softmax, not QLinearSoftmax) and this op with a float output
+            rec.float_reason = (f"its output feeds {sorted(float_readers)[0]}, whose input the "
+                                "profile keeps float (float_input_ops)")
             continue
         fq = q.output()
         fq.name = shown
