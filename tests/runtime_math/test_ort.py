@@ -16,6 +16,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from fxquant.numerics import native
 from fxquant.runtime_math import ort as ort_math
 
 ort = pytest.importorskip("onnxruntime")
@@ -376,3 +377,22 @@ def test_silu_matches_ort_sigmoid_times_x():
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     y = sess.run(None, {"x": x})[0]
     assert np.array_equal(FLOAT_FUNCTIONS["Sigmoid*x"](_t(x)).numpy(), y)
+
+
+def test_native_qlinear_add_is_the_emulation_on_same_shape_inputs():
+    """The one-pass native QLinearAdd (true fmas) gives the codes of the float64-emulated
+    qlinear_add, dequantized, over every pair of 8-bit codes and on several grids."""
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    qa, qb = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    for sa, za, sb, zb, sc, zc in ((0.0213, 131, 0.0377, 97, 0.0519, 120),
+                                   (0.5, 0, 0.25, 0, 0.7, 0), (0.013, 3, 0.013, 3, 0.026, 5),
+                                   (0.1, 128, 0.003, 128, 0.09, 100)):
+        s = torch.tensor([sa, sb, sc])
+        a, b = (qa - za) * s[0], (qb - zb) * s[1]
+        got = ort_math.qlinear_add_dequantized(a.contiguous(), s[0], za, b.contiguous(), s[1], zb,
+                                          s[2], zc, 0, 255)
+        codes = ort_math.qlinear_add(qa, s[0], za, qb, s[1], zb, s[2], zc, 0, 255)
+        assert got is not None
+        assert torch.equal(got, (codes - zc) * s[2]), (sa, sb, sc)
+    assert ort_math.qlinear_add_dequantized(a, s[0], 0, b[:1], s[1], 0, s[2], 0, 0, 255) is None

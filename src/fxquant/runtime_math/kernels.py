@@ -444,6 +444,10 @@ class BinaryKernel(RuntimeKernel):
                                        float(out.scale), out.zp, out.qmin, out.qmax)
             return out.value(codes.to(_F32))
         if self.kernel == "QLinearAdd":
+            fast = ort.qlinear_add_dequantized(a, ga.scale, ga.zp, b, gb.scale, gb.zp,
+                                               out.scale, out.zp, out.qmin, out.qmax)
+            if fast is not None:  # one native pass with true fmas
+                return _on_grid(fast, self.out_fq)
             bounds = (max(abs(g.qmin), abs(g.qmax)) for g in (ga, gb))
             codes = ort.qlinear_add(
                 ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp, out.scale, out.zp,

@@ -41,6 +41,7 @@ __all__ = [
     "requantize_unsaturated",
     "requantize_dequantize",
     "qlinear_add",
+    "qlinear_add_dequantized",
     "qlinear_add_value",
     "qlinear_add_table",
     "qlinear_mul",
@@ -216,6 +217,29 @@ def qlinear_add(
                                   out_scale, out_zero_point, roles=roles)
         v = v.reshape(-1).index_copy_(0, idx, exact).reshape(v.shape)
     return _saturate(v, qmin, qmax)
+
+
+def qlinear_add_dequantized(
+    a: Tensor, a_scale: Tensor, a_zero_point: int,
+    b: Tensor, b_scale: Tensor, b_zero_point: int,
+    out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int,
+) -> Tensor | None:
+    """:func:`qlinear_add` of two same-shape float32 tensors lying on their grids (dequantized
+    values: their codes are recovered), dequantized onto the output grid, in one native pass
+    with MLAS's true fused multiply-adds (:func:`fxquant.numerics.native.qlinear_add`); None
+    where that does not apply (broadcasting, no native kernels): use :func:`qlinear_add`."""
+    if a.shape != b.shape or a.dtype != _F32 or b.dtype != _F32:
+        return None
+    sc = _f32(out_scale)
+    sa, sb = _f32(a_scale).reshape(()), _f32(b_scale).reshape(())
+    ra, rb = sa / sc, sb / sc
+    fixed = _f32(float(out_zero_point)) - _fma(ra, _f32(float(a_zero_point)),
+                                               rb * _f32(float(b_zero_point)))
+    params = torch.stack([1.0 / sa, _f32(float(a_zero_point)), 1.0 / sb,
+                          _f32(float(b_zero_point)), ra.reshape(()), rb.reshape(()),
+                          fixed.reshape(()), _f32(float(qmin)), _f32(float(qmax)),
+                          _f32(float(out_zero_point)), sc.reshape(())])
+    return native.qlinear_add(a, b, params)
 
 
 _TIE_MARGIN = 2.0**-10

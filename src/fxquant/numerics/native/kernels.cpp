@@ -44,6 +44,13 @@
 //       element equals its grid value (c - zp) * scale (NaN never does): a function of the
 //       grid's values evaluated once per code and gathered.
 //
+//   qlinear_add(a, b, params) -> out   (params: float32 [inv_a, za, inv_b, zb, ra, rb, fixed,
+//                                        qmin, qmax, zc, sc])
+//       ONNX Runtime's QLinearAdd (MLAS, FMA kernel) of two float32 tensors of one shape on
+//       their grids, dequantized: qa = round(a * inv_a) + za (as scale_round), qb likewise;
+//       v = fma(qa, ra, fma(qb, rb, fixed)) (true fused multiply-adds, as MLAS's vfmadd);
+//       q = clamp(round(v), qmin, qmax); out = (q - zc) * sc.
+//
 // Two of them also come as autograd operators whose backward runs in C++ (no Python function
 // call per quantizer and step):
 //   fake_quant_ste(x, scale, zero_point, qmin, qmax, inner, reciprocal) -> out
@@ -603,6 +610,47 @@ std::tuple<at::Tensor, bool> grid_lookup(const at::Tensor& x, const at::Tensor& 
   return {out, ok.load()};
 }
 
+void qlinear_add_row(const float* __restrict a, const float* __restrict b,
+                     float* __restrict out, int64_t n, const float* p) {
+  const float inv_a = p[0], za = p[1], inv_b = p[2], zb = p[3], ra = p[4], rb = p[5];
+  const float fixed = p[6], qmin = p[7], qmax = p[8], zc = p[9], sc = p[10];
+  for (int64_t i = 0; i < n; ++i) {
+    float qa = a[i] * inv_a;
+    qa = qa + kRounder;
+    qa = qa - kRounder;
+    qa = qa + za;
+    float qb = b[i] * inv_b;
+    qb = qb + kRounder;
+    qb = qb - kRounder;
+    qb = qb + zb;
+    float v = std::fma(qa, ra, std::fma(qb, rb, fixed));
+    v = v + kRounder;
+    v = v - kRounder;
+    v = clamp_nan(v, qmin, qmax);
+    out[i] = (v - zc) * sc;
+  }
+}
+
+at::Tensor qlinear_add(const at::Tensor& a, const at::Tensor& b, const at::Tensor& params) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && params.device().is_cpu(),
+              "fxquant::qlinear_add: CPU tensors only");
+  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+                  params.scalar_type() == at::kFloat,
+              "fxquant::qlinear_add: float32 only");
+  TORCH_CHECK(a.is_contiguous() && b.is_contiguous() && a.sizes() == b.sizes() &&
+                  params.is_contiguous() && params.numel() == 11,
+              "fxquant::qlinear_add: contiguous a and b of one shape, 11 parameters");
+  at::Tensor out = at::empty_like(a);
+  const float* ap = a.const_data_ptr<float>();
+  const float* bp = b.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const float* pp = params.const_data_ptr<float>();
+  at::parallel_for(0, a.numel(), kGrain, [&](int64_t lo, int64_t hi) {
+    qlinear_add_row(ap + lo, bp + lo, op + lo, hi - lo, pp);
+  });
+  return out;
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -707,6 +755,7 @@ TORCH_LIBRARY(fxquant_native, m) {
         "float post, bool with_post, float lo, float hi, bool with_clamp) -> ()");
   m.def("grid_lookup(Tensor x, Tensor scale, Tensor inv, int zp, int qmin, int qmax, "
         "Tensor table) -> (Tensor, bool)");
+  m.def("qlinear_add(Tensor a, Tensor b, Tensor params) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -719,6 +768,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("observe_qparams", &observe_qparams);
   m.impl("scale_round", &scale_round);
   m.impl("grid_lookup", &grid_lookup);
+  m.impl("qlinear_add", &qlinear_add);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {

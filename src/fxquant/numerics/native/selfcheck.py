@@ -229,13 +229,44 @@ def _check_runtime_ops(scale_round, grid_lookup, gen) -> str | None:
     return None
 
 
+def _fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fma: the product of two float32 values is exact in float64 (the sum's double
+    rounding cannot matter at these magnitudes)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def _check_qlinear_add(qadd, gen) -> str | None:
+    """QLinearAdd against the same arithmetic written with torch ops (fma through float64)."""
+    for sa, za, sb, zb, sc, zc in ((0.02, 128, 0.031, 120, 0.045, 125), (0.5, 0, 0.25, 0, 0.7, 0),
+                                   (0.013, 3, 0.013, 3, 0.013, 3)):
+        qa = torch.randint(0, 256, (40_001,), generator=gen).float()
+        qb = torch.randint(0, 256, (40_001,), generator=gen).float()
+        s32 = torch.tensor([sa, sb, sc])
+        a, b = (qa - za) * s32[0], (qb - zb) * s32[1]
+        ra, rb = s32[0] / s32[2], s32[1] / s32[2]
+        fixed = torch.tensor(float(zc)) - _fma32(ra, torch.tensor(float(za)),
+                                                 rb * torch.tensor(float(zb)))
+        inv_a, inv_b = 1.0 / s32[0], 1.0 / s32[1]
+        ca = (a * inv_a).add_(_ROUNDER).sub_(_ROUNDER).add_(za)
+        cb = (b * inv_b).add_(_ROUNDER).sub_(_ROUNDER).add_(zb)
+        v = _fma32(ca, ra.expand_as(ca), _fma32(cb, rb.expand_as(cb), fixed.expand_as(cb)))
+        ref = v.add_(_ROUNDER).sub_(_ROUNDER).clamp_(0, 255).sub_(zc).mul_(s32[2])
+        params = torch.stack([inv_a, torch.tensor(float(za)), inv_b, torch.tensor(float(zb)),
+                              ra, rb, fixed, torch.tensor(0.0), torch.tensor(255.0),
+                              torch.tensor(float(zc)), s32[2]])
+        if not _same_bits(qadd(a, b, params), ref):
+            return f"qlinear_add scales {sa}, {sb} -> {sc}"
+    return None
+
+
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
-    fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup = ops
+    fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
                    or _check_div_backward(divb, gen))
         problem = problem or _check_observe(observe, gen)
         problem = problem or _check_runtime_ops(scale_round, lookup, gen)
+        problem = problem or _check_qlinear_add(qadd, gen)
     return problem or _check_autograd_ops(fq_ste, divide, gen)
