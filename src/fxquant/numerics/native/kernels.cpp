@@ -456,18 +456,26 @@ struct Bounds {
   float lo, hi;
 };
 
+// round(x * m), half to even below 2**22: torch's x * m, add_(1.5 * 2**23), sub_(1.5 * 2**23)
+inline float round_scaled(float x, float m) {
+  float v = x * m;
+  v = v + kRounder;
+  return v - kRounder;
+}
+
+template <bool kAdd, bool kPost>
+inline float scale_round_one(float x, float m, float add, float post, Bounds c) {
+  float v = round_scaled(x, m);
+  if (c.on) v = clamp_nan(v, c.lo, c.hi);
+  if (kAdd) v = v + add;
+  if (kPost) v = v * post;
+  return v;
+}
+
 template <bool kAdd, bool kPost>
 void scale_round_row(const float* x, float* out, int64_t n, float m, float add, float post,
                      Bounds c) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i] * m;
-    v = v + kRounder;
-    v = v - kRounder;
-    if (c.on) v = clamp_nan(v, c.lo, c.hi);
-    if (kAdd) v = v + add;
-    if (kPost) v = v * post;
-    out[i] = v;
-  }
+  for (int64_t i = 0; i < n; ++i) out[i] = scale_round_one<kAdd, kPost>(x[i], m, add, post, c);
 }
 
 template <bool kAdd, bool kPost>
@@ -486,15 +494,8 @@ void scale_round_impl(const float* xp, float* op, const float* mp, int64_t n_cha
       for (int64_t r = b; r < e; ++r) {
         const float* x = xp + r * n_channels;
         float* o = op + r * n_channels;
-        for (int64_t c = 0; c < n_channels; ++c) {
-          float v = x[c] * mp[c];
-          v = v + kRounder;
-          v = v - kRounder;
-          if (bounds.on) v = clamp_nan(v, bounds.lo, bounds.hi);
-          if (kAdd) v = v + add;
-          if (kPost) v = v * post;
-          o[c] = v;
-        }
+        for (int64_t c = 0; c < n_channels; ++c)
+          o[c] = scale_round_one<kAdd, kPost>(x[c], mp[c], add, post, bounds);
       }
     });
     return;
@@ -561,10 +562,8 @@ int lookup_row(const float* __restrict x, float* __restrict out, const float* __
     const float* xb = x + start;
 #pragma omp simd reduction(& : good)
     for (int64_t i = 0; i < len; ++i) {
-      const float xi = xb[i];
-      float v = xi * m;
-      v = v + kRounder;
-      v = v - kRounder;
+        const float xi = xb[i];
+      float v = round_scaled(xi, m);
       v = v + z;
       v = v - base;
       v = v >= lo ? v : lo;  // NaN lands on 0, then fails the comparison below
@@ -615,14 +614,8 @@ void qlinear_add_row(const float* __restrict a, const float* __restrict b,
   const float inv_a = p[0], za = p[1], inv_b = p[2], zb = p[3], ra = p[4], rb = p[5];
   const float fixed = p[6], qmin = p[7], qmax = p[8], zc = p[9], sc = p[10];
   for (int64_t i = 0; i < n; ++i) {
-    float qa = a[i] * inv_a;
-    qa = qa + kRounder;
-    qa = qa - kRounder;
-    qa = qa + za;
-    float qb = b[i] * inv_b;
-    qb = qb + kRounder;
-    qb = qb - kRounder;
-    qb = qb + zb;
+    const float qa = round_scaled(a[i], inv_a) + za;
+    const float qb = round_scaled(b[i], inv_b) + zb;
     float v = std::fma(qa, ra, std::fma(qb, rb, fixed));
     v = v + kRounder;
     v = v - kRounder;
