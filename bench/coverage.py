@@ -201,7 +201,7 @@ def _float_cell(summary: fxquant.debug.summary.Summary) -> str:
     """``N (kind counts)`` of the ops left in float."""
     kinds: Counter[str] = Counter()
     for r in summary.float_ops:
-        if r.name.endswith(".scores"):
+        if r.name.endswith(".scores") or "float_input_ops" in r.reason:
             kinds["softmax input"] += 1
         elif r.name.endswith(".mask"):
             kinds["attention mask"] += 1
