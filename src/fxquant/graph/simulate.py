@@ -69,13 +69,8 @@ from ..runtime_math import (
     RuntimeKernel,
     WeightedKernel,
 )
-from ..runtime_math.kernels import (
-    FLOAT_FUNCTIONS,
-    LOOKUP_FUNCTIONS,
-    FloatFunctionKernel,
-    SkipOnGrid,
-    one_forward,
-)
+from ..runtime_math.grids import SkipOnGrid, one_forward
+from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
 from .ops import canonical_name, clip_bounds, node_traits

@@ -18,9 +18,7 @@ Arithmetic of ONNX Runtime: :mod:`fxquant.runtime_math.ort`; exact accumulation:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +31,7 @@ from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
 from . import ort, tflite
 from .exact import exact_conv, exact_linear, exact_matmul
+from .grids import Grid, grid_of, mark_on_grid, qparams_of
 
 __all__ = [
     "RuntimeKernel",
@@ -45,8 +44,6 @@ __all__ = [
     "FixedPointMeanKernel",
     "FloatFunctionKernel",
     "settled",
-    "one_forward",
-    "SkipOnGrid",
     "FLOAT_FUNCTIONS",
     "LOOKUP_FUNCTIONS",
 ]
@@ -65,108 +62,6 @@ def settled(fq: FakeQuantize) -> bool:
     if state is FakeQuantState.QAT:
         return fq.fixed_in_qat or isinstance(fq, LearnableFakeQuantize)
     return False
-
-
-_MEMO: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
-    "fxquant_runtime_grids", default=None)
-
-
-@contextlib.contextmanager
-def one_forward() -> Iterator[None]:
-    """Inside this block each quantizer's grid is read once and reused by every kernel that
-    reads it (a conv's output grid is the next conv's input grid).  For one forward pass of the
-    runtime simulation: a kernel only reads *settled* quantizers, whose grids do not change
-    while the model runs."""
-    token = _MEMO.set({})
-    try:
-        yield
-    finally:
-        _MEMO.reset(token)
-
-
-def _qparams(fq: FakeQuantize) -> QParams:
-    """``fq.qparams()``, read once per :func:`one_forward` block."""
-    memo = _MEMO.get()
-    if memo is None:
-        return fq.qparams()
-    key = ("qp", id(fq))
-    qp = memo.get(key)  # type: ignore[call-overload]
-    if qp is None:
-        qp = memo[key] = fq.qparams()  # type: ignore[index]
-    return qp
-
-
-def _grid(fq: FakeQuantize) -> _Grid:
-    """``_Grid(fq)``, built once per :func:`one_forward` block."""
-    memo = _MEMO.get()
-    if memo is None:
-        return _Grid(fq)
-    g = memo.get(id(fq))
-    if g is None:
-        g = memo[id(fq)] = _Grid(fq)
-    return g
-
-
-def _on_grid(t: Tensor, fq: FakeQuantize) -> Tensor:
-    """Record that ``t`` is already ``fq``'s output (saturated values of its grid) in this
-    :func:`one_forward` block: the quantizer, and clips its grid implies, pass it through
-    (:class:`SkipOnGrid`)."""
-    memo = _MEMO.get()
-    if memo is not None:
-        memo[("on grid", id(fq))] = t  # type: ignore[index]
-    return t
-
-
-class SkipOnGrid(nn.Module):
-    """Stands in for ``fq`` -- or for a clip its grid implies -- after a kernel that produces
-    ``fq``'s values itself: the very tensor the kernel recorded passes through unchanged (the
-    module would return it bit for bit: a saturated grid value is its own fake quantization, and
-    inside the clip); anything else -- the kernel fell back to the float op -- runs ``inner``."""
-
-    def __init__(self, inner: nn.Module, fq: FakeQuantize) -> None:
-        super().__init__()
-        self.inner = inner
-        self.fq = fq
-
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        memo = _MEMO.get()
-        if not args and not kwargs and memo is not None and memo.get(
-                ("on grid", id(self.fq))) is x:  # type: ignore[call-overload]
-            return x
-        return self.inner(x, *args, **kwargs)
-
-
-class _Grid:
-    """A per-tensor quantizer's grid as the kernels use it: float32 0-d scale, int zero point,
-    code bounds, and the largest ``|code - zero_point|``."""
-
-    __slots__ = ("bound", "qmax", "qmin", "qp", "scale", "zp")
-
-    def __init__(self, fq: FakeQuantize) -> None:
-        qp = _qparams(fq)
-        self.qp = qp
-        self.scale = qp.scale.reshape(()).to(_F32)
-        self.zp = int(qp.zero_point.reshape(()))
-        self.qmin, self.qmax = qp.dtype.qmin, qp.dtype.qmax
-        self.bound = float(max(self.zp - self.qmin, self.qmax - self.zp))
-
-    def centred(self, x: Tensor) -> Tensor:
-        """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
-        ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
-        magnitude), so rounding recovers it exactly."""
-        inv = 1.0 / self.scale
-        fast = native.scale_round(x, inv) if x.dtype == _F32 else None
-        return fast if fast is not None else ort.round_(torch.mul(x.to(_F32), inv))
-
-    def codes(self, x: Tensor) -> Tensor:
-        """The raw codes ``q`` of a tensor on this grid."""
-        inv = 1.0 / self.scale
-        fast = native.scale_round(x, inv, add=self.zp) if x.dtype == _F32 else None
-        return fast if fast is not None else self.centred(x).add_(self.zp)
-
-    def value(self, codes: Tensor) -> Tensor:
-        """Dequantize raw codes: ``(q - zp) * scale`` in float32 (ONNX DequantizeLinear)."""
-        return codes.sub_(self.zp).mul_(self.scale)
 
 
 class RuntimeKernel(nn.Module):
@@ -214,7 +109,7 @@ class RuntimeKernel(nn.Module):
         return self.kernel
 
 
-def _clip_implied(clip: tuple[float | None, float | None] | None, out: _Grid) -> bool:
+def _clip_implied(clip: tuple[float | None, float | None] | None, out: Grid) -> bool:
     """Whether the output grid's saturation already does ``clip`` (ORT then drops the clip)."""
     if clip is None:
         return True
@@ -293,14 +188,14 @@ class WeightedKernel(RuntimeKernel):
             return "BatchNorm in training mode"
         if self.layer is not None and (len(args) != 1 or kwargs):
             return "not a one-input call"
-        qp = _qparams(self.wfq)
+        qp = qparams_of(self.wfq)
         if qp.axis not in (None, 0):
             return "weight not quantized per output channel"
         if self.fixed_point:  # LiteRT 16x8: a fused relu / relu6 clamps the output codes
-            if _qparams(self.in_fq).dtype.bits <= 8:
+            if qparams_of(self.in_fq).dtype.bits <= 8:
                 return "an 8-bit input (the 16x8 kernel takes 16-bit activations)"
             return None
-        if self.out_fq is not None and not _clip_implied(self.clip, _grid(self.out_fq)):
+        if self.out_fq is not None and not _clip_implied(self.clip, grid_of(self.out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
@@ -319,7 +214,7 @@ class WeightedKernel(RuntimeKernel):
 
     def _weight_codes(self, wq: Tensor | None) -> tuple[Tensor, Tensor | None, QParams]:
         """Centred weight codes, the float bias, the weight grid."""
-        qp: QParams = _qparams(self.wfq)
+        qp: QParams = qparams_of(self.wfq)
         axis = qp.axis
         if self.layer is None:  # F.linear / F.convNd: the argument is on the weight grid
             assert wq is not None
@@ -336,7 +231,7 @@ class WeightedKernel(RuntimeKernel):
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
         x, wq, bias_arg = self._operands(args, kwargs)
-        grid_in = _grid(self.in_fq)
+        grid_in = grid_of(self.in_fq)
         codes, b, wqp = self._weight_codes(wq)
         if self.layer is None and isinstance(bias_arg, Tensor):
             b = bias_arg.detach()
@@ -353,7 +248,7 @@ class WeightedKernel(RuntimeKernel):
             q, _ = quantize_bias(b, grid_in.scale, s_c)  # OverflowError: see forward
             bias = q.double()
         assert self.out_fq is not None
-        out = _grid(self.out_fq)
+        out = grid_of(self.out_fq)
         if self.fixed_point:
             return out.value(self._fixed_point(x, xc, codes, bias, grid_in, s_c, out,
                                                self._conv(args, kwargs)))
@@ -368,11 +263,11 @@ class WeightedKernel(RuntimeKernel):
         bounds = (out.qmin - out.zp, out.qmax - out.zp)
         y = ort.requantize_dequantize(acc, mult, out.scale, channel_axis_last=not self.is_conv,
                                       bounds=bounds)
-        return _on_grid(y, self.out_fq)
+        return mark_on_grid(y, self.out_fq)
 
 
     def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
-                     grid_in: _Grid, s_c: Tensor, out: _Grid,
+                     grid_in: Grid, s_c: Tensor, out: Grid,
                      conv: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Tensor:
         """LiteRT's 16x8 conv / fully connected: exact accumulation, int64 bias, per-channel
         fixed-point requantization (:func:`fxquant.runtime_math.tflite.requantize`)."""
@@ -418,12 +313,12 @@ class BinaryKernel(RuntimeKernel):
     def check(self, a: Any, b: Any, *rest: Any, **kwargs: Any) -> str | None:
         if rest or kwargs or not isinstance(a, Tensor) or not isinstance(b, Tensor):
             return "not a plain two-tensor call"
-        if not _clip_implied(self.clip, _grid(self.out_fq)):
+        if not _clip_implied(self.clip, grid_of(self.out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
     def compute(self, a: Tensor, b: Tensor) -> Tensor:
-        ga, gb, out = _grid(self.a_fq), _grid(self.b_fq), _grid(self.out_fq)
+        ga, gb, out = grid_of(self.a_fq), grid_of(self.b_fq), grid_of(self.out_fq)
         if self.kernel == "BATCH_MATMUL" and gb.zp != 0:
             # LiteRT: XNNPACK takes a quantized BATCH_MATMUL only when its right operand has
             # zero point 0 (like GEMM weights); else the builtin kernel requantizes in fixed point
@@ -435,7 +330,7 @@ class BinaryKernel(RuntimeKernel):
         if self.kernel in ("QLinearMatMul", "BATCH_MATMUL"):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
             mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
-            return _on_grid(ort.requantize_dequantize(acc, mult, out.scale,
+            return mark_on_grid(ort.requantize_dequantize(acc, mult, out.scale,
                                                       bounds=(out.qmin - out.zp,
                                                               out.qmax - out.zp)), self.out_fq)
         if self.kernel == "ADD":  # LiteRT (XNNPACK delegate)
@@ -447,7 +342,7 @@ class BinaryKernel(RuntimeKernel):
             fast = ort.qlinear_add_dequantized(a, ga.scale, ga.zp, b, gb.scale, gb.zp,
                                                out.scale, out.zp, out.qmin, out.qmax)
             if fast is not None:  # one native pass with true fmas
-                return _on_grid(fast, self.out_fq)
+                return mark_on_grid(fast, self.out_fq)
             bounds = (max(abs(g.qmin), abs(g.qmax)) for g in (ga, gb))
             codes = ort.qlinear_add(
                 ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp, out.scale, out.zp,
@@ -455,7 +350,7 @@ class BinaryKernel(RuntimeKernel):
         else:
             codes = ort.qlinear_mul(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
                                     out.scale, out.zp, out.qmin, out.qmax)
-        return _on_grid(out.value(codes), self.out_fq)
+        return mark_on_grid(out.value(codes), self.out_fq)
 
 
 # -- pooling -------------------------------------------------------------------------------------
@@ -474,7 +369,7 @@ class GlobalAvgPoolKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        g, out = _grid(self.in_fq), _grid(self.out_fq)
+        g, out = grid_of(self.in_fq), grid_of(self.out_fq)
         dims = tuple(range(2, x.dim()))
         count = 1
         for d in dims:
@@ -533,7 +428,7 @@ class AvgPoolKernel(RuntimeKernel):
         k = _tuple(a["kernel_size"], n)
         s = k if a["stride"] in (None, [], ()) else _tuple(a["stride"], n)
         p = _tuple(a["padding"], n)
-        out = _grid(self.out_fq)
+        out = grid_of(self.out_fq)
         codes = ort.average_pool(a["input"], k, s, p, bool(a["count_include_pad"]), out.scale,
                                  out.zp, out.qmin, out.qmax)
         return out.value(codes)
@@ -553,12 +448,12 @@ class LookupKernel(RuntimeKernel):
     def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
         if not isinstance(x, Tensor) or rest or kwargs:
             return "not a plain one-tensor call"
-        if _qparams(self.in_fq).dtype.bits > 8:
+        if qparams_of(self.in_fq).dtype.bits > 8:
             return "input wider than 8 bits"
         return None
 
     def compute(self, x: Tensor) -> Tensor:
-        g, out = _grid(self.in_fq), _grid(self.out_fq)
+        g, out = grid_of(self.in_fq), grid_of(self.out_fq)
         table = ort.lookup_table(self.fn, g.scale, g.zp, g.qmin, g.qmax, out.scale, out.zp,
                                  out.qmin, out.qmax)
         index = (g.codes(x) - g.qmin).long()
@@ -619,12 +514,12 @@ class FixedPointMeanKernel(RuntimeKernel):
     def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
         if not isinstance(x, Tensor) or (self.dims is None and x.dim() < 3):
             return "input is not a batched tensor"
-        if _qparams(self.in_fq).dtype.bits <= 8:
+        if qparams_of(self.in_fq).dtype.bits <= 8:
             return "an 8-bit input (the 16-bit kernel takes 16-bit activations)"
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        g, out = _grid(self.in_fq), _grid(self.out_fq)
+        g, out = grid_of(self.in_fq), grid_of(self.out_fq)
         if self.dims is None:
             dims, keep = tuple(range(2, x.dim())), True
         else:
@@ -660,7 +555,7 @@ class FloatFunctionKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
-        g = _grid(self.in_fq)
+        g = grid_of(self.in_fq)
         if g.qmax - g.qmin >= self._TABLE_LIMIT or x.dtype != _F32 or x.numel() < 4 * (
                 g.qmax - g.qmin + 1):
             return self.fn(x)
