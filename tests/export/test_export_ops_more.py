@@ -157,6 +157,33 @@ def test_functional_batch_norm_in_training_mode_is_refused(tmp_path):
         export_onnx(qmodel, x, tmp_path / "m.onnx")
 
 
+class StdConv(nn.Conv2d):
+    """timm's ScaledStdConv2d / StdConv2d: the weight standardised with
+    ``F.batch_norm(weight, training=True)`` -- batch statistics of a constant."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         training=True, momentum=0.0, eps=1e-5).reshape_as(self.weight)
+        return F.conv2d(x, w * 0.1, self.bias, self.stride, self.padding)
+
+
+def test_weight_standardisation_exports_as_a_constant(tmp_path):
+    """A batch norm in training mode over a weight (NF-ResNet's convs) is not refused: it is a
+    function of constants, folded into the weight initializer; ORT then agrees with the
+    simulation."""
+    torch.manual_seed(0)
+    model = nn.Sequential(StdConv(3, 8, 3), nn.ReLU(), StdConv(8, 8, 3)).eval()
+    x = torch.randn(4, 3, 12, 12)
+    qmodel = fxquant.prepare(model, x, fxquant.default_calibration_qconfig_setter,
+                             backend="onnxruntime")
+    fxquant.calibrate(qmodel, [x, torch.randn(4, 3, 12, 12)], progress=False)
+    path = tmp_path / "std.onnx"
+    export_onnx(qmodel, x, path)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    assert verify(qmodel, path, torch.randn(4, 3, 12, 12), "onnxruntime").ok()
+
+
 
 # -- attention, group norm, padding ---------------------------------------------------------------
 class Attention(nn.Module):

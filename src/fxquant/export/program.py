@@ -514,11 +514,26 @@ def _strip_specializations(ep: torch.export.ExportedProgram) -> tuple[str, ...]:
 _TRAINING_BN = ("_batch_norm_with_update", "_batch_norm_with_update_functional")
 
 
+def _from_user_inputs(ep: torch.export.ExportedProgram) -> set[torch.fx.Node]:
+    """The nodes whose value depends on a model input (the rest are constants: functions of
+    parameters and buffers)."""
+    user = set(ep.graph_signature.user_inputs)
+    found: set[torch.fx.Node] = set()
+    for n in ep.graph.nodes:  # topological order
+        if (n.op == "placeholder" and n.name in user) or any(
+                a in found for a in n.all_input_nodes):
+            found.add(n)
+    return found
+
+
 def _check_no_batch_statistics(ep: torch.export.ExportedProgram) -> None:
-    """A batch norm that normalises with the batch's own statistics (``training=True`` baked
-    into the prepared graph) has no deployable form."""
+    """A batch norm that normalises an activation with the batch's own statistics
+    (``training=True`` baked into the prepared graph) has no deployable form.  One of a constant
+    -- timm's weight standardisation, ``F.batch_norm(weight, training=True)`` -- is a constant
+    too, and is folded like one."""
+    dynamic = _from_user_inputs(ep)
     for n in ep.graph.nodes:
-        if n.op != "call_function" or "batch_norm" not in str(n.target):
+        if n.op != "call_function" or "batch_norm" not in str(n.target) or n not in dynamic:
             continue
         name = getattr(n.target, "__name__", str(n.target)).split(".")[0]
         training = name in _TRAINING_BN or (
