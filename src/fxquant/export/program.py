@@ -28,7 +28,7 @@ weight, a conv weight with its BatchNorm folded in): the exporters write those a
 constants computed from exactly the simulation's values; :func:`constant_biases` does the same
 for the biases of the convs / linears reading them.
 
-Size (~600 lines): the steps of one capture -- the custom op and quantizers as ops, the
+Size (~620 lines): the steps of one capture -- the custom op and quantizers as ops, the
 export attempts with their fallbacks (dynamic batch, draft export), the one-line failure report
 naming the user's source line, and the constant evaluation the exporters read -- share the
 capture's private helpers and its contract; split, that contract would span modules.

@@ -103,7 +103,8 @@ class RuntimeKernel(nn.Module):
         return self.compute(*args, **kwargs)
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
-        raise NotImplementedError
+        """The runtime's arithmetic for this call (each kernel class defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute")
 
     def extra_repr(self) -> str:
         return self.kernel
