@@ -395,4 +395,34 @@ def test_native_qlinear_add_is_the_emulation_on_same_shape_inputs():
         codes = ort_math.qlinear_add(qa, s[0], za, qb, s[1], zb, s[2], zc, 0, 255)
         assert got is not None
         assert torch.equal(got, (codes - zc) * s[2]), (sa, sb, sc)
-    assert ort_math.qlinear_add_dequantized(a, s[0], 0, b[:1], s[1], 0, s[2], 0, 0, 255) is None
+    # a row broadcast along the outer dimension (a positional embedding): expanded, the same
+    # codes as the emulation; a per-row scalar (MLAS's scalar operand) is left to the emulation
+    got = ort_math.qlinear_add_dequantized(a, s[0], za, b[:1], s[1], zb, s[2], zc, 0, 255)
+    codes = ort_math.qlinear_add(qa, s[0], za, qb[:1], s[1], zb, s[2], zc, 0, 255)
+    assert got is not None and got.shape == a.shape
+    assert torch.equal(got, (codes - zc) * s[2])
+    assert ort_math.qlinear_add_dequantized(a, s[0], 0, b[:, :1], s[1], 0, s[2], 0, 0, 255) is None
+
+
+def test_qlinear_mul_in_place_is_the_emulation_on_every_code_pair():
+    """QLinearMul from the centred codes, in place with one native rounding pass, gives
+    :func:`qlinear_mul`'s codes dequantized -- every pair of 8-bit codes, tie-heavy grids, and a
+    per-channel broadcast operand (a squeeze-excitation scale) on either side."""
+    qa, qb = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    for sa, za, sb, zb, sc, zc in ((0.0213, 131, 0.0377, 97, 0.0519, 120),
+                                   (0.5, 128, 0.25, 128, 64.0, 101), (0.013, 3, 0.02, 0, 0.03, 0)):
+        s = torch.tensor([sa, sb, sc])
+        ratio = ort_math.requantize_multiplier(s[0], s[1], s[2])
+        want = (ort_math.qlinear_mul(qa, s[0], za, qb, s[1], zb, s[2], zc, 0, 255) - zc) * s[2]
+        got = ort_math.qlinear_mul_dequantized(qa - za, qb - zb, ratio, s[2], zc, 0, 255)
+        assert torch.equal(got, want), (sa, sb, sc)
+        for a_codes, b_codes in ((qa, qb[:1]), (qa[:, :1], qb)):  # broadcast b, then a
+            want = (ort_math.qlinear_mul(a_codes, s[0], za, b_codes, s[1], zb, s[2], zc, 0,
+                                         255) - zc) * s[2]
+            got = ort_math.qlinear_mul_dequantized(a_codes - za, b_codes - zb, ratio, s[2], zc,
+                                                   0, 255)
+            assert torch.equal(got, want)
+        with native.native_kernels(False):  # the pure-torch rounding: the same bits
+            got = ort_math.qlinear_mul_dequantized(qa - za, qb - zb, ratio, s[2], zc, 0, 255)
+            assert torch.equal(got, (ort_math.qlinear_mul(qa, s[0], za, qb, s[1], zb, s[2], zc,
+                                                          0, 255) - zc) * s[2])

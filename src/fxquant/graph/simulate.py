@@ -235,6 +235,28 @@ def _fetch(root: nn.Module, target: str) -> Any:
     return getattr(root.get_submodule(owner) if owner else root, attr)
 
 
+def _lookup(root: nn.Module, target: str) -> Any:
+    """:func:`_fetch` through the modules' own tables (what ``getattr`` finds for a submodule,
+    parameter or buffer; anything else by ``getattr``): the check at every forward pass."""
+    obj: Any = root
+    for part in target.split("."):
+        if isinstance(obj, nn.Module):
+            d = obj.__dict__
+            for table in ("_modules", "_parameters", "_buffers"):
+                found = d[table].get(part, _MISSING)
+                if found is not _MISSING:
+                    obj = found
+                    break
+            else:
+                obj = getattr(obj, part)
+        else:
+            obj = getattr(obj, part)
+    return obj
+
+
+_MISSING = object()
+
+
 def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...],
              only: frozenset[str] | None = None, pass_through: bool = False) -> _Runtime:
     """The runtime module for ``gm`` (cached until its code or a module changes).
@@ -245,7 +267,7 @@ def _runtime(gm: fx.GraphModule, runtime: str, kernels: tuple[FusedKernel, ...],
     key = (runtime, only, pass_through)
     rt = per_model.get(key)
     if rt is not None and (rt.code is gm.code or rt.code == gm.code) and all(
-        _fetch(gm, t) is obj for t, obj in rt.objects
+        _lookup(gm, t) is obj for t, obj in rt.objects
     ):
         return rt
     rt = _build(gm, runtime, kernels, only, pass_through)

@@ -18,11 +18,13 @@ float64.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["EXACT_FLOAT32", "exact_conv", "exact_linear", "exact_matmul"]
+__all__ = ["EXACT_FLOAT32", "Route", "accumulation_route", "accumulate", "exact_conv",
+           "exact_linear", "exact_matmul"]
 
 EXACT_FLOAT32 = float(2**24)
 """Integers up to this magnitude are exact float32 values, and so are sums staying below it."""
@@ -55,20 +57,29 @@ def _finish(total: Tensor, bias: Tensor | None, channel_view: tuple[int, ...]) -
     return total.to(torch.float32)
 
 
-def _bounded(
-    x: Tensor, w: Tensor, bias: Tensor | None, x_bound: float,
-    call: Callable[[Tensor, Tensor, Tensor | None], Tensor], channel_view: tuple[int, ...],
-    x_axis: int, splittable: bool,
-) -> Tensor:
-    """``float32(call(x, w) + bias)`` exactly; ``w``: ``[C_out, reduction, *rest]``, split along
-    its axis 1 (``x``'s ``x_axis``)."""
+@dataclass(frozen=True)
+class Route:
+    """How an exact accumulation runs, decided from the weight codes, bias and input bound alone
+    (so a kernel decides once for its constant weights): ``kind`` ``"float32"`` (one call),
+    ``"halves"`` (two float32 calls, the bias in the first, one float32 add), ``"chunks"`` (float32
+    calls over ``ranges`` of the reduction axis, summed in float64) or ``"float64"``."""
+
+    kind: str
+    ranges: tuple[tuple[int, int], ...] = ()
+
+
+def accumulation_route(w: Tensor, bias: Tensor | None, x_bound: float,
+                       splittable: bool) -> Route:
+    """The :class:`Route` for centred weight codes ``w`` (``[C_out, reduction, *rest]``), int32
+    bias codes and the input bound ``max |x|``; ``splittable``: whether the reduction axis may be
+    split (not for grouped convs)."""
     w_abs = w.detach().abs()  # float32 sums of |codes| are exact (< 2^24 per channel)
     per_channel = w_abs.sum(tuple(range(1, w.dim()))).double() * x_bound
     if bias is not None:
         per_channel = per_channel + bias.detach().abs().double()
-    if _full_precision() and bool((per_channel <= _LIMIT).all()):
-        return call(x.float(), w.float(), None if bias is None else bias.float())
-    if _full_precision() and splittable:
+    if bool((per_channel <= _LIMIT).all()):
+        return Route("float32")
+    if splittable:
         per_pair = w_abs.sum(tuple(range(2, w.dim()))) if w.dim() > 2 else w_abs  # [C_out, red]
         per_input = per_pair.amax(0).double() * x_bound
         if bias is not None:  # two float32 halves, the bias in the first: one float32 add
@@ -76,23 +87,52 @@ def _bounded(
         else:
             halves = _chunks(per_input, _LIMIT)
         if halves is not None and len(halves) == 2:
-            (lo, mid), (_, hi) = halves
-            first = call(x.narrow(x_axis, lo, mid - lo).float(), w.narrow(1, lo, mid - lo).float(),
-                         None if bias is None else bias.float())
-            # both halves are exact integers in float32; IEEE addition rounds their exact sum
-            # once: float32(acc), as the float64 sum rounded to float32
-            return first.add_(call(x.narrow(x_axis, mid, hi - mid).float(),
-                                   w.narrow(1, mid, hi - mid).float(), None))
+            return Route("halves", (*halves,))
         ranges = _chunks(per_input, _LIMIT)
         if ranges is not None and len(ranges) > 1:
-            total = None
-            for lo, hi in ranges:
-                part = call(x.narrow(x_axis, lo, hi - lo).float(),
-                            w.narrow(1, lo, hi - lo).float(), None).double()
-                total = part if total is None else total.add_(part)
-            assert total is not None
-            return _finish(total, bias, channel_view)
+            return Route("chunks", tuple(ranges))
+    return Route("float64")
+
+
+def accumulate(
+    route: Route, x: Tensor, w: Tensor, bias: Tensor | None,
+    call: Callable[[Tensor, Tensor, Tensor | None], Tensor], channel_view: tuple[int, ...],
+    x_axis: int,
+) -> Tensor:
+    """``float32(call(x, w) + bias)`` exactly, along ``route`` (:func:`accumulation_route` of the
+    same ``w``, ``bias`` and a bound on ``|x|``); ``w`` is split along its axis 1, ``x`` along
+    ``x_axis``.  float32 kernels below full matmul precision: float64."""
+    kind = route.kind if _full_precision() else "float64"
+    if kind == "float32":
+        return call(x.float(), w.float(), None if bias is None else bias.float())
+    if kind == "halves":
+        (lo, mid), (_, hi) = route.ranges
+        first = call(x.narrow(x_axis, lo, mid - lo).float(), w.narrow(1, lo, mid - lo).float(),
+                     None if bias is None else bias.float())
+        # both halves are exact integers in float32; IEEE addition rounds their exact sum
+        # once: float32(acc), as the float64 sum rounded to float32
+        return first.add_(call(x.narrow(x_axis, mid, hi - mid).float(),
+                               w.narrow(1, mid, hi - mid).float(), None))
+    if kind == "chunks":
+        total = None
+        for lo, hi in route.ranges:
+            part = call(x.narrow(x_axis, lo, hi - lo).float(),
+                        w.narrow(1, lo, hi - lo).float(), None).double()
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        return _finish(total, bias, channel_view)
     return _finish(call(x.double(), w.double(), None), bias, channel_view)
+
+
+def _bounded(
+    x: Tensor, w: Tensor, bias: Tensor | None, x_bound: float,
+    call: Callable[[Tensor, Tensor, Tensor | None], Tensor], channel_view: tuple[int, ...],
+    x_axis: int, splittable: bool,
+) -> Tensor:
+    """``float32(call(x, w) + bias)`` exactly; ``w``: ``[C_out, reduction, *rest]``, split along
+    its axis 1 (``x``'s ``x_axis``)."""
+    route = accumulation_route(w, bias, x_bound, splittable)
+    return accumulate(route, x, w, bias, call, channel_view, x_axis)
 
 
 def exact_conv(

@@ -3,24 +3,29 @@
 :class:`Grid` is a per-tensor quantizer's grid as the kernels use it.  Inside
 :func:`one_forward` (one forward pass of the runtime simulation) each settled quantizer's grid
 is read once (:func:`grid_of`, :func:`qparams_of`: a conv's output grid is the next conv's input
-grid); a kernel that saturates onto its output quantizer's grid itself records its result
-(:func:`mark_on_grid`), and :class:`SkipOnGrid` -- standing in for that quantizer and for the
-clips its grid implies -- passes that very tensor through.
+grid).  Across passes it is derived again only when the quantizer's scale / zero point changed
+(:class:`fxquant.runtime_math.held.Snapshot`), so a kernel can keep constants built from the
+very :class:`Grid` / :class:`QParams` objects it was given.  A kernel that saturates onto its
+output quantizer's grid itself records its result (:func:`mark_on_grid`), and
+:class:`SkipOnGrid` -- standing in for that quantizer and for the clips its grid implies --
+passes that very tensor through.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..fake_quant import FakeQuantize
+from ..fake_quant import FakeQuantize, LearnableFakeQuantize
 from ..numerics import QParams, native
 from . import ort
+from .held import Snapshot
 
 __all__ = ["Grid", "one_forward", "qparams_of", "grid_of", "mark_on_grid", "SkipOnGrid"]
 
@@ -43,27 +48,73 @@ def one_forward() -> Iterator[None]:
         _MEMO.reset(token)
 
 
-def qparams_of(fq: FakeQuantize) -> QParams:
-    """``fq.qparams()``, read once per :func:`one_forward` block."""
+class _Held:
+    """A quantizer's qparams (and per-tensor grid) with the snapshot they were read from."""
+
+    __slots__ = ("grid", "qp", "snapshot")
+
+    def __init__(self, snapshot: Snapshot | None, qp: QParams) -> None:
+        self.snapshot, self.qp = snapshot, qp
+        self.grid: Grid | None = None
+
+
+_HELD: weakref.WeakKeyDictionary[FakeQuantize, _Held] = weakref.WeakKeyDictionary()
+
+_KNOWN_QPARAMS = (FakeQuantize._applied_scale_zero_point,
+                  LearnableFakeQuantize._applied_scale_zero_point)
+"""How the library's quantizers derive their applied grid: from ``scale``, ``zero_point``,
+``dtype`` and ``eps`` only.  A subclass that derives it otherwise is read afresh every pass."""
+
+
+def _sources(fq: FakeQuantize) -> tuple[tuple[Tensor, Tensor], tuple[Any, ...]]:
+    # scale / zero point: buffers, or parameters of a learnable quantizer (read from the module's
+    # tables directly: this runs for every quantizer at every pass)
+    d = fq.__dict__
+    buffers, params = d["_buffers"], d["_parameters"]
+    scale = buffers.get("scale") if "scale" in buffers else params.get("scale")
+    zp = buffers.get("zero_point") if "zero_point" in buffers else params.get("zero_point")
+    if scale is None or zp is None:  # kept elsewhere by a subclass
+        scale, zp = fq.scale, fq.zero_point
+    return (scale, zp), (type(fq), fq.dtype, fq.ch_axis, fq.scale_math, fq.eps)
+
+
+def _held(fq: FakeQuantize) -> _Held:
+    """``fq``'s qparams, read again only when its scale / zero point / grid changed."""
     memo = _MEMO.get()
-    if memo is None:
+    key = ("held", id(fq))
+    if memo is not None:
+        entry = memo.get(key)  # type: ignore[call-overload]
+        if entry is not None:
+            return entry
+    if type(fq)._applied_scale_zero_point not in _KNOWN_QPARAMS:
+        entry = _Held(None, fq.qparams())
+    else:
+        tensors, extra = _sources(fq)
+        entry = _HELD.get(fq)
+        if entry is None or entry.snapshot is None or not entry.snapshot.holds(tensors, extra):
+            entry = _HELD[fq] = _Held(Snapshot(tensors, extra), fq.qparams())
+    if memo is not None:
+        memo[key] = entry  # type: ignore[index]
+    return entry
+
+
+def qparams_of(fq: FakeQuantize) -> QParams:
+    """``fq.qparams()``, read once per :func:`one_forward` block -- the same object from pass to
+    pass while the quantizer's grid holds."""
+    if _MEMO.get() is None:
         return fq.qparams()
-    key = ("qp", id(fq))
-    qp = memo.get(key)  # type: ignore[call-overload]
-    if qp is None:
-        qp = memo[key] = fq.qparams()  # type: ignore[index]
-    return qp
+    return _held(fq).qp
 
 
 def grid_of(fq: FakeQuantize) -> Grid:
-    """``Grid(fq)``, built once per :func:`one_forward` block."""
-    memo = _MEMO.get()
-    if memo is None:
-        return Grid(fq)
-    g = memo.get(id(fq))
-    if g is None:
-        g = memo[id(fq)] = Grid(fq)
-    return g
+    """``Grid(fq.qparams())``, built once per :func:`one_forward` block -- the same object from
+    pass to pass while the quantizer's grid holds."""
+    if _MEMO.get() is None:
+        return Grid(fq.qparams())
+    entry = _held(fq)
+    if entry.grid is None:
+        entry.grid = Grid(entry.qp)
+    return entry.grid
 
 
 def mark_on_grid(t: Tensor, fq: FakeQuantize) -> Tensor:
@@ -96,30 +147,33 @@ class SkipOnGrid(nn.Module):
 
 
 class Grid:
-    """A per-tensor quantizer's grid as the kernels use it: float32 0-d scale, int zero point,
-    code bounds, and the largest ``|code - zero_point|``."""
+    """A per-tensor quantizer's grid as the kernels use it: float32 0-d scale (and its float32
+    reciprocal), int zero point, code bounds, the largest ``|code - zero_point|`` and the
+    ``extent``: the lowest and highest grid values as Python floats."""
 
-    __slots__ = ("bound", "qmax", "qmin", "qp", "scale", "zp")
+    __slots__ = ("bound", "extent", "inverse", "qmax", "qmin", "qp", "scale", "zp")
 
-    def __init__(self, fq: FakeQuantize) -> None:
-        qp = qparams_of(fq)
+    def __init__(self, qp: QParams) -> None:
         self.qp = qp
         self.scale = qp.scale.reshape(()).to(_F32)
+        self.inverse = 1.0 / self.scale  # float32 1 / scale
         self.zp = int(qp.zero_point.reshape(()))
         self.qmin, self.qmax = qp.dtype.qmin, qp.dtype.qmax
         self.bound = float(max(self.zp - self.qmin, self.qmax - self.zp))
+        self.extent = (float((self.qmin - self.zp) * self.scale),
+                       float((self.qmax - self.zp) * self.scale))
 
     def centred(self, x: Tensor) -> Tensor:
         """``q - zp`` of a tensor on this grid: ``x == (q - zp) * scale`` in float32, and
         ``x * float32(1 / scale)`` is within 3 float32 roundings of that integer (< 2^20 in
         magnitude), so rounding recovers it exactly."""
-        inv = 1.0 / self.scale
+        inv = self.inverse
         fast = native.scale_round(x, inv) if x.dtype == _F32 else None
         return fast if fast is not None else ort.round_(torch.mul(x.to(_F32), inv))
 
     def codes(self, x: Tensor) -> Tensor:
         """The raw codes ``q`` of a tensor on this grid."""
-        inv = 1.0 / self.scale
+        inv = self.inverse
         fast = native.scale_round(x, inv, add=self.zp) if x.dtype == _F32 else None
         return fast if fast is not None else self.centred(x).add_(self.zp)
 

@@ -7,6 +7,11 @@ computes what the runtime's fused kernel computes, returning the dequantized out
 output quantizer's grid, which re-quantizes it exactly) or, for a float-output kernel, the float
 value the runtime produces.
 
+Constants a kernel derives from its weight and grids (weight codes, int32 bias, multipliers) are
+kept from call to call while their sources hold (:meth:`RuntimeKernel.held`; the grids come as
+the same objects while a quantizer's grid holds, :func:`fxquant.runtime_math.grids.grid_of`, and
+tensors are compared by content, :class:`fxquant.runtime_math.held.Snapshot`).
+
 A kernel falls back to the op itself (the float simulation) while any of its quantizers is not
 *settled* -- calibrating, off, or still observing in QAT -- or when the arguments are outside what
 the runtime fuses (a clip the output grid does not imply, an int32 bias overflow, ...):
@@ -30,8 +35,9 @@ from ..numerics import QParams, native
 from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
 from . import ort, tflite
-from .exact import exact_conv, exact_linear, exact_matmul
+from .exact import Route, accumulate, accumulation_route, exact_matmul
 from .grids import Grid, grid_of, mark_on_grid, qparams_of
+from .held import Snapshot
 
 __all__ = [
     "RuntimeKernel",
@@ -54,7 +60,7 @@ _F32 = torch.float32
 def settled(fq: FakeQuantize) -> bool:
     """Whether ``fq`` fake-quantizes with fixed qparams in this forward (VALIDATION, or QAT with
     a frozen or learned range), i.e. whether a runtime kernel can be built around it."""
-    if not bool(fq.calibrated):
+    if not fq._is_calibrated():
         return False
     state = fq.state
     if state is FakeQuantState.VALIDATION:
@@ -79,10 +85,13 @@ class RuntimeKernel(nn.Module):
         self.kernel = kernel
         self.fallback = fallback
         self.quantizers = nn.ModuleList(quantizers)
+        # read at every call: a plain tuple (the model's quantizers are not replaced under a
+        # built kernel -- the runtime module is rebuilt when one is)
+        self.__dict__["_quantizer_tuple"] = tuple(quantizers)
 
     def current_quantizers(self) -> tuple[FakeQuantize, ...]:
         """The quantizers this call reads."""
-        return tuple(self.quantizers)  # type: ignore[arg-type]
+        return self.__dict__["_quantizer_tuple"]
 
     def why_not(self, *args: Any, **kwargs: Any) -> str | None:
         """Why this call runs the fallback (None: it runs the runtime arithmetic)."""
@@ -106,6 +115,20 @@ class RuntimeKernel(nn.Module):
         """The runtime's arithmetic for this call (each kernel class defines it)."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute")
 
+    def held(self, tag: str, keys: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """The constant ``build()`` made from ``keys`` -- objects that stay the same while what
+        they stand for holds (:class:`Grid` / :class:`QParams` from :func:`grid_of` /
+        :func:`qparams_of`, plain values) -- kept until one of them changes (compared with
+        ``is``)."""
+        store = self.__dict__.setdefault("_held_constants", {})
+        entry = store.get(tag)
+        if entry is not None and len(entry[0]) == len(keys) and all(
+                a is b for a, b in zip(entry[0], keys, strict=True)):
+            return entry[1]
+        value = build()
+        store[tag] = (keys, value)
+        return value
+
     def extra_repr(self) -> str:
         return self.kernel
 
@@ -115,8 +138,7 @@ def _clip_implied(clip: tuple[float | None, float | None] | None, out: Grid) -> 
     if clip is None:
         return True
     lo, hi = clip
-    low = float((out.qmin - out.zp) * out.scale)
-    high = float((out.qmax - out.zp) * out.scale)
+    low, high = out.extent
     return (lo is None or lo <= low) and (hi is None or hi >= high)
 
 
@@ -146,9 +168,11 @@ class WeightedKernel(RuntimeKernel):
         function = conv if conv is not None else torch.nn.functional.linear
         super().__init__(kernel, layer if layer is not None else function, fqs)
         self.layer = layer
+        self.__dict__["_layer"] = layer  # the same module, without nn.Module's attribute lookup
         self.weight_fq = weight_fq
         self.conv_function = conv if layer is None else None
         self.in_fq, self.out_fq = in_fq, out_fq
+        self.__dict__["_in_fq"], self.__dict__["_out_fq"] = in_fq, out_fq  # plain lookups
         self.clip = clip
         self.float_output = float_output
         self.is_conv = conv is not None or (layer is not None and not isinstance(layer, nn.Linear))
@@ -156,27 +180,31 @@ class WeightedKernel(RuntimeKernel):
     @property
     def wfq(self) -> FakeQuantize:
         """The weight quantizer (a module's is read at every call: it may be replaced)."""
-        return self.weight_fq if self.layer is None else self.layer.weight_fake_quant
+        layer = self.__dict__["_layer"]
+        if layer is None:
+            return self.weight_fq
+        fq = layer.__dict__["_modules"].get("weight_fake_quant")
+        return fq if fq is not None else layer.weight_fake_quant
 
     def current_quantizers(self) -> tuple[FakeQuantize, ...]:
-        return (*self.quantizers, self.wfq)  # type: ignore[return-value]
+        return (*self.__dict__["_quantizer_tuple"], self.wfq)
 
     def _operands(self, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(input, fake-quantized weight or None, bias)`` of this call."""
-        if self.layer is not None:
+        if self._layer is not None:
             return args[0], None, None
         a = dict(zip(_CONV_ARGS, args, strict=False)) | dict(kwargs)
         return a["input"], a["weight"], a.get("bias")
 
     def _groups(self, args: tuple, kwargs: dict) -> int:
-        if self.layer is not None:
-            return int(getattr(self.layer, "groups", 1))
+        if self._layer is not None:
+            return int(getattr(self._layer, "groups", 1))
         a = dict(zip(_CONV_ARGS, args, strict=False)) | dict(kwargs)
         return int(a.get("groups", 1))
 
     def _conv(self, args: tuple, kwargs: dict) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
         """``conv(x, w, bias)`` with this call's geometry."""
-        layer, fn = self.layer, self.conv_function
+        layer, fn = self._layer, self.conv_function
         if fn is None:
             return lambda xi, wi, bi: qnn.conv_forward(layer, xi, wi, bi)
         geometry = dict(zip(_CONV_ARGS, args, strict=False)) | dict(kwargs)
@@ -185,18 +213,18 @@ class WeightedKernel(RuntimeKernel):
         return lambda xi, wi, bi: fn(xi, wi, bi, **geometry)
 
     def check(self, *args: Any, **kwargs: Any) -> str | None:
-        if isinstance(self.layer, qnn.ConvBnNd) and self.layer.bn.training:
+        if isinstance(self._layer, qnn.ConvBnNd) and self._layer.bn.training:
             return "BatchNorm in training mode"
-        if self.layer is not None and (len(args) != 1 or kwargs):
+        if self._layer is not None and (len(args) != 1 or kwargs):
             return "not a one-input call"
         qp = qparams_of(self.wfq)
         if qp.axis not in (None, 0):
             return "weight not quantized per output channel"
         if self.fixed_point:  # LiteRT 16x8: a fused relu / relu6 clamps the output codes
-            if qparams_of(self.in_fq).dtype.bits <= 8:
+            if qparams_of(self._in_fq).dtype.bits <= 8:
                 return "an 8-bit input (the 16x8 kernel takes 16-bit activations)"
             return None
-        if self.out_fq is not None and not _clip_implied(self.clip, grid_of(self.out_fq)):
+        if self._out_fq is not None and not _clip_implied(self.clip, grid_of(self._out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
@@ -213,73 +241,83 @@ class WeightedKernel(RuntimeKernel):
         except OverflowError:  # int32 bias overflow: the exporter raises the weight scale
             return self.fallback(*args, **kwargs)
 
-    def _weight_codes(self, wq: Tensor | None) -> tuple[Tensor, Tensor | None, QParams]:
-        """Centred weight codes, the float bias, the weight grid."""
-        qp: QParams = qparams_of(self.wfq)
+    def _weight_codes(self, w: Tensor, qp: QParams) -> Tensor:
+        """Centred weight codes of ``w`` -- the layer's float weight, or ``F.linear`` /
+        ``F.convNd``'s weight argument, which is on the weight grid already."""
         axis = qp.axis
-        if self.layer is None:  # F.linear / F.convNd: the argument is on the weight grid
-            assert wq is not None
-            s = qp.scale.to(_F32)
-            view = (-1, *([1] * (wq.dim() - 1))) if axis is not None else ()
-            return torch.round(wq.to(_F32) / s.reshape(view)), None, qp
-        w, b = _weight_and_bias(self.layer)
         view = (-1, *([1] * (w.dim() - 1))) if axis is not None else ()
+        if self._layer is None:
+            return torch.round(w.to(_F32) / qp.scale.to(_F32).reshape(view))
         zp = qp.zero_point.to(_F32).reshape(view)
         # q - zp = clamp(round(w / s), qmin - zp, qmax - zp): QuantizeLinear's codes, centred
         codes = unclamped_codes(w.to(_F32), qp.scale, torch.zeros_like(qp.scale), axis,
                                 qp.scale_math)
-        return torch.clamp(codes, qp.dtype.qmin - zp, qp.dtype.qmax - zp, out=codes), b, qp
+        return torch.clamp(codes, qp.dtype.qmin - zp, qp.dtype.qmax - zp, out=codes)
+
+    def _plan(self, args: tuple, kwargs: dict, grid_in: Grid, out: Grid | None) -> _WeightPlan:
+        """This call's constants, rebuilt only when the weight, bias or a grid changed."""
+        _, wq, bias_arg = self._operands(args, kwargs)
+        if self._layer is None:
+            assert wq is not None
+            w, b = wq.detach(), bias_arg.detach() if isinstance(bias_arg, Tensor) else None
+        else:
+            w, b = _weight_and_bias(self._layer)
+        wqp = qparams_of(self.wfq)
+        keys = (wqp, grid_in, out, self._groups(args, kwargs) if self.is_conv else 1)
+        plan: _WeightPlan | None = self.__dict__.get("_weight_plan")
+        if (plan is None or any(a is not b for a, b in zip(plan.keys, keys, strict=True))
+                or not plan.snapshot.holds((w, b))):
+            plan = self.__dict__["_weight_plan"] = _WeightPlan(self, keys, w, b, wqp, grid_in,
+                                                               out)
+        return plan
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
-        x, wq, bias_arg = self._operands(args, kwargs)
-        grid_in = grid_of(self.in_fq)
-        codes, b, wqp = self._weight_codes(wq)
-        if self.layer is None and isinstance(bias_arg, Tensor):
-            b = bias_arg.detach()
-        s_c = channel_scale(wqp.scale, codes.shape[0])
+        x = self._operands(args, kwargs)[0]
+        grid_in = grid_of(self._in_fq)
+        out = None if self._out_fq is None else grid_of(self._out_fq)
+        plan = self._plan(args, kwargs, grid_in, out)
+        if plan.overflow:  # int32 bias overflow: see forward
+            raise OverflowError(plan.overflow)
         xc = grid_in.centred(x)
         if self.float_output:  # MatMulIntegerToFloat; the bias is a float Add after it
-            acc = exact_linear(xc, codes, None, grid_in.bound)
-            y = acc * (grid_in.scale * s_c)
-            return y if b is None else y + b.to(_F32)
-        bias = None
-        if b is not None and self.fixed_point:  # int64 bias
-            bias = torch.round(b.detach().double() / (grid_in.scale * s_c).double())
-        elif b is not None:
-            q, _ = quantize_bias(b, grid_in.scale, s_c)  # OverflowError: see forward
-            bias = q.double()
-        assert self.out_fq is not None
-        out = grid_of(self.out_fq)
+            acc = accumulate(plan.route, xc, plan.codes, None, torch.nn.functional.linear,
+                             (-1,), -1)
+            y = acc.mul_(plan.mult)  # acc is this call's own tensor: in place, the same bits
+            return y if plan.float_bias is None else y.add_(plan.float_bias)
+        assert out is not None
         if self.fixed_point:
-            return out.value(self._fixed_point(x, xc, codes, bias, grid_in, s_c, out,
+            return out.value(self._fixed_point(x, xc, plan, grid_in, out,
                                                self._conv(args, kwargs)))
-        mult = ort.requantize_multiplier(grid_in.scale, s_c, out.scale)
-        if self.is_conv:
-            acc = exact_conv(self._conv(args, kwargs), xc, codes, bias, grid_in.bound,
-                             self._groups(args, kwargs))
-        else:
-            acc = exact_linear(xc, codes, bias, grid_in.bound)
+        acc = self._accumulate(plan, xc, args, kwargs)
         # round(acc * m) * s_out: the output quantizer after the kernel saturates it (the value
         # it sees is on its grid, so it reproduces q - zp exactly)
         bounds = (out.qmin - out.zp, out.qmax - out.zp)
-        y = ort.requantize_dequantize(acc, mult, out.scale, channel_axis_last=not self.is_conv,
-                                      bounds=bounds)
-        return mark_on_grid(y, self.out_fq)
+        y = ort.requantize_dequantize(acc, plan.mult, out.scale,
+                                      channel_axis_last=not self.is_conv, bounds=bounds)
+        return mark_on_grid(y, self._out_fq)
 
+    def _accumulate(self, plan: _WeightPlan, xc: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        """The exact accumulator ``float32(conv / linear(xc, codes) + bias)``."""
+        if self.is_conv:
+            view = (1, -1) + (1,) * (xc.dim() - 2)
+            return accumulate(plan.route, xc, plan.codes, plan.bias, self._conv(args, kwargs),
+                              view, 1)
+        return accumulate(plan.route, xc, plan.codes, plan.bias, torch.nn.functional.linear,
+                          (-1,), -1)
 
-    def _fixed_point(self, x: Tensor, xc: Tensor, codes: Tensor, bias: Tensor | None,
-                     grid_in: Grid, s_c: Tensor, out: Grid,
-                     conv: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Tensor:
+    def _fixed_point(self, x: Tensor, xc: Tensor, plan: _WeightPlan, grid_in: Grid,
+                     out: Grid, conv: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Tensor:
         """LiteRT's 16x8 conv / fully connected: exact accumulation, int64 bias, per-channel
         fixed-point requantization (:func:`fxquant.runtime_math.tflite.requantize`)."""
-        bound = grid_in.bound
         if self.is_conv:
-            acc = exact_conv(conv, xc, codes, bias, bound, int(getattr(self.layer, "groups", 1)))
+            view = (1, -1) + (1,) * (xc.dim() - 2)
+            acc = accumulate(plan.route, xc, plan.codes, plan.bias, conv, view, 1)
             shape = (-1, *([1] * (acc.dim() - 2)))
         else:
-            acc = exact_linear(xc, codes, bias, bound)
+            acc = accumulate(plan.route, xc, plan.codes, plan.bias, torch.nn.functional.linear,
+                             (-1,), -1)
             shape = (-1,)
-        q, shift = tflite.channel_multipliers(float(grid_in.scale), s_c, float(out.scale))
+        q, shift = tflite.channel_multipliers(float(grid_in.scale), plan.s_c, float(out.scale))
         lo, hi = out.qmin, out.qmax
         if self.clip is not None:
             c_lo, c_hi = self.clip
@@ -293,6 +331,44 @@ class WeightedKernel(RuntimeKernel):
                                       shift.reshape(shape), out.zp, lo, hi,
                                       mode="wide" if self.is_conv else "single")
         return codes_out.to(_F32)
+
+
+class _WeightPlan:
+    """A :class:`WeightedKernel`'s constants for one weight / bias (``snapshot``) and one set of
+    grids (``keys``): centred weight codes, the int32 (LiteRT 16x8: int64) bias codes or the
+    float bias, the per-channel weight scale, the requantization multiplier and the exact
+    accumulation's :class:`~fxquant.runtime_math.exact.Route`.  ``overflow``: why the int32 bias
+    does not fit (the kernel then falls back), or ``""``."""
+
+    __slots__ = ("bias", "codes", "float_bias", "keys", "mult", "overflow", "route", "s_c",
+                 "snapshot")
+
+    def __init__(self, kernel: WeightedKernel, keys: tuple[Any, ...], w: Tensor,
+                 b: Tensor | None, wqp: QParams, grid_in: Grid, out: Grid | None) -> None:
+        self.keys = keys
+        self.snapshot = Snapshot((w, b))
+        self.codes = kernel._weight_codes(w, wqp)
+        self.s_c = channel_scale(wqp.scale, self.codes.shape[0])
+        self.overflow = ""
+        self.bias: Tensor | None = None
+        self.float_bias: Tensor | None = None
+        splittable = not kernel.is_conv or keys[3] == 1
+        if kernel.float_output:  # MatMulIntegerToFloat: float32(acc) * (sx * sw), + float bias
+            self.mult = grid_in.scale * self.s_c
+            self.float_bias = None if b is None else b.to(_F32)
+            self.route = accumulation_route(self.codes, None, grid_in.bound, splittable)
+            return
+        if b is not None and kernel.fixed_point:  # int64 bias
+            self.bias = torch.round(b.double() / (grid_in.scale * self.s_c).double())
+        elif b is not None:
+            try:
+                self.bias = quantize_bias(b, grid_in.scale, self.s_c)[0].double()
+            except OverflowError as exc:
+                self.overflow = str(exc) or "int32 bias overflow"
+        assert out is not None
+        self.mult = ort.requantize_multiplier(grid_in.scale, self.s_c, out.scale)
+        self.route: Route = (Route("float64") if self.overflow else
+                             accumulation_route(self.codes, self.bias, grid_in.bound, splittable))
 
 
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -330,7 +406,8 @@ class BinaryKernel(RuntimeKernel):
             return out.value(codes.to(_F32))
         if self.kernel in ("QLinearMatMul", "BATCH_MATMUL"):
             acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
-            mult = ort.requantize_multiplier(ga.scale, gb.scale, out.scale)
+            mult = self.held("multiplier", (ga, gb, out), lambda: ort.requantize_multiplier(
+                ga.scale, gb.scale, out.scale))
             return mark_on_grid(ort.requantize_dequantize(acc, mult, out.scale,
                                                       bounds=(out.qmin - out.zp,
                                                               out.qmax - out.zp)), self.out_fq)
@@ -340,17 +417,22 @@ class BinaryKernel(RuntimeKernel):
                                        float(out.scale), out.zp, out.qmin, out.qmax)
             return out.value(codes.to(_F32))
         if self.kernel == "QLinearAdd":
+            params = self.held("qlinear_add", (ga, gb, out), lambda: ort.qlinear_add_params(
+                ga.scale, ga.zp, gb.scale, gb.zp, out.scale, out.zp, out.qmin, out.qmax))
             fast = ort.qlinear_add_dequantized(a, ga.scale, ga.zp, b, gb.scale, gb.zp,
-                                               out.scale, out.zp, out.qmin, out.qmax)
+                                               out.scale, out.zp, out.qmin, out.qmax, params)
             if fast is not None:  # one native pass with true fmas
                 return mark_on_grid(fast, self.out_fq)
             bounds = (max(abs(g.qmin), abs(g.qmax)) for g in (ga, gb))
             codes = ort.qlinear_add(
                 ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp, out.scale, out.zp,
                 out.qmin, out.qmax, *bounds)
-        else:
-            codes = ort.qlinear_mul(ga.codes(a), ga.scale, ga.zp, gb.codes(b), gb.scale, gb.zp,
-                                    out.scale, out.zp, out.qmin, out.qmax)
+        else:  # QLinearMul: ORT's float32 steps on the centred codes, in place
+            ratio = self.held("ratio", (ga, gb, out), lambda: ort.requantize_multiplier(
+                ga.scale, gb.scale, out.scale))
+            return mark_on_grid(ort.qlinear_mul_dequantized(
+                ga.centred(a), gb.centred(b), ratio, out.scale, out.zp, out.qmin, out.qmax),
+                self.out_fq)
         return mark_on_grid(out.value(codes), self.out_fq)
 
 
@@ -455,8 +537,8 @@ class LookupKernel(RuntimeKernel):
 
     def compute(self, x: Tensor) -> Tensor:
         g, out = grid_of(self.in_fq), grid_of(self.out_fq)
-        table = ort.lookup_table(self.fn, g.scale, g.zp, g.qmin, g.qmax, out.scale, out.zp,
-                                 out.qmin, out.qmax)
+        table = self.held("table", (g, out, self.fn), lambda: ort.lookup_table(
+            self.fn, g.scale, g.zp, g.qmin, g.qmax, out.scale, out.zp, out.qmin, out.qmax))
         index = (g.codes(x) - g.qmin).long()
         return out.value(table[index])
 
@@ -560,8 +642,7 @@ class FloatFunctionKernel(RuntimeKernel):
         if g.qmax - g.qmin >= self._TABLE_LIMIT or x.dtype != _F32 or x.numel() < 4 * (
                 g.qmax - g.qmin + 1):
             return self.fn(x)
-        values = torch.arange(g.qmin, g.qmax + 1, dtype=_F32).sub_(g.zp).mul_(g.scale)
-        table = self.fn(values)
+        values, table = self.held("table", (g, self.fn), lambda: self._table(g))
         looked_up = native.grid_lookup(x, g.scale, g.zp, g.qmin, g.qmax, table)
         if looked_up is not None:  # one native pass (None: not applicable, or off the grid)
             return looked_up
@@ -569,6 +650,12 @@ class FloatFunctionKernel(RuntimeKernel):
         if not torch.equal(values[index], x):  # not on the grid: compute every element
             return self.fn(x)
         return table[index]
+
+
+    def _table(self, g: Grid) -> tuple[Tensor, Tensor]:
+        """The grid's values and the function at each."""
+        values = torch.arange(g.qmin, g.qmax + 1, dtype=_F32).sub_(g.zp).mul_(g.scale)
+        return values, self.fn(values)
 
 
 def _silu(x: Tensor) -> Tensor:

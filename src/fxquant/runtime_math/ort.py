@@ -41,10 +41,12 @@ __all__ = [
     "requantize_unsaturated",
     "requantize_dequantize",
     "qlinear_add",
+    "qlinear_add_params",
     "qlinear_add_dequantized",
     "qlinear_add_value",
     "qlinear_add_table",
     "qlinear_mul",
+    "qlinear_mul_dequantized",
     "qlinear_mul_table",
     "global_average_pool",
     "average_pool",
@@ -219,26 +221,52 @@ def qlinear_add(
     return _saturate(v, qmin, qmax)
 
 
-def qlinear_add_dequantized(
-    a: Tensor, a_scale: Tensor, a_zero_point: int,
-    b: Tensor, b_scale: Tensor, b_zero_point: int,
+def qlinear_add_params(
+    a_scale: Tensor, a_zero_point: int, b_scale: Tensor, b_zero_point: int,
     out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int,
-) -> Tensor | None:
-    """:func:`qlinear_add` of two same-shape float32 tensors lying on their grids (dequantized
-    values: their codes are recovered), dequantized onto the output grid, in one native pass
-    with MLAS's true fused multiply-adds (:func:`fxquant.numerics.native.qlinear_add`); None
-    where that does not apply (broadcasting, no native kernels): use :func:`qlinear_add`."""
-    if a.shape != b.shape or a.dtype != _F32 or b.dtype != _F32:
-        return None
+) -> Tensor:
+    """The constants of :func:`qlinear_add_dequantized`'s native pass for these grids (MLAS's
+    ``ra = sa / sc``, ``rb = sb / sc`` and fixed part, in float32), computed once per grid triple
+    by a caller that keeps them."""
     sc = _f32(out_scale)
     sa, sb = _f32(a_scale).reshape(()), _f32(b_scale).reshape(())
     ra, rb = sa / sc, sb / sc
     fixed = _f32(float(out_zero_point)) - _fma(ra, _f32(float(a_zero_point)),
                                                rb * _f32(float(b_zero_point)))
-    params = torch.stack([1.0 / sa, _f32(float(a_zero_point)), 1.0 / sb,
-                          _f32(float(b_zero_point)), ra.reshape(()), rb.reshape(()),
-                          fixed.reshape(()), _f32(float(qmin)), _f32(float(qmax)),
-                          _f32(float(out_zero_point)), sc.reshape(())])
+    return torch.stack([1.0 / sa, _f32(float(a_zero_point)), 1.0 / sb,
+                        _f32(float(b_zero_point)), ra.reshape(()), rb.reshape(()),
+                        fixed.reshape(()), _f32(float(qmin)), _f32(float(qmax)),
+                        _f32(float(out_zero_point)), sc.reshape(())])
+
+
+def qlinear_add_dequantized(
+    a: Tensor, a_scale: Tensor, a_zero_point: int,
+    b: Tensor, b_scale: Tensor, b_zero_point: int,
+    out_scale: Tensor, out_zero_point: int, qmin: int, qmax: int,
+    params: Tensor | None = None,
+) -> Tensor | None:
+    """:func:`qlinear_add` of two same-shape float32 tensors lying on their grids (dequantized
+    values: their codes are recovered), dequantized onto the output grid, in one native pass
+    with MLAS's true fused multiply-adds (:func:`fxquant.numerics.native.qlinear_add`); None
+    where that does not apply (broadcasting, no native kernels): use :func:`qlinear_add`.
+    ``params``: :func:`qlinear_add_params` of the same grids, where the caller keeps them.
+
+    Inputs that broadcast with both varying along the innermost dimension (a positional
+    embedding ``[1, T, D]`` added to ``[N, T, D]``) are expanded first: MLAS then sees two spans
+    per row, the arithmetic of same-shape inputs (:func:`broadcast_roles` ``"vector"``)."""
+    if a.dtype != _F32 or b.dtype != _F32:
+        return None
+    if a.shape != b.shape:
+        if broadcast_roles(a.shape, b.shape) != "vector":
+            return None
+        n = max(a.dim(), b.dim())
+        pairs = zip((1,) * (n - a.dim()) + tuple(a.shape), (1,) * (n - b.dim()) + tuple(b.shape),
+                    strict=True)
+        shape = tuple(da if db == 1 else db for da, db in pairs)
+        a, b = a.expand(shape).contiguous(), b.expand(shape).contiguous()
+    if params is None:
+        params = qlinear_add_params(a_scale, a_zero_point, b_scale, b_zero_point, out_scale,
+                                    out_zero_point, qmin, qmax)
     return native.qlinear_add(a, b, params)
 
 
@@ -317,6 +345,29 @@ def qlinear_mul(
     ratio = (_f32(a_scale) * _f32(b_scale)) / _f32(out_scale)
     prod = (a.to(_F32) - a_zero_point) * (b.to(_F32) - b_zero_point)  # |prod| < 2^24: exact
     return _saturate(prod * ratio + float(out_zero_point), qmin, qmax)
+
+
+def qlinear_mul_dequantized(
+    a_centred: Tensor, b_centred: Tensor, ratio: Tensor, out_scale: Tensor,
+    out_zero_point: int, qmin: int, qmax: int,
+) -> Tensor:
+    """:func:`qlinear_mul` from the centred input codes ``q - z`` (float32, fresh tensors this
+    call owns: one is overwritten), dequantized onto the output grid -- the same float32 steps
+    in place, and the rounding, saturation and dequantization in one native pass where it
+    applies.  ``ratio``: ``(sa * sb) / sc`` in float32 (:func:`qlinear_mul`'s)."""
+    shape = torch.broadcast_shapes(a_centred.shape, b_centred.shape)
+    if a_centred.shape == shape:
+        v = a_centred.mul_(b_centred)
+    elif b_centred.shape == shape:
+        v = b_centred.mul_(a_centred)
+    else:
+        v = a_centred * b_centred
+    v.mul_(_f32(ratio)).add_(float(out_zero_point))  # |prod| < 2^24: exact, as qlinear_mul
+    one = torch.ones((), dtype=_F32)
+    if native.scale_round(v, one, add=float(-out_zero_point), post=float(out_scale), out=v,
+                          bounds=(qmin, qmax)) is not None:
+        return v
+    return _saturate(v, qmin, qmax).sub_(out_zero_point).mul_(_f32(out_scale))
 
 
 # -- pooling ------------------------------------------------------------------------------------

@@ -270,7 +270,10 @@ def _plain(*ts: torch.Tensor) -> bool:
     """Ordinary CPU tensors, outside tracing: what the kernels may see."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return all(type(t) in _PLAIN and t.device.type == "cpu" for t in ts)
+    for t in ts:
+        if type(t) not in _PLAIN or not t.is_cpu:
+            return False
+    return True
 
 
 def _ready() -> bool:
@@ -463,11 +466,13 @@ def scale_round(
         return None
     if out is None:
         out = torch.empty_like(x)
-    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
+    elif out is not x and (out.shape != x.shape or out.dtype != x.dtype
+                           or not out.is_contiguous()):
         return None
     lo, hi = (0.0, 0.0) if bounds is None else (float(bounds[0]), float(bounds[1]))
-    _State.ops[7](x, out, m.contiguous(), int(inner), 0.0 if add is None else float(add),
-                  add is not None, 1.0 if post is None else float(post), post is not None,
+    _State.ops[7](x, out, m if c == 1 else m.contiguous(), int(inner),
+                  0.0 if add is None else float(add), add is not None,
+                  1.0 if post is None else float(post), post is not None,
                   lo, hi, bounds is not None)
     return out
 
