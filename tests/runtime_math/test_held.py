@@ -14,7 +14,7 @@ import fxquant
 from fxquant.graph.simulate import _CACHE, runtime_plan
 from fxquant.runtime_math import held as held_module
 from fxquant.runtime_math.held import Snapshot
-from fxquant.runtime_math.kernels import WeightedKernel
+from fxquant.runtime_math.weighted import WeightedKernel
 
 
 def test_doctests():

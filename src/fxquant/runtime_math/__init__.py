@@ -4,7 +4,10 @@
 * :mod:`.exact`: exact integer accumulation (conv / linear / matmul over codes) with float
   kernels;
 * :mod:`.kernels`: modules that compute one op of a prepared model with a runtime's arithmetic
-  (placed by :mod:`fxquant.graph.simulate`, the eval-mode runtime simulation).
+  (placed by :mod:`fxquant.graph.simulate`, the eval-mode runtime simulation); the weighted
+  ones (conv / linear) in :mod:`.weighted`;
+* :mod:`.grids` / :mod:`.held`: the quantizers' grids and the kernels' constants, derived once and
+  kept while their sources hold.
 """
 
 from . import exact, ort, tflite
@@ -16,9 +19,9 @@ from .kernels import (
     LookupKernel,
     MeanKernel,
     RuntimeKernel,
-    WeightedKernel,
     settled,
 )
+from .weighted import WeightedKernel
 
 __all__ = [
     "ort",
