@@ -12,7 +12,9 @@ from torch import nn
 
 import fxquant
 from fxquant.graph.simulate import _CACHE, runtime_plan
+from fxquant.numerics import native
 from fxquant.runtime_math import held as held_module
+from fxquant.runtime_math.grids import one_forward
 from fxquant.runtime_math.held import Snapshot
 from fxquant.runtime_math.weighted import WeightedKernel
 
@@ -31,8 +33,14 @@ def test_snapshot_compares_content_dtype_and_plain_values():
     assert not snap.holds((w,), (8, "tensor"))
     b[2] = b[2] + 1e-6 if float(b[2]) != 0 else 1.0  # one element, in place
     assert not snap.holds((w, b), (8, "tensor"))
-    nan = torch.tensor([float("nan")])
-    assert not Snapshot((nan,)).holds((nan,))  # NaN never equals: rebuilt (never stale)
+    nan, zero = torch.tensor([float("nan")]), torch.tensor([0.0])
+    if native.available():  # bytes: a NaN holds; -0.0 after 0.0 is a change (rebuilt: safe)
+        assert Snapshot((nan,)).holds((nan,))
+        assert not Snapshot((zero,)).holds((-zero,))
+    with native.native_kernels(False):  # torch.equal: a NaN never holds (rebuilt, never stale)
+        assert not Snapshot((nan,)).holds((nan,))
+        assert Snapshot((w, b)).holds((w, b), ())
+        assert not Snapshot((w,)).holds((w.double(),))
 
 
 class _Net(nn.Module):
@@ -81,6 +89,19 @@ def test_constants_are_kept_while_nothing_changes():
         assert plans and all(p is not None for p in plans)
         assert torch.equal(qmodel(data[0]), first)
     assert all(a is b for a, b in zip(_plans(qmodel), plans, strict=True))  # reused
+    # one batch check per pass sees every kept constant and grid hold; after an in-place change
+    # it does not, and the kernels check (and rebuild) one by one
+    rt = next(rt for key, rt in _CACHE[qmodel].items() if key[2])
+    with one_forward():
+        assert rt.check_kept() == native.available()
+    with torch.no_grad():
+        next(p for p in qmodel.parameters() if p.dim() == 4).add_(0.01)
+    with one_forward():
+        assert not rt.check_kept()
+    with torch.no_grad():
+        assert torch.equal(qmodel(data[0]), _fresh(qmodel, data[0]))
+    with one_forward():
+        assert rt.check_kept() == native.available()
 
 
 def test_an_in_place_weight_or_statistic_change_is_followed():

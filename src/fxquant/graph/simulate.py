@@ -69,7 +69,7 @@ from ..runtime_math import (
     RuntimeKernel,
     WeightedKernel,
 )
-from ..runtime_math.grids import SkipOnGrid, one_forward
+from ..runtime_math.grids import SkipOnGrid, check_kept, one_forward
 from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
@@ -209,6 +209,13 @@ class _Runtime:
     objects: list[tuple[str, Any]]
     module: fx.GraphModule | None
     plan: RuntimePlan
+    kernels: tuple[RuntimeKernel, ...] = ()
+
+    def check_kept(self) -> bool:
+        """Check every kernel's kept constants and grids at once for this pass (whether all
+        held)."""
+        return check_kept((fq for k in self.kernels for fq in k.current_quantizers()),
+                   (kept for k in self.kernels for kept in k.kept_sources()))
 
 
 _CACHE: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple, _Runtime]] = (
@@ -227,6 +234,7 @@ def _runtime_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
     if rt.module is None:
         return _FLOAT
     with one_forward():  # each settled quantizer's grid read once per pass
+        rt.check_kept()  # the kept constants' sources, all at once
         return rt.module(*args, **kwargs)
 
 
@@ -656,7 +664,8 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
     graph.lint()
     module = fx.GraphModule(root, graph, "RuntimeSimulation")
     module.eval()
-    return _Runtime(code, objects, module, plan)
+    return _Runtime(code, objects, module, plan,
+                    tuple(k for k in kernels.values() if isinstance(k, RuntimeKernel)))
 
 
 def _pass_through_on_grid(gm: fx.GraphModule, call: fx.Node, kernel: RuntimeKernel,

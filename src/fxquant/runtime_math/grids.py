@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,8 @@ from ..numerics import QParams, native
 from . import ort
 from .held import Snapshot
 
-__all__ = ["Grid", "one_forward", "qparams_of", "grid_of", "mark_on_grid", "SkipOnGrid"]
+__all__ = ["Grid", "one_forward", "qparams_of", "grid_of", "check_kept", "checked", "mark_on_grid",
+           "SkipOnGrid"]
 
 _F32 = torch.float32
 
@@ -115,6 +116,56 @@ def grid_of(fq: FakeQuantize) -> Grid:
     if entry.grid is None:
         entry.grid = Grid(entry.qp)
     return entry.grid
+
+
+def check_kept(quantizers: Iterable[FakeQuantize],
+               kept: Iterable[tuple[Any, Sequence[Tensor | None], Snapshot]]) -> bool:
+    """At the start of a :func:`one_forward` pass: check the kept grid of every quantizer in
+    ``quantizers`` and every ``(constant, its sources now, its snapshot)`` in ``kept`` with one
+    native comparison.  When all hold they are marked for this pass (:func:`qparams_of` /
+    :func:`grid_of` and :func:`checked` then skip their own checks); otherwise nothing is marked
+    and each is checked where it is read (only what changed is rebuilt).  Returns whether all
+    held."""
+    memo = _MEMO.get()
+    if memo is None:
+        return False
+    marks: list[tuple[Any, Any]] = []
+    tensors: list[Tensor | None] = []
+    copies: list[Tensor | None] = []
+    for fq in quantizers:
+        key = ("held", id(fq))
+        if key in memo or type(fq)._applied_scale_zero_point not in _KNOWN_QPARAMS:
+            continue
+        entry = _HELD.get(fq)
+        if entry is None or entry.snapshot is None:
+            continue
+        sources, extra = _sources(fq)
+        if extra != entry.snapshot.extra:
+            return False
+        marks.append((key, entry))
+        tensors.extend(sources)
+        copies.extend(entry.snapshot.copies)
+    for constant, sources, snapshot in kept:
+        if len(sources) != len(snapshot.copies):
+            return False
+        marks.append((("kept", id(constant)), constant))
+        tensors.extend(sources)
+        copies.extend(snapshot.copies)
+    if not marks:
+        return False
+    same = native.same_bytes(tensors, copies)
+    if same is None:  # no native kernels, or a tensor off the CPU: checked where read
+        return False
+    if same:
+        for key, value in marks:
+            memo[key] = value  # type: ignore[index]
+    return same
+
+
+def checked(constant: Any) -> bool:
+    """Whether :func:`check_kept` saw ``constant``'s sources hold in this pass."""
+    memo = _MEMO.get()
+    return memo is not None and memo.get(("kept", id(constant))) is constant  # type: ignore[call-overload]
 
 
 def mark_on_grid(t: Tensor, fq: FakeQuantize) -> Tensor:

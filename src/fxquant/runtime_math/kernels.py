@@ -34,6 +34,7 @@ from ..numerics import native
 from . import ort, tflite
 from .exact import exact_matmul
 from .grids import Grid, grid_of, mark_on_grid, qparams_of
+from .held import Snapshot
 
 __all__ = [
     "RuntimeKernel",
@@ -110,6 +111,12 @@ class RuntimeKernel(nn.Module):
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
         """The runtime's arithmetic for this call (each kernel class defines it)."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute")
+
+    def kept_sources(self) -> list[tuple[Any, tuple[Tensor | None, ...], Snapshot]]:
+        """Constants this kernel keeps across passes with their sources now and their snapshot
+        (:func:`fxquant.runtime_math.grids.check_kept` checks them once per pass); grids are
+        checked through the quantizers."""
+        return []
 
     def held(self, tag: str, keys: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         """The constant ``build()`` made from ``keys`` -- objects that stay the same while what

@@ -23,7 +23,7 @@ from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
 from . import ort, tflite
 from .exact import Route, accumulate, accumulation_route
-from .grids import Grid, grid_of, mark_on_grid, qparams_of
+from .grids import Grid, checked, grid_of, mark_on_grid, qparams_of
 from .held import Snapshot
 from .kernels import RuntimeKernel, clip_implied
 
@@ -38,6 +38,26 @@ def _weight_and_bias(layer: nn.Module) -> tuple[Tensor, Tensor | None]:
         w, b = layer.folded_weight_and_bias()
         return w.detach(), b.detach()
     return layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+
+
+def _param(module: nn.Module, name: str) -> Any:
+    """``getattr(module, name)`` for a parameter / buffer, through the module's tables."""
+    d = module.__dict__
+    for table in ("_parameters", "_buffers"):
+        if name in d[table]:
+            return d[table][name]
+    return getattr(module, name)
+
+
+def _weight_sources(layer: nn.Module, convbn: bool) -> tuple[tuple[Tensor | None, ...],
+                                                               tuple[Any, ...]]:
+    """What ``_weight_and_bias(layer)`` is computed from: the weight and bias -- and, folded
+    with a BatchNorm, its statistics, affine parameters and eps."""
+    if not convbn:
+        return (_param(layer, "weight"), _param(layer, "bias")), ()
+    bn = layer.__dict__["_modules"]["bn"]
+    return ((_param(layer, "weight"), _param(layer, "bias"), _param(bn, "running_mean"),
+             _param(bn, "running_var"), _param(bn, "weight"), _param(bn, "bias")), (bn.eps,))
 
 
 class WeightedKernel(RuntimeKernel):
@@ -66,6 +86,7 @@ class WeightedKernel(RuntimeKernel):
         self.clip = clip
         self.float_output = float_output
         self.is_conv = conv is not None or (layer is not None and not isinstance(layer, nn.Linear))
+        self.__dict__["_convbn"] = isinstance(layer, qnn.ConvBnNd)
 
     @property
     def wfq(self) -> FakeQuantize:
@@ -103,7 +124,7 @@ class WeightedKernel(RuntimeKernel):
         return lambda xi, wi, bi: fn(xi, wi, bi, **geometry)
 
     def check(self, *args: Any, **kwargs: Any) -> str | None:
-        if isinstance(self._layer, qnn.ConvBnNd) and self._layer.bn.training:
+        if self._convbn and self._layer.bn.training:
             return "BatchNorm in training mode"
         if self._layer is not None and (len(args) != 1 or kwargs):
             return "not a one-input call"
@@ -146,20 +167,44 @@ class WeightedKernel(RuntimeKernel):
 
     def _plan(self, args: tuple, kwargs: dict, grid_in: Grid, out: Grid | None) -> _WeightPlan:
         """This call's constants, rebuilt only when the weight, bias or a grid changed."""
-        _, wq, bias_arg = self._operands(args, kwargs)
-        if self._layer is None:
+        layer = self._layer
+        if layer is None:
+            _, wq, bias_arg = self._operands(args, kwargs)
             assert wq is not None
-            w, b = wq.detach(), bias_arg.detach() if isinstance(bias_arg, Tensor) else None
-        else:
-            w, b = _weight_and_bias(self._layer)
+            sources: tuple[Tensor | None, ...] = (
+                wq, bias_arg if isinstance(bias_arg, Tensor) else None)
+            extra: tuple[Any, ...] = ()
         wqp = qparams_of(self.wfq)
         keys = (wqp, grid_in, out, self._groups(args, kwargs) if self.is_conv else 1)
         plan: _WeightPlan | None = self.__dict__.get("_weight_plan")
-        if (plan is None or any(a is not b for a, b in zip(plan.keys, keys, strict=True))
-                or not plan.snapshot.holds((w, b))):
-            plan = self.__dict__["_weight_plan"] = _WeightPlan(self, keys, w, b, wqp, grid_in,
-                                                               out)
+        if plan is not None and all(a is b for a, b in zip(plan.keys, keys, strict=True)):
+            if layer is not None and checked(plan):  # this pass's batch check saw it hold
+                return plan
+            if layer is not None:
+                sources, extra = _weight_sources(layer, self._convbn)
+            if plan.snapshot.holds(sources, extra):
+                return plan
+        elif layer is not None:
+            sources, extra = _weight_sources(layer, self._convbn)
+        if layer is None:
+            w, b = sources[0].detach(), None if sources[1] is None else sources[1].detach()
+        else:
+            w, b = _weight_and_bias(layer)
+        plan = self.__dict__["_weight_plan"] = _WeightPlan(self, keys, w, b, wqp, grid_in, out,
+                                                           Snapshot(sources, extra))
         return plan
+
+    def kept_sources(self) -> list[tuple[Any, tuple[Tensor | None, ...], Snapshot]]:
+        """The kept plan with what it was derived from now, for this pass's batch check (a
+        module's weight only: a function's weight argument is known at the call)."""
+        plan = self.__dict__.get("_weight_plan")
+        layer = self._layer
+        if plan is None or layer is None:
+            return []
+        sources, extra = _weight_sources(layer, self._convbn)
+        if extra != plan.snapshot.extra:
+            return []
+        return [(plan, sources, plan.snapshot)]
 
     def compute(self, *args: Any, **kwargs: Any) -> Tensor:
         x = self._operands(args, kwargs)[0]
@@ -234,9 +279,10 @@ class _WeightPlan:
                  "snapshot")
 
     def __init__(self, kernel: WeightedKernel, keys: tuple[Any, ...], w: Tensor,
-                 b: Tensor | None, wqp: QParams, grid_in: Grid, out: Grid | None) -> None:
+                 b: Tensor | None, wqp: QParams, grid_in: Grid, out: Grid | None,
+                 snapshot: Snapshot) -> None:
         self.keys = keys
-        self.snapshot = Snapshot((w, b))
+        self.snapshot = snapshot
         self.codes = kernel._weight_codes(w, wqp)
         self.s_c = channel_scale(wqp.scale, self.codes.shape[0])
         self.overflow = ""

@@ -48,7 +48,7 @@ import pathlib
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 import torch
@@ -260,7 +260,7 @@ def _ops():
     return (ns.fake_quant.default, ns.masked_grad.default, ns.histogram.default,
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
             ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
-            ns.grid_lookup.default, ns.qlinear_add.default)
+            ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -513,3 +513,19 @@ def qlinear_add(a: torch.Tensor, b: torch.Tensor, params: torch.Tensor) -> torch
             or params.numel() != 11):
         return None
     return _State.ops[9](a, b, params.contiguous())
+
+
+def same_bytes(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> bool | None:
+    """Whether each ``a[i]`` holds exactly the bytes of ``b[i]`` (dtype and shape included; None
+    pairs match) in one native call; None where it does not apply (no native kernels, tracing, a
+    tensor that is not a contiguous CPU tensor): compare with ``torch.equal``.  Equal bytes mean
+    equal values; the converse fails only for ``-0.0`` / ``0.0`` and NaN payloads -- a caller
+    that rebuilds on "different" stays correct."""
+    if not _ready() or len(a) != len(b) or torch.jit.is_tracing() or (
+            torch.compiler.is_compiling()):
+        return None
+    try:
+        result = _State.ops[10](list(a), list(b))
+    except (RuntimeError, TypeError):  # a tensor subclass the op does not take
+        return None
+    return None if result < 0 else bool(result)

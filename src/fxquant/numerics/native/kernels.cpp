@@ -44,6 +44,11 @@
 //       element equals its grid value (c - zp) * scale (NaN never does): a function of the
 //       grid's values evaluated once per code and gathered.
 //
+//   same_bytes(a[], b[]) -> int
+//       1 when each a[i] holds the bytes of b[i] (dtype and shape included; None pairs match),
+//       0 when one does not, -1 when a tensor is not a contiguous CPU tensor: the kept-constant
+//       check of the runtime simulation (memcmp).
+//
 //   qlinear_add(a, b, params) -> out   (params: float32 [inv_a, za, inv_b, zb, ra, rb, fixed,
 //                                        qmin, qmax, zc, sc])
 //       ONNX Runtime's QLinearAdd (MLAS, FMA kernel) of two float32 tensors of one shape on
@@ -68,6 +73,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -730,6 +736,33 @@ at::Tensor channel_divide_autograd(const at::Tensor& y, const at::Tensor& d) {
 
 at::Tensor channel_divide_cpu(const at::Tensor& y, const at::Tensor& d) { return at::div(y, d); }
 
+// same_bytes: 1 when every pair holds the same bytes (dtype and shape included; two undefined
+// tensors match), 0 when one differs, -1 when a tensor is not a contiguous CPU tensor.
+int64_t same_bytes(const c10::List<std::optional<at::Tensor>>& a,
+                   const c10::List<std::optional<at::Tensor>>& b) {
+  if (a.size() != b.size()) return 0;
+  int64_t result = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const std::optional<at::Tensor> ox = a[i];
+    const std::optional<at::Tensor> oy = b[i];
+    const bool dx = ox.has_value() && ox->defined(), dy = oy.has_value() && oy->defined();
+    if (dx != dy) return 0;
+    if (!dx) continue;
+    const at::Tensor& x = *ox;
+    const at::Tensor& y = *oy;
+    if (!x.device().is_cpu() || !y.device().is_cpu() || !x.is_contiguous() ||
+        !y.is_contiguous())
+      return -1;
+    if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes()) {
+      result = 0;
+      continue;  // a later pair may still be one this kernel cannot read: -1 wins
+    }
+    const size_t n = static_cast<size_t>(x.numel()) * x.element_size();
+    if (result == 1 && n && std::memcmp(x.data_ptr(), y.data_ptr(), n) != 0) result = 0;
+  }
+  return result;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fxquant_native, m) {
@@ -749,6 +782,7 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("grid_lookup(Tensor x, Tensor scale, Tensor inv, int zp, int qmin, int qmax, "
         "Tensor table) -> (Tensor, bool)");
   m.def("qlinear_add(Tensor a, Tensor b, Tensor params) -> Tensor");
+  m.def("same_bytes(Tensor?[] a, Tensor?[] b) -> int");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -762,6 +796,10 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("scale_round", &scale_round);
   m.impl("grid_lookup", &grid_lookup);
   m.impl("qlinear_add", &qlinear_add);
+}
+
+TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {
+  m.impl("same_bytes", &same_bytes);  // reads bytes only: no autograd, any requires_grad
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {

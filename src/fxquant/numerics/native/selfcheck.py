@@ -259,14 +259,30 @@ def _check_qlinear_add(qadd, gen) -> str | None:
     return None
 
 
+def _check_same_bytes(same, gen) -> str | None:
+    """same_bytes against torch.equal on tensors that differ in one element, dtype or shape."""
+    w = torch.randn(37, 5, generator=gen)
+    other = w.clone()
+    other[17, 3] += 1.0
+    cases = (([w, w[0]], [w.clone(), w[0].clone()], 1), ([w], [other], 0),
+             ([w], [w.double()], 0), ([w], [w.reshape(5, 37)], 0),
+             ([torch.tensor(0.5), None], [torch.tensor(0.5), None], 1), ([None], [w], 0),
+             ([], [], 1), ([w, w.t()], [w, w.t()], -1))
+    for a, b, want in cases:
+        if same(a, b) != want:
+            return f"same_bytes on {[None if t is None else tuple(t.shape) for t in a]}: " \
+                   f"expected {want}"
+    return None
+
+
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
-    fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd = ops
+    fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
                    or _check_div_backward(divb, gen))
         problem = problem or _check_observe(observe, gen)
         problem = problem or _check_runtime_ops(scale_round, lookup, gen)
-        problem = problem or _check_qlinear_add(qadd, gen)
+        problem = problem or _check_qlinear_add(qadd, gen) or _check_same_bytes(same, gen)
     return problem or _check_autograd_ops(fq_ste, divide, gen)
