@@ -7,6 +7,7 @@ from torch import nn
 
 import fxquant
 from fxquant.graph.simulate import runtime_simulation
+from fxquant.numerics import native
 from fxquant.runtime_math.kernels import FloatFunctionKernel
 
 
@@ -25,9 +26,17 @@ def test_float_function_lookup_is_the_function_on_every_element():
     kernel.fn = lambda t: (sizes.append(t.numel()), fn(t))[1]
     with torch.no_grad():
         x = fq(torch.randn(4096, 8) * 3)  # on the grid
-        assert torch.equal(kernel.compute(x), fn(x))
         off = x + 1e-4  # off the grid
-        assert torch.equal(kernel.compute(off), fn(off))
-    # one evaluation per grid value (the table is built before the one-pass grid check), then,
-    # off the grid, one per element
-    assert sizes == [256, 256, x.numel()]
+        with native.native_kernels(False):  # the table path
+            want, want_off = fn(x), fn(off)
+            assert torch.equal(kernel.compute(x), want)
+            assert torch.equal(kernel.compute(off), want_off)
+        # one evaluation per grid value (the table is built before the grid check), then, off
+        # the grid, one per element
+        assert sizes == [256, 256, x.numel()]
+        if native.available():  # one native pass over every element: the same bits
+            sizes.clear()
+            assert torch.equal(kernel.compute(x), want)
+            assert torch.equal(kernel.compute(off), want_off)
+            assert sizes == [x.numel(), x.numel()]
+            assert torch.equal(kernel.compute(x.t()), want.t())  # a view: the table path

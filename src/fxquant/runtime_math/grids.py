@@ -174,7 +174,8 @@ def mark_on_grid(t: Tensor, fq: FakeQuantize) -> Tensor:
     (:class:`SkipOnGrid`)."""
     memo = _MEMO.get()
     if memo is not None:
-        memo[("on grid", id(fq))] = t  # type: ignore[index]
+        # a weak reference: the memo must not keep the pass's activations alive
+        memo[("on grid", id(fq))] = weakref.ref(t)  # type: ignore[index]
     return t
 
 
@@ -191,8 +192,9 @@ class SkipOnGrid(nn.Module):
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         memo = _MEMO.get()
-        if not args and not kwargs and memo is not None and memo.get(
-                ("on grid", id(self.fq))) is x:  # type: ignore[call-overload]
+        ref = None if args or kwargs or memo is None else memo.get(
+            ("on grid", id(self.fq)))  # type: ignore[call-overload]
+        if ref is not None and ref() is x:
             return x
         return self.inner(x, *args, **kwargs)
 

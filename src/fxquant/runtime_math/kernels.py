@@ -310,10 +310,18 @@ class LookupKernel(RuntimeKernel):
 
     def compute(self, x: Tensor) -> Tensor:
         g, out = grid_of(self.in_fq), grid_of(self.out_fq)
-        table = self.held("table", (g, out, self.fn), lambda: ort.lookup_table(
-            self.fn, g.scale, g.zp, g.qmin, g.qmax, out.scale, out.zp, out.qmin, out.qmax))
+        table, values = self.held("table", (g, out, self.fn), lambda: self._tables(g, out))
+        looked_up = native.grid_lookup(x, g.scale, g.zp, g.qmin, g.qmax, values)
+        if looked_up is not None:  # one native pass (None: not applicable, or off the grid)
+            return looked_up
         index = (g.codes(x) - g.qmin).long()
         return out.value(table[index])
+
+    def _tables(self, g: Grid, out: Grid) -> tuple[Tensor, Tensor]:
+        """ORT's lookup table (output codes per input code) and its dequantized values."""
+        table = ort.lookup_table(self.fn, g.scale, g.zp, g.qmin, g.qmax, out.scale, out.zp,
+                                 out.qmin, out.qmax)
+        return table, out.value(table.clone())
 
 
 class MeanKernel(RuntimeKernel):
@@ -393,9 +401,12 @@ class FloatFunctionKernel(RuntimeKernel):
     """An elementwise float op the runtime computes with a float32 function of its own (ORT's
     Sigmoid: MLAS's logistic approximation), on a quantized input.
 
-    The input takes at most ``2^bits`` values (its grid's), so the function is evaluated once per
-    grid value and looked up -- the same float32 results at the cost of a gather (the input is
-    checked to lie exactly on the grid; otherwise the function runs on every element)."""
+    With the native kernels the function runs on every element in one vectorized pass
+    (:func:`fxquant.runtime_math.ort.logistic` / :func:`~fxquant.runtime_math.ort.silu`).
+    Without them (or on a non-contiguous input) the input's at most ``2^bits`` values (its
+    grid's) are evaluated once and looked up -- the same float32 results at the cost of a
+    gather (the input is checked to lie exactly on the grid; otherwise the function runs on
+    every element)."""
 
     _TABLE_LIMIT = 2**16
 
@@ -411,6 +422,8 @@ class FloatFunctionKernel(RuntimeKernel):
         return None
 
     def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
+        if native.available() and x.dtype == _F32 and x.is_contiguous():
+            return self.fn(x)  # the runtime's function in one native pass: no table needed
         g = grid_of(self.in_fq)
         if g.qmax - g.qmin >= self._TABLE_LIMIT or x.dtype != _F32 or x.numel() < 4 * (
                 g.qmax - g.qmin + 1):
@@ -431,13 +444,8 @@ class FloatFunctionKernel(RuntimeKernel):
         return values, self.fn(values)
 
 
-def _silu(x: Tensor) -> Tensor:
-    """SiLU as exported (``Mul(x, Sigmoid(x))``) and run by ORT in float32."""
-    return x.to(_F32) * ort.logistic(x)
-
-
 FLOAT_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"Sigmoid": ort.logistic,
-                                                           "Sigmoid*x": _silu}
+                                                           "Sigmoid*x": ort.silu}
 """Float kernels -> the runtime's float32 implementation."""
 
 LOOKUP_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"QLinearSigmoid": ort.logistic}

@@ -51,6 +51,7 @@ __all__ = [
     "global_average_pool",
     "average_pool",
     "logistic",
+    "silu",
     "lookup_table",
     "reduce_mean_trailing",
     "broadcast_roles",
@@ -504,10 +505,31 @@ _LOGISTIC = {
 }
 
 
+_LOGISTIC_COEFFS = torch.tensor((*_LOGISTIC["alpha"], *_LOGISTIC["beta"]), dtype=_F32)
+
+
 def logistic(x: Tensor) -> Tensor:
     """MLAS ``MlasComputeLogistic`` (the FMA3 kernel of x86-64): Eigen's rational approximation,
     ``clamp(p(x) / q(x) + 0.5, 0, 1)`` on ``x`` clamped to [-18, 18], each polynomial step a
-    float32 fma.  Not ``torch.sigmoid``: the two differ in the last bits."""
+    float32 fma.  Not ``torch.sigmoid``: the two differ in the last bits.  One native pass with
+    true fmas where it applies (:func:`fxquant.numerics.native.mlas_logistic`); else torch
+    operations, each fma through float64."""
+    fast = native.mlas_logistic(x, _LOGISTIC_COEFFS, False)
+    if fast is not None:
+        return fast
+    return _logistic_ops(x)
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU as exported (``Mul(x, Sigmoid(x))``) and run by ORT in float32: ``x * logistic(x)``
+    (one native pass where it applies)."""
+    fast = native.mlas_logistic(x, _LOGISTIC_COEFFS, True)
+    if fast is not None:
+        return fast
+    return x.to(_F32) * logistic(x)
+
+
+def _logistic_ops(x: Tensor) -> Tensor:
     x = x.to(_F32).clamp(-18.0, 18.0)
     x2 = x * x
     alpha = [_f32(c) for c in _LOGISTIC["alpha"]]

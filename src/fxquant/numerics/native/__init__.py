@@ -260,7 +260,8 @@ def _ops():
     return (ns.fake_quant.default, ns.masked_grad.default, ns.histogram.default,
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
             ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
-            ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default)
+            ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default,
+            ns.mlas_logistic.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -529,3 +530,14 @@ def same_bytes(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None
     except (RuntimeError, TypeError):  # a tensor subclass the op does not take
         return None
     return None if result < 0 else bool(result)
+
+
+def mlas_logistic(x: torch.Tensor, coeffs: torch.Tensor, times_x: bool) -> torch.Tensor | None:
+    """MLAS's logistic of every element of ``x`` (times ``x`` with ``times_x``) in one pass, with
+    true fused multiply-adds as MLAS's FMA3 kernel computes it
+    (:func:`fxquant.runtime_math.ort.logistic` has the formula; ``coeffs``: its 5 + 6 float32
+    coefficients); None where it does not apply (contiguous float32 CPU tensors only)."""
+    if (not _ready() or x.dtype != torch.float32 or not x.is_contiguous()
+            or not _plain(x, coeffs)):
+        return None
+    return _State.ops[11](x, coeffs, bool(times_x))

@@ -44,6 +44,11 @@
 //       element equals its grid value (c - zp) * scale (NaN never does): a function of the
 //       grid's values evaluated once per code and gathered.
 //
+//   mlas_logistic(x, coeffs, times_x) -> out
+//       ONNX Runtime's Sigmoid (MLAS MlasComputeLogistic, FMA3: clamp(p(t) / q(t) + 0.5, 0, 1)
+//       with t = clamp(x, -18, 18), each polynomial step a true fused multiply-add; coeffs:
+//       the 5 numerator and 6 denominator float32 coefficients), times x with times_x.
+//
 //   same_bytes(a[], b[]) -> int
 //       1 when each a[i] holds the bytes of b[i] (dtype and shape included; None pairs match),
 //       0 when one does not, -1 when a tensor is not a contiguous CPU tensor: the kept-constant
@@ -736,6 +741,50 @@ at::Tensor channel_divide_autograd(const at::Tensor& y, const at::Tensor& d) {
 
 at::Tensor channel_divide_cpu(const at::Tensor& y, const at::Tensor& d) { return at::div(y, d); }
 
+// mlas_logistic: MLAS's logistic (Eigen's rational approximation, FMA3 kernel) of every element,
+// times the element with times_x (SiLU exported as Mul(x, Sigmoid(x))).
+template <bool kTimesX>
+void mlas_logistic_row(const float* __restrict x, float* __restrict out, int64_t n,
+                       const float* c) {
+  const float a0 = c[0], a1 = c[1], a2 = c[2], a3 = c[3], a4 = c[4];
+  const float b0 = c[5], b1 = c[6], b2 = c[7], b3 = c[8], b4 = c[9], b5 = c[10];
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float t = clamp_nan(v, -18.0f, 18.0f);
+    const float t2 = t * t;
+    float p = std::fma(t2, a0, a1);
+    p = std::fma(p, t2, a2);
+    p = std::fma(p, t2, a3);
+    p = std::fma(p, t2, a4);
+    p = p * t;
+    float q = std::fma(t2, b0, b1);
+    q = std::fma(q, t2, b2);
+    q = std::fma(q, t2, b3);
+    q = std::fma(q, t2, b4);
+    q = std::fma(q, t2, b5);
+    const float s = clamp_nan(p / q + 0.5f, 0.0f, 1.0f);
+    out[i] = kTimesX ? v * s : s;
+  }
+}
+
+at::Tensor mlas_logistic(const at::Tensor& x, const at::Tensor& coeffs, bool times_x) {
+  TORCH_CHECK(x.device().is_cpu() && coeffs.device().is_cpu() &&
+                  x.scalar_type() == at::kFloat && coeffs.scalar_type() == at::kFloat &&
+                  x.is_contiguous() && coeffs.is_contiguous() && coeffs.numel() == 11,
+              "fxquant::mlas_logistic: contiguous float32 CPU x, 11 coefficients");
+  at::Tensor out = at::empty_like(x);
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const float* cp = coeffs.const_data_ptr<float>();
+  at::parallel_for(0, x.numel(), kGrain, [&](int64_t lo, int64_t hi) {
+    if (times_x)
+      mlas_logistic_row<true>(xp + lo, op + lo, hi - lo, cp);
+    else
+      mlas_logistic_row<false>(xp + lo, op + lo, hi - lo, cp);
+  });
+  return out;
+}
+
 // same_bytes: 1 when every pair holds the same bytes (dtype and shape included; two undefined
 // tensors match), 0 when one differs, -1 when a tensor is not a contiguous CPU tensor.
 int64_t same_bytes(const c10::List<std::optional<at::Tensor>>& a,
@@ -783,6 +832,7 @@ TORCH_LIBRARY(fxquant_native, m) {
         "Tensor table) -> (Tensor, bool)");
   m.def("qlinear_add(Tensor a, Tensor b, Tensor params) -> Tensor");
   m.def("same_bytes(Tensor?[] a, Tensor?[] b) -> int");
+  m.def("mlas_logistic(Tensor x, Tensor coeffs, bool times_x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -796,6 +846,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("scale_round", &scale_round);
   m.impl("grid_lookup", &grid_lookup);
   m.impl("qlinear_add", &qlinear_add);
+  m.impl("mlas_logistic", &mlas_logistic);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {

@@ -259,6 +259,35 @@ def _check_qlinear_add(qadd, gen) -> str | None:
     return None
 
 
+_RATIONAL = ((4e-11, 1e-07, 6e-05, 8e-03, 0.25), (6e-13, 6e-09, 6e-06, 1.7e-03, 0.12, 1.0))
+"""Coefficients of the same shape as MLAS's (any exercise the arithmetic; the runtime's own are
+in :mod:`fxquant.runtime_math.ort`)."""
+
+
+def _check_logistic(logistic, gen) -> str | None:
+    """The MLAS logistic against the same steps written with torch ops (fma through float64)."""
+    x = torch.cat([torch.randn(200_001, generator=gen) * 8, torch.linspace(-20.0, 20.0, 4001),
+                   torch.tensor([0.0, -0.0, 18.0, -18.0, float("inf"), -float("inf")])])
+    alpha = [torch.tensor(c, dtype=torch.float32) for c in _RATIONAL[0]]
+    beta = [torch.tensor(c, dtype=torch.float32) for c in _RATIONAL[1]]
+    t = x.clamp(-18.0, 18.0)
+    t2 = t * t
+    p = _fma32(t2, alpha[0].expand_as(t2), alpha[1].expand_as(t2))
+    for c in alpha[2:]:
+        p = _fma32(p, t2, c.expand_as(t2))
+    p = p * t
+    q = _fma32(t2, beta[0].expand_as(t2), beta[1].expand_as(t2))
+    for c in beta[2:]:
+        q = _fma32(q, t2, c.expand_as(t2))
+    ref = (p / q + 0.5).clamp_(0.0, 1.0)
+    coeffs = torch.stack([*alpha, *beta])
+    if not _same_bits(logistic(x, coeffs, False), ref):
+        return "mlas_logistic"
+    if not _same_bits(logistic(x, coeffs, True), x * ref):
+        return "mlas_logistic times x"
+    return None
+
+
 def _check_same_bytes(same, gen) -> str | None:
     """same_bytes against torch.equal on tensors that differ in one element, dtype or shape."""
     w = torch.randn(37, 5, generator=gen)
@@ -277,7 +306,8 @@ def _check_same_bytes(same, gen) -> str | None:
 
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
-    fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same = ops
+    (fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same,
+     logistic) = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
@@ -285,4 +315,5 @@ def run(ops) -> str | None:
         problem = problem or _check_observe(observe, gen)
         problem = problem or _check_runtime_ops(scale_round, lookup, gen)
         problem = problem or _check_qlinear_add(qadd, gen) or _check_same_bytes(same, gen)
+        problem = problem or _check_logistic(logistic, gen)
     return problem or _check_autograd_ops(fq_ste, divide, gen)
