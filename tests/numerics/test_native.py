@@ -414,3 +414,33 @@ def test_grid_lookup_is_the_gather_on_the_grid_and_declines_off_it():
             assert native.grid_lookup(off, scale, zp, qmin, qmax, table) is None, bad
     assert native.grid_lookup(x.double(), scale, zp, qmin, qmax, table) is None
     assert native.grid_lookup(x, scale, zp, qmin, qmax, table[:-1]) is None
+
+
+def test_same_bytes_compares_bytes_dtype_and_shape_in_one_call():
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    w = torch.randn(33, 7)
+    changed = w.clone()
+    changed[5, 6] = torch.nextafter(changed[5, 6], torch.tensor(1e9))  # one ulp, one element
+    assert native.same_bytes([w, None, torch.tensor(3)], [w.clone(), None, torch.tensor(3)])
+    assert native.same_bytes([w], [changed]) is False
+    assert native.same_bytes([w], [w.double()]) is False
+    assert native.same_bytes([w], [w.reshape(7, 33)]) is False
+    assert native.same_bytes([w, None], [w, w]) is False
+    nan = torch.tensor([float("nan")])
+    assert native.same_bytes([nan], [nan.clone()])  # the same bytes: a NaN weight holds
+    assert native.same_bytes([torch.tensor([0.0])], [torch.tensor([-0.0])]) is False
+    assert native.same_bytes([w.t()], [w.t()]) is None  # not contiguous: the caller compares
+    with native.native_kernels(False):
+        assert native.same_bytes([w], [w]) is None
+
+
+def test_mlas_logistic_declines_what_it_does_not_cover():
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    coeffs = torch.ones(11)
+    x = torch.randn(6, 4)
+    assert native.mlas_logistic(x.t(), coeffs, False) is None
+    assert native.mlas_logistic(x.double(), coeffs, False) is None
+    got = native.mlas_logistic(x, coeffs, True)
+    assert got is not None and got.shape == x.shape

@@ -14,11 +14,14 @@ kernels of ``kernels.cpp`` make one pass each:
 * ``observe_qparams``: a min-max / moving-average observer's statistics update and
   :func:`fxquant.numerics.choose_qparams` of the new range in one call (the same ATen
   operations and float64 arithmetic as the Python observers and qparams);
-* ``scale_round``, ``grid_lookup`` and ``qlinear_add``: the runtime simulation's element-wise
-  integer arithmetic (:mod:`fxquant.runtime_math`): codes recovered from a tensor on a grid
-  (``round(x / s) + zp``), an accumulator requantized and dequantized (``round(acc * m) *
-  s_out``), a function of a quantized input looked up per code, and ONNX Runtime's QLinearAdd
-  with true fused multiply-adds -- one pass instead of three to ten;
+* ``scale_round``, ``grid_lookup``, ``qlinear_add`` and ``mlas_logistic``: the runtime
+  simulation's element-wise arithmetic (:mod:`fxquant.runtime_math`): codes recovered from a
+  tensor on a grid (``round(x / s) + zp``), an accumulator requantized and dequantized
+  (``round(acc * m) * s_out``), a function of a quantized input looked up per code, ONNX
+  Runtime's QLinearAdd and its Sigmoid / SiLU with true fused multiply-adds -- one pass instead
+  of three to ten;
+* ``same_bytes``: whether tensors still hold the bytes of their copies, all in one call (the
+  runtime simulation's kept constants);
 * ``fake_quant_ste`` and ``channel_divide``: the straight-through fake quantization and that
   division as autograd operators whose backward runs in C++ (no Python call per quantizer in
   the backward pass).
@@ -73,6 +76,8 @@ __all__ = [
     "scale_round",
     "grid_lookup",
     "qlinear_add",
+    "same_bytes",
+    "mlas_logistic",
 ]
 
 _log = logging.getLogger(__name__)
