@@ -128,6 +128,34 @@ def test_functional_convs_are_qlinearconv(tmp_path):
     assert all(t.identical == 1.0 for t in report.tensors), str(report)
 
 
+class _TopDown(nn.Module):
+    """An FPN's top-down step: a coarse map upsampled (nearest) and added to a lateral conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.coarse = nn.Conv2d(8, 8, 1)
+        self.lateral = nn.Conv2d(3, 8, 1)
+        self.smooth = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        top = self.coarse(torch.relu(self.down(x)))
+        up = torch.nn.functional.interpolate(top, size=x.shape[-2:], mode="nearest")
+        return self.smooth(self.lateral(x) + up)
+
+
+def test_nearest_upsampling_into_an_add_is_qlinearadd(tmp_path):
+    """The upsampled map lies on its source's grid (nearest only moves values): the add is a
+    QLinearAdd of the runtime simulation too, code for code as ORT."""
+    torch.manual_seed(0)
+    qmodel = _calibrated(_TopDown(), _images)
+    plan = fxquant.runtime_plan(qmodel)
+    assert sorted(plan.kernels.values()) == ["QLinearAdd"] + ["QLinearConv"] * 4, plan
+    steps, _, report = _compare(qmodel, _images(2, 0), (_images(64, 99),), tmp_path, "topdown")
+    assert (steps == 0).all() and report.kernel_mismatch == {}, str(report)
+    assert all(t.identical == 1.0 for t in report.tensors), str(report)
+
+
 def _inverted_residual_net():
     from bench._tv_shim import ensure_torchvision_importable
 

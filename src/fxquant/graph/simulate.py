@@ -73,7 +73,8 @@ from ..runtime_math.grids import SkipOnGrid, check_kept, one_forward
 from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
-from .ops import canonical_name, clip_bounds, node_traits
+from .ops import canonical_name, clip_bounds
+from .patterns import classify_function, classify_method, classify_module
 from .report import REPORT_KEY, get_report
 
 __all__ = [
@@ -362,10 +363,16 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
 
 
 def _is_share(gm: fx.GraphModule, n: fx.Node) -> bool:
-    """An op that only moves its input's values (the op-trait table's SHARE kind)."""
-    if n.op not in ("call_module", "call_function", "call_method"):
-        return False
-    return node_traits(n, gm).kind is OpKind.SHARE
+    """An op that only moves its input's values: SHARE as prepare classifies it, arguments
+    included (``F.interpolate`` / ``nn.Upsample`` in mode "nearest", ``F.pad`` with zeros --
+    the FPN top-down path's upsampling feeds a residual add)."""
+    if n.op == "call_module":
+        return classify_module(gm.get_submodule(str(n.target))) is OpKind.SHARE
+    if n.op == "call_function":
+        return classify_function(n) is OpKind.SHARE
+    if n.op == "call_method":
+        return classify_method(n) is OpKind.SHARE
+    return False
 
 
 def _quantizer(gm: fx.GraphModule, n: fx.Node) -> FakeQuantize | None:
