@@ -156,6 +156,34 @@ def test_nearest_upsampling_into_an_add_is_qlinearadd(tmp_path):
     assert all(t.identical == 1.0 for t in report.tensors), str(report)
 
 
+class _PreActivation(nn.Module):
+    """DenseNet's layer: concatenated features -> BatchNorm -> ReLU -> conv (the BatchNorm
+    follows no conv, so nothing folds it: ORT runs BatchNormalization in float)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grow = nn.Conv2d(8, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(12)
+        self.conv = nn.Conv2d(12, 6, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.stem(x))
+        cat = torch.cat([a, torch.relu(self.grow(a))], 1)
+        return self.conv(torch.relu(self.norm(cat)))
+
+
+def test_unfolded_batch_norm_is_orts_float_kernel(tmp_path):
+    torch.manual_seed(0)
+    model = _PreActivation()
+    _settle_bn(model, (32, 3, 16, 16))
+    qmodel = _calibrated(model, _images)
+    assert "BatchNormalization" in fxquant.runtime_plan(qmodel).kernels.values()
+    steps, _, report = _compare(qmodel, _images(2, 0), (_images(64, 99),), tmp_path, "preact")
+    assert (steps == 0).all() and report.kernel_mismatch == {}, str(report)
+    assert all(t.identical == 1.0 for t in report.tensors), str(report)
+
+
 def _inverted_residual_net():
     from bench._tv_shim import ensure_torchvision_importable
 

@@ -430,3 +430,35 @@ def test_qlinear_mul_in_place_is_the_emulation_on_every_code_pair():
             got = ort_math.qlinear_mul_dequantized(qa - za, qb - zb, ratio, s[2], zc, 0, 255)
             assert torch.equal(got, (ort_math.qlinear_mul(qa, s[0], za, qb, s[1], zb, s[2], zc,
                                                           0, 255) - zc) * s[2])
+
+
+def test_batch_norm_matches_ort_bit_for_bit():
+    """ORT's float BatchNormalization: x * s + t with s and t per channel in float32, no fma --
+    torch's batch_norm rounds differently."""
+    rng = np.random.default_rng(21)
+    c = 48
+    x = ((rng.integers(0, 256, (16, c, 6, 6)) - 9) * 0.0373).astype(F32)
+    for affine in (True, False):
+        stats = [rng.uniform(-1, 1, c).astype(F32), rng.uniform(0.05, 3, c).astype(F32)]
+        gamma, beta = (rng.uniform(0.5, 2, c).astype(F32), rng.uniform(-1, 1, c).astype(F32))
+        if not affine:
+            gamma, beta = np.ones(c, F32), np.zeros(c, F32)
+        inits = [numpy_helper.from_array(a, n) for a, n in
+                 ((gamma, "s"), (beta, "b"), (stats[0], "m"), (stats[1], "v"))]
+        node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                epsilon=1e-3)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, None)], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)],
+                                  ir_version=8)
+        sess = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"x": x})[0]
+        weight = _t(gamma) if affine else None
+        bias = _t(beta) if affine else None
+        got = ort_math.batch_norm(_t(x), _t(stats[0]), _t(stats[1]), weight, bias, 1e-3)
+        assert np.array_equal(got.numpy(), y)
+        torch_bn = torch.nn.functional.batch_norm(_t(x), _t(stats[0]), _t(stats[1]), weight,
+                                                  bias, False, 0.0, 1e-3)
+        assert not np.array_equal(torch_bn.numpy(), y)

@@ -70,6 +70,8 @@ class KernelOp(enum.Enum):
     SIGMOID: ``sigmoid``.
     MEAN: ``mean`` over the trailing dimensions (e.g. ``x.mean((2, 3))``).
     SILU: ``silu`` (``x * sigmoid(x)``).
+    BATCH_NORM: a ``BatchNorm1d/2d/3d`` in eval mode that is not folded into a conv (DenseNet's
+        pre-activation), on a quantized input.
     """
 
     CONV = "conv"
@@ -82,6 +84,7 @@ class KernelOp(enum.Enum):
     SIGMOID = "sigmoid"
     MEAN = "mean"
     SILU = "silu"
+    BATCH_NORM = "batch_norm"
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,13 @@ ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.AVG_POOL, "QLinearAveragePool"),
     FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
     # not fused -- float ops whose arithmetic fxquant reproduces: ReduceMean's Eigen summation
-    # order, MLAS's logistic for Sigmoid (and SiLU exported as x * Sigmoid(x))
+    # order, MLAS's logistic for Sigmoid (and SiLU exported as x * Sigmoid(x)), an unfolded
+    # BatchNormalization's per-channel scale and shift
     FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
     FusedKernel(KernelOp.SIGMOID, "Sigmoid", quantized_output=False, integer=False),
     FusedKernel(KernelOp.SILU, "Sigmoid*x", quantized_output=False, integer=False),
+    FusedKernel(KernelOp.BATCH_NORM, "BatchNormalization", quantized_output=False,
+                integer=False),
 )
 """ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer
 kernels in files written by :func:`fxquant.export_onnx`."""

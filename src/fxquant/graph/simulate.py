@@ -70,7 +70,12 @@ from ..runtime_math import (
     WeightedKernel,
 )
 from ..runtime_math.grids import SkipOnGrid, check_kept, one_forward
-from ..runtime_math.kernels import FLOAT_FUNCTIONS, LOOKUP_FUNCTIONS, FloatFunctionKernel
+from ..runtime_math.kernels import (
+    FLOAT_FUNCTIONS,
+    LOOKUP_FUNCTIONS,
+    BatchNormKernel,
+    FloatFunctionKernel,
+)
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
 from .ops import canonical_name, clip_bounds
@@ -339,6 +344,8 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
             return KernelOp.SIGMOID
         if isinstance(m, nn.SiLU):
             return KernelOp.SILU
+        if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            return KernelOp.BATCH_NORM
         return None
     if n.op == "call_function" and n.target in _GAP_FUNCTIONS:
         size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
@@ -530,6 +537,12 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
         if in_fq is None:
             return None, why
         return MeanKernel(_fallback(gm, n), in_fq), ""
+    if op is KernelOp.BATCH_NORM:
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        if in_fq is None:
+            return None, why
+        bn = gm.get_submodule(str(n.target))
+        return BatchNormKernel(bn, bn, in_fq), ""
     if not entry.integer:  # a float op computed with the runtime's own float function
         fn = FLOAT_FUNCTIONS.get(entry.kernel)
         in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)

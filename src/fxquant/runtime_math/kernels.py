@@ -46,6 +46,7 @@ __all__ = [
     "MeanKernel",
     "FixedPointMeanKernel",
     "FloatFunctionKernel",
+    "BatchNormKernel",
     "settled",
     "FLOAT_FUNCTIONS",
     "LOOKUP_FUNCTIONS",
@@ -442,6 +443,30 @@ class FloatFunctionKernel(RuntimeKernel):
         """The grid's values and the function at each."""
         values = torch.arange(g.qmin, g.qmax + 1, dtype=_F32).sub_(g.zp).mul_(g.scale)
         return values, self.fn(values)
+
+
+class BatchNormKernel(RuntimeKernel):
+    """ONNX Runtime's float ``BatchNormalization`` (a BatchNorm in eval mode that is not folded
+    into a conv) of a quantized input: ``x * s + t`` per channel with ``s = (1 / sqrt(var +
+    eps)) * gamma`` and ``t = beta - mean * s``, every step in float32 and no fused multiply-add
+    (:func:`fxquant.runtime_math.ort.batch_norm`); torch's ``batch_norm`` rounds differently."""
+
+    def __init__(self, fallback: Callable[..., Any], bn: nn.Module, in_fq: FakeQuantize) -> None:
+        super().__init__("BatchNormalization", fallback, (in_fq,))
+        self.bn = bn
+
+    def check(self, x: Any, *rest: Any, **kwargs: Any) -> str | None:
+        bn = self.bn
+        if not isinstance(x, Tensor) or rest or kwargs or x.dim() < 2 or x.dtype != _F32:
+            return "not a plain float32 one-tensor call"
+        if bn.training or bn.running_mean is None or bn.running_var is None:
+            return "BatchNorm in training mode or without running statistics"
+        return None
+
+    def compute(self, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:
+        bn = self.bn
+        return ort.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                              float(bn.eps))
 
 
 FLOAT_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"Sigmoid": ort.logistic,

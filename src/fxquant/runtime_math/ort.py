@@ -50,6 +50,7 @@ __all__ = [
     "qlinear_mul_table",
     "global_average_pool",
     "average_pool",
+    "batch_norm",
     "logistic",
     "silu",
     "lookup_table",
@@ -369,6 +370,20 @@ def qlinear_mul_dequantized(
                           bounds=(qmin, qmax)) is not None:
         return v
     return _saturate(v, qmin, qmax).sub_(out_zero_point).mul_(_f32(out_scale))
+
+
+def batch_norm(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
+               bias: Tensor | None, eps: float) -> Tensor:
+    """ORT's float ``BatchNormalization`` (CPU, inference): per channel (axis 1) ``s = (1 /
+    sqrt(var + eps)) * weight`` and ``t = bias - mean * s`` in float32, then ``x * s + t`` -- a
+    product and a sum, each rounded (no fma).  Pinned against onnxruntime in
+    ``tests/runtime_math/test_ort.py``."""
+    inv = 1.0 / torch.sqrt(var.detach().to(_F32) + _f32(eps))
+    s = inv if weight is None else inv * weight.detach().to(_F32)
+    m = mean.detach().to(_F32)
+    t = (torch.zeros_like(m) if bias is None else bias.detach().to(_F32)) - m * s
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    return torch.mul(x.to(_F32), s.reshape(view)).add_(t.reshape(view))
 
 
 # -- pooling ------------------------------------------------------------------------------------
