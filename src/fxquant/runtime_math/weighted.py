@@ -168,24 +168,16 @@ class WeightedKernel(RuntimeKernel):
     def _plan(self, args: tuple, kwargs: dict, grid_in: Grid, out: Grid | None) -> _WeightPlan:
         """This call's constants, rebuilt only when the weight, bias or a grid changed."""
         layer = self._layer
-        if layer is None:
-            _, wq, bias_arg = self._operands(args, kwargs)
-            assert wq is not None
-            sources: tuple[Tensor | None, ...] = (
-                wq, bias_arg if isinstance(bias_arg, Tensor) else None)
-            extra: tuple[Any, ...] = ()
         wqp = qparams_of(self.wfq)
         keys = (wqp, grid_in, out, self._groups(args, kwargs) if self.is_conv else 1)
         plan: _WeightPlan | None = self.__dict__.get("_weight_plan")
-        if plan is not None and all(a is b for a, b in zip(plan.keys, keys, strict=True)):
-            if layer is not None and checked(plan):  # this pass's batch check saw it hold
-                return plan
-            if layer is not None:
-                sources, extra = _weight_sources(layer, self._convbn)
-            if plan.snapshot.holds(sources, extra):
-                return plan
-        elif layer is not None:
-            sources, extra = _weight_sources(layer, self._convbn)
+        same_grids = plan is not None and all(
+            a is b for a, b in zip(plan.keys, keys, strict=True))
+        if same_grids and layer is not None and checked(plan):  # this pass's batch check
+            return plan  # type: ignore[return-value]
+        sources, extra = self._sources(args, kwargs)
+        if same_grids and plan.snapshot.holds(sources, extra):  # type: ignore[union-attr]
+            return plan  # type: ignore[return-value]
         if layer is None:
             w, b = sources[0].detach(), None if sources[1] is None else sources[1].detach()
         else:
@@ -193,6 +185,14 @@ class WeightedKernel(RuntimeKernel):
         plan = self.__dict__["_weight_plan"] = _WeightPlan(self, keys, w, b, wqp, grid_in, out,
                                                            Snapshot(sources, extra))
         return plan
+
+    def _sources(self, args: tuple, kwargs: dict) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """What this call's weight and bias derive from (:func:`_weight_sources`; a function's
+        weight and bias arguments)."""
+        if self._layer is not None:
+            return _weight_sources(self._layer, self._convbn)
+        _, wq, bias_arg = self._operands(args, kwargs)
+        return (wq, bias_arg if isinstance(bias_arg, Tensor) else None), ()
 
     def kept_sources(self) -> list[tuple[Any, tuple[Tensor | None, ...], Snapshot]]:
         """The kept plan with what it was derived from now, for this pass's batch check (a
