@@ -132,10 +132,13 @@ def check_kept(quantizers: Iterable[FakeQuantize],
     marks: list[tuple[Any, Any]] = []
     tensors: list[Tensor | None] = []
     copies: list[Tensor | None] = []
+    seen: set[int] = set()  # a conv's output quantizer is the next kernel's input quantizer
     for fq in quantizers:
         key = ("held", id(fq))
-        if key in memo or type(fq)._applied_scale_zero_point not in _KNOWN_QPARAMS:
+        if (id(fq) in seen or key in memo
+                or type(fq)._applied_scale_zero_point not in _KNOWN_QPARAMS):
             continue
+        seen.add(id(fq))
         entry = _HELD.get(fq)
         if entry is None or entry.snapshot is None:
             continue
