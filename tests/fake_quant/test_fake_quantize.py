@@ -365,3 +365,34 @@ def test_native_observation_leaves_nan_to_the_python_error():
         fq(torch.tensor([1.0, float("nan")]))
     after = _all_bits(fq)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_calibration_skips_a_weight_the_min_max_observer_already_holds_bit_for_bit():
+    from fxquant.observers import MovingAverageMinMaxObserver
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3, 3)
+    fq = FakeQuantize(MinMaxObserver, ch_axis=0, is_weight=True)
+    fq.set_state(FakeQuantState.CALIBRATION)
+    with torch.no_grad():
+        fq(w)
+        assert fq._seen is not None
+        ref = fq.observer.min_val.clone(), fq.observer.max_val.clone()
+        fq(w)  # the same bytes: nothing observed, nothing changed
+        assert torch.equal(fq.observer.min_val, ref[0]) and torch.equal(fq.observer.max_val,
+                                                                        ref[1])
+        w[2, 0, 0, 0] = -50.0  # in place: observed again
+        fq(w)
+        assert float(fq.observer.min_val[2]) == -50.0
+        fq.observer.reset()  # a reset observer is filled again by the same weight
+        fq(w)
+        assert torch.equal(fq.observer.min_val, w.flatten(1).amin(1))
+        fq.set_state(FakeQuantState.VALIDATION)
+        assert torch.equal(fq.scale, fq.observer.calculate_qparams(qint8, True)[0])
+    # a moving average changes with every repetition: never skipped
+    ma = FakeQuantize(MovingAverageMinMaxObserver, is_weight=True)
+    ma.set_state(FakeQuantState.CALIBRATION)
+    with torch.no_grad():
+        ma(w)
+        ma(w)
+    assert ma._seen is None

@@ -366,3 +366,65 @@ def test_qat_training_is_bit_identical_with_and_without_native_kernels():
         a, b = results[0][k], results[1][k]
         assert torch.equal(a, b), k
         assert not a.is_floating_point() or torch.equal(_bits(a), _bits(b)), k
+
+
+def _settled_conv_bn() -> ConvBn2d:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+    bn.train()
+    with torch.no_grad():
+        bn(conv(torch.randn(4, 3, 6, 6)))
+    m = ConvBn2d.from_float(conv, bn, FakeQuantize(ch_axis=0, is_weight=True))
+    m.weight_fake_quant.set_state(FakeQuantState.CALIBRATION)
+    return m.eval()
+
+
+def test_eval_under_no_grad_keeps_the_folded_weight_while_its_sources_hold():
+    m = _settled_conv_bn()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        first = m._folded_eval()
+        again = m._folded_eval()
+        assert again[0] is first[0] and again[1] is first[1]  # kept, not recomputed
+        assert torch.equal(m(x), m(x))
+        for change in (lambda: m.weight.mul_(1.5), lambda: m.bn.running_var.add_(0.25),
+                       lambda: m.bn.weight.neg_(), lambda: m.bias.add_(1.0)):
+            change()  # in place: the same tensors, other bytes
+            got = m._folded_eval()
+            want = m.folded_weight_and_bias()
+            assert got[0] is not first[0]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            first = got
+        m.load_state_dict({k: v + 1 for k, v in m.state_dict().items()
+                           if v.is_floating_point()}, strict=False)
+        assert torch.equal(m._folded_eval()[0], m.folded_weight_and_bias()[0])
+    w, _ = m._folded_eval()  # with grad: differentiable, never the kept pair
+    assert w.requires_grad and w is not first[0]
+    assert "_kept_fold" not in vars(m.to_float())
+
+
+def test_calibration_with_kept_weights_observes_exactly_what_observing_every_call_does():
+    torch.manual_seed(1)
+    x = [torch.randn(2, 3, 6, 6) for _ in range(3)]
+    kept, plain = _settled_conv_bn(), _settled_conv_bn()
+    with torch.no_grad():
+        for xb in x:
+            kept(xb)
+    with torch.enable_grad():  # no kept values: every call folds and observes again
+        for xb in x:
+            plain(xb)
+    for name in ("min_val", "max_val"):
+        a = getattr(kept.weight_fake_quant.observer, name)
+        b = getattr(plain.weight_fake_quant.observer, name)
+        assert torch.equal(a, b), name
+    # the weight changes in place mid-calibration: the new range is taken in
+    obs = kept.weight_fake_quant.observer
+    with torch.no_grad():
+        kept.weight.mul_(3.0)
+        kept(x[0])
+        assert torch.equal(obs.max_val, torch.maximum(
+            plain.weight_fake_quant.observer.max_val,
+            kept.folded_weight_and_bias()[0].flatten(1).amax(1)))
+        obs.reset()  # a reset observer observes again
+        kept(x[0])
+        assert torch.equal(obs.max_val, kept.folded_weight_and_bias()[0].flatten(1).amax(1))

@@ -435,6 +435,17 @@ def test_same_bytes_compares_bytes_dtype_and_shape_in_one_call():
         assert native.same_bytes([w], [w]) is None
 
 
+def test_same_bytes_splits_large_tensors_across_threads_and_sees_any_chunk():
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    big = torch.randn(3, 1 << 19)  # 6 MiB: compared in chunks by several threads
+    assert native.same_bytes([big], [big.clone()])
+    for i in (0, (1 << 18) + 5, big.numel() - 1):  # first, middle and last chunk
+        changed = big.clone()
+        changed.view(-1)[i] += 1.0
+        assert native.same_bytes([big], [changed]) is False, i
+
+
 def test_mlas_logistic_declines_what_it_does_not_cover():
     if not native.available():
         pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")

@@ -31,6 +31,7 @@ from ..numerics import (
     native,
     qint8,
 )
+from ..numerics.held import Snapshot, is_kept, keepable
 from ..observers import (
     FixedScaleObserver,
     MinMaxObserver,
@@ -69,6 +70,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     """
 
     distributed_sync: DistributedSync = DistributedSync()
+    # the last weight observed in CALIBRATION (_observe_calibration): the observer, the kept
+    # tensor itself or None, a snapshot of the observer's range (and of the weight if not kept)
+    _seen: tuple[Any, torch.Tensor | None, Snapshot] | None = None
 
     def __init__(
         self,
@@ -315,6 +319,38 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
             self._calibrated = True
         return True
 
+    def _observe_calibration(self, x: torch.Tensor) -> None:
+        """Observe ``x`` in CALIBRATION -- except a weight that a min-max observer has already
+        taken in: while the weight and the observer's running ``min_val`` / ``max_val`` still
+        hold the bytes they had after that observation (:class:`~fxquant.numerics.held.Snapshot`,
+        one ``memcmp`` call), observing it again would leave every bit as it is.  A weight
+        marked as kept (:func:`~fxquant.numerics.held.mark_kept`: a ConvBn's folded weight under
+        ``no_grad``) is recognised by identity.  Only for :class:`MinMaxObserver` (a moving
+        average or a histogram changes with each repetition) and small ordinary tensors
+        (:func:`~fxquant.numerics.held.keepable`)."""
+        seen = self._seen
+        obs = self._modules["observer"]
+        if seen is not None and seen[0] is obs and keepable(x):  # observed while keep held
+            bufs = obs._buffers
+            _, kept, snap = seen
+            if kept is x:
+                if snap.holds((bufs["min_val"], bufs["max_val"])):
+                    return
+            elif kept is None and snap.holds((x, bufs["min_val"], bufs["max_val"])):
+                return
+        keep = (self.is_weight and type(obs) is MinMaxObserver and keepable(x)
+                and not self.distributed_sync.active())
+        if seen is not None:
+            self.__dict__["_seen"] = None  # a plain attribute (Module.__setattr__ is slower)
+        if not self._observe_native(x, False):
+            self._observe(x)
+        if keep:
+            bufs = obs._buffers
+            mark = x if is_kept(x) else None
+            tensors = (bufs["min_val"], bufs["max_val"]) if mark is not None else (
+                x, bufs["min_val"], bufs["max_val"])
+            self.__dict__["_seen"] = (obs, mark, Snapshot(tensors))
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # decisions from Python mirrors only: no tensor is read unless something is computed
@@ -326,8 +362,8 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
                 self._observe(x)
                 self.update_qparams()
         elif state is FakeQuantState.CALIBRATION:
-            if not (self._frozen and self._is_calibrated()) and not self._observe_native(x, False):
-                self._observe(x)
+            if not (self._frozen and self._is_calibrated()):
+                self._observe_calibration(x)
             return x
         elif self._dirty:
             self.update_qparams()

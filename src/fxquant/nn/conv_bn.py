@@ -21,6 +21,12 @@ Evaluation (``not bn.training``) uses the running statistics, folded::
     w_fold, b_fold = fold_bn_weights(w, conv_bias, running_mean, running_var, eps, gamma, beta)
     out = conv(x, weight_fake_quant(w_fold), b_fold)
 
+Under ``no_grad`` (calibration, evaluation) the folded pair is kept between calls while the conv
+weight / bias and the BN's statistics and affine parameters hold -- compared by content
+(:class:`fxquant.numerics.held.Snapshot`, one ``memcmp`` call), so an in-place update or a
+``load_state_dict`` is followed.  The weight quantizer then sees the same tensor every call (marked
+as kept, :func:`fxquant.numerics.held.mark_kept`: it recognises it without comparing bytes).
+
 To freeze the BN statistics while the rest trains, call ``module.bn.eval()`` after
 ``model.train()``: the module then runs the evaluation formula.
 
@@ -39,6 +45,7 @@ from torch import Tensor, nn
 
 from ..distributed import DistributedSync, sync_batch_norm
 from ..numerics import native
+from ..numerics.held import Snapshot, keepable, mark_kept
 from .fold import bn_scale_factor, fold_bn_weights
 from .modules import _check_quantizer, conv_forward, rebind_module
 
@@ -62,6 +69,7 @@ class ConvBnNd:
     weight: Tensor
     bias: Tensor | None
     bn: nn.Module
+    _kept_fold: tuple[Snapshot, Tensor, Tensor] | None = None  # see _folded_eval
 
     def __init__(
         self,
@@ -134,6 +142,7 @@ class ConvBnNd:
         with torch.no_grad():
             w, b = self.folded_weight_and_bias()
         conv = rebind_module(self, self._FLOAT_MODULE, drop=("bn", "weight_fake_quant"))
+        conv.__dict__.pop("_kept_fold", None)
         conv.weight = nn.Parameter(w.clone(), requires_grad=self.weight.requires_grad)
         conv.bias = nn.Parameter(b.to(w.dtype).clone(), requires_grad=self.weight.requires_grad)
         return conv
@@ -142,8 +151,27 @@ class ConvBnNd:
     def forward(self, input: Tensor) -> Tensor:
         if self.bn.training:
             return self._forward_train(input)
-        w, b = self.folded_weight_and_bias()
+        w, b = self._folded_eval()
         return conv_forward(self, input, self._fake_quantize(w), b)
+
+    def _folded_eval(self) -> tuple[Tensor, Tensor]:
+        """:meth:`folded_weight_and_bias`, kept between calls under ``no_grad`` while its
+        sources hold (their content: see the module docstring)."""
+        if torch.is_grad_enabled():
+            return self.folded_weight_and_bias()
+        bn = self.bn
+        own, bns, bn_params = self._parameters, bn._buffers, bn._parameters  # type: ignore
+        sources = (own["weight"], own.get("bias"), bns["running_mean"], bns["running_var"],
+                   bn_params.get("weight"), bn_params.get("bias"))
+        kept = self._kept_fold
+        if kept is not None and kept[0].holds(sources, (bn.eps,)):
+            return kept[1], kept[2]
+        w, b = self.folded_weight_and_bias()
+        if keepable(*sources):
+            self._kept_fold = (Snapshot(sources, (bn.eps,)), mark_kept(w), b)
+        else:
+            self._kept_fold = None
+        return w, b
 
     def _fake_quantize(self, w: Tensor) -> Tensor:
         quantizer = self.weight_fake_quant  # type: ignore[attr-defined]

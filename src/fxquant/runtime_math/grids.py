@@ -4,7 +4,7 @@
 :func:`one_forward` (one forward pass of the runtime simulation) each settled quantizer's grid
 is read once (:func:`grid_of`, :func:`qparams_of`: a conv's output grid is the next conv's input
 grid).  Across passes it is derived again only when the quantizer's scale / zero point changed
-(:class:`fxquant.runtime_math.held.Snapshot`), so a kernel can keep constants built from the
+(:class:`fxquant.numerics.held.Snapshot`), so a kernel can keep constants built from the
 very :class:`Grid` / :class:`QParams` objects it was given.  A kernel that saturates onto its
 output quantizer's grid itself records its result (:func:`mark_on_grid`), and
 :class:`SkipOnGrid` -- standing in for that quantizer and for the clips its grid implies --
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..fake_quant import FakeQuantize, LearnableFakeQuantize
 from ..numerics import QParams, native
 from . import ort
-from .held import Snapshot
+from ..numerics.held import Snapshot
 
 __all__ = ["Grid", "one_forward", "qparams_of", "grid_of", "check_kept", "checked", "mark_on_grid",
            "SkipOnGrid"]

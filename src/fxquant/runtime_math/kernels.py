@@ -10,7 +10,7 @@ value the runtime produces.
 Constants a kernel derives from its weight and grids (weight codes, int32 bias, multipliers) are
 kept from call to call while their sources hold (:meth:`RuntimeKernel.held`; the grids come as
 the same objects while a quantizer's grid holds, :func:`fxquant.runtime_math.grids.grid_of`, and
-tensors are compared by content, :class:`fxquant.runtime_math.held.Snapshot`).
+tensors are compared by content, :class:`fxquant.numerics.held.Snapshot`).
 
 A kernel falls back to the op itself (the float simulation) while any of its quantizers is not
 *settled* -- calibrating, off, or still observing in QAT -- or when the arguments are outside what
@@ -34,7 +34,7 @@ from ..numerics import native
 from . import ort, tflite
 from .exact import exact_matmul
 from .grids import Grid, grid_of, mark_on_grid, qparams_of
-from .held import Snapshot
+from ..numerics.held import Snapshot
 
 __all__ = [
     "RuntimeKernel",

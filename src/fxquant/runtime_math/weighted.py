@@ -4,7 +4,7 @@
 :class:`WeightedKernel` keeps its constants -- centred weight codes, the int32 (int64) bias, the
 per-channel weight scale, the requantization multiplier and the exact accumulation's route -- in
 a :class:`_WeightPlan`, rebuilt only when the weight / bias (compared by content,
-:class:`fxquant.runtime_math.held.Snapshot`) or one of its grids (the same objects while they
+:class:`fxquant.numerics.held.Snapshot`) or one of its grids (the same objects while they
 hold, :func:`fxquant.runtime_math.grids.grid_of`) changed.
 """
 
@@ -24,7 +24,7 @@ from ..numerics.bias import channel_scale, quantize_bias
 from . import ort, tflite
 from .exact import Route, accumulate, accumulation_route
 from .grids import Grid, checked, grid_of, mark_on_grid, qparams_of
-from .held import Snapshot
+from ..numerics.held import Snapshot
 from .kernels import RuntimeKernel, clip_implied
 
 __all__ = ["WeightedKernel"]

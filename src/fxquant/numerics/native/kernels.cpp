@@ -787,6 +787,24 @@ at::Tensor mlas_logistic(const at::Tensor& x, const at::Tensor& coeffs, bool tim
 
 // same_bytes: 1 when every pair holds the same bytes (dtype and shape included; two undefined
 // tensors match), 0 when one differs, -1 when a tensor is not a contiguous CPU tensor.
+// memcmp, split across threads above 1 MiB (the check reads both copies: memory bound)
+bool equal_bytes(const void* x, const void* y, size_t n) {
+  constexpr size_t kChunk = size_t(1) << 18;
+  if (n <= (size_t(1) << 20)) return std::memcmp(x, y, n) == 0;
+  const auto* px = static_cast<const char*>(x);
+  const auto* py = static_cast<const char*>(y);
+  const int64_t chunks = static_cast<int64_t>((n + kChunk - 1) / kChunk);
+  std::atomic<bool> differ{false};
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e && !differ.load(std::memory_order_relaxed); ++c) {
+      const size_t lo = static_cast<size_t>(c) * kChunk;
+      const size_t len = std::min(kChunk, n - lo);
+      if (std::memcmp(px + lo, py + lo, len) != 0) differ.store(true, std::memory_order_relaxed);
+    }
+  });
+  return !differ.load();
+}
+
 int64_t same_bytes(const c10::List<std::optional<at::Tensor>>& a,
                    const c10::List<std::optional<at::Tensor>>& b) {
   if (a.size() != b.size()) return 0;
@@ -807,7 +825,7 @@ int64_t same_bytes(const c10::List<std::optional<at::Tensor>>& a,
       continue;  // a later pair may still be one this kernel cannot read: -1 wins
     }
     const size_t n = static_cast<size_t>(x.numel()) * x.element_size();
-    if (result == 1 && n && std::memcmp(x.data_ptr(), y.data_ptr(), n) != 0) result = 0;
+    if (result == 1 && n && !equal_bytes(x.const_data_ptr(), y.const_data_ptr(), n)) result = 0;
   }
   return result;
 }

@@ -1,4 +1,4 @@
-"""Kernel constants kept across forward passes (:mod:`fxquant.runtime_math.held`): reused while
+"""Kernel constants kept across forward passes (:mod:`fxquant.numerics.held`): reused while
 their sources hold, rebuilt the moment a weight, a BN statistic or a quantizer's grid changes --
 in place or replaced."""
 
@@ -13,9 +13,9 @@ from torch import nn
 import fxquant
 from fxquant.graph.simulate import _CACHE, runtime_plan
 from fxquant.numerics import native
-from fxquant.runtime_math import held as held_module
+from fxquant.numerics import held as held_module
 from fxquant.runtime_math.grids import one_forward
-from fxquant.runtime_math.held import Snapshot
+from fxquant.numerics.held import KEEP_MAX_NUMEL, Snapshot, is_kept, keepable, mark_kept
 from fxquant.runtime_math.weighted import WeightedKernel
 
 
@@ -135,3 +135,12 @@ def test_a_changed_grid_or_loaded_state_is_followed():
                   and not m.is_weight and m.scale.dim() == 0)
         fq.scale.mul_(1.25)  # one activation grid, in place
         assert torch.equal(qmodel(x), _fresh(qmodel, x))
+
+
+def test_kept_tensors_are_known_by_identity_and_only_small_plain_tensors_are_keepable():
+    t = torch.ones(3)
+    assert not is_kept(t)
+    assert mark_kept(t) is t and is_kept(t)
+    assert not is_kept(t.clone())  # the same values in another tensor are not the kept one
+    assert keepable(t, None, nn.Parameter(torch.ones(2)))
+    assert not keepable(torch.empty(KEEP_MAX_NUMEL + 1))
