@@ -475,3 +475,37 @@ def test_native_histogram_gives_the_pure_torch_buffers(ch_axis):
         states.append(obs.state_dict())
     for k, v in states[0].items():
         assert torch.equal(v, states[1][k]), k
+
+
+def test_one_pass_native_observation_leaves_the_state_of_the_two_pass_path_bit_for_bit():
+    """Batches inside the range take one native pass (``histogram_observe``); those it must
+    decline (-R itself, -0.0, a value beyond R) take the two-pass path; same bits either way,
+    signed zeros of the minimum included."""
+    from fxquant.numerics import native
+
+    gen = torch.Generator().manual_seed(7)
+    first = torch.randn(64, 8, 9, 9, generator=gen) * 3  # sets R = 16
+    relu = torch.relu(torch.randn(64, 8, 9, 9, generator=gen))  # zeros: min exactly +0.0
+    edge = torch.randn(64, 8, 9, 9, generator=gen)
+    edge[0, 0, 0, :2] = torch.tensor([-16.0, 15.999])  # -R: the range must grow
+    negz = torch.randn(64, 8, 9, 9, generator=gen).clamp(max=0.0)
+    negz[1, 1, 1, 1] = -0.0
+    batches = [first, relu, first * 0.5, edge, negz, relu * 20, first[:, :, :3]]
+    states = []
+    for on in (True, False):
+        obs = HistogramObserver(bins=512)
+        with native.native_kernels(on):
+            for b in batches:
+                obs(b.contiguous())
+        states.append(obs.state_dict())
+    for k, v in states[0].items():
+        w = states[1][k]
+        if v.is_floating_point():
+            v, w = v.view(torch.int32), w.view(torch.int32)  # -0.0 and 0.0 differ here
+        assert torch.equal(v, w), k
+    if native.available():  # the one-pass kernel took the in-range batches
+        obs = HistogramObserver(bins=512)
+        obs(first)
+        assert native.histogram_observe(relu, obs.hist, obs.range_exp, obs.min_val, obs.max_val)
+        assert not native.histogram_observe(edge, obs.hist, obs.range_exp, obs.min_val,
+                                            obs.max_val)

@@ -107,12 +107,17 @@ class HistogramObserver(Observer):
     def _observe_tensor(self, x: torch.Tensor) -> None:
         """Per-tensor observation: one full reduction for the range, one pass to bin.
 
-        Same arithmetic as the per-channel path (so the same histogram), with a full-tensor
-        ``aminmax`` (a reduction along ``dim=1`` of a ``[1, N]`` view is several times slower)
-        and the bins counted by :func:`_bin_counts_flat`.  On the CPU the range exponent is
+        Once the range holds the data (after the first batches), a contiguous float32 batch
+        takes one native pass instead (:func:`fxquant.numerics.native.histogram_observe`: the
+        same counts, minimum and maximum).  Otherwise: the same arithmetic as the per-channel
+        path (so the same histogram), with a full-tensor ``aminmax`` (a reduction along
+        ``dim=1`` of a ``[1, N]`` view is several times slower) and the bins counted by
+        :func:`_bin_counts_flat`.  On the CPU the range exponent is
         found from the two numbers of the batch range (``math.frexp`` is exact, as
         ``torch.frexp``) and the counts are added in place.
         """
+        if native.histogram_observe(x, self.hist, self.range_exp, self.min_val, self.max_val):
+            return  # the batch fits the current range: one native pass, the same state
         lo, hi = torch.aminmax(x)
         self._check_finite(lo, hi)
         if x.device.type == "cpu" and self.range_exp.device.type == "cpu":

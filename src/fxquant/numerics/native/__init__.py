@@ -8,7 +8,8 @@ kernels of ``kernels.cpp`` make one pass each:
   channel), optionally with the straight-through estimator's mask as a 1-byte bool tensor;
 * ``masked_grad``: ``grad * mask`` for the backward;
 * ``histogram``: the exact fixed-bin histogram of :mod:`fxquant.observers.histogram`, counted
-  in per-thread sub-histograms;
+  in per-thread sub-histograms; ``histogram_observe``: a per-tensor histogram observer's whole
+  observation (counts, minimum, maximum) in that one pass once its range holds the data;
 * ``div_channel_backward``: both element-wise parts of the gradient of ``y / d`` (``d`` per
   channel), the BN-fold division of :class:`fxquant.nn.ConvBn2d` in training;
 * ``observe_qparams``: a min-max / moving-average observer's statistics update and
@@ -69,6 +70,7 @@ __all__ = [
     "fake_quant",
     "masked_grad",
     "histogram",
+    "histogram_observe",
     "div_channel_backward",
     "fake_quant_ste",
     "channel_divide",
@@ -266,7 +268,7 @@ def _ops():
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
             ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
             ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default,
-            ns.mlas_logistic.default)
+            ns.mlas_logistic.default, ns.histogram_observe.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -376,6 +378,20 @@ def histogram(x: torch.Tensor, shift: int, bins: int) -> torch.Tensor | None:
     if not x.is_contiguous() or bins > 1 << 30:
         return None
     return _State.ops[2](x, int(shift), int(bins))
+
+
+def histogram_observe(x: torch.Tensor, hist: torch.Tensor, range_exp: torch.Tensor,
+                      min_val: torch.Tensor, max_val: torch.Tensor) -> bool:
+    """A per-tensor :class:`~fxquant.observers.HistogramObserver`'s observation of ``x`` in one
+    pass: the counts of ``x`` added to ``hist`` at the current range ``2**range_exp`` and
+    ``min_val`` / ``max_val`` updated as ``torch.minimum`` / ``torch.maximum`` with
+    ``torch.aminmax(x)``, in place.  True if done; False (nothing touched) where the observer's
+    own path must run: the range must grow, NaN / Inf / -0.0 in ``x``, not a contiguous
+    float32 CPU tensor, no native kernels."""
+    if (not _ready() or x.dtype != torch.float32 or not x.is_contiguous()
+            or not _plain(x, hist, range_exp, min_val, max_val)):
+        return False
+    return _State.ops[12](x, hist, range_exp, min_val, max_val) == 0
 
 
 def div_channel_backward(

@@ -17,6 +17,11 @@
 //   histogram(x, shift, bins) -> int64 [bins]
 //       bin = floor(x * 2**shift) + bins / 2, where -0.0 from an underflowing negative x
 //       counts as -1 (every x must land in [0, bins): the caller sizes the range)
+//   histogram_observe(x, hist!, range_exp, min_val!, max_val!) -> status
+//       float32: the counts of x at the range 2**range_exp added to hist and min_val / max_val
+//       taken to torch.minimum / maximum with x's aminmax, in place, in that same pass; status
+//       1 (nothing touched) when a value lies outside the range (or is NaN / Inf) or x holds a
+//       -0.0 (whose sign in a zero minimum only aminmax's own order decides)
 //   div_channel_backward(grad, out, d, inner) -> (grad / d, (out / d) * grad)
 //     the two element-wise parts of the gradient of out = y / d, d per channel [C] of a
 //     contiguous [outer, C, inner] tensor.
@@ -79,6 +84,10 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <tuple>
 #include <vector>
 
@@ -241,9 +250,55 @@ void bin_indices(const T* __restrict x, int64_t n, T factor, int32_t half,
   }
 }
 
-template <typename T>
+// exact running minimum / maximum of float32 blocks (no NaN / Inf here: they never pass the
+// range check) and whether a block holds a -0.0 (the sign of a zero minimum / maximum is then
+// the one torch.aminmax's evaluation order gives, which only aminmax itself reproduces; without
+// a -0.0 every zero is +0.0 and the extremes have one bit pattern whatever the order)
+struct BlockRange {
+  float lo = std::numeric_limits<float>::infinity();
+  float hi = -std::numeric_limits<float>::infinity();
+  bool neg_zero = false;
+
+  void add(const float* __restrict x, int64_t n) {
+    int64_t i = 0;
+    float l = lo, h = hi;
+    uint32_t nz = 0;
+#if defined(__AVX2__)
+    __m256 vl = _mm256_set1_ps(l), vh = _mm256_set1_ps(h);
+    __m256i vnz = _mm256_setzero_si256();
+    const __m256i negzero = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(x + i);
+      vl = _mm256_min_ps(vl, v);
+      vh = _mm256_max_ps(vh, v);
+      vnz = _mm256_or_si256(vnz, _mm256_cmpeq_epi32(_mm256_castps_si256(v), negzero));
+    }
+    alignas(32) float lanes_lo[8], lanes_hi[8];
+    _mm256_store_ps(lanes_lo, vl);
+    _mm256_store_ps(lanes_hi, vh);
+    for (int k = 0; k < 8; ++k) {
+      l = lanes_lo[k] < l ? lanes_lo[k] : l;
+      h = lanes_hi[k] > h ? lanes_hi[k] : h;
+    }
+    nz = _mm256_testz_si256(vnz, vnz) ? 0u : 1u;
+#endif
+    for (; i < n; ++i) {
+      const float v = x[i];
+      l = v < l ? v : l;
+      h = v > h ? v : h;
+      uint32_t bits;
+      std::memcpy(&bits, &x[i], sizeof(bits));
+      nz |= static_cast<uint32_t>(bits == 0x80000000u);
+    }
+    lo = l;
+    hi = h;
+    neg_zero = neg_zero || nz != 0;
+  }
+};
+
+template <typename T, bool kRange = false>
 void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
-                    int64_t* __restrict counts, bool* bad) {
+                    int64_t* __restrict counts, bool* bad, BlockRange* range = nullptr) {
   // indices computed in vectorised blocks, then counted into four interleaved 32-bit
   // sub-histograms (consecutive equal bins do not wait on one another), flushed before they
   // could overflow
@@ -272,6 +327,7 @@ void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
       range_check = 1;
       break;
     }
+    if constexpr (kRange) range->add(x + start, m);
     int64_t i = 0;
     for (; i + kWays <= m; i += kWays) {
       ++lp[idx[i]];
@@ -317,6 +373,67 @@ at::Tensor histogram(const at::Tensor& x, int64_t shift, int64_t bins) {
   for (int64_t c = 0; c < chunks; ++c)
     TORCH_CHECK(!bad[c], "fxquant::histogram: a value lies outside the histogram's range");
   return chunks == 1 ? partial[0] : partial.sum(0);
+}
+
+// A per-tensor HistogramObserver's whole observation of a float32 batch in one pass, if the
+// batch fits the current range: status 0 (hist += counts, min_val / max_val updated in place,
+// as torch.minimum / torch.maximum of the batch's aminmax); 1: nothing touched (a value at or
+// beyond 2**exp -- the range must grow --, NaN / Inf, a -0.0, other dtypes): the caller runs its
+// two-pass path.
+int64_t histogram_observe(const at::Tensor& x, at::Tensor& hist, const at::Tensor& range_exp,
+                          at::Tensor& min_val, at::Tensor& max_val) {
+  constexpr int64_t kUntouchedStatus = 1;
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || !x.is_contiguous() ||
+      x.numel() == 0 || hist.scalar_type() != at::kLong || hist.dim() != 1 ||
+      !hist.is_contiguous() || !hist.device().is_cpu() || range_exp.numel() != 1 ||
+      range_exp.scalar_type() != at::kLong || min_val.numel() != 1 || max_val.numel() != 1 ||
+      min_val.scalar_type() != at::kFloat || max_val.scalar_type() != at::kFloat ||
+      !min_val.device().is_cpu() || !max_val.device().is_cpu() || !range_exp.device().is_cpu())
+    return kUntouchedStatus;
+  const int64_t bins = hist.size(0);
+  if (bins < 2 || (bins & (bins - 1)) != 0 || bins > (int64_t(1) << 30)) return kUntouchedStatus;
+  int log_half = 0;
+  while ((int64_t(1) << (log_half + 1)) < bins) ++log_half;
+  const int64_t shift = log_half - range_exp.item<int64_t>();
+  if (shift > 126 || shift < -126) return kUntouchedStatus;  // factor not a normal float32
+  const float factor = std::ldexp(1.0f, static_cast<int>(shift));
+  const int64_t n = x.numel();
+  const int max_threads = at::get_num_threads();
+  const int64_t grain = 1 << 16;
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>(max_threads, (n + grain - 1) / grain));
+  std::vector<int64_t> partial(static_cast<size_t>(chunks * bins), 0);
+  std::vector<BlockRange> ranges(static_cast<size_t>(chunks));
+  std::vector<char> bad(static_cast<size_t>(chunks), 0);
+  const float* xp = x.const_data_ptr<float>();
+  const int64_t per = (n + chunks - 1) / chunks;
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t lo = c * per;
+      const int64_t hi = std::min(n, lo + per);
+      bool chunk_bad = false;
+      if (hi > lo)
+        histogram_impl<float, true>(xp + lo, hi - lo, factor, bins, partial.data() + c * bins,
+                                    &chunk_bad, &ranges[c]);
+      bad[c] = chunk_bad;
+    }
+  });
+  BlockRange all;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (bad[c] || ranges[c].neg_zero) return kUntouchedStatus;
+    all.lo = std::min(all.lo, ranges[c].lo);
+    all.hi = std::max(all.hi, ranges[c].hi);
+  }
+  // -2**exp itself lands in bin 0, but the observer's rule (|x| < 2**exp) grows the range for it
+  if (-all.lo * factor >= static_cast<float>(bins / 2)) return kUntouchedStatus;
+  int64_t* hp = hist.mutable_data_ptr<int64_t>();
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t k = 0; k < bins; ++k) hp[k] += partial[c * bins + k];
+  float* mn = min_val.mutable_data_ptr<float>();
+  float* mx = max_val.mutable_data_ptr<float>();
+  *mn = std::min(*mn, all.lo);  // torch.minimum of two non-NaN floats: std::min
+  *mx = std::max(*mx, all.hi);
+  return 0;
 }
 
 template <typename T>
@@ -851,6 +968,8 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("qlinear_add(Tensor a, Tensor b, Tensor params) -> Tensor");
   m.def("same_bytes(Tensor?[] a, Tensor?[] b) -> int");
   m.def("mlas_logistic(Tensor x, Tensor coeffs, bool times_x) -> Tensor");
+  m.def("histogram_observe(Tensor x, Tensor(a!) hist, Tensor range_exp, Tensor(b!) min_val, "
+        "Tensor(c!) max_val) -> int");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -865,6 +984,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("grid_lookup", &grid_lookup);
   m.impl("qlinear_add", &qlinear_add);
   m.impl("mlas_logistic", &mlas_logistic);
+  m.impl("histogram_observe", &histogram_observe);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {

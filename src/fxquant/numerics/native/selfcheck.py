@@ -108,6 +108,36 @@ def _check_histogram(hist, gen) -> str | None:
     return None
 
 
+def _check_histogram_observe(observe, gen) -> str | None:
+    """histogram_observe against aminmax + the bincount above + torch.minimum / maximum; the
+    cases it must decline (a value beyond the range, NaN, Inf, -0.0) leave everything as it was."""
+    bins, exp = 256, 3
+    half = bins // 2
+    bound = 2.0**exp
+    x = ((torch.rand(70001, generator=gen) * 2 - 1) * bound * 0.999).float()
+    x[:6] = torch.tensor([0.0, -1e-30, 1e-30, -bound * 0.999, bound * 0.999, 0.5])
+    for lo0, hi0 in ((-1.0, 1.0), (-100.0, 100.0), (-0.0, 0.0)):
+        hist = torch.arange(bins, dtype=torch.int64)
+        mn, mx = torch.tensor(lo0), torch.tensor(hi0)
+        if observe(x, hist, torch.tensor(exp), mn, mx) != 0:
+            return "histogram_observe declined a batch inside its range"
+        scaled = torch.floor(x * 2.0 ** ((half.bit_length() - 1) - exp))
+        scaled = torch.where((scaled == 0) & (x < 0), -1.0, scaled)
+        ref = torch.arange(bins) + torch.bincount(scaled.to(torch.int64) + half, minlength=bins)
+        lo, hi = torch.aminmax(x)
+        if not (torch.equal(hist, ref) and _same_bits(mn, torch.minimum(torch.tensor(lo0), lo))
+                and _same_bits(mx, torch.maximum(torch.tensor(hi0), hi))):
+            return f"histogram_observe from [{lo0}, {hi0}]"
+    for bad in (bound, -bound, float("nan"), float("inf"), -0.0):
+        y = x.clone()
+        y[40000] = bad
+        hist, mn, mx = torch.zeros(bins, dtype=torch.int64), torch.tensor(1.0), torch.tensor(2.0)
+        if (observe(y, hist, torch.tensor(exp), mn, mx) != 1 or hist.any() or float(mn) != 1.0
+                or float(mx) != 2.0):
+            return f"histogram_observe did not decline {bad}"
+    return None
+
+
 def _check_div_backward(divb, gen) -> str | None:
     for dtype in (torch.float32, torch.float64):
         g = torch.randn(3, 4, 5, 7, generator=gen, dtype=torch.float64).to(dtype)
@@ -307,7 +337,7 @@ def _check_same_bytes(same, gen) -> str | None:
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
     (fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same,
-     logistic) = ops
+     logistic, hist_observe) = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
@@ -316,4 +346,5 @@ def run(ops) -> str | None:
         problem = problem or _check_runtime_ops(scale_round, lookup, gen)
         problem = problem or _check_qlinear_add(qadd, gen) or _check_same_bytes(same, gen)
         problem = problem or _check_logistic(logistic, gen)
+        problem = problem or _check_histogram_observe(hist_observe, gen)
     return problem or _check_autograd_ops(fq_ste, divide, gen)
