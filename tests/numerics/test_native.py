@@ -143,7 +143,9 @@ def test_large_tensors_split_across_threads(threads):
 def test_kernel_declines_what_it_does_not_cover():
     s, z = torch.tensor(0.1), torch.tensor(0, dtype=torch.int32)
     x = torch.randn(6, 5)
-    assert native.fake_quant(x.t(), s, z, qint8, None, False, True) is None  # not contiguous
+    assert native.fake_quant(x[:, ::2], s, z, qint8, None, False, True) is None  # gaps
+    sc1, zc1 = torch.full((6,), 0.1), torch.zeros(6, dtype=torch.int32)
+    assert native.fake_quant(x.t(), sc1, zc1, qint8, 1, False, True) is None  # per channel: no
     assert native.fake_quant(x.half(), s, z, qint8, None, False, True) is None
     assert native.fake_quant(x, s, z, QDType(17, True), None, False, True) is None
     sc = torch.full((5,), 0.1)
@@ -455,3 +457,35 @@ def test_mlas_logistic_declines_what_it_does_not_cover():
     assert native.mlas_logistic(x.double(), coeffs, False) is None
     got = native.mlas_logistic(x, coeffs, True)
     assert got is not None and got.shape == x.shape
+
+
+def test_per_tensor_fake_quant_of_a_transposed_view_keeps_its_layout_and_bits():
+    """A dense, non-contiguous activation (attention's transposed q / k) takes the one-pass
+    kernel in storage order; output, mask and gradient -- values and strides -- are those of
+    the pure-torch path, including a gradient that arrives in yet another layout."""
+    from fxquant.numerics import fake_quantize_ste
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, 5, 3, generator=gen) * 3).transpose(1, 2)  # dense, not contiguous
+    s, zp = torch.tensor(0.05), torch.tensor(3, dtype=torch.int32)
+    got = native.fake_quant(x, s, zp, qint8, None, False, True)
+    assert got is not None
+    out, mask = got
+    assert out.stride() == x.stride() and mask.stride() == x.stride()
+    assert_same(out, fake_quantize_reference(x, s, zp, qint8), "transposed view")
+    assert torch.equal(mask, reference_mask(x, s, zp, qint8, None, ScaleMath.DIVIDE))
+    assert native.fake_quant(x[:, ::2], s, zp, qint8, None, False, False) is None  # gaps
+    g = torch.randn(4, 5, 6, 3, generator=gen).transpose(1, 3).contiguous().transpose(1, 3)
+    results = []
+    for on in (True, False):
+        xi = x.detach().clone().requires_grad_()  # clone keeps the transposed layout
+        with native.native_kernels(on):
+            y = fake_quantize_ste(xi, s, zp, qint8)
+            y.backward(g)
+        results.append((y.detach(), xi.grad))
+    (y_n, g_n), (y_t, g_t) = results
+    assert_same(y_n, y_t, "forward") and y_n.stride() == y_t.stride()
+    assert_same(g_n, g_t, "backward")
+    assert g_n.stride() == g_t.stride()

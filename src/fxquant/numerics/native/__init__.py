@@ -306,7 +306,8 @@ def fake_quant(
     """Fake quantization (and the STE mask, bool) in one pass, or None where it does not apply.
 
     Applies to contiguous float32 / float64 CPU tensors on grids of at most :data:`MAX_BITS`
-    bits, per tensor (0-d ``scale``) or per channel (1-d ``scale`` with one entry per index of
+    bits, per tensor (0-d ``scale``; also any dense layout, e.g. a transposed view: ``out`` and
+    ``mask`` keep it) or per channel (1-d ``scale`` with one entry per index of
     ``x.shape[axis]``).  ``out`` equals :func:`fxquant.numerics.fake_quantize` bit for bit;
     ``mask`` is True where the unclamped code lies in ``[qmin, qmax]``.  Records no autograd
     graph.
@@ -339,14 +340,14 @@ def _fq_inner(x, scale, zero_point, dtype: QDType, axis: int | None) -> int | No
     """The ``inner`` size of the ``[outer, C, inner]`` view, or None if the kernel declines."""
     if not _ready() or x.dtype not in _FLOATS or dtype.bits > MAX_BITS:
         return None
-    if not x.is_contiguous() or not _plain(x, scale, zero_point):
+    if not _plain(x, scale, zero_point):
         return None
     if scale.dim() == 0:
-        if zero_point.dim() != 0:
+        if zero_point.dim() != 0 or not (x.is_contiguous() or _dense(x)):
             return None
         inner = 1
     else:
-        if axis is None or scale.dim() != 1 or x.dim() == 0:
+        if axis is None or scale.dim() != 1 or x.dim() == 0 or not x.is_contiguous():
             return None
         ax = axis % x.dim()
         if scale.shape[0] != x.shape[ax] or zero_point.shape != scale.shape:
@@ -357,6 +358,20 @@ def _fq_inner(x, scale, zero_point, dtype: QDType, axis: int | None) -> int | No
         if inner == 0:
             return None
     return inner
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """``x`` fills a block of memory without gaps or overlaps (a permuted contiguous tensor,
+    e.g. a transposed view): what the per-tensor kernel processes in storage order."""
+    if x.numel() == 0:
+        return False
+    expected = 1
+    for size, stride in sorted((d for d in zip(x.shape, x.stride(), strict=True) if d[0] != 1),
+                               key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def masked_grad(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

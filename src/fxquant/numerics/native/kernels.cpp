@@ -76,6 +76,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -188,10 +189,15 @@ std::tuple<at::Tensor, at::Tensor> fake_quant(const at::Tensor& x, const at::Ten
                                               bool with_mask) {
   TORCH_CHECK(x.device().is_cpu() && scale_in.device().is_cpu() && zero_point.device().is_cpu(),
               "fxquant::fake_quant: CPU tensors only");
-  TORCH_CHECK(x.is_contiguous(), "fxquant::fake_quant: x must be contiguous");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "fxquant::fake_quant: float32 / float64 only");
   const int64_t n_channels = scale_in.numel();
+  // per tensor, x may also be a dense tensor in another dimension order (a transposed view):
+  // the op is element-wise, so its memory is processed in storage order (data_ptr is its lowest
+  // address); out and mask take x's strides (empty_like preserves a dense layout)
+  TORCH_CHECK(x.is_contiguous() || (n_channels == 1 && inner == 1 &&
+                                    x.is_non_overlapping_and_dense()),
+              "fxquant::fake_quant: x must be contiguous (or dense, per tensor)");
   TORCH_CHECK(n_channels >= 1 && zero_point.numel() == n_channels,
               "fxquant::fake_quant: scale / zero point sizes differ");
   // as the pure-torch path: scale.to(x.dtype); bounds qmin - zp and qmax - zp in x's dtype
@@ -201,7 +207,8 @@ std::tuple<at::Tensor, at::Tensor> fake_quant(const at::Tensor& x, const at::Ten
   TORCH_CHECK(inner >= 1 && x.numel() % (n_channels * inner) == 0,
               "fxquant::fake_quant: x does not split into [outer, C, inner]");
   at::Tensor out = at::empty_like(x);
-  at::Tensor mask = at::empty(with_mask ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kBool));
+  at::Tensor mask = with_mask ? at::empty_like(x, x.options().dtype(at::kBool))
+                              : at::empty({0}, x.options().dtype(at::kBool));
   if (x.numel() == 0) return {out, mask};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fxquant_fake_quant", [&] {
     if (reciprocal) {
@@ -775,11 +782,36 @@ at::Tensor qlinear_add(const at::Tensor& a, const at::Tensor& b, const at::Tenso
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// grad * mask for any layouts, without converting the mask to grad's dtype first: a
+// TensorIterator of the same inputs as ATen's mul, so the output takes the layout mul gives
+at::Tensor masked_grad_strided(const at::Tensor& grad, const at::Tensor& mask) {
+  at::Tensor out;
+  auto iter = at::TensorIteratorConfig()
+                  .add_output(out)
+                  .add_const_input(grad)
+                  .add_const_input(mask)
+                  .check_all_same_dtype(false)
+                  .declare_static_dtype(grad.scalar_type())
+                  .build();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fxquant_masked_grad_strided", [&] {
+    iter.for_each([](char** data, const int64_t* strides, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t g = *reinterpret_cast<const scalar_t*>(data[1] + i * strides[1]);
+        const bool m = *reinterpret_cast<const bool*>(data[2] + i * strides[2]);
+        *reinterpret_cast<scalar_t*>(data[0] + i * strides[0]) = g * static_cast<scalar_t>(m);
+      }
+    });
+  });
+  return iter.output();
+}
+
 at::Tensor grad_times_mask(const at::Tensor& grad, const at::Tensor& mask) {
   // a gradient that requires grad (create_graph=True) takes differentiable ATen operations
-  if (!grad.requires_grad() && grad.is_contiguous() && grad.sizes() == mask.sizes() &&
-      (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble))
-    return masked_grad(grad, mask);
+  const bool plain = !grad.requires_grad() && grad.sizes() == mask.sizes() &&
+                     grad.device().is_cpu() && mask.scalar_type() == at::kBool &&
+                     (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble);
+  if (plain && grad.is_contiguous() && mask.is_contiguous()) return masked_grad(grad, mask);
+  if (plain) return masked_grad_strided(grad, mask);
   return grad * mask;  // same bits: the bool promotes to 0.0 / 1.0
 }
 
