@@ -257,27 +257,30 @@ void bin_indices(const T* __restrict x, int64_t n, T factor, int32_t half,
   }
 }
 
-// exact running minimum / maximum of float32 blocks (no NaN / Inf here: they never pass the
-// range check) and whether a block holds a -0.0 (the sign of a zero minimum / maximum is then
-// the one torch.aminmax's evaluation order gives, which only aminmax itself reproduces; without
-// a -0.0 every zero is +0.0 and the extremes have one bit pattern whatever the order)
+// exact running minimum / maximum of float32 blocks, whether a block holds a NaN, and whether
+// it holds a -0.0 (the sign of a zero minimum / maximum is then the one torch.aminmax's
+// evaluation order gives, which only aminmax itself reproduces; without a -0.0 every zero is
+// +0.0 and the extremes of the non-NaN values have one bit pattern whatever the order)
 struct BlockRange {
   float lo = std::numeric_limits<float>::infinity();
   float hi = -std::numeric_limits<float>::infinity();
   bool neg_zero = false;
+  bool nan = false;
 
   void add(const float* __restrict x, int64_t n) {
     int64_t i = 0;
     float l = lo, h = hi;
-    uint32_t nz = 0;
+    uint32_t nz = 0, nn = 0;
 #if defined(__AVX2__)
     __m256 vl = _mm256_set1_ps(l), vh = _mm256_set1_ps(h);
+    __m256 vnan = _mm256_setzero_ps();
     __m256i vnz = _mm256_setzero_si256();
     const __m256i negzero = _mm256_set1_epi32(static_cast<int>(0x80000000u));
     for (; i + 8 <= n; i += 8) {
       const __m256 v = _mm256_loadu_ps(x + i);
-      vl = _mm256_min_ps(vl, v);
+      vl = _mm256_min_ps(vl, v);  // a NaN v is dropped here, and counted below
       vh = _mm256_max_ps(vh, v);
+      vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
       vnz = _mm256_or_si256(vnz, _mm256_cmpeq_epi32(_mm256_castps_si256(v), negzero));
     }
     alignas(32) float lanes_lo[8], lanes_hi[8];
@@ -288,6 +291,7 @@ struct BlockRange {
       h = lanes_hi[k] > h ? lanes_hi[k] : h;
     }
     nz = _mm256_testz_si256(vnz, vnz) ? 0u : 1u;
+    nn = _mm256_testz_ps(vnan, vnan) ? 0u : 1u;
 #endif
     for (; i < n; ++i) {
       const float v = x[i];
@@ -296,10 +300,12 @@ struct BlockRange {
       uint32_t bits;
       std::memcpy(&bits, &x[i], sizeof(bits));
       nz |= static_cast<uint32_t>(bits == 0x80000000u);
+      nn |= static_cast<uint32_t>(v != v);
     }
     lo = l;
     hi = h;
     neg_zero = neg_zero || nz != 0;
+    nan = nan || nn != 0;
   }
 };
 
@@ -538,6 +544,54 @@ bool choose_scalar(double lo, double hi, int64_t qmin, int64_t qmax, bool symmet
   return true;
 }
 
+// MinMaxObserver per channel on axis 0 of a contiguous float32 x (a weight), then the
+// symmetric signed qparams, with plain loops instead of a dozen small ATen operations.  Every
+// value is the one of the ATen path: amin / amax of a row and minimum / maximum of two floats
+// are exact and order-free unless a zero is involved (its sign is then the evaluation order's),
+// so any zero among the row extremes returns false and the ATen path runs; so do non-finite
+// values, a first batch (min_val not yet [C]) and the grids the ATen path handles differently.
+// The scale max(-min, max) clamped at 0, / qmax, clamped at eps: a zero there ends as eps
+// whatever its sign.
+bool observe_minmax_rows(const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val,
+                         int64_t qmax, double eps, bool compute, at::Tensor* scale_out) {
+  const int64_t c = x.size(0);
+  if (c == 0 || !x.is_contiguous() || min_val.dim() != 1 || min_val.size(0) != c ||
+      max_val.dim() != 1 || max_val.size(0) != c || !min_val.is_contiguous() ||
+      !max_val.is_contiguous())
+    return false;
+  const int64_t k = x.numel() / c;
+  if (k == 0) return false;
+  std::vector<float> lo(static_cast<size_t>(c)), hi(static_cast<size_t>(c));
+  const float* xp = x.const_data_ptr<float>();
+  for (int64_t r = 0; r < c; ++r) {
+    BlockRange row;
+    row.add(xp + r * k, k);
+    if (row.nan || !std::isfinite(row.lo) || !std::isfinite(row.hi) || row.lo == 0.0f ||
+        row.hi == 0.0f)
+      return false;
+    lo[r] = row.lo;
+    hi[r] = row.hi;
+  }
+  float* mn = min_val.mutable_data_ptr<float>();
+  float* mx = max_val.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < c; ++r) {  // torch.minimum / maximum: no ties (no zero in lo / hi)
+    mn[r] = lo[r] < mn[r] ? lo[r] : mn[r];
+    mx[r] = hi[r] > mx[r] ? hi[r] : mx[r];
+  }
+  if (!compute) return true;
+  at::Tensor scale = at::empty({c}, x.options());
+  float* sp = scale.mutable_data_ptr<float>();
+  const float q = static_cast<float>(qmax), e = static_cast<float>(eps);
+  for (int64_t r = 0; r < c; ++r) {
+    float v = std::max(-mn[r], mx[r]);
+    v = v < 0.0f ? 0.0f : v;
+    v = v / q;
+    sp[r] = v < e ? e : v;
+  }
+  *scale_out = scale;
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
     const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, double averaging,
     int64_t axis, int64_t qmin, int64_t qmax, bool symmetric, bool is_signed, bool power_of_two,
@@ -547,6 +601,16 @@ std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
       min_val.scalar_type() != at::kFloat || max_val.scalar_type() != at::kFloat ||
       !min_val.device().is_cpu())
     return {none, none, kUntouched};
+  const double min_normal_eps = 1.1754943508222875e-38, max_normal_eps = 3.4028234663852886e+38;
+  if (axis == 0 && averaging < 0 && x.dim() >= 1 && min_val.device().is_cpu() &&
+      max_val.device().is_cpu() && symmetric && is_signed && bits <= 24 && !power_of_two &&
+      eps >= min_normal_eps && eps <= max_normal_eps) {
+    at::Tensor scale;
+    if (observe_minmax_rows(x, min_val, max_val, qmax, eps, compute, &scale)) {
+      if (!compute) return {none, none, kObservedOnly};
+      return {scale, at::zeros(scale.sizes(), scale.options().dtype(at::kInt)), kDone};
+    }
+  }
   at::Tensor lo, hi;
   if (axis < 0) {
     std::tie(lo, hi) = at::aminmax(x);

@@ -212,6 +212,45 @@ def _check_observe(observe, gen) -> str | None:
                 if status != 0 or not (_same_bits(mn, ref_mn) and _same_bits(mx, ref_mx)
                                        and _same_bits(s, rs) and torch.equal(z, rz)):
                     return f"observe_qparams averaging={averaging} symmetric={symmetric}"
+    return _check_observe_channels(observe, gen)
+
+
+def _check_observe_channels(observe, gen) -> str | None:
+    """Running per-channel statistics of a weight ([C, K] rows, axis 0) and its symmetric
+    scales, against amin / amax / minimum / maximum and the float32 scale formula; rows whose
+    extremes are zero (either sign), hold NaN / Inf, or are all one value."""
+    c, k = 37, 29
+    mn, mx = torch.full((c,), float("inf")), torch.full((c,), float("-inf"))
+    ref_mn, ref_mx = mn.clone(), mx.clone()
+    for step in range(4):
+        w = torch.randn(c, k, generator=gen) * (step + 1)
+        w[3] = 1.5  # one value
+        w[5, :4] = torch.tensor([0.0, -0.0, -1e-30, 1e-30]) if step == 2 else w[5, :4]
+        if step == 1:  # a zero minimum: the ATen path's own order decides its sign
+            w[7] = w[7].abs()
+            w[7, 2] = 0.0
+        if step == 3:
+            w[8] = -w[8].abs()
+            w[8, 1] = -0.0
+        if step == 0:  # the first batch: the caller's path (min_val not [C] yet)
+            mn, mx = w.amin(1), w.amax(1)
+            ref_mn, ref_mx = mn.clone(), mx.clone()
+            continue
+        lo, hi = torch.aminmax(w, dim=1)
+        ref_mn, ref_mx = torch.minimum(ref_mn, lo), torch.maximum(ref_mx, hi)
+        s, z, status = observe(w, mn, mx, -1.0, 0, -128, 127, True, True, False, 2.0**-23, 8,
+                               True)
+        rs = torch.maximum(ref_mn.neg(), ref_mx).clamp_min_(0.0).div_(127).clamp_min_(2.0**-23)
+        if status != 0 or not (_same_bits(mn, ref_mn) and _same_bits(mx, ref_mx)
+                               and _same_bits(s, rs) and not z.any()):
+            return f"observe_qparams per channel, step {step}"
+    for bad in (float("nan"), float("inf")):
+        w = torch.randn(c, k, generator=gen)
+        w[11, 13] = bad
+        before = mn.clone()
+        if observe(w, mn, mx, -1.0, 0, -128, 127, True, True, False, 2.0**-23, 8, True)[2] != 1 \
+                or not _same_bits(mn, before):
+            return f"observe_qparams per channel did not decline {bad}"
     return None
 
 
