@@ -349,7 +349,6 @@ def run(quick: bool = False, config: CostConfig | None = None) -> SuiteResult:
     """Run the suite (``quick``: tiny models, no peers, no AdaRound timing)."""
     cfg = config or (QUICK if quick else FULL)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
     res = SuiteResult(
         "cost",
         f"Cost of QAT / calibration vs peers: {len(cfg.models)} models, batch {cfg.batch}, "
@@ -362,7 +361,7 @@ def run(quick: bool = False, config: CostConfig | None = None) -> SuiteResult:
     if cfg.adaround_iterations:
         _adaround_rows(res, cfg)
     _range_rows(res, cfg, summary)
-    _notes(res, summary, cfg, load, os.getloadavg()[0], time.perf_counter() - t0)
+    _notes(res, summary, cfg, load, os.getloadavg()[0])
     return res
 
 
@@ -408,8 +407,7 @@ def _lowest_note(res: SuiteResult, s: dict, label: str, measure: str, toolkit: s
     )
 
 
-def _notes(res: SuiteResult, s: dict, cfg: CostConfig, load: float, load_end: float,
-           seconds: float) -> None:
+def _notes(res: SuiteResult, s: dict, cfg: CostConfig, load: float, load_end: float) -> None:
     res.notes.append(
         f"torch.get_num_threads()={torch.get_num_threads()}, load average (1 min) at start "
         f"{load:.2f}, at end {load_end:.2f}; {cfg.rounds} rounds x {cfg.block} round-robin "
@@ -443,4 +441,3 @@ def _notes(res: SuiteResult, s: dict, cfg: CostConfig, load: float, load_end: fl
         if key[0] == "range":
             res.notes.append(f"target range search < {TARGET_RANGE_S:g} s ({key[1]}, {key[2]}): "
                              f"{_verdict(value, TARGET_RANGE_S, ' s')}")
-    res.notes.append(f"suite time: {seconds:.0f} s")

@@ -121,6 +121,10 @@ def _modelopt_cfg(histogram: bool) -> dict:
         for key, spec in entries:
             if "input_quantizer" in key and isinstance(spec, dict):
                 spec["calibrator"] = "histogram"
+        # "max" would finish the calibration with compute_amax(), which a histogram calibrator
+        # refuses without a method (0.47); no algorithm: the quantizers are inserted and the
+        # timed forward collects the histograms (what a calibration batch costs)
+        cfg["algorithm"] = None
     return cfg
 
 

@@ -357,12 +357,38 @@ def test_native_observation_is_the_python_observation(observer, ch_axis, grid):
     assert (da, ca) == (db, cb)
 
 
+@pytest.mark.parametrize("observer", ["minmax", "moving"])
+def test_native_observation_of_large_tensors_is_the_python_observation(observer):
+    """Tensors that several threads reduce: ReLU-like batches whose minimum is a zero, with
+    and without a -0.0 among them, and ordinary ones; the same bits as the Python path."""
+    obs = MinMaxObserver if observer == "minmax" else MovingAverageMinMaxObserver
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 16, 30, 30, generator=gen) * s for s in (1.0, 2.0, 0.5, 3.0)]
+    batches[1] = batches[1].clamp(min=0.0)
+    batches[2] = batches[2].clamp(max=0.0)
+    batches[2][3, 4, 5, 6] = -0.0
+    results = []
+    for on in (True, False):
+        fq = FakeQuantize(obs)
+        with native.native_kernels(on):
+            fq.set_state(FakeQuantState.QAT)
+            outs = [fq(b).view(torch.int32) for b in batches]
+        results.append((_all_bits(fq), outs))
+    (a, oa), (b, ob) = results
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(oa, ob, strict=True))
+
+
 def test_native_observation_leaves_nan_to_the_python_error():
     fq = FakeQuantize()
     fq(torch.randn(8))
     before = _all_bits(fq)
     with native.native_kernels(True), pytest.raises(ObserverError, match="NaN or Inf"):
         fq(torch.tensor([1.0, float("nan")]))
+    big = torch.randn(200_000)
+    big[123_456] = float("nan")  # in the second thread's chunk
+    with native.native_kernels(True), pytest.raises(ObserverError, match="NaN or Inf"):
+        fq(big)
     after = _all_bits(fq)
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -12,10 +12,10 @@ from torch import nn
 
 import fxquant
 from fxquant.graph.simulate import _CACHE, runtime_plan
-from fxquant.numerics import native
 from fxquant.numerics import held as held_module
-from fxquant.runtime_math.grids import one_forward
+from fxquant.numerics import native
 from fxquant.numerics.held import KEEP_MAX_NUMEL, Snapshot, is_kept, keepable, mark_kept
+from fxquant.runtime_math.grids import one_forward
 from fxquant.runtime_math.weighted import WeightedKernel
 
 

@@ -217,8 +217,9 @@ class ConvBnNd:
 
 def _channel_divide(y: Tensor, d: Tensor) -> Tensor:
     """``y / d`` with autograd's gradient bits in fewer passes (C++ operator where the native
-    kernels apply, else :class:`_ChannelDivide`)."""
-    out = native.channel_divide(y, d)
+    kernels apply -- written over ``y``, a conv output read by nothing else --, else
+    :class:`_ChannelDivide`)."""
+    out = native.channel_divide_(y, d)
     return _ChannelDivide.apply(y, d) if out is None else out
 
 

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from ..fake_quant import FakeQuantize, LearnableFakeQuantize
 from ..numerics import QParams, native
-from . import ort
 from ..numerics.held import Snapshot
+from . import ort
 
 __all__ = ["Grid", "one_forward", "qparams_of", "grid_of", "check_kept", "checked", "mark_on_grid",
            "SkipOnGrid"]

@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from ..fake_quant import FakeQuantize, FakeQuantState, LearnableFakeQuantize
 from ..numerics import native
+from ..numerics.held import Snapshot
 from . import ort, tflite
 from .exact import exact_matmul
 from .grids import Grid, grid_of, mark_on_grid, qparams_of
-from ..numerics.held import Snapshot
 
 __all__ = [
     "RuntimeKernel",

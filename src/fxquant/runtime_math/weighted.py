@@ -21,10 +21,10 @@ from ..fake_quant import FakeQuantize
 from ..numerics import QParams
 from ..numerics.affine import unclamped_codes
 from ..numerics.bias import channel_scale, quantize_bias
+from ..numerics.held import Snapshot
 from . import ort, tflite
 from .exact import Route, accumulate, accumulation_route
 from .grids import Grid, checked, grid_of, mark_on_grid, qparams_of
-from ..numerics.held import Snapshot
 from .kernels import RuntimeKernel, clip_implied
 
 __all__ = ["WeightedKernel"]

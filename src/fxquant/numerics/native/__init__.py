@@ -74,6 +74,7 @@ __all__ = [
     "div_channel_backward",
     "fake_quant_ste",
     "channel_divide",
+    "channel_divide_",
     "observe_qparams",
     "scale_round",
     "grid_lookup",
@@ -268,7 +269,7 @@ def _ops():
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
             ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
             ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default,
-            ns.mlas_logistic.default, ns.histogram_observe.default)
+            ns.mlas_logistic.default, ns.histogram_observe.default, ns.channel_divide_.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -427,15 +428,27 @@ def div_channel_backward(
     return _State.ops[3](grad, out, d.contiguous(), inner)
 
 
+def _divide_applies(y: torch.Tensor, d: torch.Tensor) -> bool:
+    return not (not _ready() or y.dtype not in _FLOATS or not _plain(y, d) or y.dim() < 2
+                or d.dim() != y.dim() or d.dtype != y.dtype or d.shape[1] != y.shape[1]
+                or any(s != 1 for i, s in enumerate(d.shape) if i != 1))
+
+
 def channel_divide(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
     """``y / d`` for ``d`` shaped ``[1, C, 1, ...]`` as an autograd operator whose backward is
     autograd's rule for a division, bit for bit, in two passes computed in C++; None where it
     does not apply."""
-    if (not _ready() or y.dtype not in _FLOATS or not _plain(y, d) or y.dim() < 2
-            or d.dim() != y.dim() or d.dtype != y.dtype or d.shape[1] != y.shape[1]
-            or any(s != 1 for i, s in enumerate(d.shape) if i != 1)):
+    if not _divide_applies(y, d):
         return None
     return _State.ops[5](y, d)
+
+
+def channel_divide_(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+    """:func:`channel_divide` written over ``y`` (which nothing else may read afterwards: a
+    conv output), saving a buffer of its size; the same values and gradient."""
+    if not _divide_applies(y, d):
+        return None
+    return _State.ops[13](y, d)
 
 
 OBSERVED_ONLY = 2

@@ -544,6 +544,37 @@ bool choose_scalar(double lo, double hi, int64_t qmin, int64_t qmax, bool symmet
   return true;
 }
 
+// torch.aminmax(x) of a whole contiguous float32 tensor in one pass on all threads (BlockRange
+// per chunk): the same two values, since the extremes of finite, NaN-free data without a -0.0
+// have one bit pattern; a NaN or a -0.0 anywhere hands the tensor to aminmax itself (the NaN to
+// its propagation, the zero to its order), as does any other tensor.
+std::tuple<at::Tensor, at::Tensor> tensor_aminmax(const at::Tensor& x) {
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous() || !x.device().is_cpu() ||
+      x.numel() == 0)
+    return at::aminmax(x);
+  const int64_t n = x.numel();
+  const int64_t grain = 1 << 16;
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain));
+  std::vector<BlockRange> ranges(static_cast<size_t>(chunks));
+  const float* xp = x.const_data_ptr<float>();
+  const int64_t per = (n + chunks - 1) / chunks;
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t lo = c * per;
+      const int64_t hi = std::min(n, lo + per);
+      if (hi > lo) ranges[c].add(xp + lo, hi - lo);
+    }
+  });
+  BlockRange all;
+  for (const BlockRange& r : ranges) {
+    if (r.nan || r.neg_zero) return at::aminmax(x);
+    all.lo = std::min(all.lo, r.lo);
+    all.hi = std::max(all.hi, r.hi);
+  }
+  return {at::scalar_tensor(all.lo, x.options()), at::scalar_tensor(all.hi, x.options())};
+}
+
 // MinMaxObserver per channel on axis 0 of a contiguous float32 x (a weight), then the
 // symmetric signed qparams, with plain loops instead of a dozen small ATen operations.  Every
 // value is the one of the ATen path: amin / amax of a row and minimum / maximum of two floats
@@ -613,7 +644,7 @@ std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
   }
   at::Tensor lo, hi;
   if (axis < 0) {
-    std::tie(lo, hi) = at::aminmax(x);
+    std::tie(lo, hi) = tensor_aminmax(x);
   } else {
     const int64_t c = x.size(axis);
     std::tie(lo, hi) = channel_aminmax(x.movedim(axis, 0).reshape({c, -1}));
@@ -952,6 +983,29 @@ at::Tensor channel_divide_autograd(const at::Tensor& y, const at::Tensor& d) {
   return ChannelDivide::apply(y, d);
 }
 
+// the same division written over y (a conv output nothing else reads: no second buffer of the
+// conv output's size); y / d with out in y's memory has the same bits as at::div
+class ChannelDivideInPlace : public torch::autograd::Function<ChannelDivideInPlace> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor y, const at::Tensor& d) {
+    y.div_(d);
+    ctx->mark_dirty({y});
+    ctx->save_for_backward({y, d});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return ChannelDivide::backward(ctx, std::move(grads));
+  }
+};
+
+at::Tensor& channel_divide_inplace_autograd(at::Tensor& y, const at::Tensor& d) {
+  ChannelDivideInPlace::apply(y, d);
+  return y;
+}
+
+at::Tensor& channel_divide_inplace_cpu(at::Tensor& y, const at::Tensor& d) { return y.div_(d); }
+
 at::Tensor channel_divide_cpu(const at::Tensor& y, const at::Tensor& d) { return at::div(y, d); }
 
 // mlas_logistic: MLAS's logistic (Eigen's rational approximation, FMA3 kernel) of every element,
@@ -1054,6 +1108,7 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("fake_quant_ste(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
         "bool reciprocal) -> Tensor");
   m.def("channel_divide(Tensor y, Tensor d) -> Tensor");
+  m.def("channel_divide_(Tensor(a!) y, Tensor d) -> Tensor(a!)");
   m.def("observe_qparams(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float averaging, "
         "int axis, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
         "float eps, int bits, bool compute) -> (Tensor, Tensor, int)");
@@ -1075,6 +1130,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("div_channel_backward", &div_channel_backward);
   m.impl("fake_quant_ste", &fake_quant_ste_cpu);
   m.impl("channel_divide", &channel_divide_cpu);
+  m.impl("channel_divide_", &channel_divide_inplace_cpu);
   m.impl("observe_qparams", &observe_qparams);
   m.impl("scale_round", &scale_round);
   m.impl("grid_lookup", &grid_lookup);
@@ -1090,4 +1146,5 @@ TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {
   m.impl("fake_quant_ste", &fake_quant_ste_autograd);
   m.impl("channel_divide", &channel_divide_autograd);
+  m.impl("channel_divide_", &channel_divide_inplace_autograd);
 }

@@ -150,7 +150,7 @@ def _check_div_backward(divb, gen) -> str | None:
     return None
 
 
-def _check_autograd_ops(fq_ste, divide, gen) -> str | None:
+def _check_autograd_ops(fq_ste, divide, divide_, gen) -> str | None:
     """The autograd operators: values and gradients against torch's own autograd."""
     for dtype in (torch.float32, torch.float64):
         x = _inputs(dtype, 0.05, gen)[:2000].reshape(4, 5, 100)
@@ -166,15 +166,19 @@ def _check_autograd_ops(fq_ste, divide, gen) -> str | None:
         y = torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64).to(dtype) * 10
         d = torch.tensor([0.3, -2.0, 1.7, 5e-3], dtype=dtype).reshape(1, -1, 1, 1)
         gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
-        got, want = [], []
+        want = []
         with torch.enable_grad():
-            for fn, acc in ((divide, got), (torch.div, want)):
+            ya, da = y.clone().requires_grad_(True), d.clone().requires_grad_(True)
+            o = torch.div(ya, da)
+            o.backward(gy)
+            want = [o.detach(), ya.grad, da.grad]
+            for name, fn in (("channel_divide", divide), ("channel_divide_", divide_)):
                 ya, da = y.clone().requires_grad_(True), d.clone().requires_grad_(True)
-                o = fn(ya, da)
+                o = fn(ya * 1.0, da)  # the in-place form writes over a non-leaf
                 o.backward(gy)
-                acc += [o.detach(), ya.grad, da.grad]
-        if not all(_same_bits(a, b) for a, b in zip(got, want, strict=True)):
-            return f"channel_divide {dtype}"
+                got = [o.detach(), ya.grad, da.grad]
+                if not all(_same_bits(a, b) for a, b in zip(got, want, strict=True)):
+                    return f"{name} {dtype}"
     return None
 
 
@@ -196,8 +200,13 @@ def _check_observe(observe, gen) -> str | None:
         for symmetric in (True, False):
             mn, mx = torch.tensor(float("inf")), torch.tensor(float("-inf"))
             ref_mn, ref_mx = mn.clone(), mx.clone()
-            for step in range(3):
-                x = torch.randn(500, generator=gen) * (step + 1) + 0.3
+            for step in range(4):
+                x = torch.randn(500 if step < 2 else 70001, generator=gen) * (step + 1) + 0.3
+                if step == 2:  # several chunks, a zero minimum of +0.0 only
+                    x = x.clamp(min=0.0)
+                if step == 3:  # a -0.0 among them: aminmax's own order decides
+                    x = x.clamp(max=0.0)
+                    x[12345] = -0.0
                 s, z, status = observe(x, mn, mx, averaging, -1, -128, 127, symmetric, True,
                                        False, 2.0**-23, 8, True)
                 lo, hi = torch.aminmax(x)
@@ -376,7 +385,7 @@ def _check_same_bytes(same, gen) -> str | None:
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
     (fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same,
-     logistic, hist_observe) = ops
+     logistic, hist_observe, divide_) = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
@@ -386,4 +395,4 @@ def run(ops) -> str | None:
         problem = problem or _check_qlinear_add(qadd, gen) or _check_same_bytes(same, gen)
         problem = problem or _check_logistic(logistic, gen)
         problem = problem or _check_histogram_observe(hist_observe, gen)
-    return problem or _check_autograd_ops(fq_ste, divide, gen)
+    return problem or _check_autograd_ops(fq_ste, divide, divide_, gen)
