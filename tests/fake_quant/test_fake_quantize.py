@@ -422,3 +422,33 @@ def test_calibration_skips_a_weight_the_min_max_observer_already_holds_bit_for_b
         ma(w)
         ma(w)
     assert ma._seen is None
+
+
+@pytest.mark.parametrize("setter", ["minmax", "histogram", "qat"])
+def test_calibration_under_inference_mode_leaves_state_usable_outside_it(setter):
+    """A batch observed under torch.inference_mode must not leave inference tensors as
+    statistics or scales: later calibration, evaluation, load_state_dict and QAT touch them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(288, 4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    qc = {"minmax": fxquant.get_qconfig(), "histogram": fxquant.default_calibration_qconfig_setter,
+          "qat": fxquant.default_qat_qconfig_setter}[setter]
+    qm = fxquant.prepare(model, x, qc)
+    fxquant.set_fake_quantize(qm, FakeQuantState.CALIBRATION)
+    with torch.inference_mode():
+        qm(x)
+        qm(x * 2)
+    with torch.no_grad():
+        qm(x * 3)  # in-place statistics updates outside the mode
+    fxquant.set_fake_quantize(qm, FakeQuantState.VALIDATION)
+    for t in qm.state_dict().values():
+        assert not t.is_inference()
+    with torch.no_grad():
+        ref = qm(x)
+    assert torch.equal(qm(x), ref)
+    qm.load_state_dict(qm.state_dict())
+    qm.train()
+    fxquant.set_fake_quantize(qm, FakeQuantState.QAT)
+    qm(x).sum().backward()
+    torch.optim.SGD(qm.parameters(), lr=0.1).step()

@@ -250,6 +250,13 @@ def test_a_failed_selfcheck_turns_the_kernels_off(fresh_state, monkeypatch):
     assert "self-check failed: fake_quant differs" in native.why_unavailable()
 
 
+def test_kernels_first_used_inside_inference_mode_pass_their_self_check(fresh_state):
+    if native.why_unavailable() and "earlier build failed" in native.why_unavailable():
+        pytest.skip("no native build on this machine")
+    with torch.inference_mode():  # the autograd operators' check needs autograd: run outside
+        assert native.available(), native.why_unavailable()
+
+
 # -- autograd operators (backward in C++) -------------------------------------------------------
 @pytest.mark.parametrize("axis", [None, 1, -1])
 @pytest.mark.parametrize("dtype_x", [torch.float32, torch.float64])

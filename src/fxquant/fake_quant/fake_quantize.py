@@ -168,6 +168,9 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         # buffer table (``Module.__setattr__`` re-registers the buffer: several times slower)
         bufs = self._buffers
         dev = bufs["calibrated"].device
+        if torch.is_inference_mode_enabled():  # state outlives the mode: normal tensors
+            with torch.inference_mode(False):
+                scale, zero_point = scale.clone(), zero_point.clone()
         bufs["scale"] = scale.to(dev)
         bufs["zero_point"] = zero_point.to(device=dev, dtype=torch.int32)
 
@@ -412,7 +415,7 @@ class LearnableFakeQuantize(FakeQuantize):
         self.zero_point = torch.nn.Parameter(torch.zeros(shape), requires_grad=not self.symmetric)
 
     def _store_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             dev = self.calibrated.device
             if self.scale.shape != scale.shape:
                 self.scale = torch.nn.Parameter(scale.to(dev).clone())

@@ -163,14 +163,13 @@ class ConvBnNd:
         own, bns, bn_params = self._parameters, bn._buffers, bn._parameters  # type: ignore
         sources = (own["weight"], own.get("bias"), bns["running_mean"], bns["running_var"],
                    bn_params.get("weight"), bn_params.get("bias"))
+        if not keepable(*sources):  # fake tensors of an export, tracing, huge weights
+            return self.folded_weight_and_bias()
         kept = self._kept_fold
         if kept is not None and kept[0].holds(sources, (bn.eps,)):
             return kept[1], kept[2]
         w, b = self.folded_weight_and_bias()
-        if keepable(*sources):
-            self._kept_fold = (Snapshot(sources, (bn.eps,)), mark_kept(w), b)
-        else:
-            self._kept_fold = None
+        self._kept_fold = (Snapshot(sources, (bn.eps,)), mark_kept(w), b)
         return w, b
 
     def _fake_quantize(self, w: Tensor) -> Tensor:

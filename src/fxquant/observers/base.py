@@ -63,7 +63,9 @@ class Observer(LazyShapeBuffers, WithArgs):
                 f"{list(x.shape)}; give it an axis in [{-x.dim()}, {x.dim() - 1}] or "
                 "ch_axis=None (per tensor)"
             )
-        with torch.no_grad():
+        # statistics are state kept across modes: never inference tensors (a batch observed
+        # under torch.inference_mode would leave buffers that no later update may touch)
+        with torch.inference_mode(False), torch.no_grad():
             self._observe(x.detach())
         return x
 

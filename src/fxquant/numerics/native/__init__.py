@@ -244,7 +244,8 @@ def _load() -> None:
                 build()
             if not hasattr(torch.ops.fxquant_native, "qlinear_add"):
                 torch.ops.load_library(str(lib))
-        problem = selfcheck.run(_ops())
+        with torch.inference_mode(False):  # the first use may come inside inference_mode
+            problem = selfcheck.run(_ops())
         if problem:
             raise RuntimeError(f"self-check failed: {problem}")
     except Exception as exc:  # no compiler, read-only file system, ...: pure torch
