@@ -69,7 +69,7 @@ def _slope(quantize_n, float_fwd_s: float, n: int) -> dict[str, Any]:
     """Per-batch cost of a one-shot calibration call from its time on n and 3n batches."""
     quantize_n(n)  # warmup: graph capture, extensions
     t_n, t_3n = [], []
-    for _ in range(2):
+    for _ in range(3):  # the fastest of three: the whole call's fixed cost varies more than 2n
         t = time.perf_counter()
         quantize_n(n)
         t_n.append(time.perf_counter() - t)
