@@ -14,7 +14,8 @@ kernels of ``kernels.cpp`` make one pass each:
   channel), the BN-fold division of :class:`fxquant.nn.ConvBn2d` in training;
 * ``observe_qparams``: a min-max / moving-average observer's statistics update and
   :func:`fxquant.numerics.choose_qparams` of the new range in one call (the same ATen
-  operations and float64 arithmetic as the Python observers and qparams);
+  operations and float64 arithmetic as the Python observers and qparams; a whole float32
+  tensor's extremes in one threaded AVX2 pass, a weight's per-channel ones in plain loops);
 * ``scale_round``, ``grid_lookup``, ``qlinear_add`` and ``mlas_logistic``: the runtime
   simulation's element-wise arithmetic (:mod:`fxquant.runtime_math`): codes recovered from a
   tensor on a grid (``round(x / s) + zp``), an accumulator requantized and dequantized
@@ -23,9 +24,9 @@ kernels of ``kernels.cpp`` make one pass each:
   of three to ten;
 * ``same_bytes``: whether tensors still hold the bytes of their copies, all in one call (the
   runtime simulation's kept constants);
-* ``fake_quant_ste`` and ``channel_divide``: the straight-through fake quantization and that
-  division as autograd operators whose backward runs in C++ (no Python call per quantizer in
-  the backward pass).
+* ``fake_quant_ste`` and ``channel_divide`` (``channel_divide_``: written over its input): the
+  straight-through fake quantization and that division as autograd operators whose backward
+  runs in C++ (no Python call per quantizer in the backward pass).
 
 Every kernel evaluates the same IEEE operations in the same order as the pure-torch formula
 (no ``-ffast-math``, no floating-point contraction), so results are identical bit for bit; the

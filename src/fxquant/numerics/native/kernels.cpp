@@ -72,7 +72,8 @@
 //       forward fake_quant with the mask saved; backward masked_grad (grad * mask)
 //   channel_divide(y, d) -> y / d   (d shaped [1, C, 1, ...], y contiguous [N, C, ...])
 //       backward: grad / d, and -sum((out / d) * grad) over the dimensions where d is 1,
-//       the bits of autograd's own rule for a division (negation is exact)
+//       the bits of autograd's own rule for a division (negation is exact);
+//   channel_divide_(y!, d): the same, written over y
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
