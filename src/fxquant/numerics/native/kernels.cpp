@@ -357,31 +357,42 @@ void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
   if (range_check) *bad = true;
 }
 
+// a whole-tensor pass split into at most one chunk per thread (at least 2**16 elements each):
+// thread_chunks(n) of them, fn(chunk, begin, end) run on each non-empty one in parallel
+int64_t thread_chunks(int64_t n) {
+  const int64_t grain = 1 << 16;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain));
+}
+
+template <typename F>
+void run_chunks(int64_t n, int64_t chunks, const F& fn) {
+  const int64_t per = (n + chunks - 1) / chunks;
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t lo = c * per;
+      const int64_t hi = std::min(n, lo + per);
+      if (hi > lo) fn(c, lo, hi);
+    }
+  });
+}
+
 at::Tensor histogram(const at::Tensor& x, int64_t shift, int64_t bins) {
   TORCH_CHECK(x.device().is_cpu(), "fxquant::histogram: CPU tensors only");
   TORCH_CHECK(x.is_contiguous(), "fxquant::histogram: x must be contiguous");
   TORCH_CHECK(bins >= 2 && (bins & (bins - 1)) == 0, "fxquant::histogram: bins must be 2**k");
   TORCH_CHECK(bins <= (int64_t(1) << 30), "fxquant::histogram: at most 2**30 bins");
   const int64_t n = x.numel();
-  const int max_threads = at::get_num_threads();
-  const int64_t grain = 1 << 16;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(max_threads, (n + grain - 1) / grain));
+  const int64_t chunks = thread_chunks(n);
   at::Tensor partial = at::zeros({chunks, bins}, x.options().dtype(at::kLong));
   int64_t* pp = partial.mutable_data_ptr<int64_t>();
   std::vector<char> bad(static_cast<size_t>(chunks), 0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fxquant_histogram", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t factor = static_cast<scalar_t>(std::ldexp(1.0, static_cast<int>(shift)));
-    const int64_t per = (n + chunks - 1) / chunks;
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) {
-        const int64_t lo = c * per;
-        const int64_t hi = std::min(n, lo + per);
-        bool chunk_bad = false;
-        if (hi > lo) histogram_impl<scalar_t>(xp + lo, hi - lo, factor, bins, pp + c * bins,
-                                               &chunk_bad);
-        bad[c] = chunk_bad;
-      }
+    run_chunks(n, chunks, [&](int64_t c, int64_t lo, int64_t hi) {
+      bool chunk_bad = false;
+      histogram_impl<scalar_t>(xp + lo, hi - lo, factor, bins, pp + c * bins, &chunk_bad);
+      bad[c] = chunk_bad;
     });
   });
   for (int64_t c = 0; c < chunks; ++c)
@@ -412,25 +423,16 @@ int64_t histogram_observe(const at::Tensor& x, at::Tensor& hist, const at::Tenso
   if (shift > 126 || shift < -126) return kUntouchedStatus;  // factor not a normal float32
   const float factor = std::ldexp(1.0f, static_cast<int>(shift));
   const int64_t n = x.numel();
-  const int max_threads = at::get_num_threads();
-  const int64_t grain = 1 << 16;
-  const int64_t chunks =
-      std::max<int64_t>(1, std::min<int64_t>(max_threads, (n + grain - 1) / grain));
+  const int64_t chunks = thread_chunks(n);
   std::vector<int64_t> partial(static_cast<size_t>(chunks * bins), 0);
   std::vector<BlockRange> ranges(static_cast<size_t>(chunks));
   std::vector<char> bad(static_cast<size_t>(chunks), 0);
   const float* xp = x.const_data_ptr<float>();
-  const int64_t per = (n + chunks - 1) / chunks;
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      const int64_t lo = c * per;
-      const int64_t hi = std::min(n, lo + per);
-      bool chunk_bad = false;
-      if (hi > lo)
-        histogram_impl<float, true>(xp + lo, hi - lo, factor, bins, partial.data() + c * bins,
-                                    &chunk_bad, &ranges[c]);
-      bad[c] = chunk_bad;
-    }
+  run_chunks(n, chunks, [&](int64_t c, int64_t lo, int64_t hi) {
+    bool chunk_bad = false;
+    histogram_impl<float, true>(xp + lo, hi - lo, factor, bins, partial.data() + c * bins,
+                                &chunk_bad, &ranges[c]);
+    bad[c] = chunk_bad;
   });
   BlockRange all;
   for (int64_t c = 0; c < chunks; ++c) {
@@ -554,19 +556,10 @@ std::tuple<at::Tensor, at::Tensor> tensor_aminmax(const at::Tensor& x) {
       x.numel() == 0)
     return at::aminmax(x);
   const int64_t n = x.numel();
-  const int64_t grain = 1 << 16;
-  const int64_t chunks =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain));
+  const int64_t chunks = thread_chunks(n);
   std::vector<BlockRange> ranges(static_cast<size_t>(chunks));
   const float* xp = x.const_data_ptr<float>();
-  const int64_t per = (n + chunks - 1) / chunks;
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      const int64_t lo = c * per;
-      const int64_t hi = std::min(n, lo + per);
-      if (hi > lo) ranges[c].add(xp + lo, hi - lo);
-    }
-  });
+  run_chunks(n, chunks, [&](int64_t c, int64_t lo, int64_t hi) { ranges[c].add(xp + lo, hi - lo); });
   BlockRange all;
   for (const BlockRange& r : ranges) {
     if (r.nan || r.neg_zero) return at::aminmax(x);
