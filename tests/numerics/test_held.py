@@ -144,3 +144,4 @@ def test_kept_tensors_are_known_by_identity_and_only_small_plain_tensors_are_kee
     assert not is_kept(t.clone())  # the same values in another tensor are not the kept one
     assert keepable(t, None, nn.Parameter(torch.ones(2)))
     assert not keepable(torch.empty(KEEP_MAX_NUMEL + 1))
+    assert not keepable(torch.empty(3, device="meta"))  # off the CPU: recomputed, not checked

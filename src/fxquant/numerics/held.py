@@ -85,12 +85,14 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def keepable(*tensors: Tensor | None) -> bool:
-    """Whether a training-time cache may keep a value derived from ``tensors``: ordinary tensors
-    (not the fake / functional tensors of ``torch.export`` or ``torch.compile``, not under
-    ``torch.jit`` tracing) of at most :data:`KEEP_MAX_NUMEL` elements each (None counts)."""
+    """Whether a training-time cache may keep a value derived from ``tensors``: ordinary CPU
+    tensors (not the fake / functional tensors of ``torch.export`` or ``torch.compile``, not
+    under ``torch.jit`` tracing) of at most :data:`KEEP_MAX_NUMEL` elements each (None counts).
+    On an accelerator the content check would wait for the device (``torch.equal`` reads its
+    result on the host) where recomputing queues a few asynchronous kernels: not kept."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return all(t is None or (type(t) in _PLAIN and t.numel() <= KEEP_MAX_NUMEL)
+    return all(t is None or (type(t) in _PLAIN and t.is_cpu and t.numel() <= KEEP_MAX_NUMEL)
                for t in tensors)
 
 
