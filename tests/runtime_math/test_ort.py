@@ -462,3 +462,40 @@ def test_batch_norm_matches_ort_bit_for_bit():
         torch_bn = torch.nn.functional.batch_norm(_t(x), _t(stats[0]), _t(stats[1]), weight,
                                                   bias, False, 0.0, 1e-3)
         assert not np.array_equal(torch_bn.numpy(), y)
+
+
+@pytest.mark.parametrize("size", [8, 32, 192, 768])
+def test_layer_norm_matches_ort_bit_for_bit(size):
+    """ORT's float LayerNormalization: float64 mean, an 8-lane fma variance sum, correctly
+    rounded 1 / sqrt, fma output -- torch's layer_norm rounds differently.  Its Mean and
+    InvStdDev outputs pin the steps as well as the result."""
+    rng = np.random.default_rng(size)
+    x = (rng.standard_normal((512, 2, size)) * 3 + 0.5).astype(F32)
+    gamma, beta = rng.standard_normal(size).astype(F32), rng.standard_normal(size).astype(F32)
+    for eps, affine in ((1e-5, True), (1e-6, False)):
+        inits = [numpy_helper.from_array(gamma if affine else np.ones(size, F32), "g")]
+        inputs = ["x", "g"]
+        if affine:
+            inits.append(numpy_helper.from_array(beta, "b"))
+            inputs.append("b")
+        node = helper.make_node("LayerNormalization", inputs, ["y"], axis=-1, epsilon=eps)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, None)], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"x": x})[0]
+        weight, bias = (_t(gamma), _t(beta)) if affine else (None, None)
+        got = ort_math.layer_norm(_t(x), weight, bias, eps, size)
+        assert np.array_equal(got.numpy(), y)
+        if size >= 32:
+            torch_ln = torch.nn.functional.layer_norm(_t(x), (size,), weight, bias, eps)
+            assert not np.array_equal(torch_ln.numpy(), y)
+
+
+def test_layer_norm_refuses_sizes_whose_ort_path_is_not_reproduced():
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        ort_math.layer_norm(torch.randn(2, 12), None, None, 1e-5, 12)

@@ -72,6 +72,7 @@ class KernelOp(enum.Enum):
     SILU: ``silu`` (``x * sigmoid(x)``).
     BATCH_NORM: a ``BatchNorm1d/2d/3d`` in eval mode that is not folded into a conv (DenseNet's
         pre-activation), on a quantized input.
+    LAYER_NORM: ``nn.LayerNorm`` / ``F.layer_norm`` on a quantized input.
     """
 
     CONV = "conv"
@@ -85,6 +86,7 @@ class KernelOp(enum.Enum):
     MEAN = "mean"
     SILU = "silu"
     BATCH_NORM = "batch_norm"
+    LAYER_NORM = "layer_norm"
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", input_ndims=(3, 4, 5, 6),
                 quantized_output=False),
     FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
+    FusedKernel(KernelOp.MATMUL, "MatMulIntegerToFloat", quantized_output=False),
     FusedKernel(KernelOp.ADD, "QLinearAdd"),
     FusedKernel(KernelOp.MUL, "QLinearMul"),
     FusedKernel(KernelOp.GLOBAL_AVG_POOL, "QLinearGlobalAveragePool"),
@@ -136,11 +139,13 @@ ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.SIGMOID, "QLinearSigmoid"),
     # not fused -- float ops whose arithmetic fxquant reproduces: ReduceMean's Eigen summation
     # order, MLAS's logistic for Sigmoid (and SiLU exported as x * Sigmoid(x)), an unfolded
-    # BatchNormalization's per-channel scale and shift
+    # BatchNormalization's per-channel scale and shift, LayerNormalization's 8-lane variance
     FusedKernel(KernelOp.MEAN, "ReduceMean", quantized_output=False, integer=False),
     FusedKernel(KernelOp.SIGMOID, "Sigmoid", quantized_output=False, integer=False),
     FusedKernel(KernelOp.SILU, "Sigmoid*x", quantized_output=False, integer=False),
     FusedKernel(KernelOp.BATCH_NORM, "BatchNormalization", quantized_output=False,
+                integer=False),
+    FusedKernel(KernelOp.LAYER_NORM, "LayerNormalization", quantized_output=False,
                 integer=False),
 )
 """ONNX Runtime (CPU, x86-64) 1.32: the QDQ patterns its graph optimizer fuses into integer

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from ..graph.naming import quantized_tensor_name, weight_name
+
 __all__ = [
     "quantized_tensor_name",
     "weight_name",
@@ -25,21 +27,6 @@ __all__ = [
     "scale_name",
     "zero_point_name",
 ]
-
-
-def quantized_tensor_name(op_name: str, role: str) -> str:
-    """Name of the float tensor that quantizer ``role`` of op ``op_name`` quantizes."""
-    if role == "output":
-        return op_name
-    if role == "weight":
-        return weight_name(op_name)
-    if not role or role.startswith(".") or role.endswith("."):
-        raise ValueError(f"unknown quantizer role {role!r} of op {op_name!r}")
-    return f"{op_name}.{role}"  # input_<i>; a library module's internal values
-
-
-def weight_name(op_name: str) -> str:
-    return f"{op_name}.weight"
 
 
 def bias_name(op_name: str) -> str:

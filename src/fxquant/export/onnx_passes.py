@@ -359,11 +359,13 @@ def free_contract_names(graph: ir.Graph, calls: list[QuantizerCall], names: Name
 
 # -- placement -----------------------------------------------------------------------------------
 def requantize_moves(edit: GraphEdit) -> None:
-    """After an op that only moves values of one per-tensor quantized input, a Q/DQ pair with
-    the same parameters (unless every reader quantizes the result with its own)."""
+    """After an op that only moves values of one per-tensor quantized input (a zero / border
+    ``Pad`` included), a Q/DQ pair with the same parameters (unless every reader quantizes the
+    result with its own)."""
     graph = edit.graph
     for node in list(graph):
-        if node.op_type not in MOVEMENT_OPS or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or not (
+                node.op_type in MOVEMENT_OPS or _pads_with_grid_values(node)):
             continue
         if node.op_type == "Resize" and attr(node, "mode", "nearest") != "nearest":
             continue
@@ -394,6 +396,20 @@ def requantize_moves(edit: GraphEdit) -> None:
                 for i, o in enumerate(graph.outputs):
                     if o is out:
                         graph.outputs[i] = d.outputs[0]
+
+
+def _pads_with_grid_values(node: ir.Node) -> bool:
+    """A ``Pad`` that only adds values of its input's grid: zeros (every grid holds 0: the zero
+    point), or copies of border values (``reflect`` / ``edge``) -- windowed attention pads its
+    quantized input before the window partition (Swin)."""
+    if node.op_type != "Pad":
+        return False
+    mode = attr(node, "mode", "constant")
+    if mode in ("reflect", "edge"):
+        return True
+    value = node.inputs[2] if len(node.inputs) > 2 else None
+    return mode == "constant" and (value is None or (
+        is_constant(value) and not np.any(value.const_value.numpy())))
 
 
 def quantize_concat_inputs(edit: GraphEdit) -> None:

@@ -73,6 +73,8 @@ ATEN_TO_TORCH: dict[Any, Callable[..., Any]] = {
     _aten.squeeze.dim: torch.squeeze,
     _aten.chunk.default: torch.chunk,
     _aten.split.Tensor: torch.split,
+    _aten.unbind.int: torch.unbind,
+    _aten.pad.default: F.pad,
     _aten.max_pool1d.default: F.max_pool1d,
     _aten.max_pool2d.default: F.max_pool2d,
     _aten.avg_pool1d.default: F.avg_pool1d,
@@ -165,7 +167,14 @@ def _passthrough(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
     return "passthrough", None, args[:1], {}
 
 
+def _constant_pad(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
+    # aten.constant_pad_nd(self, pad, value=0) -> F.pad(x, pad, "constant", value)
+    x, pad, value = (*args, 0)[:3]
+    return "call_function", F.pad, (x, pad, "constant", kwargs.get("value", value)), {}
+
+
 _REWRITES: dict[Any, Callable[[tuple, dict], tuple[str, Any, tuple, dict]]] = {
+    _aten.constant_pad_nd.default: _constant_pad,
     _aten.alias.default: _passthrough,
     _aten.layer_norm.default: _first(5, F.layer_norm),
     _aten.group_norm.default: _first(5, F.group_norm),

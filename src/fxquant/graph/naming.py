@@ -18,7 +18,7 @@ import torch.fx as fx
 from .meta import name_override, set_op_name
 from .patterns import function_name
 
-__all__ = ["assign_names", "owner_of"]
+__all__ = ["assign_names", "owner_of", "quantized_tensor_name", "weight_name"]
 
 
 def owner_of(node: fx.Node) -> str:
@@ -57,3 +57,19 @@ def assign_names(gm: fx.GraphModule) -> dict[fx.Node, str]:
         names[node] = name
         set_op_name(node, name)
     return names
+
+
+def quantized_tensor_name(op_name: str, role: str) -> str:
+    """Name of the float tensor that quantizer ``role`` of op ``op_name`` quantizes (the ONNX
+    naming contract: :mod:`fxquant.export.naming`)."""
+    if role == "output":
+        return op_name
+    if role == "weight":
+        return weight_name(op_name)
+    if not role or role.startswith(".") or role.endswith("."):
+        raise ValueError(f"unknown quantizer role {role!r} of op {op_name!r}")
+    return f"{op_name}.{role}"  # input_<i>; a library module's internal values
+
+
+def weight_name(op_name: str) -> str:
+    return f"{op_name}.weight"

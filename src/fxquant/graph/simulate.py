@@ -75,9 +75,11 @@ from ..runtime_math.kernels import (
     LOOKUP_FUNCTIONS,
     BatchNormKernel,
     FloatFunctionKernel,
+    LayerNormKernel,
 )
 from .export_layout import changed_before, constant_moves_vanish, shared_ops
 from .meta import value_info
+from .naming import quantized_tensor_name
 from .ops import canonical_name, clip_bounds
 from .patterns import classify_function, classify_method, classify_module
 from .report import REPORT_KEY, get_report
@@ -89,6 +91,8 @@ __all__ = [
     "float_simulation",
     "runtime_plan",
     "runtime_simulation",
+    "graph_runtime_simulation",
+    "hidden_quantizers",
     "install",
     "SIMULATION_KEY",
 ]
@@ -346,7 +350,11 @@ def _kernel_op(gm: fx.GraphModule, n: fx.Node) -> KernelOp | None:
             return KernelOp.SILU
         if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             return KernelOp.BATCH_NORM
+        if type(m) is nn.LayerNorm:
+            return KernelOp.LAYER_NORM
         return None
+    if n.op == "call_function" and n.target is F.layer_norm:
+        return KernelOp.LAYER_NORM
     if n.op == "call_function" and n.target in _GAP_FUNCTIONS:
         size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
         return KernelOp.GLOBAL_AVG_POOL if _all_ones(size) else None
@@ -449,6 +457,21 @@ def _clip(gm: fx.GraphModule, n: fx.Node) -> tuple[float | None, float | None] |
     return None
 
 
+_Q_PROPAGATING = frozenset({"reshape", "view", "flatten", "transpose", "permute", "t",
+                            "squeeze", "unsqueeze", "contiguous"})
+"""Ops ONNX Runtime moves a QuantizeLinear backward over (its QDQ propagation: Reshape,
+Transpose, Squeeze, Unsqueeze), so an op followed by them and then a quantizer is fused as if
+the quantizer came first."""
+
+
+def _propagates_q(gm: fx.GraphModule, u: fx.Node, v: fx.Node) -> bool:
+    """``u`` only reshapes / transposes ``v`` (its first argument): a quantizer after ``u``
+    moves before it in the runtime's graph."""
+    if u.op not in ("call_function", "call_method") or not u.args or u.args[0] is not v:
+        return False
+    return canonical_name(u.target) in _Q_PROPAGATING and _is_share(gm, u)
+
+
 def _output_quantizer(gm: fx.GraphModule, n: fx.Node, bits: int):
     """``(quantizer, clip bounds, why not)`` for the output of op ``n``."""
     lo: float | None = None
@@ -464,6 +487,9 @@ def _output_quantizer(gm: fx.GraphModule, n: fx.Node, bits: int):
         if fq is not None:
             why = _per_tensor(fq, bits)
             return (None, None, why) if why else (fq, (lo, hi) if clipped else None, "")
+        if _propagates_q(gm, u, v):
+            v = u
+            continue
         bounds = _clip(gm, u)
         if bounds is None:
             return None, None, "the op's output is not quantized"
@@ -543,6 +569,12 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, why
         bn = gm.get_submodule(str(n.target))
         return BatchNormKernel(bn, bn, in_fq), ""
+    if op is KernelOp.LAYER_NORM:
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        if in_fq is None:
+            return None, why
+        layer = gm.get_submodule(str(n.target)) if n.op == "call_module" else None
+        return LayerNormKernel(_fallback(gm, n), layer, in_fq), ""
     if not entry.integer:  # a float op computed with the runtime's own float function
         fn = FLOAT_FUNCTIONS.get(entry.kernel)
         in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
@@ -565,7 +597,7 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, "an 8-bit input (the kernel takes 16-bit activations)"
         return WeightedKernel(entry.kernel, layer, in_fq, out_fq, clip,
                               float_output=not entry.quantized_output), ""
-    assert out_fq is not None
+    assert out_fq is not None or op is KernelOp.MATMUL
     fallback = _fallback(gm, n)
     if op in (KernelOp.ADD, KernelOp.MUL, KernelOp.MATMUL):
         if len(n.args) < 2 or not all(isinstance(a, fx.Node) for a in n.args[:2]):
@@ -613,12 +645,11 @@ def _fallback(gm: fx.GraphModule, n: fx.Node):
 
 
 def _quantizer_ops(report) -> dict[str, str]:
-    """Quantizer module path -> the name of the op it belongs to (for ``output``: the name of
-    the tensor it quantizes)."""
+    """Quantizer module path -> the tensor it quantizes, as the exporters name it (a weight
+    quantizer: the name of its op, which names a float-output kernel)."""
     names: dict[str, str] = {}
-    for rec in report.ops.values():
-        for path in rec.quantizers.values():
-            names.setdefault(path, rec.name)
+    for path, op, role in report.quantizers():
+        names.setdefault(path, op if role == "weight" else quantized_tensor_name(op, role))
     return names
 
 
@@ -728,6 +759,38 @@ def _op_name(gm: fx.GraphModule, n: fx.Node, names: dict[str, str],
     if n.op == "call_module":
         return str(n.target)
     return n.name
+
+
+def hidden_quantizers(qmodel: nn.Module) -> list[str]:
+    """Paths of the quantizers of ``qmodel`` that its fx graph does not show: inside an eager
+    capture, a float island or a library module (``nn.MultiheadAttention`` ...) that the graph
+    calls as a whole.  The runtime arithmetic of their ops needs the captured program
+    (:func:`fxquant.export.captured_simulation.captured_runtime_simulation`); weight quantizers of
+    the conv / linear modules the graph calls are seen through their module."""
+    quantizers = [p for p, m in qmodel.named_modules() if isinstance(m, FakeQuantize)]
+    if not isinstance(qmodel, fx.GraphModule):
+        return quantizers
+    seen: set[str] = set()
+    for n in qmodel.graph.nodes:
+        if n.op != "call_module":
+            continue
+        target = str(n.target)
+        m = qmodel.get_submodule(target)
+        if isinstance(m, FakeQuantize) or isinstance(m, (*_CONVS, qnn.QuantLinear)):
+            seen.update(p for p in quantizers if p == target or p.startswith(target + "."))
+    return [p for p in quantizers if p not in seen]
+
+
+def graph_runtime_simulation(
+    gm: fx.GraphModule, runtime: str, fused: Collection[str] | None = None
+) -> tuple[nn.Module | None, RuntimePlan]:
+    """:func:`runtime_simulation` of a graph that is not the prepared model's own: one whose
+    ``meta`` carries the model's prepare report and whose quantizer nodes call the model's
+    quantizer modules at their paths (the captured program of
+    :mod:`fxquant.export.captured_simulation`).  Built anew on every call."""
+    table = RUNTIME_KERNELS.get(runtime, ())
+    rt = _build(gm, runtime, table, None if fused is None else frozenset(fused))
+    return rt.module, rt.plan
 
 
 def runtime_plan(qmodel: nn.Module) -> RuntimePlan:

@@ -152,24 +152,31 @@ def clip_implied(clip: tuple[float | None, float | None] | None, out: Grid) -> b
 # -- QLinearAdd / QLinearMul / QLinearMatMul -----------------------------------------------------
 class BinaryKernel(RuntimeKernel):
     """``a (op) b`` of two quantized tensors: ``QLinearAdd``, ``QLinearMul`` or
-    ``QLinearMatMul``."""
+    ``QLinearMatMul``; with no output quantizer, ``MatMulIntegerToFloat`` (ONNX Runtime's
+    ``float32(exact int32 a @ b) * (sa * sb)``, e.g. attention scores before a float softmax)."""
 
     def __init__(self, kernel: str, fallback: Callable[..., Any], a_fq: FakeQuantize,
-                 b_fq: FakeQuantize, out_fq: FakeQuantize,
+                 b_fq: FakeQuantize, out_fq: FakeQuantize | None,
                  clip: tuple[float | None, float | None] | None) -> None:
-        super().__init__(kernel, fallback, (a_fq, b_fq, out_fq))
+        super().__init__(kernel, fallback, (a_fq, b_fq) if out_fq is None else
+                         (a_fq, b_fq, out_fq))
         self.a_fq, self.b_fq, self.out_fq = a_fq, b_fq, out_fq
         self.clip = clip
 
     def check(self, a: Any, b: Any, *rest: Any, **kwargs: Any) -> str | None:
         if rest or kwargs or not isinstance(a, Tensor) or not isinstance(b, Tensor):
             return "not a plain two-tensor call"
-        if not clip_implied(self.clip, grid_of(self.out_fq)):
+        if self.out_fq is not None and not clip_implied(self.clip, grid_of(self.out_fq)):
             return "the clip between the op and its output quantizer is not implied by the grid"
         return None
 
     def compute(self, a: Tensor, b: Tensor) -> Tensor:
-        ga, gb, out = grid_of(self.a_fq), grid_of(self.b_fq), grid_of(self.out_fq)
+        ga, gb = grid_of(self.a_fq), grid_of(self.b_fq)
+        if self.out_fq is None:  # MatMulIntegerToFloat
+            acc = exact_matmul(ga.centred(a), gb.centred(b), ga.bound, gb.bound)
+            mult = self.held("float_multiplier", (ga, gb), lambda: ga.scale * gb.scale)
+            return acc.mul_(mult)
+        out = grid_of(self.out_fq)
         if self.kernel == "BATCH_MATMUL" and gb.zp != 0:
             # LiteRT: XNNPACK takes a quantized BATCH_MATMUL only when its right operand has
             # zero point 0 (like GEMM weights); else the builtin kernel requantizes in fixed point
@@ -467,6 +474,53 @@ class BatchNormKernel(RuntimeKernel):
         bn = self.bn
         return ort.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                               float(bn.eps))
+
+
+class LayerNormKernel(RuntimeKernel):
+    """ONNX Runtime's float ``LayerNormalization`` of a quantized input
+    (:func:`fxquant.runtime_math.ort.layer_norm`): an ``nn.LayerNorm`` module (``layer``) or
+    ``F.layer_norm(x, normalized_shape, weight, bias, eps)`` called with its arguments."""
+
+    def __init__(self, fallback: Callable[..., Any], layer: nn.Module | None,
+                 in_fq: FakeQuantize) -> None:
+        super().__init__("LayerNormalization", fallback, (in_fq,))
+        self.layer = layer
+
+    def _args(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """``(x, normalized_shape, weight, bias, eps)`` of this call."""
+        if self.layer is not None:
+            m = self.layer
+            return (args[0] if args else kwargs.get("input"), m.normalized_shape, m.weight,
+                    m.bias, m.eps)
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        defaults: dict[str, Any] = {"weight": None, "bias": None, "eps": 1e-5}
+        values = {**defaults, **dict(zip(names, args, strict=False)), **kwargs}
+        return tuple(values.get(k) for k in names)
+
+    def check(self, *args: Any, **kwargs: Any) -> str | None:
+        if (self.layer is None and len(args) > 5) or (self.layer is not None and
+                                                      (len(args) != 1 or kwargs)):
+            return "not a plain layer_norm call"
+        x, shape, weight, bias, eps = self._args(*args, **kwargs)
+        if not isinstance(x, Tensor) or x.dtype != _F32 or not isinstance(eps, float):
+            return "not a float32 tensor input"
+        size = _numel(shape)
+        if size % ort.LAYER_NORM_LANES:
+            return (f"normalized size {size} is not a multiple of {ort.LAYER_NORM_LANES} "
+                    "(ORT's other paths are not reproduced)")
+        return None
+
+    def compute(self, *args: Any, **kwargs: Any) -> Tensor:
+        x, shape, weight, bias, eps = self._args(*args, **kwargs)
+        return ort.layer_norm(x, weight, bias, eps, _numel(shape))
+
+
+def _numel(shape: Any) -> int:
+    """Number of elements of a normalized shape (an int or a sequence of ints)."""
+    size = 1
+    for d in shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,):
+        size *= int(d)
+    return size
 
 
 FLOAT_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"Sigmoid": ort.logistic,

@@ -51,6 +51,8 @@ __all__ = [
     "global_average_pool",
     "average_pool",
     "batch_norm",
+    "layer_norm",
+    "LAYER_NORM_LANES",
     "logistic",
     "silu",
     "lookup_table",
@@ -384,6 +386,49 @@ def batch_norm(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
     t = (torch.zeros_like(m) if bias is None else bias.detach().to(_F32)) - m * s
     view = (1, -1) + (1,) * (x.dim() - 2)
     return torch.mul(x.to(_F32), s.reshape(view)).add_(t.reshape(view))
+
+
+LAYER_NORM_LANES = 8
+"""ORT's ``LayerNormalization`` sums the squared deviations in 8 float32 lanes (AVX2)."""
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+               size: int) -> Tensor:
+    """ORT's float ``LayerNormalization`` (CPU, x86-64) over the trailing ``size`` elements, for
+    ``size`` a multiple of :data:`LAYER_NORM_LANES`:
+
+    * the mean: the row sum in float64, divided by ``size``, rounded to float32;
+    * ``d = x - mean`` in float32; the variance sum accumulates ``fma(d, d, acc)`` in 8 float32
+      lanes over consecutive groups of 8 elements, reduced pairwise (lanes 0-3 + 4-7, then
+      0-1 + 2-3, then 0 + 1);
+    * ``inv_std = 1 / sqrt(sum / size + eps)``, each step correctly rounded to float32;
+    * ``y = fma(d * inv_std, weight, bias)``.
+
+    Read from ORT's results (its ``Mean`` / ``InvStdDev`` outputs step by step) and pinned
+    against onnxruntime in ``tests/runtime_math/test_ort.py``; torch's ``layer_norm`` rounds
+    differently (about 20% of the outputs of a 192-wide row differ in the last bit)."""
+    if size % LAYER_NORM_LANES or size <= 0:
+        raise ValueError(f"layer_norm: the normalized size {size} is not a multiple of "
+                         f"{LAYER_NORM_LANES}")
+    shape = x.shape
+    rows = x.detach().to(_F32).reshape(-1, size)
+    mean = rows.double().sum(1).div_(size).to(_F32)
+    d = rows - mean[:, None]
+    lanes = d.reshape(rows.shape[0], size // LAYER_NORM_LANES, LAYER_NORM_LANES)
+    acc = torch.zeros(rows.shape[0], LAYER_NORM_LANES, dtype=_F32)
+    for i in range(lanes.shape[1]):
+        c = lanes[:, i]
+        acc = _fma(c, c, acc)
+    while acc.shape[1] > 1:
+        half = acc.shape[1] // 2
+        acc = acc[:, :half] + acc[:, half:]
+    var = acc[:, 0].div(_f32(float(size))).add_(_f32(eps))
+    # torch's vectorized float32 sqrt is not always the correctly rounded one; float64's is
+    inv = torch.ones_like(var).div_(torch.sqrt(var.double()).to(_F32))
+    y = d.mul_(inv[:, None])
+    w = torch.ones(size, dtype=_F32) if weight is None else weight.detach().to(_F32).reshape(-1)
+    b = torch.zeros(size, dtype=_F32) if bias is None else bias.detach().to(_F32).reshape(-1)
+    return _fma(y, w, b).reshape(shape)
 
 
 # -- pooling ------------------------------------------------------------------------------------

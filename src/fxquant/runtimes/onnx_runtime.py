@@ -126,14 +126,16 @@ def fused_outputs(nodes: Any, original: Any) -> dict[str, str]:
     fused: dict[str, str] = {}
     reshaped = {n.input[0]: n.output[0] for n in nodes
                 if n.op_type == "Reshape" and n.input and n.output}
+    moved = _moved_outputs(nodes, suffix)
     for n in nodes:
         if n.op_type not in INTEGER_OPS or not n.output:
             continue
-        out = n.output[0]
+        out = moved.get(n.output[0], n.output[0])
         if not out.endswith(suffix) and out not in by_name and out in reshaped:
             out = reshaped[out]  # MatMul + Add fused into a Gemm between two Reshapes
-        if n.op_type == "MatMulIntegerToFloat" and out.endswith("_matmul"):
-            fused[out[: -len("_matmul")]] = n.op_type  # a Linear's MatMul (float output)
+        if n.op_type == "MatMulIntegerToFloat" and not out.endswith(suffix):
+            # a Linear's MatMul (float output), or a MatMul of two activations (named by its op)
+            fused[out[: -len("_matmul")] if out.endswith("_matmul") else out] = n.op_type
             continue
         if out.endswith(suffix):
             fused[out[: -len(suffix)]] = n.op_type
@@ -151,3 +153,30 @@ def fused_outputs(nodes: Any, original: Any) -> dict[str, str]:
             if node.op_type not in _FUSABLE_CLIPS:
                 break
     return fused
+
+
+_Q_PROPAGATING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def _moved_outputs(nodes: Any, suffix: str) -> dict[str, str]:
+    """Kernel output -> the ``<tensor>_quantized`` name it reaches through the reshapes /
+    transposes its only consumers are: ORT's QDQ propagation moves a QuantizeLinear backward
+    over them, so the kernel computes that quantized tensor (before the moves)."""
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: dict[str, str] = {}
+    for n in nodes:
+        if n.op_type not in INTEGER_OPS or not n.output or n.output[0].endswith(suffix):
+            continue
+        name = n.output[0]
+        for _ in range(8):
+            users = consumers.get(name, [])
+            if len(users) != 1 or users[0].op_type not in _Q_PROPAGATING:
+                break
+            name = users[0].output[0]
+            if name.endswith(suffix):
+                out[n.output[0]] = name
+                break
+    return out
