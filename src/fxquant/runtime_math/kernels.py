@@ -501,7 +501,7 @@ class LayerNormKernel(RuntimeKernel):
         if (self.layer is None and len(args) > 5) or (self.layer is not None and
                                                       (len(args) != 1 or kwargs)):
             return "not a plain layer_norm call"
-        x, shape, weight, bias, eps = self._args(*args, **kwargs)
+        x, shape, _, _, eps = self._args(*args, **kwargs)
         if not isinstance(x, Tensor) or x.dtype != _F32 or not isinstance(eps, float):
             return "not a float32 tensor input"
         size = _numel(shape)
