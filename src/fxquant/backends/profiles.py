@@ -110,6 +110,8 @@ class FusedKernel:
         integer: an integer kernel the runtime fuses; ``False``: a float op the runtime runs with
             float arithmetic of its own that fxquant reproduces (its input must come from a
             quantizer, so that both start from the same values).
+        without_bias: only a conv / linear without a bias (a Linear on N-D input without bias is
+            exported as a bare MatMul, which ONNX Runtime fuses into ``QLinearMatMul``).
     """
 
     op: KernelOp
@@ -118,6 +120,7 @@ class FusedKernel:
     quantized_output: bool = True
     max_bits: int = 8
     integer: bool = True
+    without_bias: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.op, KernelOp):
@@ -126,8 +129,10 @@ class FusedKernel:
 
 ORT_KERNELS: tuple[FusedKernel, ...] = (
     FusedKernel(KernelOp.CONV, "QLinearConv"),
-    # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add
+    # a Linear on 2-D input is exported as Gemm; on N-D input as MatMul + a float bias Add (a
+    # bare MatMul without a bias: QLinearMatMul when its output is quantized)
     FusedKernel(KernelOp.LINEAR, "QGemm", input_ndims=(2,)),
+    FusedKernel(KernelOp.LINEAR, "QLinearMatMul", input_ndims=(3, 4, 5, 6), without_bias=True),
     FusedKernel(KernelOp.LINEAR, "MatMulIntegerToFloat", input_ndims=(3, 4, 5, 6),
                 quantized_output=False),
     FusedKernel(KernelOp.MATMUL, "QLinearMatMul"),
@@ -359,11 +364,12 @@ def _kernel_to_plain(k: FusedKernel) -> dict[str, Any]:
     return {"op": k.op.value, "kernel": k.kernel,
             "input_ndims": None if k.input_ndims is None else list(k.input_ndims),
             "quantized_output": k.quantized_output, "max_bits": k.max_bits,
-            "integer": k.integer}
+            "integer": k.integer, "without_bias": k.without_bias}
 
 
 def _kernel_from_plain(value: Any) -> FusedKernel:
-    keys = {"op", "kernel", "input_ndims", "quantized_output", "max_bits", "integer"}
+    keys = {"op", "kernel", "input_ndims", "quantized_output", "max_bits", "integer",
+            "without_bias"}
     if not isinstance(value, dict) or not set(value) <= keys or "op" not in value \
             or "kernel" not in value:
         raise TypeError(f"a fused kernel is a dict with keys {sorted(keys)}, got "
@@ -373,7 +379,7 @@ def _kernel_from_plain(value: Any) -> FusedKernel:
                               or not all(isinstance(n, int) for n in ndims)):
         raise TypeError(f"fused kernel input_ndims must be a list of ints or null, got "
                         f"{bounded(repr(ndims))}")
-    flags = {k: value[k] for k in ("quantized_output", "integer") if k in value}
+    flags = {k: value[k] for k in ("quantized_output", "integer", "without_bias") if k in value}
     if not all(isinstance(v, bool) for v in flags.values()):
         raise TypeError(f"fused kernel flags must be true or false, got {bounded(repr(flags))}")
     bits = value.get("max_bits", 8)

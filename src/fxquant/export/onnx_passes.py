@@ -125,6 +125,7 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
         if call.constant:
             mat.constant(call)
     fold_weight_layout(graph)
+    requantize_moves(edit)  # movement of a quantized constant the layout fold left in place
     name_matmuls(graph, edit.names)
     name_outputs(edit, opts.output_names, set(mat.tensor_names.values()))
     name_batch_dim(graph)

@@ -315,14 +315,14 @@ def verify(
                               num_threads=num_threads)
     proto = onnx_model.load(onnx_path, "verify", VerifyError)
     check_exported_from(qmodel, report, proto, onnx_path)
-    produced = onnx_model.tensor_names(proto)
+    produced = onnx_model.tensor_names(proto) - onnx_model.constant_outputs(proto)
     watch: dict[str, tuple[str, FakeQuantize]] = {}  # dq tensor -> (quantizer path, module)
     for path, op, role in report.quantizers():
         if role == "weight":
             continue
         dq = dq_output(quantized_tensor_name(op, role))
         fq = qmodel.get_submodule(path)
-        if dq in produced and isinstance(fq, FakeQuantize):
+        if dq in produced and isinstance(fq, FakeQuantize):  # activations (not constants)
             watch[dq] = (path, fq)
     call = as_inputs(inputs)
     options = {"threads": num_threads, "integer_kernels": integer_kernels}

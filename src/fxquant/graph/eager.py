@@ -161,6 +161,10 @@ class _GlueMode(TorchFunctionMode):
                     disc.constant_ops.add(f"{site[0]}:{site[1]}:{base}:{k}")
             return out
         if kind not in (OpKind.COMPUTE, OpKind.ACTIVATION, OpKind.WEIGHTED):
+            if kind is OpKind.SHARE and disc is not None and args:
+                out = func(*args, **kwargs)
+                disc.moved(args[0], out)  # a reader after a view reads the producer's values
+                return out
             if kind is not OpKind.FLOAT or self.discover is None:
                 return func(*args, **kwargs)
             out = func(*args, **kwargs)
@@ -306,6 +310,14 @@ class _Discovery:
     def produced(self, out: torch.Tensor, key: str) -> None:
         """``out`` is the output of call site ``key``."""
         self._outputs[id(out)] = (key, weakref.ref(out))
+
+    def moved(self, value: Any, out: Any) -> None:
+        """``out`` only moves ``value``'s numbers (a view, reshape, transpose ...): ops reading it
+        count as readers of the call site that produced ``value``."""
+        if isinstance(value, torch.Tensor) and isinstance(out, torch.Tensor):
+            hit = self._outputs.get(id(value))
+            if hit is not None and hit[1]() is value:
+                self.produced(out, hit[0])
 
     def consumed_by(self, value: Any, base: str) -> None:
         """Op ``base`` reads ``value`` (its first argument): recorded for the call site that

@@ -4,16 +4,13 @@ the prepared graph in a way that decides what a runtime fuses.
 :func:`fxquant.export_onnx` lowers the model through ``torch.onnx`` (whose optimizer merges
 common subexpressions and drops no-op data movement) and post-passes (a Transpose on a quantized
 constant moves into its integer initializer).  The runtime simulation (:mod:`.simulate`) asks
-three questions here:
+two questions here (movement after a quantized constant needs
+none: the exporter folds it into the initializer or requantizes it, as after an activation):
 
 * :func:`shared_ops` -- which ops the exported graph computes once for several consumers: two
   identical calls on the same inputs (``torch.sigmoid(y)`` and the ``Sigmoid(y)`` inside
   ``F.silu(y)``, exported as ``y * Sigmoid(y)``) become one node whose output feeds both
   consumers, so no single QuantizeLinear follows it and ONNX Runtime fuses no kernel there;
-* :func:`constant_moves_vanish` -- whether the data movement between a quantized constant and
-  the op that reads it is gone from the file (a full slice, a same-shape reshape, a transpose
-  folded into the initializer), so the op reads ``DequantizeLinear(initializer)`` directly and
-  the runtime can fuse it;
 * :func:`changed_before` -- whether an in-place op changes a quantized tensor before an op
   reads it (``x.mul_(2)`` on a quantizer's output): the exported op then reads the changed,
   unquantized value.
@@ -32,25 +29,16 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 import torch.fx as fx
 from torch import nn
 
-from .meta import value_info
 from .ops import canonical_name
 
-__all__ = ["shared_ops", "constant_moves_vanish", "mutates", "changed_before", "TRANSPOSES"]
+__all__ = ["shared_ops", "mutates", "changed_before"]
 
-TRANSPOSES = frozenset({"t", "transpose", "permute", "swapaxes", "swapdims", "movedim"})
-"""Ops exported as one ONNX Transpose."""
-_SAME_SHAPE_NO_OPS = frozenset({
-    "reshape", "view", "flatten", "contiguous", "expand", "expand_as", "view_as", "reshape_as",
-    "squeeze", "narrow", "getitem", "clone", "detach",
-})
-"""Ops that are the identity when their output has their input's shape (the ONNX optimizer
-drops them; ``getitem`` only with slices)."""
 _IN_PLACE = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv})
 _MODULE_OPS = {nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}
 
@@ -121,55 +109,3 @@ def shared_ops(gm: fx.GraphModule) -> set[fx.Node]:
     keys = {n: _keys(gm, n) for n in gm.graph.nodes}
     counts = Counter(k for ks in keys.values() for k in ks)
     return {n for n, ks in keys.items() if ks and counts[ks[0]] > 1}
-
-
-def _shape(v: Any) -> tuple[int, ...] | None:
-    info = value_info(v) if isinstance(v, fx.Node) else None
-    return None if info is None else info.shape
-
-
-def _slices_only(index: Any) -> bool:
-    items = index if isinstance(index, tuple) else (index,)
-    return all(isinstance(i, slice) or i is Ellipsis for i in items)
-
-
-def _no_op(n: fx.Node) -> bool:
-    name = canonical_name(n.target)
-    if name not in _SAME_SHAPE_NO_OPS or not n.args:
-        return False
-    if name == "getitem" and not (len(n.args) > 1 and _slices_only(n.args[1])):
-        return False
-    out, src = _shape(n), _shape(n.args[0])
-    return out is not None and out == src
-
-
-def _distinct_users(gm: fx.GraphModule, n: fx.Node) -> int:
-    """How many consumers ``n``'s exported value has (identical consumers merged)."""
-    keys = set()
-    for u in n.users:
-        ks = _keys(gm, u)
-        keys.add(ks[0] if ks else ("node", id(u)))
-    return len(keys)
-
-
-def constant_moves_vanish(gm: fx.GraphModule, moves: Sequence[fx.Node]) -> str | None:
-    """Why the data movement ``moves`` (in order, the first reading a quantized constant) is
-    still in the exported file (None: it is gone, the op reads the constant's DequantizeLinear).
-
-    Gone are same-shape reshapes / full slices (the ONNX optimizer drops them) and transposes
-    ahead of any other movement (folded into the integer initializer when the constant's
-    dequantized value feeds nothing else)."""
-    if not moves:
-        return None
-    single = isinstance(moves[0].args[0], fx.Node) and _distinct_users(gm, moves[0].args[0]) == 1
-    for n in moves:
-        if _no_op(n):
-            single = single and _distinct_users(gm, n) == 1
-            continue
-        name = canonical_name(n.target)
-        if name not in TRANSPOSES:
-            return f"{name} moves the values of a quantized constant"
-        if not single:
-            return "a transpose of a quantized constant that is also read elsewhere"
-        single = _distinct_users(gm, n) == 1
-    return None

@@ -167,6 +167,17 @@ def _passthrough(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
     return "passthrough", None, args[:1], {}
 
 
+def _same_dtype(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
+    """``x.to(dtype)`` to the dtype ``x`` already has (``aten.to.dtype``, e.g. a T5 LayerNorm's
+    ``hidden.to(torch.float32)``): the identity."""
+    x = args[0] if args else None
+    dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    if isinstance(val, torch.Tensor) and val.dtype == dtype and not kwargs.get("copy", False):
+        return "passthrough", None, (x,), {}
+    return "keep", None, args, kwargs
+
+
 def _constant_pad(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
     # aten.constant_pad_nd(self, pad, value=0) -> F.pad(x, pad, "constant", value)
     x, pad, value = (*args, 0)[:3]
@@ -175,6 +186,7 @@ def _constant_pad(args: tuple, kwargs: dict) -> tuple[str, Any, tuple, dict]:
 
 _REWRITES: dict[Any, Callable[[tuple, dict], tuple[str, Any, tuple, dict]]] = {
     _aten.constant_pad_nd.default: _constant_pad,
+    _aten.to.dtype: _same_dtype,
     _aten.alias.default: _passthrough,
     _aten.layer_norm.default: _first(5, F.layer_norm),
     _aten.group_norm.default: _first(5, F.group_norm),

@@ -77,7 +77,7 @@ from ..runtime_math.kernels import (
     FloatFunctionKernel,
     LayerNormKernel,
 )
-from .export_layout import changed_before, constant_moves_vanish, shared_ops
+from .export_layout import changed_before, shared_ops
 from .meta import value_info
 from .naming import quantized_tensor_name
 from .ops import canonical_name, clip_bounds
@@ -407,36 +407,21 @@ def _per_tensor(fq: FakeQuantize, bits: int) -> str | None:
     return None
 
 
-def _dynamic(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes that depend on a model input (the others are constants the exporter folds)."""
-    out: set[fx.Node] = set()
-    for n in graph.nodes:
-        if n.op == "placeholder" or any(a in out for a in n.all_input_nodes):
-            out.add(n)
-    return out
-
-
-def _input_quantizer(gm: fx.GraphModule, reader: fx.Node, v: Any, bits: int,
-                     dynamic: set[fx.Node]) -> tuple[FakeQuantize | None, str]:
+def _input_quantizer(gm: fx.GraphModule, reader: fx.Node, v: Any,
+                     bits: int) -> tuple[FakeQuantize | None, str]:
     """The per-tensor quantizer whose grid ``v`` (an argument of ``reader``) lies on, through
     pure data movement."""
-    moves: list[fx.Node] = []
     while isinstance(v, fx.Node):
         if changed_before(v, reader):
             return None, "an in-place op changes an input before the op reads it"
         fq = _quantizer(gm, v)
         if fq is not None:
-            if moves and v not in dynamic:
-                # a quantized constant is exported as DequantizeLinear(initializer): movement
-                # left after it (not folded away) is not requantized, the runtime fuses nothing
-                moved = constant_moves_vanish(gm, moves[::-1])
-                if moved is not None:
-                    return None, f"quantizer {fq.name!r} of a constant: {moved}"
+            # movement after a quantized constant is folded into its initializer or requantized
+            # by the exporter (``export.onnx_passes.requantize_moves``), as after an activation
             why = _per_tensor(fq, bits)
             return (None, why) if why else (fq, "")
         if not _is_share(gm, v) or not v.args:
             break
-        moves.append(v)
         v = v.args[0]
     return None, "an input does not come straight from a quantizer"
 
@@ -511,6 +496,16 @@ def _entries(kernels: tuple[FusedKernel, ...], op: KernelOp, n: fx.Node) -> list
             if k.op is op and (k.input_ndims is None or _first_ndim(n) in k.input_ndims)]
 
 
+def _global_mean(n: fx.Node) -> bool:
+    """A ``mean`` over every axis from 2 on, keeping them, of a tensor of rank >= 3: the exporter
+    writes it as ``GlobalAveragePool`` (``export.onnx_passes.global_pools``)."""
+    dims = _mean_dims(n)
+    ndim = _first_ndim(n)
+    if dims is None or not dims[1] or ndim is None or ndim < 3:
+        return False
+    return sorted(d % ndim for d in dims[0]) == list(range(2, ndim))
+
+
 def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
     """``(dims, keepdim)`` of a ``mean`` node with explicit dimensions (None: other forms)."""
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
@@ -523,8 +518,16 @@ def _mean_dims(n: fx.Node) -> tuple[tuple[int, ...], bool] | None:
     return dims, keep
 
 
-def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: set[fx.Node],
-                 shared: set[fx.Node]):
+def _has_bias(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """Whether the conv / linear at ``n`` adds a bias (a module's, or a functional call's
+    ``bias`` argument)."""
+    if n.op == "call_module":
+        return getattr(gm.get_submodule(str(n.target)), "bias", None) is not None
+    bias = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+    return bias is not None
+
+
+def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, shared: set[fx.Node]):
     """``(kernel module, why not)`` for op node ``n`` (``shared``: :func:`shared_ops`)."""
     op, bits = entry.op, entry.max_bits
     out_fq, clip = None, None
@@ -534,6 +537,8 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
         out_fq, clip, why = _output_quantizer(gm, n, bits)
         if out_fq is None:
             return None, why
+    if entry.without_bias and _has_bias(gm, n):
+        return None, "a bias (the kernel takes a bare MatMul)"
     if op in (KernelOp.LINEAR, KernelOp.CONV) and n.op == "call_function":
         # F.linear / F.convNd(x, fq(weight), bias, ...)
         w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
@@ -542,14 +547,14 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, "the weight is not an 8-bit grid per output channel"
         if op is KernelOp.CONV and bits > 8:
             return None, "a functional conv (the 16x8 kernels are emulated for modules)"
-        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits)
         if in_fq is None:
             return None, why
         return WeightedKernel(entry.kernel, None, in_fq, out_fq, clip,
                               float_output=not entry.quantized_output, weight_fq=wfq,
                               conv=n.target if op is KernelOp.CONV else None), ""
     if entry.kernel == FixedPointMeanKernel.NAME:  # LiteRT's 16-bit MEAN (mean / global pool)
-        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits)
         if in_fq is None or out_fq is None:
             return None, why or "the output is not quantized"
         if in_fq.dtype.bits <= 8:
@@ -559,25 +564,25 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, "not a mean over given dimensions"
         return FixedPointMeanKernel(_fallback(gm, n), in_fq, out_fq, dims), ""
     if op is KernelOp.MEAN:
-        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits)
         if in_fq is None:
             return None, why
         return MeanKernel(_fallback(gm, n), in_fq), ""
     if op is KernelOp.BATCH_NORM:
-        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits)
         if in_fq is None:
             return None, why
         bn = gm.get_submodule(str(n.target))
         return BatchNormKernel(bn, bn, in_fq), ""
     if op is KernelOp.LAYER_NORM:
-        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits)
         if in_fq is None:
             return None, why
         layer = gm.get_submodule(str(n.target)) if n.op == "call_module" else None
         return LayerNormKernel(_fallback(gm, n), layer, in_fq), ""
     if not entry.integer:  # a float op computed with the runtime's own float function
         fn = FLOAT_FUNCTIONS.get(entry.kernel)
-        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0] if n.args else None, bits)
         if fn is None or in_fq is None:
             return None, why or f"no arithmetic for {entry.kernel}"
         return FloatFunctionKernel(entry.kernel, _fallback(gm, n), fn, in_fq), ""
@@ -590,7 +595,7 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
             return None, "the weight is not an 8-bit grid per output channel"
         if len(n.args) != 1 or n.kwargs:
             return None, "not a one-input call"
-        in_fq, why = _input_quantizer(gm, n, n.args[0], bits, dynamic)
+        in_fq, why = _input_quantizer(gm, n, n.args[0], bits)
         if in_fq is None:
             return None, why
         if bits > 8 and in_fq.dtype.bits <= 8:
@@ -602,14 +607,14 @@ def _make_kernel(gm: fx.GraphModule, n: fx.Node, entry: FusedKernel, dynamic: se
     if op in (KernelOp.ADD, KernelOp.MUL, KernelOp.MATMUL):
         if len(n.args) < 2 or not all(isinstance(a, fx.Node) for a in n.args[:2]):
             return None, "not an op of two tensors"
-        a_fq, why_a = _input_quantizer(gm, n, n.args[0], bits, dynamic)
-        b_fq, why_b = _input_quantizer(gm, n, n.args[1], bits, dynamic)
+        a_fq, why_a = _input_quantizer(gm, n, n.args[0], bits)
+        b_fq, why_b = _input_quantizer(gm, n, n.args[1], bits)
         if a_fq is None or b_fq is None:
             return None, why_a or why_b
         return BinaryKernel(entry.kernel, fallback, a_fq, b_fq, out_fq, clip), ""
     if not n.args:
         return None, "no input"
-    in_fq, why = _input_quantizer(gm, n, n.args[0], bits, dynamic)
+    in_fq, why = _input_quantizer(gm, n, n.args[0], bits)
     if in_fq is None:
         return None, why
     if clip is not None:
@@ -666,14 +671,15 @@ def _build(gm: fx.GraphModule, runtime: str, table: tuple[FusedKernel, ...],
     val_map: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, val_map))
     kernels: dict[str, nn.Module] = {}  # kernels and SkipOnGrid stand-ins
-    dynamic = _dynamic(gm.graph)
     shared = shared_ops(gm)
     for n in list(gm.graph.nodes):
         op = _kernel_op(gm, n)
         entries = [] if op is None else _entries(table, op, n)
+        if op is KernelOp.MEAN and _global_mean(n):  # exported as GlobalAveragePool
+            entries = _entries(table, KernelOp.GLOBAL_AVG_POOL, n) + entries
         kernel, whys = None, []
         for entry in entries:  # the first entry whose pattern matches
-            kernel, why = _make_kernel(gm, n, entry, dynamic, shared)
+            kernel, why = _make_kernel(gm, n, entry, shared)
             if kernel is not None:
                 break
             whys.append(f"{entry.kernel}: {why}")

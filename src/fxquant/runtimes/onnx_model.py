@@ -9,7 +9,8 @@ from typing import Any
 from .._utils import as_path
 from ..errors import ConfigError, FxquantError, bounded, require
 
-__all__ = ["load", "with_outputs", "save_with_outputs", "graph_output_names", "tensor_names"]
+__all__ = ["load", "with_outputs", "save_with_outputs", "graph_output_names", "tensor_names",
+           "constant_outputs"]
 
 
 def _onnx(purpose: str) -> Any:
@@ -67,3 +68,11 @@ def graph_output_names(model: Any) -> list[str]:
 def tensor_names(model: Any) -> set[str]:
     """Every tensor a node of ``model`` produces."""
     return {o for n in model.graph.node for o in n.output}
+
+
+def constant_outputs(model: Any) -> set[str]:
+    """Outputs of the nodes whose every input is an initializer (a ``DequantizeLinear`` of a
+    quantized constant: its layout is the file's, e.g. a transpose folded into it)."""
+    inits = {t.name for t in model.graph.initializer}
+    return {o for n in model.graph.node if n.input and all(i in inits for i in n.input if i)
+            for o in n.output}
