@@ -46,6 +46,7 @@ from .program import capture
 __all__ = ["captured_graph", "captured_runtime_simulation"]
 
 _QDQ = torch.ops.fxquant.quantize_dequantize.default
+_ASSERT_META = torch.ops.aten._assert_tensor_metadata.default
 
 
 def _place(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -82,8 +83,10 @@ def captured_graph(qmodel: nn.Module, example_inputs: Any) -> fx.GraphModule:
         n.replace_all_uses_with(call)
         graph.erase_node(n)
     for n in reversed(list(graph.nodes)):  # the quantizers' constants and their checks
-        if n.op in ("get_attr", "call_function") and not n.users:
-            graph.erase_node(n)
+        if n.users or n.op not in ("get_attr", "call_function"):
+            continue
+        if n.op == "get_attr" or n.target is _ASSERT_META or not n.is_impure():
+            graph.erase_node(n)  # (an in-place op -- a mask filled by slices -- stays)
     graph.lint()
     gm.recompile()
     gm.meta[REPORT_KEY] = get_report(qmodel)

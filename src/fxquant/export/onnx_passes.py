@@ -53,7 +53,8 @@ __all__ = ["FinishOptions", "finish", "MOVEMENT_OPS"]
 _KIND_KEY = "pkg.torch.export.graph_signature.OutputSpec.kind"
 MOVEMENT_OPS = frozenset({
     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather",
-    "Expand", "Tile", "MaxPool", "DepthToSpace", "SpaceToDepth", "Resize",
+    "GatherND", "GatherElements", "Expand", "Tile", "MaxPool", "DepthToSpace", "SpaceToDepth",
+    "Resize",
 })
 """ONNX ops that only move values: their output lies on their (first) input's grid."""
 
@@ -118,14 +119,15 @@ def finish(model: ir.Model, opts: FinishOptions) -> Finished:
     for call in calls:
         if not call.constant:
             mat.activation(call)
-    requantize_moves(edit)
+    requantize_moves(edit, concat=not opts.quantize_concat_inputs)
     if opts.quantize_concat_inputs:
         quantize_concat_inputs(edit)
     for call in calls:
         if call.constant:
             mat.constant(call)
     fold_weight_layout(graph)
-    requantize_moves(edit)  # movement of a quantized constant the layout fold left in place
+    # movement of a quantized constant the layout fold left in place
+    requantize_moves(edit, concat=not opts.quantize_concat_inputs)
     name_matmuls(graph, edit.names)
     name_outputs(edit, opts.output_names, set(mat.tensor_names.values()))
     name_batch_dim(graph)
@@ -359,14 +361,17 @@ def free_contract_names(graph: ir.Graph, calls: list[QuantizerCall], names: Name
 
 
 # -- placement -----------------------------------------------------------------------------------
-def requantize_moves(edit: GraphEdit) -> None:
+def requantize_moves(edit: GraphEdit, concat: bool = True) -> None:
     """After an op that only moves values of one per-tensor quantized input (a zero / border
-    ``Pad`` included), a Q/DQ pair with the same parameters (unless every reader quantizes the
-    result with its own)."""
+    ``Pad`` included; with ``concat``, a ``Concat`` of pieces of one grid, e.g. ``torch.roll``), a
+    Q/DQ pair with the same parameters (unless every reader quantizes the result with its own).
+    ``concat=False`` for OpenVINO, whose CPU plugin crashes on a requantized Concat output
+    (``BackendProfile.quantize_concat_inputs``)."""
     graph = edit.graph
     for node in list(graph):
         if node.domain not in ("", "ai.onnx") or not (
-                node.op_type in MOVEMENT_OPS or _pads_with_grid_values(node)):
+                node.op_type in MOVEMENT_OPS or (concat and node.op_type == "Concat")
+                or _pads_with_grid_values(node)):
             continue
         if node.op_type == "Resize" and attr(node, "mode", "nearest") != "nearest":
             continue
@@ -375,7 +380,10 @@ def requantize_moves(edit: GraphEdit) -> None:
         if dq is None or dq.op_type != "DequantizeLinear" or not _per_tensor(dq):
             continue
         others = [i for i in node.inputs[1:] if i is not None]
-        if any(i.dtype in FLOAT_TYPES and not is_constant(i) for i in others):
+        if node.op_type == "Concat":  # every piece on the first one's grid (torch.roll)
+            if not all(_dequantized_on(i, dq) for i in others):
+                continue
+        elif any(i.dtype in FLOAT_TYPES and not is_constant(i) for i in others):
             continue
         outs = node.outputs[:1] if node.op_type == "MaxPool" else node.outputs
         for out in outs:
@@ -397,6 +405,16 @@ def requantize_moves(edit: GraphEdit) -> None:
                 for i, o in enumerate(graph.outputs):
                     if o is out:
                         graph.outputs[i] = d.outputs[0]
+
+
+def _dequantized_on(value: ir.Value, dq: ir.Node) -> bool:
+    """``value`` is the output of a per-tensor DequantizeLinear with ``dq``'s grid."""
+    src = value.producer()
+    if src is None or src.op_type != "DequantizeLinear" or not _per_tensor(src):
+        return False
+    if src.inputs[1:] == dq.inputs[1:]:  # the same scale / zero-point values (or no zero point)
+        return True
+    return _same_grid(src, dq)
 
 
 def _pads_with_grid_values(node: ir.Node) -> bool:

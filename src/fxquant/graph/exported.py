@@ -75,6 +75,7 @@ ATEN_TO_TORCH: dict[Any, Callable[..., Any]] = {
     _aten.split.Tensor: torch.split,
     _aten.unbind.int: torch.unbind,
     _aten.pad.default: F.pad,
+    _aten.roll.default: torch.roll,
     _aten.max_pool1d.default: F.max_pool1d,
     _aten.max_pool2d.default: F.max_pool2d,
     _aten.avg_pool1d.default: F.avg_pool1d,

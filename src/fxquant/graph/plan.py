@@ -191,9 +191,15 @@ def plan_placement(
     def float_input(n: fx.Node) -> bool:
         return bool(float_input_ops) and _base(n, gm) in float_input_ops
 
-    def feeds_only_float_inputs(n: fx.Node) -> bool:
+    def feeds_only_float_inputs(n: fx.Node, depth: int = 0) -> bool:
+        """Every reader of ``n`` keeps its input float -- through views / reshapes between
+        (an attention's mask add, reshaped, before its softmax): a quantizer there would be
+        requantized after the view and the runtime would fuse an integer softmax."""
         users = data_users(n)
-        return bool(users) and all(float_input(u) for u in users)
+        return bool(users) and all(
+            float_input(u) or (depth < 8 and kind_of(u) is OpKind.SHARE
+                               and feeds_only_float_inputs(u, depth + 1))
+            for u in users)
 
     def sum_post_op(v: fx.Node, consumer: fx.Node) -> bool:
         """``v`` is a weighted op's output that only feeds the residual add ``consumer``."""
