@@ -46,6 +46,8 @@ def test_run_model_fills_every_column_and_the_notes_count_it(tmp_path) -> None:
     assert row["OpenVINO verify"].startswith("ok")
     notes = coverage._notes([row])
     assert "exports 1/1 (100%)" in notes[0] and "verifies in ONNX Runtime" in notes[0]
+    assert "public model families (1 rows: all but the 0 control-flow" in notes[1]
+    assert "verifies in ONNX Runtime 1/1 (100%)" in notes[1]
 
 
 def _dies_verifying_in_openvino(name: str, cfg: coverage.CoverageConfig, conn) -> None:

@@ -412,6 +412,11 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
                          f"{LAYER_NORM_LANES}")
     shape = x.shape
     rows = x.detach().to(_F32).reshape(-1, size)
+    w = torch.ones(size, dtype=_F32) if weight is None else weight.detach().to(_F32).reshape(-1)
+    b = torch.zeros(size, dtype=_F32) if bias is None else bias.detach().to(_F32).reshape(-1)
+    fast = native.ort_layer_norm(rows.contiguous(), w, b, eps)
+    if fast is not None:  # one native pass per row
+        return fast.reshape(shape)
     mean = rows.double().sum(1).div_(size).to(_F32)
     d = rows - mean[:, None]
     lanes = d.reshape(rows.shape[0], size // LAYER_NORM_LANES, LAYER_NORM_LANES)
@@ -426,8 +431,6 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     # torch's vectorized float32 sqrt is not always the correctly rounded one; float64's is
     inv = torch.ones_like(var).div_(torch.sqrt(var.double()).to(_F32))
     y = d.mul_(inv[:, None])
-    w = torch.ones(size, dtype=_F32) if weight is None else weight.detach().to(_F32).reshape(-1)
-    b = torch.zeros(size, dtype=_F32) if bias is None else bias.detach().to(_F32).reshape(-1)
     return _fma(y, w, b).reshape(shape)
 
 

@@ -16,12 +16,13 @@ kernels of ``kernels.cpp`` make one pass each:
   :func:`fxquant.numerics.choose_qparams` of the new range in one call (the same ATen
   operations and float64 arithmetic as the Python observers and qparams; a whole float32
   tensor's extremes in one threaded AVX2 pass, a weight's per-channel ones in plain loops);
-* ``scale_round``, ``grid_lookup``, ``qlinear_add`` and ``mlas_logistic``: the runtime
-  simulation's element-wise arithmetic (:mod:`fxquant.runtime_math`): codes recovered from a
-  tensor on a grid (``round(x / s) + zp``), an accumulator requantized and dequantized
+* ``scale_round``, ``grid_lookup``, ``qlinear_add``, ``mlas_logistic`` and
+  ``ort_layer_norm``: the runtime simulation's element-wise arithmetic
+  (:mod:`fxquant.runtime_math`): codes recovered from a tensor on a grid
+  (``round(x / s) + zp``), an accumulator requantized and dequantized
   (``round(acc * m) * s_out``), a function of a quantized input looked up per code, ONNX
-  Runtime's QLinearAdd and its Sigmoid / SiLU with true fused multiply-adds -- one pass instead
-  of three to ten;
+  Runtime's QLinearAdd, its Sigmoid / SiLU with true fused multiply-adds and its float
+  LayerNormalization -- one pass instead of three to ten (LayerNorm: instead of a Python loop);
 * ``same_bytes``: whether tensors still hold the bytes of their copies, all in one call (the
   runtime simulation's kept constants);
 * ``fake_quant_ste`` and ``channel_divide`` (``channel_divide_``: written over its input): the
@@ -82,6 +83,7 @@ __all__ = [
     "qlinear_add",
     "same_bytes",
     "mlas_logistic",
+    "ort_layer_norm",
 ]
 
 _log = logging.getLogger(__name__)
@@ -271,7 +273,8 @@ def _ops():
             ns.div_channel_backward.default, ns.fake_quant_ste.default,
             ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
             ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default,
-            ns.mlas_logistic.default, ns.histogram_observe.default, ns.channel_divide_.default)
+            ns.mlas_logistic.default, ns.histogram_observe.default, ns.channel_divide_.default,
+            ns.ort_layer_norm.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -581,6 +584,17 @@ def same_bytes(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None
     except (RuntimeError, TypeError):  # a tensor subclass the op does not take
         return None
     return None if result < 0 else bool(result)
+
+
+def ort_layer_norm(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float) -> torch.Tensor | None:
+    """ONNX Runtime's float LayerNormalization of each row of a contiguous float32 ``(rows, n)``
+    tensor, ``n`` a multiple of 8 (:func:`fxquant.runtime_math.ort.layer_norm` has the steps);
+    None where it does not apply."""
+    if (not _ready() or rows.dtype != torch.float32 or rows.dim() != 2 or rows.shape[1] % 8
+            or not rows.is_contiguous() or not _plain(rows, weight, bias)):
+        return None
+    return _State.ops[14](rows, weight.contiguous(), bias.contiguous(), float(eps))
 
 
 def mlas_logistic(x: torch.Tensor, coeffs: torch.Tensor, times_x: bool) -> torch.Tensor | None:

@@ -54,6 +54,10 @@
 //       with t = clamp(x, -18, 18), each polynomial step a true fused multiply-add; coeffs:
 //       the 5 numerator and 6 denominator float32 coefficients), times x with times_x.
 //
+//   ort_layer_norm(x, weight, bias, eps) -> out
+//       ONNX Runtime's float LayerNormalization of each row of a contiguous float32 (rows, n)
+//       x, n a multiple of 8 (fxquant.runtime_math.ort.layer_norm).
+//
 //   same_bytes(a[], b[]) -> int
 //       1 when each a[i] holds the bytes of b[i] (dtype and shape included; None pairs match),
 //       0 when one does not, -1 when a tensor is not a contiguous CPU tensor: the kept-constant
@@ -1046,6 +1050,49 @@ at::Tensor mlas_logistic(const at::Tensor& x, const at::Tensor& coeffs, bool tim
   return out;
 }
 
+// ort_layer_norm: ONNX Runtime's float LayerNormalization (x86-64) of each row of a contiguous
+// (rows, n) x, n a multiple of 8 (fxquant.runtime_math.ort.layer_norm has the steps): float64
+// mean; fma(d, d, acc) in 8 float32 lanes; pairwise lane reduction; 1 / sqrt(v / n + eps); the
+// output fma(d * inv, w, b).
+at::Tensor ort_layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                          double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  x.dim() == 2 && x.size(1) % 8 == 0 && x.size(1) > 0 && w.is_contiguous() &&
+                  b.is_contiguous() && w.scalar_type() == at::kFloat &&
+                  b.scalar_type() == at::kFloat && w.numel() == x.size(1) &&
+                  b.numel() == x.size(1),
+              "fxquant::ort_layer_norm: contiguous float32 (rows, 8k) x, weight and bias of 8k");
+  at::Tensor out = at::empty_like(x);
+  const int64_t rows = x.size(0), n = x.size(1);
+  const float* xp = x.const_data_ptr<float>();
+  const float* wp = w.const_data_ptr<float>();
+  const float* bp = b.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const float nf = static_cast<float>(n), ef = static_cast<float>(eps);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / n), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* row = xp + r * n;
+      double total = 0.0;
+      for (int64_t h = 0; h < n; ++h) total += static_cast<double>(row[h]);
+      const float mean = static_cast<float>(total / static_cast<double>(n));
+      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int64_t h = 0; h < n; h += 8)
+        for (int l = 0; l < 8; ++l) {
+          const float d = row[h + l] - mean;
+          acc[l] = std::fma(d, d, acc[l]);
+        }
+      const float a0 = acc[0] + acc[4], a1 = acc[1] + acc[5], a2 = acc[2] + acc[6],
+                  a3 = acc[3] + acc[7];
+      const float v = (a0 + a2) + (a1 + a3);
+      const float var = v / nf + ef;
+      const float inv = 1.0f / std::sqrt(var);
+      float* o = op + r * n;
+      for (int64_t h = 0; h < n; ++h) o[h] = std::fma((row[h] - mean) * inv, wp[h], bp[h]);
+    }
+  });
+  return out;
+}
+
 // same_bytes: 1 when every pair holds the same bytes (dtype and shape included; two undefined
 // tensors match), 0 when one differs, -1 when a tensor is not a contiguous CPU tensor.
 // memcmp, split across threads above 1 MiB (the check reads both copies: memory bound)
@@ -1115,6 +1162,7 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("mlas_logistic(Tensor x, Tensor coeffs, bool times_x) -> Tensor");
   m.def("histogram_observe(Tensor x, Tensor(a!) hist, Tensor range_exp, Tensor(b!) min_val, "
         "Tensor(c!) max_val) -> int");
+  m.def("ort_layer_norm(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -1131,6 +1179,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("qlinear_add", &qlinear_add);
   m.impl("mlas_logistic", &mlas_logistic);
   m.impl("histogram_observe", &histogram_observe);
+  m.impl("ort_layer_norm", &ort_layer_norm);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {

@@ -9,6 +9,8 @@ so this module imports nothing else of fxquant.  Costs a few milliseconds.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["run"]
@@ -366,6 +368,35 @@ def _check_logistic(logistic, gen) -> str | None:
     return None
 
 
+def _layer_norm_row(row: list[float], w: list[float], b: list[float], eps: float) -> list[float]:
+    """ORT's LayerNormalization of one row, element by element (Python floats are float64;
+    ``f32`` rounds to float32; a float32 fma is the float64 sum of the exact product)."""
+    def f32(v: float) -> float:
+        return float(torch.tensor(v, dtype=torch.float32))
+
+    n = len(row)
+    mean = f32(sum(row) / n)
+    acc = [0.0] * 8
+    for h in range(n):
+        d = f32(row[h] - mean)
+        acc[h % 8] = f32(d * d + acc[h % 8])
+    a = [f32(acc[i] + acc[i + 4]) for i in range(4)]
+    v = f32(f32(a[0] + a[2]) + f32(a[1] + a[3]))
+    inv = f32(1.0 / f32(math.sqrt(f32(f32(v / n) + f32(eps)))))
+    return [f32(f32(f32(x - mean) * inv) * w[h] + b[h]) for h, x in enumerate(row)]
+
+
+def _check_layer_norm(layer_norm, gen) -> str | None:
+    """ort_layer_norm against ORT's steps computed one element at a time."""
+    for rows, n in ((3, 8), (2, 48)):
+        x = torch.randn(rows, n, generator=gen) * 3 + 0.5
+        w, b = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+        ref = torch.tensor([_layer_norm_row(r, w.tolist(), b.tolist(), 1e-5) for r in x.tolist()])
+        if not _same_bits(layer_norm(x, w, b, 1e-5), ref):
+            return f"ort_layer_norm on {rows}x{n}"
+    return None
+
+
 def _check_same_bytes(same, gen) -> str | None:
     """same_bytes against torch.equal on tensors that differ in one element, dtype or shape."""
     w = torch.randn(37, 5, generator=gen)
@@ -385,7 +416,7 @@ def _check_same_bytes(same, gen) -> str | None:
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
     (fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same,
-     logistic, hist_observe, divide_) = ops
+     logistic, hist_observe, divide_, layer_norm) = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
@@ -393,6 +424,7 @@ def run(ops) -> str | None:
         problem = problem or _check_observe(observe, gen)
         problem = problem or _check_runtime_ops(scale_round, lookup, gen)
         problem = problem or _check_qlinear_add(qadd, gen) or _check_same_bytes(same, gen)
+        problem = problem or _check_layer_norm(layer_norm, gen)
         problem = problem or _check_logistic(logistic, gen)
         problem = problem or _check_histogram_observe(hist_observe, gen)
     return problem or _check_autograd_ops(fq_ste, divide, divide_, gen)
