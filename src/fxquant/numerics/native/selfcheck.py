@@ -375,7 +375,8 @@ def _layer_norm_row(row: list[float], w: list[float], b: list[float], eps: float
         return float(torch.tensor(v, dtype=torch.float32))
 
     n = len(row)
-    mean = f32(sum(row) / n)
+    t = [sum(row[i::4]) for i in range(4)]  # the kernel's four float64 chains
+    mean = f32(((t[0] + t[1]) + (t[2] + t[3])) / n)
     acc = [0.0] * 8
     for h in range(n):
         d = f32(row[h] - mean)
