@@ -31,7 +31,7 @@ QAT observing) -- :func:`runtime_plan` lists what is emulated and why not.
 >>> with fxquant.simulation(qmodel, fxquant.Simulation.FLOAT):   # today's float simulation
 ...     y_float = qmodel.eval()(torch.randn(1, 3, 8, 8))
 
-Size (~765 lines): the simulation switch and the runtime plan are one feature -- which kernel
+Size (~835 lines): the simulation switch and the runtime plan are one feature -- which kernel
 the runtime runs for each op (matching a node to a kernel entry, finding its input / output
 quantizers, building the integer kernel) is only meaningful under the switch that installs it;
 the kernels themselves live in :mod:`fxquant.numerics`.

@@ -21,6 +21,10 @@ Two rounding conventions meet here, and mixing them up flips ties:
 * ``QLinearAdd`` / ``QLinearMul`` / ``QLinearAveragePool`` fold the output zero point into the
   float32 value and round the sum: ``x.5`` goes to the even *code*, not to the even offset from
   the zero point (with an odd zero point the two differ by one).
+
+Size (~625 lines): one pure function per ORT kernel, all sharing the float32 rounding helpers
+(``round_``, ``_fma``, the requantization multiplier) whose conventions this docstring fixes;
+split, those conventions would be restated in every file.
 """
 
 from __future__ import annotations
