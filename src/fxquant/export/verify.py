@@ -26,7 +26,7 @@ from torch import nn
 
 from .._utils import Choice, as_path
 from ..backends import ORT_EXACT_IN_FLOAT, RUNTIME_KERNELS, BackendProfile, Runtime
-from ..errors import ConfigError, VerifyError, bounded, bounded_list
+from ..errors import ConfigError, ExportError, VerifyError, bounded, bounded_list
 from ..fake_quant import FakeQuantize, quantizer_states
 from ..graph.ops import node_traits
 from ..graph.report import get_report
@@ -347,9 +347,13 @@ def verify(
         # runtime was seen to fuse
         own = report.profile.runtime == rt and bool(report.profile.kernels)
         fused = None if own else executed.fused
+        module, plan = None, None
         if hidden_quantizers(qmodel):  # ops the fx graph does not show: the captured program's
-            module, plan = captured_runtime_simulation(qmodel, call, rt, fused)
-        else:
+            try:
+                module, plan = captured_runtime_simulation(qmodel, call, rt, fused)
+            except ExportError:  # no graph without specialising (a file exported so): as before
+                module = plan = None
+        if plan is None:
             module, plan = runtime_simulation(qmodel, rt, fused)
         emulated = dict(sorted(Counter(plan.kernels.values()).items()))
         not_emulated = dict(plan.skipped)
