@@ -119,3 +119,19 @@ def test_data_dependent_control_flow_is_a_clear_error(cls):
     )
     with pytest.raises(ExportError, match="data-dependent"):
         capture(_prepared(cls(), x), x)
+
+
+def test_an_eager_capture_whose_forward_uses_module_attributes_exports(tmp_path):
+    """``torch.export`` traces a module through a proxy class of its own: the eager capture's
+    swapped-in forward finds the original class past it (it once took the proxy for it and every
+    such model failed as if it had data-dependent control flow)."""
+    from bench.control_flow import ShapeLogicNet  # Python-side shape logic: captured eagerly
+
+    x = torch.randn(4, 3, 32, 32)
+    q = _prepared(ShapeLogicNet().eval(), x)
+    assert fxquant.graph.report.get_report(q).capture_mode == "eager"
+    cp = _check(q, x)
+    assert cp.specialized == ()
+    result = fxquant.export_onnx(q, x, tmp_path / "m.onnx")
+    report = fxquant.verify(q, result.path, torch.randn(16, 3, 32, 32), "onnxruntime")
+    assert report.ok(), str(report)

@@ -280,8 +280,19 @@ def _forward_code(forward: Any) -> Any:
     return inspect.unwrap(forward).__code__
 
 
+def _original(self: nn.Module, swapped: Any) -> type:
+    """The class whose ``forward`` the swapped-in ``forward`` wraps: the one after the class
+    :func:`_swap_forward` made, wherever that is in the MRO (``torch.export`` puts a proxy class
+    of its own in front while it traces)."""
+    mro = type(self).__mro__
+    for i, cls in enumerate(mro[:-1]):
+        if cls.__dict__.get("forward") is swapped:
+            return mro[i + 1]
+    return mro[1]
+
+
 def _eager_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    base = type(self).__mro__[1]
+    base = _original(self, _eager_forward)
     with _GlueMode(self, _forward_code(base.forward)):
         return base.forward(self, *args, **kwargs)
 
@@ -633,13 +644,13 @@ def _traced_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         self.__dict__["_fxq_warned"] = True
         diff = [k for k, v in spec.items() if not _same(bound.arguments.get(k), v)]
         warnings.warn(
-            f"fxquant: {type(self).__mro__[1].__name__} was captured with {diff} = "
+            f"fxquant: {_original(self, _traced_forward).__name__} was captured with {diff} = "
             f"{[spec[k] for k in diff]} but is now called with other values; this call runs "
             "its original forward (weights quantized, activations inside it float). Prepare "
             "with example inputs that use these arguments as in deployment.",
             stacklevel=2,
         )
-    return type(self).__mro__[1].forward(self, *args, **kwargs)
+    return _original(self, _traced_forward).forward(self, *args, **kwargs)
 
 
 def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: PrepareContext,
@@ -687,7 +698,7 @@ def _quantize_leaf(m: nn.Module, full: str, path: str, ctx: PrepareContext,
 
 
 def _leaf_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    base = type(self).__mro__[1]
+    base = _original(self, _leaf_forward)
     inq = self._modules.get("input_fake_quant_0")
     if inq is not None and args and isinstance(args[0], torch.Tensor):
         args = (inq(args[0]), *args[1:])
