@@ -20,7 +20,7 @@ A call-site op that the example run did not reach runs in float with a warning (
 site); a call-site quantizer that calibration did not reach raises :class:`QuantizerError`
 naming it and its call site when it is used outside calibration.
 
-Size (~740 lines): the phases of eager capture -- discovering the units a forward calls, the
+Size (~760 lines): the phases of eager capture -- discovering the units a forward calls, the
 ``TorchFunctionMode`` that quantizes glue ops by call site, tracing each unit, quantizing
 leaves -- share the call-site keys and the per-unit state; they are one algorithm, entered
 through :func:`prepare_eager` / :func:`prepare_islands`.
