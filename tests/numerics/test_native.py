@@ -202,6 +202,11 @@ def test_histogram_threads_and_out_of_range():
         assert torch.equal(native.histogram(x, 7, 2048), _reference_counts(x, 7, 2048))
         with pytest.raises(RuntimeError, match="outside the histogram"):
             native.histogram(torch.tensor([1.0, 100.0]), 7, 2048)
+        # one bin takes everything (zeros after a ReLU): the 16-bit per-way counters are
+        # flushed long before they could wrap
+        zeros = torch.zeros(1_000_003)
+        zeros[::7] = 0.5
+        assert torch.equal(native.histogram(zeros, 7, 2048), _reference_counts(zeros, 7, 2048))
     finally:
         torch.set_num_threads(old)
 
@@ -293,10 +298,33 @@ def test_fake_quant_ste_operator_matches_the_reference_gradient(axis, dtype_x):
         assert_same(xb.grad, g * mask.to(dtype_x), f"{dtype} gradient (strided)")
 
 
+@pytest.mark.parametrize("shape", [(16, 24, 16, 16), (3, 5, 2, 2), (2, 3, 1000), (1, 4, 129, 130),
+                                   (64, 2, 3, 3), (2, 8, 1 << 17)])
+def test_division_backward_sums_in_torch_sums_order(shape):
+    """``div_channel_backward_sum`` (the channel division's backward without a product tensor)
+    against ``torch.sum`` of the products, bit for bit: rows shorter than a vector, with every
+    kind of tail, and long enough for several cascade levels, split across threads."""
+    lanes = native._State.sum_lanes if native.available() else 0
+    if not lanes:
+        pytest.skip("torch.sum's order is not reproduced on this machine (the kernel is off)")
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(shape, generator=gen) * torch.rand(shape, generator=gen).pow(6) * 100
+    out = torch.randn(shape, generator=gen) * 30
+    d = torch.rand(shape[1], generator=gen) + 0.1
+    d[1] = -d[1]
+    dv = d.reshape((1, -1) + (1,) * (len(shape) - 2))
+    inner = g[0, 0].numel()
+    gy, gd = torch.ops.fxquant_native.div_channel_backward_sum(g, out, d, inner, lanes)
+    assert_same(gy, g / dv, "grad / d")
+    assert_same(gd, ((out / dv) * g).sum([0, *range(2, len(shape))]), "the sum")
+
+
 def test_channel_divide_operator_matches_autograd():
-    for shape in ((4, 3, 5, 6), (1, 3, 5, 6), (2, 3, 1, 1), (2, 3, 7)):
+    for shape in ((4, 3, 5, 6), (1, 3, 5, 6), (2, 3, 1, 1), (2, 3, 7), (8, 16, 32, 32),
+                  (2, 4, 70, 70)):
         y = torch.randn(shape) * 50
-        d = torch.tensor([0.25, -3.0, 7e-4]).reshape(1, -1, *([1] * (len(shape) - 2)))
+        d = torch.tensor([0.25, -3.0, 7e-4]).repeat(6)[:shape[1]]
+        d = d.reshape(1, -1, *([1] * (len(shape) - 2)))
         g = torch.randn(shape)
         results = []
         for fn in (native.channel_divide, torch.div):
@@ -496,3 +524,52 @@ def test_per_tensor_fake_quant_of_a_transposed_view_keeps_its_layout_and_bits():
     assert_same(y_n, y_t, "forward") and y_n.stride() == y_t.stride()
     assert_same(g_n, g_t, "backward")
     assert g_n.stride() == g_t.stride()
+
+
+def _observed_range_cases():
+    gen = torch.Generator().manual_seed(11)
+    for n in (1, 7, 15, 16, 17, 31, 63, 64, 65, 127, 128, 1000, 4097, 70001):
+        base = torch.randn(n, generator=gen) * 3
+        pos = int(torch.randint(0, n, (), generator=gen))
+        yield n, "plain", base
+        yield n, "relu", base.clamp(min=0.0)  # a +0.0 minimum
+        for name, value in (("nan", float("nan")), ("-0.0", -0.0), ("inf", float("inf"))):
+            x = base.clamp(min=0.0) if name == "-0.0" else base.clone()
+            x[pos] = value
+            yield n, name, x
+
+
+def test_per_tensor_observation_matches_the_pure_torch_observers():
+    """A quantizer's native observation (range in one vectorised pass, statistics and qparams
+    on plain values) against its pure-torch twin: running min-max in CALIBRATION and the
+    moving average in QAT, over rows of every length the vector loops split differently, with
+    a NaN, a -0.0 or an inf at a random place (those go to the ATen path)."""
+    from fxquant.fake_quant import FakeQuantize
+    from fxquant.fake_quant.state import FakeQuantState
+    from fxquant.observers import MinMaxObserver, MovingAverageMinMaxObserver
+
+    for observer, state in ((MinMaxObserver, FakeQuantState.CALIBRATION),
+                            (MovingAverageMinMaxObserver, FakeQuantState.QAT)):
+        for symmetric in (True, False):
+            pair = []
+            for on in (True, False):
+                fq = FakeQuantize(observer=observer, symmetric=symmetric)
+                fq.set_state(state)
+                pair.append((on, fq))
+            for n, name, x in _observed_range_cases():
+                outs = []
+                for on, fq in pair:
+                    with native.native_kernels(on):
+                        try:
+                            outs.append(("ok", fq(x.clone())))
+                        except Exception as exc:  # a NaN / inf range: the same refusal
+                            outs.append((type(exc).__name__, None))
+                assert outs[0][0] == outs[1][0], (n, name)
+                what = f"{observer.__name__} symmetric={symmetric} n={n} {name}"
+                if outs[0][1] is not None:
+                    assert_same(outs[0][1], outs[1][1], what + " output")
+                (_, a), (_, b) = pair
+                for buf in ("min_val", "max_val"):
+                    assert_same(getattr(a.observer, buf), getattr(b.observer, buf), what + buf)
+                assert_same(a.scale, b.scale, what + " scale")
+                assert torch.equal(a.zero_point, b.zero_point), what

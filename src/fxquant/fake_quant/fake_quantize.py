@@ -269,22 +269,25 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
 
     def update_qparams(self) -> None:
         """Recompute scale / zero point from the observer (no-op if it saw nothing)."""
-        self._dirty = False
+        self.__dict__["_dirty"] = False  # the hot paths write plain attributes directly
         observer = self.observer
         if not observer.has_stats():
             return
         s, z = observer.calculate_qparams(self.dtype, self.symmetric, self.power_of_two, self.eps)
         self._store_qparams(s, z)
         if not self._calibrated:
-            self.calibrated.fill_(True)
-            self._calibrated = True
+            self._mark_calibrated()
+
+    def _mark_calibrated(self) -> None:
+        self._buffers["calibrated"].fill_(True)
+        self.__dict__["_calibrated"] = True
 
     def _observe(self, x: torch.Tensor) -> None:
         if self.distributed_sync.active():  # torch.distributed with > 1 rank, not opted out
             observe_distributed(self, x, self.state is FakeQuantState.CALIBRATION)
         else:
             self.observer(x)
-        self._dirty = True
+        self.__dict__["_dirty"] = True
 
     def _observe_native(self, x: torch.Tensor, update: bool) -> bool:
         """``_observe(x)`` (and ``update_qparams()`` if ``update``) in one native call for the
@@ -292,7 +295,7 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         observers, statistics merged across ranks, no native kernels ...)."""
         if self.distributed_sync.active():
             return False
-        obs = self.observer
+        obs = self._modules["observer"]
         kind = type(obs)
         if kind is MovingAverageMinMaxObserver:
             averaging = obs.averaging_constant
@@ -309,17 +312,17 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         if got is None:
             return False
         scale, zero_point, status = got
-        self._dirty = True
+        attrs = self.__dict__  # plain attributes: Module.__setattr__ costs more than the rest
+        attrs["_dirty"] = True
         if not update:
             return True
         if status == native.OBSERVED_ONLY:
             self.update_qparams()
             return True
-        self._dirty = False
+        attrs["_dirty"] = False
         self._store_qparams(scale, zero_point)
         if not self._calibrated:
-            self.calibrated.fill_(True)
-            self._calibrated = True
+            self._mark_calibrated()
         return True
 
     def _observe_calibration(self, x: torch.Tensor) -> None:

@@ -106,6 +106,7 @@ class _State:
     enabled: bool = True
     loaded: bool | None = None  # None: not tried yet
     reason: str | None = None  # why the kernels are unavailable
+    sum_lanes: int = 0  # the division's backward sums in at::sum's order (_enable_sum_order)
     ops: ClassVar[list] = []
 
 
@@ -256,12 +257,32 @@ def _load() -> None:
             problem = selfcheck.run(_ops())
         if problem:
             raise RuntimeError(f"self-check failed: {problem}")
+        _State.sum_lanes = _enable_sum_order()
     except Exception as exc:  # no compiler, read-only file system, ...: pure torch
         _State.reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         _log.warning("fxquant native kernels unavailable, using pure torch: %s", _State.reason)
         return
     _State.loaded = True
     _State.reason = None
+
+
+SUM_LANES = (8, 16)
+"""Float32 vector widths of torch's CPU sum that the reduction kernel reproduces (x86: 8 lanes
+with AVX2 and, as measured with torch 2.13, also where torch reports AVX512)."""
+
+
+def _enable_sum_order() -> int:
+    """Let the channel division's backward sum in at::sum's order without a product tensor
+    where that order is reproduced on this machine (:func:`selfcheck.sum_lanes_match`, each
+    width of :data:`SUM_LANES` in turn); the width in use, 0 where none matched."""
+    ns = torch.ops.fxquant_native
+    lanes = next((n for n in SUM_LANES
+                  if selfcheck.sum_lanes_match(ns.div_channel_backward_sum.default, n)), 0)
+    if not lanes:
+        _log.info("fxquant: torch.sum's order is not one reproduced here; the channel "
+                  "division's backward keeps its product tensor")
+    ns.set_sum_lanes.default(lanes)
+    return lanes
 
 
 # -- the kernels -------------------------------------------------------------------------------

@@ -25,6 +25,10 @@
 //   div_channel_backward(grad, out, d, inner) -> (grad / d, (out / d) * grad)
 //     the two element-wise parts of the gradient of out = y / d, d per channel [C] of a
 //     contiguous [outer, C, inner] tensor.
+//   div_channel_backward_sum(grad, out, d, inner, lanes) -> (grad / d, sum of (out / d) * grad)
+//       the sum over every dimension but C in at::sum's order (no tensor of the products);
+//   set_sum_lanes(lanes): the channel division's backward uses it (0: off; set after the
+//       self-check matched at::sum with torch's vector width)
 //
 //   observe_qparams(x, min_val!, max_val!, averaging, axis, qmin, qmax, symmetric, is_signed,
 //                   power_of_two, eps, bits, compute) -> (scale, zero_point, status)
@@ -276,27 +280,83 @@ struct BlockRange {
     int64_t i = 0;
     float l = lo, h = hi;
     uint32_t nz = 0, nn = 0;
-#if defined(__AVX2__)
-    __m256 vl = _mm256_set1_ps(l), vh = _mm256_set1_ps(h);
-    __m256 vnan = _mm256_setzero_ps();
-    __m256i vnz = _mm256_setzero_si256();
-    const __m256i negzero = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-    for (; i + 8 <= n; i += 8) {
-      const __m256 v = _mm256_loadu_ps(x + i);
-      vl = _mm256_min_ps(vl, v);  // a NaN v is dropped here, and counted below
-      vh = _mm256_max_ps(vh, v);
-      vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      vnz = _mm256_or_si256(vnz, _mm256_cmpeq_epi32(_mm256_castps_si256(v), negzero));
+    // four independent accumulators per extreme (one would wait on the min / max latency at
+    // every vector); a NaN v is dropped by the min / max of a later vector and counted apart
+#if defined(__AVX512F__)
+    __m512 vl[4], vh[4];
+    for (int a = 0; a < 4; ++a) {
+      vl[a] = _mm512_set1_ps(l);
+      vh[a] = _mm512_set1_ps(h);
     }
-    alignas(32) float lanes_lo[8], lanes_hi[8];
-    _mm256_store_ps(lanes_lo, vl);
-    _mm256_store_ps(lanes_hi, vh);
-    for (int k = 0; k < 8; ++k) {
+    __mmask16 knan = 0, knz = 0;
+    const __m512i negzero = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    for (; i + 64 <= n; i += 64) {
+      for (int a = 0; a < 4; ++a) {
+        const __m512 v = _mm512_loadu_ps(x + i + 16 * a);
+        vl[a] = _mm512_min_ps(vl[a], v);
+        vh[a] = _mm512_max_ps(vh[a], v);
+        knan = static_cast<__mmask16>(knan | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+        knz = static_cast<__mmask16>(
+            knz | _mm512_cmpeq_epi32_mask(_mm512_castps_si512(v), negzero));
+      }
+    }
+    for (; i + 16 <= n; i += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i);
+      vl[0] = _mm512_min_ps(vl[0], v);
+      vh[0] = _mm512_max_ps(vh[0], v);
+      knan = static_cast<__mmask16>(knan | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+      knz = static_cast<__mmask16>(
+          knz | _mm512_cmpeq_epi32_mask(_mm512_castps_si512(v), negzero));
+    }
+    alignas(64) float lanes_lo[64], lanes_hi[64];
+    for (int a = 0; a < 4; ++a) {
+      _mm512_store_ps(lanes_lo + 16 * a, vl[a]);
+      _mm512_store_ps(lanes_hi + 16 * a, vh[a]);
+    }
+    for (int k = 0; k < 64; ++k) {
       l = lanes_lo[k] < l ? lanes_lo[k] : l;
       h = lanes_hi[k] > h ? lanes_hi[k] : h;
     }
-    nz = _mm256_testz_si256(vnz, vnz) ? 0u : 1u;
-    nn = _mm256_testz_ps(vnan, vnan) ? 0u : 1u;
+    nz = knz ? 1u : 0u;
+    nn = knan ? 1u : 0u;
+#elif defined(__AVX2__)
+    __m256 vl[4], vh[4], vnan[4];
+    __m256i vnz[4];
+    for (int a = 0; a < 4; ++a) {
+      vl[a] = _mm256_set1_ps(l);
+      vh[a] = _mm256_set1_ps(h);
+      vnan[a] = _mm256_setzero_ps();
+      vnz[a] = _mm256_setzero_si256();
+    }
+    const __m256i negzero = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    for (; i + 32 <= n; i += 32) {
+      for (int a = 0; a < 4; ++a) {
+        const __m256 v = _mm256_loadu_ps(x + i + 8 * a);
+        vl[a] = _mm256_min_ps(vl[a], v);
+        vh[a] = _mm256_max_ps(vh[a], v);
+        vnan[a] = _mm256_or_ps(vnan[a], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        vnz[a] = _mm256_or_si256(vnz[a],
+                                 _mm256_cmpeq_epi32(_mm256_castps_si256(v), negzero));
+      }
+    }
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(x + i);
+      vl[0] = _mm256_min_ps(vl[0], v);
+      vh[0] = _mm256_max_ps(vh[0], v);
+      vnan[0] = _mm256_or_ps(vnan[0], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      vnz[0] = _mm256_or_si256(vnz[0], _mm256_cmpeq_epi32(_mm256_castps_si256(v), negzero));
+    }
+    alignas(32) float lanes_lo[32], lanes_hi[32];
+    for (int a = 0; a < 4; ++a) {
+      _mm256_store_ps(lanes_lo + 8 * a, vl[a]);
+      _mm256_store_ps(lanes_hi + 8 * a, vh[a]);
+      nz |= _mm256_testz_si256(vnz[a], vnz[a]) ? 0u : 1u;
+      nn |= _mm256_testz_ps(vnan[a], vnan[a]) ? 0u : 1u;
+    }
+    for (int k = 0; k < 32; ++k) {
+      l = lanes_lo[k] < l ? lanes_lo[k] : l;
+      h = lanes_hi[k] > h ? lanes_hi[k] : h;
+    }
 #endif
     for (; i < n; ++i) {
       const float v = x[i];
@@ -328,6 +388,7 @@ void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
   int32_t idx[kBlock];
   uint32_t range_check = 0;
   int64_t since_flush = 0;
+  int64_t zeros = 0;  // elements of the bin of zero counted apart (below)
   auto flush = [&] {
     for (int w = 0; w < kWays; ++w)
       for (int64_t b = 0; b < bins; ++b) {
@@ -336,6 +397,10 @@ void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
       }
     since_flush = 0;
   };
+#if defined(__AVX512F__)
+  int32_t rest[kBlock + 16];  // the indices outside the bin of zero (written 16 at a time)
+  const __m512i zero_bin = _mm512_set1_epi32(half);
+#endif
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t m = std::min(kBlock, n - start);
     bin_indices<T>(x + start, m, factor, half, idx);
@@ -346,18 +411,49 @@ void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
       break;
     }
     if constexpr (kRange) range->add(x + start, m);
-    int64_t i = 0;
-    for (; i + kWays <= m; i += kWays) {
-      ++lp[idx[i]];
-      ++lp[bins + idx[i + 1]];
-      ++lp[2 * bins + idx[i + 2]];
-      ++lp[3 * bins + idx[i + 3]];
+    const int32_t* sc = idx;
+    int64_t ns = m;
+#if defined(__AVX512F__)
+    // A block whose values are a quarter or more in the bin of zero (about half of a ReLU's
+    // outputs are) counts that bin with vector compares and scatters only the other indices:
+    // runs of one bin make the scatter wait on itself (standalone harness, 2**19 values:
+    // ReLU-like 0.87 -> 0.54 ns per value; Gaussian 0.59 -> 0.63 for the zero count)
+    int64_t in_zero = 0, j = 0;
+    for (; j + 16 <= m; j += 16)
+      in_zero += __builtin_popcount(static_cast<unsigned>(
+          _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(idx + j), zero_bin)));
+    if (in_zero * 4 >= m) {
+      ns = 0;
+      for (j = 0; j + 16 <= m; j += 16) {
+        const __m512i v = _mm512_loadu_si512(idx + j);
+        const __mmask16 z = _mm512_cmpeq_epi32_mask(v, zero_bin);
+        _mm512_storeu_si512(rest + ns, _mm512_maskz_compress_epi32(static_cast<__mmask16>(~z), v));
+        ns += 16 - __builtin_popcount(static_cast<unsigned>(z));
+      }
+      for (; j < m; ++j) {
+        if (idx[j] == half) {
+          ++in_zero;
+        } else {
+          rest[ns++] = idx[j];
+        }
+      }
+      zeros += in_zero;
+      sc = rest;
     }
-    for (; i < m; ++i) ++lp[idx[i]];
+#endif
+    int64_t i = 0;
+    for (; i + kWays <= ns; i += kWays) {
+      ++lp[sc[i]];
+      ++lp[bins + sc[i + 1]];
+      ++lp[2 * bins + sc[i + 2]];
+      ++lp[3 * bins + sc[i + 3]];
+    }
+    for (; i < ns; ++i) ++lp[sc[i]];
     since_flush += m;
     if (since_flush >= (int64_t(1) << 30)) flush();
   }
   flush();
+  counts[half] += zeros;
   if (range_check) *bad = true;
 }
 
@@ -498,6 +594,131 @@ std::tuple<at::Tensor, at::Tensor> div_channel_backward(const at::Tensor& grad,
   return {gy, gd};
 }
 
+// -- torch.sum's order, for the division's reduction --------------------------------------------
+// at::sum of a contiguous float32 [outer, C, inner] tensor over every dimension but C (the sum
+// autograd's division rule takes) adds, for each channel, the rows n = 0 .. outer - 1 in order
+// to an output that starts at +0.0; each row of `inner` elements is summed by torch's cascade
+// (SumKernel.cpp: rows of at least one vector in `lanes`-wide vectors, four of them
+// interleaved, in levels of 16 and more; shorter rows in scalars, four interleaved).  The steps
+// below follow that order, so the sum needs no tensor of the division's products: one pass
+// fewer over memory, and one buffer fewer.  Pinned against at::sum at load
+// (selfcheck.sum_lanes_match); where it differs the kernel is not used (set_sum_lanes).
+std::atomic<int64_t> g_sum_lanes{0};
+
+int64_t ceil_log2(int64_t x) {  // ATen's utils::CeilLog2
+  if (x <= 2) return 1;
+  int64_t bits = 0;
+  for (uint64_t v = static_cast<uint64_t>(x) - 1; v; v >>= 1) ++bits;
+  return bits;
+}
+
+// multi_row_sum of nrows = 4 interleaved rows of L-lane values, then row_sum's tail and fold:
+// v[(i * 4 + k) * L + l] is lane l of row k of group i; lanes_out gets the L lanes
+template <int L>
+void cascade_lanes(const float* __restrict v, int64_t nvals, float* __restrict lanes_out) {
+  constexpr int64_t kLevels = 4;
+  const int64_t groups = nvals / 4;
+  const int64_t level_power = std::max<int64_t>(4, ceil_log2(groups) / kLevels);
+  const int64_t level_step = int64_t(1) << level_power;
+  const int64_t level_mask = level_step - 1;
+  float acc[kLevels][4][L];
+  std::fill_n(&acc[0][0][0], kLevels * 4 * L, 0.0f);
+  int64_t i = 0;
+  for (; i + level_step <= groups;) {
+    for (int64_t j = 0; j < level_step; ++j, ++i) {
+      const float* base = v + i * 4 * L;
+      for (int k = 0; k < 4; ++k)
+        for (int l = 0; l < L; ++l) acc[0][k][l] += base[k * L + l];
+    }
+    for (int64_t j = 1; j < kLevels; ++j) {
+      for (int k = 0; k < 4; ++k)
+        for (int l = 0; l < L; ++l) {
+          acc[j][k][l] += acc[j - 1][k][l];
+          acc[j - 1][k][l] = 0.0f;
+        }
+      if ((i & (level_mask << (j * level_power))) != 0) break;
+    }
+  }
+  for (; i < groups; ++i) {
+    const float* base = v + i * 4 * L;
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < L; ++l) acc[0][k][l] += base[k * L + l];
+  }
+  for (int64_t j = 1; j < kLevels; ++j)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < L; ++l) acc[0][k][l] += acc[j][k][l];
+  for (int64_t r = groups * 4; r < nvals; ++r)
+    for (int l = 0; l < L; ++l) acc[0][0][l] += v[r * L + l];
+  for (int k = 1; k < 4; ++k)
+    for (int l = 0; l < L; ++l) acc[0][0][l] += acc[0][k][l];
+  for (int l = 0; l < L; ++l) lanes_out[l] = acc[0][0][l];
+}
+
+// one row as at::sum's inner loop sums it (vectorized_inner_sum / scalar_inner_sum)
+template <int L>
+float torch_row_sum(const float* x, int64_t n) {
+  if (n < L) {
+    float one;
+    cascade_lanes<1>(x, n, &one);
+    return one;
+  }
+  const int64_t nvec = n / L;
+  float lanes[L];
+  cascade_lanes<L>(x, nvec, lanes);
+  float total = 0.0f;
+  for (int64_t k = nvec * L; k < n; ++k) total += x[k];
+  for (int l = 0; l < L; ++l) total += lanes[l];
+  return total;
+}
+
+float torch_row_sum_lanes(const float* x, int64_t n, int64_t lanes) {
+  return lanes == 16 ? torch_row_sum<16>(x, n) : torch_row_sum<8>(x, n);
+}
+
+// (grad / d, sum over all but C of (out / d) * grad) for float32 [outer, C, inner], the sum in
+// at::sum's order for `lanes`-wide vectors (8: AVX2, 16: AVX512)
+std::tuple<at::Tensor, at::Tensor> div_channel_backward_sum(const at::Tensor& grad,
+                                                            const at::Tensor& out,
+                                                            const at::Tensor& d, int64_t inner,
+                                                            int64_t lanes) {
+  TORCH_CHECK(grad.device().is_cpu() && grad.scalar_type() == at::kFloat &&
+                  out.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat,
+              "fxquant::div_channel_backward_sum: float32 CPU tensors only");
+  TORCH_CHECK(grad.is_contiguous() && out.is_contiguous() && d.is_contiguous() &&
+                  grad.sizes() == out.sizes(),
+              "fxquant::div_channel_backward_sum: contiguous tensors of one shape only");
+  TORCH_CHECK(lanes == 8 || lanes == 16, "fxquant::div_channel_backward_sum: 8 or 16 lanes");
+  const int64_t n_channels = d.numel();
+  TORCH_CHECK(n_channels >= 1 && inner >= 1 && grad.numel() % (n_channels * inner) == 0,
+              "fxquant::div_channel_backward_sum: grad does not split into [outer, C, inner]");
+  const int64_t rows = grad.numel() / inner;
+  at::Tensor gy = at::empty_like(grad);
+  std::vector<float> row_sums(static_cast<size_t>(rows));
+  const float* gp = grad.const_data_ptr<float>();
+  const float* op = out.const_data_ptr<float>();
+  const float* dp = d.const_data_ptr<float>();
+  float* gyp = gy.mutable_data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+  at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+    std::vector<float> t(static_cast<size_t>(inner));
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t off = r * inner;
+      div_backward_row<float>(gp + off, op + off, gyp + off, t.data(), inner,
+                              dp[r % n_channels]);
+      row_sums[static_cast<size_t>(r)] = torch_row_sum_lanes(t.data(), inner, lanes);
+    }
+  });
+  at::Tensor sums = at::zeros({n_channels}, grad.options());
+  float* sp = sums.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) sp[r % n_channels] += row_sums[static_cast<size_t>(r)];
+  return {gy, sums};
+}
+
+int64_t set_sum_lanes(int64_t lanes) {
+  TORCH_CHECK(lanes == 0 || lanes == 8 || lanes == 16, "fxquant::set_sum_lanes: 0, 8 or 16");
+  return g_sum_lanes.exchange(lanes);
+}
+
 // -- fused observer statistics + qparams -------------------------------------------------------
 constexpr int64_t kDone = 0, kUntouched = 1, kObservedOnly = 2;
 
@@ -621,6 +842,79 @@ bool observe_minmax_rows(const at::Tensor& x, at::Tensor& min_val, at::Tensor& m
   return true;
 }
 
+// The per-tensor path of observe_qparams on plain values (no small ATen operations: each costs
+// more than observing a small activation).  x contiguous float32 on the CPU, min_val / max_val
+// 0-dim float32 CPU tensors.  Every value is the one of the ATen path below:
+//  * the range: tensor_aminmax's (one pass; NaN, -0.0 and +-inf go to the ATen path);
+//  * torch.minimum / maximum of two 0-dim tensors: the scalar std::min / std::max (a NaN, or
+//    zeros of both signs, whose order decides, go to the ATen path);
+//  * add_(lo - min_val, alpha) of 0-dim tensors: torch's scalar kernel, one fused multiply-add
+//    with alpha as float32 (pinned by the self-check, selfcheck._check_observe);
+//  * the qparams: choose_scalar on the updated statistics, as below.
+// Returns false (nothing written) where the ATen path must decide.
+bool observe_tensor_fast(const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val,
+                         double averaging, int64_t qmin, int64_t qmax, bool symmetric,
+                         bool is_signed, bool power_of_two, double eps, bool compute,
+                         std::tuple<at::Tensor, at::Tensor, int64_t>* out) {
+  if (!x.is_contiguous() || min_val.dim() != 0 || max_val.dim() != 0 ||
+      !max_val.device().is_cpu() || min_val.is_same(max_val))
+    return false;
+  const int64_t n = x.numel();
+  const int64_t chunks = thread_chunks(n);
+  const float* xp = x.const_data_ptr<float>();
+  BlockRange all;
+  if (chunks == 1) {
+    all.add(xp, n);
+    if (all.nan || all.neg_zero) return false;
+  } else {
+    std::vector<BlockRange> ranges(static_cast<size_t>(chunks));
+    run_chunks(n, chunks, [&](int64_t c, int64_t b, int64_t e) { ranges[c].add(xp + b, e - b); });
+    for (const BlockRange& r : ranges) {
+      if (r.nan || r.neg_zero) return false;
+      all.lo = std::min(all.lo, r.lo);
+      all.hi = std::max(all.hi, r.hi);
+    }
+  }
+  const float lo = all.lo, hi = all.hi;
+  if (!std::isfinite(lo) || !std::isfinite(hi)) return false;
+  float* mn = min_val.mutable_data_ptr<float>();
+  float* mx = max_val.mutable_data_ptr<float>();
+  const float m0 = *mn, x0 = *mx;
+  if (std::isnan(m0) || std::isnan(x0)) return false;
+  auto order_decides = [](float a, float b) {
+    return a == 0.0f && b == 0.0f && std::signbit(a) != std::signbit(b);
+  };
+  float m1, x1;
+  if (averaging < 0) {  // MinMaxObserver._combine
+    if (order_decides(m0, lo) || order_decides(x0, hi)) return false;
+    m1 = std::min(m0, lo);
+    x1 = std::max(x0, hi);
+  } else if (!(static_cast<double>(m0) <= static_cast<double>(x0))) {  // first batch
+    m1 = lo;
+    x1 = hi;
+  } else {
+    const float a = static_cast<float>(averaging);
+    m1 = std::fma(a, lo - m0, m0);
+    x1 = std::fma(a, hi - x0, x0);
+  }
+  *mn = m1;
+  *mx = x1;
+  const at::Tensor none;
+  if (!compute || power_of_two || !(static_cast<double>(m1) <= static_cast<double>(x1))) {
+    *out = {none, none, kObservedOnly};
+    return true;
+  }
+  float s32;
+  int64_t zp;
+  if (!choose_scalar(m1, x1, qmin, qmax, symmetric, is_signed, eps, &s32, &zp)) {
+    *out = {none, none, kObservedOnly};
+    return true;
+  }
+  *out = {at::scalar_tensor(s32, x.options()),
+          at::scalar_tensor(zp, x.options().dtype(at::kInt)), kDone};
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
     const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, double averaging,
     int64_t axis, int64_t qmin, int64_t qmax, bool symmetric, bool is_signed, bool power_of_two,
@@ -639,6 +933,12 @@ std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
       if (!compute) return {none, none, kObservedOnly};
       return {scale, at::zeros(scale.sizes(), scale.options().dtype(at::kInt)), kDone};
     }
+  }
+  if (axis < 0) {
+    std::tuple<at::Tensor, at::Tensor, int64_t> got;
+    if (observe_tensor_fast(x, min_val, max_val, averaging, qmin, qmax, symmetric, is_signed,
+                            power_of_two, eps, compute, &got))
+      return got;
   }
   at::Tensor lo, hi;
   if (axis < 0) {
@@ -954,7 +1254,23 @@ class ChannelDivide : public torch::autograd::Function<ChannelDivide> {
     const bool need_y = ctx->needs_input_grad(0), need_d = ctx->needs_input_grad(1);
     if (!g.defined()) return {at::Tensor(), at::Tensor()};
     if (!need_d) return {need_y ? at::div(g, d) : at::Tensor(), at::Tensor()};
+    // as autograd's sum_to: the dimensions where d is 1 and the output is not
+    std::vector<int64_t> dims;
+    for (int64_t i = 0; i < out.dim(); ++i)
+      if (d.size(i) == 1 && out.size(i) != 1) dims.push_back(i);
     at::Tensor gy, t;
+    const int64_t lanes = g_sum_lanes.load();
+    if (lanes && !g.requires_grad() && g.is_contiguous() && out.is_contiguous() &&
+        g.sizes() == out.sizes() && g.dim() >= 3 && g.scalar_type() == at::kFloat &&
+        out.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat &&
+        d.numel() == g.size(1) && g.numel() > 0 &&
+        static_cast<int64_t>(dims.size()) == g.dim() - 1 && g.size(1) > 1) {
+      // every dimension but C is summed: the sum in at::sum's order, without a product tensor
+      at::Tensor gd;
+      std::tie(gy, gd) = div_channel_backward_sum(g, out, d.reshape({-1}).contiguous(),
+                                                  g.numel() / (g.size(0) * g.size(1)), lanes);
+      return {need_y ? gy : at::Tensor(), gd.reshape(d.sizes()).neg_()};
+    }
     const bool fused = !g.requires_grad() && g.is_contiguous() && out.is_contiguous() &&
                        g.sizes() == out.sizes() &&
                        g.dim() >= 2 && g.scalar_type() == out.scalar_type() &&
@@ -968,10 +1284,6 @@ class ChannelDivide : public torch::autograd::Function<ChannelDivide> {
       gy = at::div(g, d);
       t = at::mul(at::div(out, d), g);
     }
-    // as autograd's sum_to: the dimensions where d is 1 and the output is not
-    std::vector<int64_t> dims;
-    for (int64_t i = 0; i < out.dim(); ++i)
-      if (d.size(i) == 1 && out.size(i) != 1) dims.push_back(i);
     at::Tensor gd = dims.empty() ? t : at::sum(t, dims, /*keepdim=*/true);
     return {need_y ? gy : at::Tensor(), gd.neg_()};
   }
@@ -1150,6 +1462,9 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("div_channel_backward(Tensor grad, Tensor out, Tensor d, int inner) -> (Tensor, Tensor)");
   m.def("fake_quant_ste(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int inner, "
         "bool reciprocal) -> Tensor");
+  m.def("div_channel_backward_sum(Tensor grad, Tensor out, Tensor d, int inner, int lanes) -> "
+        "(Tensor, Tensor)");
+  m.def("set_sum_lanes(int lanes) -> int", &set_sum_lanes);  // no tensor: a catch-all kernel
   m.def("channel_divide(Tensor y, Tensor d) -> Tensor");
   m.def("channel_divide_(Tensor(a!) y, Tensor d) -> Tensor(a!)");
   m.def("observe_qparams(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float averaging, "
@@ -1172,6 +1487,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("masked_grad", &masked_grad);
   m.impl("histogram", &histogram);
   m.impl("div_channel_backward", &div_channel_backward);
+  m.impl("div_channel_backward_sum", &div_channel_backward_sum);
   m.impl("fake_quant_ste", &fake_quant_ste_cpu);
   m.impl("channel_divide", &channel_divide_cpu);
   m.impl("channel_divide_", &channel_divide_inplace_cpu);
