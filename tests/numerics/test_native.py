@@ -319,7 +319,22 @@ def test_division_backward_sums_in_torch_sums_order(shape):
     assert_same(gd, ((out / dv) * g).sum([0, *range(2, len(shape))]), "the sum")
 
 
-def test_channel_divide_operator_matches_autograd():
+@pytest.mark.parametrize("summed", [True, False], ids=["torch-sum-order", "product-tensor"])
+def test_channel_divide_operator_matches_autograd(summed):
+    """The C++ division operator against autograd's division, values and both gradients; with
+    the reduction in torch.sum's order (where the self-check enabled it) and with the product
+    tensor and torch.sum it falls back to."""
+    lanes = native._State.sum_lanes
+    if summed and not lanes:
+        pytest.skip("torch.sum's order is not reproduced on this machine")
+    previous = torch.ops.fxquant_native.set_sum_lanes(lanes if summed else 0)
+    try:
+        _channel_divide_matches_autograd()
+    finally:
+        torch.ops.fxquant_native.set_sum_lanes(previous)
+
+
+def _channel_divide_matches_autograd():
     for shape in ((4, 3, 5, 6), (1, 3, 5, 6), (2, 3, 1, 1), (2, 3, 7), (8, 16, 32, 32),
                   (2, 4, 70, 70)):
         y = torch.randn(shape) * 50
