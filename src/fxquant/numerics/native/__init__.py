@@ -43,7 +43,7 @@ default; :func:`enable_native_kernels` / :func:`native_kernels` turn them off (e
 Only plain CPU tensors use them: subclasses (fake tensors of ``torch.export`` / ``torch.compile``)
 and ``torch.jit`` tracing take the pure-torch path, which traces into ordinary operators.
 
-Size (~610 lines): the build, the load with its self-check and one thin wrapper per kernel (the
+Size (~630 lines): the build, the load with its self-check and one thin wrapper per kernel (the
 conditions under which it applies, else ``None`` for the pure-torch path) are one contract
 around one compiled library; the kernels themselves are in ``kernels.cpp``, the self-check's
 references in ``selfcheck.py``.
@@ -276,8 +276,12 @@ def _enable_sum_order() -> int:
     where that order is reproduced on this machine (:func:`selfcheck.sum_lanes_match`, each
     width of :data:`SUM_LANES` in turn); the width in use, 0 where none matched."""
     ns = torch.ops.fxquant_native
-    lanes = next((n for n in SUM_LANES
-                  if selfcheck.sum_lanes_match(ns.div_channel_backward_sum.default, n)), 0)
+    try:
+        lanes = next((n for n in SUM_LANES
+                      if selfcheck.sum_lanes_match(ns.div_channel_backward_sum.default, n)), 0)
+    except RuntimeError as exc:  # the other kernels stay usable without this one
+        _log.info("fxquant: the division's summed backward is off: %s", exc)
+        lanes = 0
     if not lanes:
         _log.info("fxquant: torch.sum's order is not one reproduced here; the channel "
                   "division's backward keeps its product tensor")
