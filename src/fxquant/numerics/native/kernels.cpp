@@ -418,16 +418,18 @@ void histogram_impl(const T* __restrict x, int64_t n, T factor, int64_t bins,
     // outputs are) counts that bin with vector compares and scatters only the other indices:
     // runs of one bin make the scatter wait on itself (standalone harness, 2**19 values:
     // ReLU-like 0.87 -> 0.54 ns per value; Gaussian 0.59 -> 0.63 for the zero count)
+    __mmask16 in_zero_bin[kBlock / 16];  // one compare per vector, kept for the compaction
     int64_t in_zero = 0, j = 0;
-    for (; j + 16 <= m; j += 16)
-      in_zero += __builtin_popcount(static_cast<unsigned>(
-          _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(idx + j), zero_bin)));
+    for (; j + 16 <= m; j += 16) {
+      in_zero_bin[j / 16] = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(idx + j), zero_bin);
+      in_zero += __builtin_popcount(static_cast<unsigned>(in_zero_bin[j / 16]));
+    }
     if (in_zero * 4 >= m) {
       ns = 0;
       for (j = 0; j + 16 <= m; j += 16) {
-        const __m512i v = _mm512_loadu_si512(idx + j);
-        const __mmask16 z = _mm512_cmpeq_epi32_mask(v, zero_bin);
-        _mm512_storeu_si512(rest + ns, _mm512_maskz_compress_epi32(static_cast<__mmask16>(~z), v));
+        const __mmask16 z = in_zero_bin[j / 16];
+        _mm512_storeu_si512(rest + ns, _mm512_maskz_compress_epi32(
+                                           static_cast<__mmask16>(~z), _mm512_loadu_si512(idx + j)));
         ns += 16 - __builtin_popcount(static_cast<unsigned>(z));
       }
       for (; j < m; ++j) {
