@@ -13,7 +13,15 @@ from torch import nn
 
 from .errors import ConfigError, bounded
 
-__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory", "Choice", "as_path"]
+__all__ = ["Factory", "WithArgs", "LazyShapeBuffers", "as_factory", "Choice", "as_path",
+           "has_hooks"]
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward / backward hooks of its own (a fused path that skips its
+    call must not skip them)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
 def as_path(value: Any, what: str) -> str:

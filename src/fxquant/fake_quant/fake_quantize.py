@@ -1,7 +1,7 @@
 """FakeQuantize = observer (statistics) + numerics (fake quantization with an STE), and the
 :class:`QuantizerSpec` it is built from (frozen, validated, JSON round trip).
 
-Size (~650 lines): the quantizer is one concept -- the module (:class:`FakeQuantize`, its
+Size (~700 lines): the quantizer is one concept -- the module (:class:`FakeQuantize`, its
 learnable variant) and :class:`QuantizerSpec`, the serialisable recipe that builds it and is
 its checkpoint format -- kept together so that a constructor argument is added, validated and
 serialised in one file.
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory
+from .._utils import Factory, LazyShapeBuffers, WithArgs, as_factory, has_hooks
 from ..distributed import DistributedSync, merge_pending, observe_distributed
 from ..errors import CheckpointError, ConfigError, QuantizerError, bounded, bounded_list
 from ..numerics import (
@@ -40,6 +40,7 @@ from ..observers import (
     ObserverSpec,
     check_scale,
 )
+from .activation import ClampActivation
 from .state import FakeQuantState
 
 __all__ = ["FakeQuantize", "LearnableFakeQuantize", "QuantizerError", "QuantizerSpec",
@@ -293,37 +294,43 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
         """``_observe(x)`` (and ``update_qparams()`` if ``update``) in one native call for the
         min-max observers; False (nothing done) where the Python path must run (other
         observers, statistics merged across ranks, no native kernels ...)."""
-        if self.distributed_sync.active():
+        applies, averaging = self._native_averaging()
+        if not applies or x.numel() == 0:
             return False
         obs = self._modules["observer"]
-        kind = type(obs)
-        if kind is MovingAverageMinMaxObserver:
-            averaging = obs.averaging_constant
-        elif kind is MinMaxObserver:
-            averaging = None
-        else:
-            return False
-        if x.numel() == 0:
-            return False
         bufs = obs._buffers
         got = native.observe_qparams(x.detach(), bufs["min_val"], bufs["max_val"], averaging,
                                      obs.ch_axis, self.dtype, self.symmetric, self.power_of_two,
                                      self.eps, update)
         if got is None:
             return False
+        self._take_observed(got, update)
+        return True
+
+    def _native_averaging(self) -> tuple[bool, float | None]:
+        """(whether the native observation applies, the moving-average constant or None)."""
+        if self.distributed_sync.active():
+            return False, None
+        obs = self._modules["observer"]
+        kind = type(obs)
+        if kind is MovingAverageMinMaxObserver:
+            return True, obs.averaging_constant
+        return kind is MinMaxObserver, None
+
+    def _take_observed(self, got: tuple[Any, Any, int], update: bool) -> None:
+        """Settle a native observation's result (``native.observe_qparams``' triple)."""
         scale, zero_point, status = got
         attrs = self.__dict__  # plain attributes: Module.__setattr__ costs more than the rest
         attrs["_dirty"] = True
         if not update:
-            return True
+            return
         if status == native.OBSERVED_ONLY:
             self.update_qparams()
-            return True
+            return
         attrs["_dirty"] = False
         self._store_qparams(scale, zero_point)
         if not self._calibrated:
             self._mark_calibrated()
-        return True
 
     def _observe_calibration(self, x: torch.Tensor) -> None:
         """Observe ``x`` in CALIBRATION -- except a weight that a min-max observer has already
@@ -373,6 +380,10 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
             return x
         elif self._dirty:
             self.update_qparams()
+        return self._quantize_observed(x)
+
+    def _quantize_observed(self, x: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`forward` once the statistics are taken: fake-quantize ``x``."""
         if not self._is_calibrated():
             if self.is_weight:
                 self._observe(x)
@@ -383,6 +394,45 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
                     "fxquant.calibrate(model, data) or train in FakeQuantState.QAT first"
                 )
         return self._fake_quantize(x)
+
+    def forward_activated(self, x: torch.Tensor, act: ClampActivation) -> torch.Tensor:
+        """``self(act.apply(x))``: the quantizer of an activation's output, given the input.
+
+        In QAT, for a per-tensor quantizer with a min-max observer (or a frozen scale) and a
+        contiguous float32 input that requires grad, this is one native pass: the observer
+        takes the clamped range of ``x``, and the activation, the fake quantization and both
+        backward rules run together -- the activation's output and its backward pass are never
+        made.  Bit for bit ``self(act.apply(x))``, gradients included; everywhere else (another
+        state or observer, hooks on this quantizer, NaN in ``x``) it is that call.
+        """
+        if (type(self) is FakeQuantize and self._state is FakeQuantState.QAT
+                and self.ch_axis is None and x.requires_grad and x.dtype == torch.float32
+                and not has_hooks(self)):
+            out = self._activated_qat(x, act)
+            if out is not None:
+                return out
+        return self(act.apply(x))
+
+    def _activated_qat(self, x: torch.Tensor, act: ClampActivation) -> torch.Tensor | None:
+        """:meth:`forward_activated`'s native pass; None (nothing done) where it declines."""
+        if not (self._frozen and self._is_calibrated()):
+            applies, averaging = self._native_averaging()
+            if not applies or x.numel() == 0:
+                return None
+            bufs = self._modules["observer"]._buffers
+            got = native.observe_clamped(x.detach(), act.bounds, bufs["min_val"], bufs["max_val"],
+                                         averaging, self.dtype, self.symmetric,
+                                         self.power_of_two, self.eps)
+            if got is None:
+                return None
+            self._take_observed(got, True)
+        if not self._is_calibrated():
+            return self._quantize_observed(act.apply(x))
+        bufs = self._buffers
+        out = native.act_fake_quant_ste(x, act.bounds, act.gate_hi, bufs["scale"],
+                                        bufs["zero_point"], self.dtype,
+                                        self.scale_math is ScaleMath.RECIPROCAL)
+        return self._fake_quantize(act.apply(x)) if out is None else out
 
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         bufs = self._buffers

@@ -31,7 +31,7 @@ QAT observing) -- :func:`runtime_plan` lists what is emulated and why not.
 >>> with fxquant.simulation(qmodel, fxquant.Simulation.FLOAT):   # today's float simulation
 ...     y_float = qmodel.eval()(torch.randn(1, 3, 8, 8))
 
-Size (~835 lines): the simulation switch and the runtime plan are one feature -- which kernel
+Size (~840 lines): the simulation switch and the runtime plan are one feature -- which kernel
 the runtime runs for each op (matching a node to a kernel entry, finding its input / output
 quantizers, building the integer kernel) is only meaningful under the switch that installs it;
 the kernels themselves live in :mod:`fxquant.numerics`.
@@ -83,6 +83,7 @@ from .naming import quantized_tensor_name
 from .ops import canonical_name, clip_bounds
 from .patterns import classify_function, classify_method, classify_module
 from .report import REPORT_KEY, get_report
+from .train_fusion import NOT_FUSED, training_forward
 
 __all__ = [
     "Simulation",
@@ -302,15 +303,21 @@ class _SimulationCodeGen(CodeGen):
         names = [v.split(":")[0].split("=")[0].strip() for v in free_vars if v != "self"]
         call = ", ".join(["self", *names])
         return (head + "\n    if not self.training and (_fxquant_out := "
-                f"fxquant_runtime_forward({call})) is not fxquant_float: return _fxquant_out")
+                f"fxquant_runtime_forward({call})) is not fxquant_float: return _fxquant_out"
+                "\n    if self.training and (_fxquant_out := "
+                f"fxquant_training_forward({call})) is not fxquant_not_fused: return _fxquant_out")
 
     def additional_globals(self) -> list[tuple[str, Any]]:
-        return [("fxquant_runtime_forward", _runtime_forward), ("fxquant_float", _FLOAT)]
+        return [("fxquant_runtime_forward", _runtime_forward), ("fxquant_float", _FLOAT),
+                ("fxquant_training_forward", training_forward),
+                ("fxquant_not_fused", NOT_FUSED)]
 
 
 def install(gm: fx.GraphModule) -> fx.GraphModule:
     """Give a prepared ``GraphModule`` the eval-mode runtime-simulation prologue (its forward
-    asks :func:`_runtime_forward` first; the float graph runs when that says so)."""
+    asks :func:`_runtime_forward` first; the float graph runs when that says so) and the
+    train-mode one (:func:`fxquant.graph.train_fusion.training_forward`: activations fused
+    with their quantizers)."""
     gm.graph.set_codegen(_SimulationCodeGen())
     gm.recompile()
     return gm

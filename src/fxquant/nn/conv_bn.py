@@ -183,10 +183,16 @@ class ConvBnNd:
                 f"{type(self).__name__}: training needs a batched {ndim}D input, got {x.dim()}D"
             )
         channel = (1, -1) + (1,) * (ndim - 2)  # broadcast over [N, C, *spatial]
-        sf = self._scale_factor()
-        w_scaled = self.weight * sf.reshape(-1, *([1] * (ndim - 1)))
+        bn = self.bn
+        scaled = native.bn_fold_scale(self.weight, bn.running_var, bn.weight, bn.eps)
+        if scaled is None:
+            sf = self._scale_factor()
+            w_scaled = self.weight * sf.reshape(-1, *([1] * (ndim - 1)))
+            low = float(sf.detach().abs().amin()) if sf.numel() else 0.0
+        else:  # the same operations as one autograd node (fxquant.numerics.native)
+            w_scaled, sf, low = scaled
         y = conv_forward(self, x, self._fake_quantize(w_scaled), None)
-        if sf.numel() and float(sf.detach().abs().amin()) >= MIN_SCALE:  # the usual case
+        if sf.numel() and low >= MIN_SCALE:  # the usual case
             # (``where`` below would pass ``sf`` and its gradient through unchanged)
             y = _channel_divide(y, sf.reshape(channel))
         else:

@@ -27,7 +27,13 @@ kernels of ``kernels.cpp`` make one pass each:
   runtime simulation's kept constants);
 * ``fake_quant_ste`` and ``channel_divide`` (``channel_divide_``: written over its input): the
   straight-through fake quantization and that division as autograd operators whose backward
-  runs in C++ (no Python call per quantizer in the backward pass).
+  runs in C++ (no Python call per quantizer in the backward pass);
+* ``observe_clamped`` and ``act_fake_quant_ste``: a quantizer of a relu / relu6 output observing
+  and fake-quantizing it from the activation's input (the clamped range; the clamp, the fake
+  quantization and both backward rules in one pass:
+  :meth:`fxquant.FakeQuantize.forward_activated`);
+* ``bn_fold_scale``: a fold-aware conv's scaled weight ``w * gamma / sqrt(var + eps)`` as one
+  autograd operator (its ATen operations and one C++ backward).
 
 Every kernel evaluates the same IEEE operations in the same order as the pure-torch formula
 (no ``-ffast-math``, no floating-point contraction), so results are identical bit for bit; the
@@ -43,7 +49,7 @@ default; :func:`enable_native_kernels` / :func:`native_kernels` turn them off (e
 Only plain CPU tensors use them: subclasses (fake tensors of ``torch.export`` / ``torch.compile``)
 and ``torch.jit`` tracing take the pure-torch path, which traces into ordinary operators.
 
-Size (~630 lines): the build, the load with its self-check and one thin wrapper per kernel (the
+Size (~700 lines): the build, the load with its self-check and one thin wrapper per kernel (the
 conditions under which it applies, else ``None`` for the pure-torch path) are one contract
 around one compiled library; the kernels themselves are in ``kernels.cpp``, the self-check's
 references in ``selfcheck.py``.
@@ -83,6 +89,9 @@ __all__ = [
     "channel_divide",
     "channel_divide_",
     "observe_qparams",
+    "observe_clamped",
+    "act_fake_quant_ste",
+    "bn_fold_scale",
     "scale_round",
     "grid_lookup",
     "qlinear_add",
@@ -304,7 +313,8 @@ def _ops():
             ns.channel_divide.default, ns.observe_qparams.default, ns.scale_round.default,
             ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default,
             ns.mlas_logistic.default, ns.histogram_observe.default, ns.channel_divide_.default,
-            ns.ort_layer_norm.default)
+            ns.ort_layer_norm.default, ns.observe_clamped.default, ns.act_fake_quant_ste.default,
+            ns.bn_fold_scale.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -519,6 +529,69 @@ def observe_qparams(
     if status == 1:
         return None
     return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)
+
+
+def observe_clamped(
+    x: torch.Tensor,
+    bounds: tuple[float, float],
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    averaging: float | None,
+    dtype: QDType,
+    symmetric: bool,
+    power_of_two: bool,
+    eps: float,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int] | None:
+    """:func:`observe_qparams` (per tensor, qparams computed) of ``x.clamp(*bounds)`` without
+    computing it: the range of the clamped tensor is the clamped range of ``x``.  None (nothing
+    touched) where ``x`` holds a NaN or a -0.0, or where :func:`observe_qparams` would decline.
+    ``bounds[1]`` may be ``inf`` (``relu``)."""
+    if not _ready() or x.dtype != torch.float32 or not _plain(x, min_val, max_val):
+        return None
+    avg = -1.0 if averaging is None else float(averaging)
+    scale, zp, status = _State.ops[15](x, min_val, max_val, float(bounds[0]), float(bounds[1]),
+                                       avg, dtype.qmin, dtype.qmax, bool(symmetric), dtype.signed,
+                                       bool(power_of_two), float(eps), True)
+    if status == 1:
+        return None
+    return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)
+
+
+def act_fake_quant_ste(
+    x: torch.Tensor,
+    bounds: tuple[float, float],
+    gate_hi: bool,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: QDType,
+    reciprocal: bool,
+) -> torch.Tensor | None:
+    """``fake_quant_ste(act(x))`` with ``act(x) = x.clamp(*bounds)`` (``relu6``: ``(0, 6)``;
+    ``relu``: ``(0, inf)``) in one pass, or None where it does not apply (per tensor, contiguous
+    float32 CPU ``x``).  The gradient is the activation's backward of the quantizer's: ``grad *
+    mask`` where ``x`` is above ``bounds[0]`` and (``gate_hi``: hardtanh's rule) below
+    ``bounds[1]``, else +0.0 -- autograd's bits for ``fake_quant_ste(F.relu6(x))``."""
+    if (not _ready() or x.dtype != torch.float32 or dtype.bits > MAX_BITS
+            or not x.is_contiguous() or scale.dim() != 0 or zero_point.dim() != 0
+            or not _plain(x, scale, zero_point)):
+        return None
+    return _State.ops[16](x, scale, zero_point, dtype.qmin, dtype.qmax, float(bounds[0]),
+                          float(bounds[1]), bool(gate_hi), bool(reciprocal))
+
+
+def bn_fold_scale(
+    weight: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """``(w * sf.reshape(C, 1, ...), sf, min |sf|)`` with ``sf = gamma / sqrt(var + eps)``
+    (``1 / sqrt(var + eps)`` without ``gamma``): a fold-aware conv's scaled weight as one
+    autograd operator (the same ATen operations, one C++ backward), or None where it does not
+    apply.  ``min |sf|`` is NaN where an ``sf`` is NaN."""
+    if (not _ready() or weight.dim() < 2 or var.dim() != 1 or var.numel() != weight.shape[0]
+            or var.numel() == 0 or weight.dtype not in _FLOATS or var.dtype != weight.dtype
+            or (gamma is not None and (gamma.shape != var.shape or gamma.dtype != var.dtype))
+            or not _plain(weight, var, *(() if gamma is None else (gamma,)))):
+        return None
+    return _State.ops[17](weight, var, gamma, float(eps))
 
 
 def scale_round(

@@ -74,14 +74,21 @@
 //       v = fma(qa, ra, fma(qb, rb, fixed)) (true fused multiply-adds, as MLAS's vfmadd);
 //       q = clamp(round(v), qmin, qmax); out = (q - zc) * sc.
 //
-// Two of them also come as autograd operators whose backward runs in C++ (no Python function
-// call per quantizer and step):
+//   observe_clamped(x, min_val!, max_val!, lo, hi, averaging, ...) -> (scale, zero_point, status)
+//       observe_qparams (per tensor) of clamp(x, lo, hi) from x's own range
+//
+// Some come as autograd operators whose backward runs in C++ (no Python function call per
+// quantizer and step):
 //   fake_quant_ste(x, scale, zero_point, qmin, qmax, inner, reciprocal) -> out
 //       forward fake_quant with the mask saved; backward masked_grad (grad * mask)
+//   act_fake_quant_ste(x, scale, zero_point, qmin, qmax, lo, hi, gate_hi, reciprocal) -> out
+//       fake_quant_ste(relu6(x)) (hardtanh(lo, hi)) or of relu(x) (!gate_hi, (0, inf)) in one
+//       pass; backward: the activation's backward of the quantizer's (a 1-byte code per value)
 //   channel_divide(y, d) -> y / d   (d shaped [1, C, 1, ...], y contiguous [N, C, ...])
 //       backward: grad / d, and -sum((out / d) * grad) over the dimensions where d is 1,
 //       the bits of autograd's own rule for a division (negation is exact);
 //   channel_divide_(y!, d): the same, written over y
+//   bn_fold_scale(w, var, gamma?, eps) -> (w * sf, sf, min |sf|), sf = gamma / sqrt(var + eps)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -152,12 +159,17 @@ void fq_impl(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, const at::T
   T* op = out.mutable_data_ptr<T>();
   uint8_t* mp = kMask ? reinterpret_cast<uint8_t*>(mask.mutable_data_ptr<bool>()) : nullptr;
   const T* sp = scale.const_data_ptr<T>();
-  const T* zpp = zp.const_data_ptr<T>();
+  // the zero points as T (zp.to(T)): an int32 tensor read directly, others converted
+  const bool int_zp = zp.scalar_type() == at::kInt && zp.is_contiguous();
+  const at::Tensor zpt = int_zp ? zp : zp.to(x.scalar_type()).contiguous();
+  const int32_t* zpi = int_zp ? zpt.const_data_ptr<int32_t>() : nullptr;
+  const T* zpf = int_zp ? nullptr : zpt.const_data_ptr<T>();
   std::vector<T> inv(n_channels), lo(n_channels), hi(n_channels);
   for (int64_t c = 0; c < n_channels; ++c) {
+    const T z = int_zp ? static_cast<T>(zpi[c]) : zpf[c];
     inv[c] = T(1) / sp[c];
-    lo[c] = static_cast<T>(qmin) - zpp[c];  // exact: integers below 2**24 in magnitude
-    hi[c] = static_cast<T>(qmax) - zpp[c];
+    lo[c] = static_cast<T>(qmin) - z;  // exact: integers below 2**24 in magnitude
+    hi[c] = static_cast<T>(qmax) - z;
   }
   const T* lop = lo.data();
   const T* hip = hi.data();
@@ -212,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quant(const at::Tensor& x, const at::Ten
   // as the pure-torch path: scale.to(x.dtype); bounds qmin - zp and qmax - zp in x's dtype
   // (exact: integers below 2**24 in magnitude)
   at::Tensor scale = scale_in.to(x.scalar_type()).contiguous().reshape({n_channels});
-  at::Tensor zp = zero_point.to(x.scalar_type()).contiguous().reshape({n_channels});
+  at::Tensor zp = zero_point.reshape({n_channels});
   TORCH_CHECK(inner >= 1 && x.numel() % (n_channels * inner) == 0,
               "fxquant::fake_quant: x does not split into [outer, C, inner]");
   at::Tensor out = at::empty_like(x);
@@ -606,10 +618,6 @@ std::tuple<at::Tensor, at::Tensor> div_channel_backward(const at::Tensor& grad,
 // fewer over memory, and one buffer fewer.  Pinned against at::sum at load
 // (selfcheck.sum_lanes_match); where it differs the kernel is not used (set_sum_lanes).
 std::atomic<int64_t> g_sum_lanes{0};
-// rows shorter than this keep the product tensor and at::sum: the cascade's fixed work per row
-// costs more than the pass it saves (64 x 192 x 4 x 4: 242 us against 208; 64 x 32 x 16 x 16:
-// 212 against 331)
-constexpr int64_t kMinSumRow = 32;
 
 int64_t ceil_log2(int64_t x) {  // ATen's utils::CeilLog2
   if (x <= 2) return 1;
@@ -618,74 +626,133 @@ int64_t ceil_log2(int64_t x) {  // ATen's utils::CeilLog2
   return bits;
 }
 
-// multi_row_sum of nrows = 4 interleaved rows of L-lane values, then row_sum's tail and fold:
-// v[(i * 4 + k) * L + l] is lane l of row k of group i; lanes_out gets the L lanes
+// L floats as one GCC / Clang vector (the compiler picks the instructions: one AVX2 / AVX-512
+// register where -march=native has it); element-wise + * / are the IEEE operations of scalars
 template <int L>
-void cascade_lanes(const float* __restrict v, int64_t nvals, float* __restrict lanes_out) {
+struct Lanes {
+  typedef float type __attribute__((vector_size(L * sizeof(float))));
+};
+
+template <int L>
+inline typename Lanes<L>::type load_lanes(const float* p) {
+  typename Lanes<L>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// multi_row_sum of nrows = 4 interleaved rows, then row_sum's fold of the four: the values are
+// `nvals` of type V (a float, or the L lanes of one vector), value(j) the j-th; the result is
+// the four rows' sum, per lane
+template <typename V, typename F>
+V cascade_sum(int64_t nvals, F value) {
   constexpr int64_t kLevels = 4;
+  const V zero{};
   const int64_t groups = nvals / 4;
   const int64_t level_power = std::max<int64_t>(4, ceil_log2(groups) / kLevels);
   const int64_t level_step = int64_t(1) << level_power;
-  const int64_t level_mask = level_step - 1;
-  float acc[kLevels][4][L];
-  std::fill_n(&acc[0][0][0], 4 * L, 0.0f);
-  const bool cascades = groups >= level_step;  // else levels 1.. stay +0.0 throughout
-  if (cascades) std::fill_n(&acc[1][0][0], (kLevels - 1) * 4 * L, 0.0f);
+  V acc[kLevels][4];
+  for (int k = 0; k < 4; ++k) acc[0][k] = zero;
   int64_t i = 0;
-  for (; i + level_step <= groups;) {
-    for (int64_t j = 0; j < level_step; ++j, ++i) {
-      const float* base = v + i * 4 * L;
-      for (int k = 0; k < 4; ++k)
-        for (int l = 0; l < L; ++l) acc[0][k][l] += base[k * L + l];
-    }
-    for (int64_t j = 1; j < kLevels; ++j) {
-      for (int k = 0; k < 4; ++k)
-        for (int l = 0; l < L; ++l) {
-          acc[j][k][l] += acc[j - 1][k][l];
-          acc[j - 1][k][l] = 0.0f;
-        }
-      if ((i & (level_mask << (j * level_power))) != 0) break;
-    }
-  }
-  for (; i < groups; ++i) {
-    const float* base = v + i * 4 * L;
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < L; ++l) acc[0][k][l] += base[k * L + l];
-  }
-  if (cascades) {
+  if (groups < level_step) {  // no level is ever carried: levels 1.. stay +0.0 throughout
+    for (; i < groups; ++i)
+      for (int k = 0; k < 4; ++k) acc[0][k] += value(i * 4 + k);
+    for (int k = 0; k < 4; ++k) acc[0][k] += zero;  // adding them turns -0.0 into +0.0
+  } else {
+    const int64_t level_mask = level_step - 1;
     for (int64_t j = 1; j < kLevels; ++j)
-      for (int k = 0; k < 4; ++k)
-        for (int l = 0; l < L; ++l) acc[0][k][l] += acc[j][k][l];
-  } else {  // adding the three untouched levels is adding +0.0 (it turns -0.0 into +0.0)
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < L; ++l) acc[0][k][l] += 0.0f;
+      for (int k = 0; k < 4; ++k) acc[j][k] = zero;
+    for (; i + level_step <= groups;) {
+      for (int64_t j = 0; j < level_step; ++j, ++i)
+        for (int k = 0; k < 4; ++k) acc[0][k] += value(i * 4 + k);
+      for (int64_t j = 1; j < kLevels; ++j) {
+        for (int k = 0; k < 4; ++k) {
+          acc[j][k] += acc[j - 1][k];
+          acc[j - 1][k] = zero;
+        }
+        if ((i & (level_mask << (j * level_power))) != 0) break;
+      }
+    }
+    for (; i < groups; ++i)
+      for (int k = 0; k < 4; ++k) acc[0][k] += value(i * 4 + k);
+    for (int64_t j = 1; j < kLevels; ++j)
+      for (int k = 0; k < 4; ++k) acc[0][k] += acc[j][k];
   }
-  for (int64_t r = groups * 4; r < nvals; ++r)
-    for (int l = 0; l < L; ++l) acc[0][0][l] += v[r * L + l];
-  for (int k = 1; k < 4; ++k)
-    for (int l = 0; l < L; ++l) acc[0][0][l] += acc[0][k][l];
-  for (int l = 0; l < L; ++l) lanes_out[l] = acc[0][0][l];
+  for (int64_t r = groups * 4; r < nvals; ++r) acc[0][0] += value(r);
+  for (int k = 1; k < 4; ++k) acc[0][0] += acc[0][k];
+  return acc[0][0];
 }
 
-// one row as at::sum's inner loop sums it (vectorized_inner_sum / scalar_inner_sum)
-template <int L>
-float torch_row_sum(const float* x, int64_t n) {
-  if (n < L) {
-    float one;
-    cascade_lanes<1>(x, n, &one);
-    return one;
-  }
+// one row of n values as at::sum's inner loop sums it (vectorized_inner_sum / scalar_inner_sum):
+// vec(j) gives the L values j * L .. j * L + L - 1 as a vector, one(k) the value k; each is
+// asked for once
+template <int L, typename FV, typename F1>
+float torch_row_sum(int64_t n, FV vec, F1 one) {
+  if (n < L) return cascade_sum<float>(n, one);
   const int64_t nvec = n / L;
-  float lanes[L];
-  cascade_lanes<L>(x, nvec, lanes);
+  const typename Lanes<L>::type lanes = cascade_sum<typename Lanes<L>::type>(nvec, vec);
   float total = 0.0f;
-  for (int64_t k = nvec * L; k < n; ++k) total += x[k];
+  for (int64_t k = nvec * L; k < n; ++k) total += one(k);
   for (int l = 0; l < L; ++l) total += lanes[l];
   return total;
 }
 
-float torch_row_sum_lanes(const float* x, int64_t n, int64_t lanes) {
-  return lanes == 16 ? torch_row_sum<16>(x, n) : torch_row_sum<8>(x, n);
+// rows [b, e) of div_channel_backward_sum: gy = g / d written, the sum of (o / d) * g of each
+// row into row_sums[r]
+template <int L>
+void div_backward_rows_sum(const float* g, const float* o, const float* d, float* gy,
+                           float* row_sums, int64_t b, int64_t e, int64_t inner,
+                           int64_t n_channels) {
+  using V = typename Lanes<L>::type;
+  int64_t c = b % n_channels;
+  if (inner >= L) {  // the products stay in registers
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t off = r * inner;
+      const float dr = d[c];
+      V dv;
+      for (int l = 0; l < L; ++l) dv[l] = dr;
+      const float* gr = g + off;
+      const float* orow = o + off;
+      float* gyr = gy + off;
+      row_sums[r] = torch_row_sum<L>(
+          inner,
+          [&](int64_t j) {
+            const V gv = load_lanes<L>(gr + j * L);
+            const V q = gv / dv;
+            std::memcpy(gyr + j * L, &q, sizeof(q));
+            return (load_lanes<L>(orow + j * L) / dv) * gv;
+          },
+          [&](int64_t k) {
+            gyr[k] = gr[k] / dr;
+            return (orow[k] / dr) * gr[k];
+          });
+      if (++c == n_channels) c = 0;
+    }
+    return;
+  }
+  // rows shorter than a vector: the divisions run over runs of whole rows of one outer index
+  // (each element's divisor from `dexp`), the products into a buffer the sums then read
+  std::vector<float> dexp(static_cast<size_t>(n_channels * inner));
+  for (int64_t ch = 0; ch < n_channels; ++ch)
+    std::fill_n(dexp.data() + ch * inner, inner, d[ch]);
+  std::vector<float> t(static_cast<size_t>(n_channels * inner));
+  for (int64_t r = b; r < e;) {
+    const int64_t run = std::min(e - r, n_channels - c);
+    const int64_t off = r * inner;
+    const float* dx = dexp.data() + c * inner;
+    float* tp = t.data();
+    for (int64_t k = 0; k < run * inner; ++k) {
+      gy[off + k] = g[off + k] / dx[k];
+      tp[k] = (o[off + k] / dx[k]) * g[off + k];
+    }
+    for (int64_t j = 0; j < run; ++j) {
+      const float* row = tp + j * inner;
+      row_sums[r + j] = torch_row_sum<L>(
+          inner, [&](int64_t v) { return load_lanes<L>(row + v * L); },
+          [&](int64_t k) { return row[k]; });
+    }
+    r += run;
+    c = 0;
+  }
 }
 
 // (grad / d, sum over all but C of (out / d) * grad) for float32 [outer, C, inner], the sum in
@@ -713,17 +780,17 @@ std::tuple<at::Tensor, at::Tensor> div_channel_backward_sum(const at::Tensor& gr
   float* gyp = gy.mutable_data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, kGrain / inner);
   at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
-    std::vector<float> t(static_cast<size_t>(inner));
-    for (int64_t r = b; r < e; ++r) {
-      const int64_t off = r * inner;
-      div_backward_row<float>(gp + off, op + off, gyp + off, t.data(), inner,
-                              dp[r % n_channels]);
-      row_sums[static_cast<size_t>(r)] = torch_row_sum_lanes(t.data(), inner, lanes);
-    }
+    if (lanes == 16)
+      div_backward_rows_sum<16>(gp, op, dp, gyp, row_sums.data(), b, e, inner, n_channels);
+    else
+      div_backward_rows_sum<8>(gp, op, dp, gyp, row_sums.data(), b, e, inner, n_channels);
   });
   at::Tensor sums = at::zeros({n_channels}, grad.options());
   float* sp = sums.mutable_data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) sp[r % n_channels] += row_sums[static_cast<size_t>(r)];
+  for (int64_t r = 0, c = 0; r < rows; ++r) {
+    sp[c] += row_sums[static_cast<size_t>(r)];
+    if (++c == n_channels) c = 0;
+  }
   return {gy, sums};
 }
 
@@ -865,13 +932,8 @@ bool observe_minmax_rows(const at::Tensor& x, at::Tensor& min_val, at::Tensor& m
 //    with alpha as float32 (pinned by the self-check, selfcheck._check_observe);
 //  * the qparams: choose_scalar on the updated statistics, as below.
 // Returns false (nothing written) where the ATen path must decide.
-bool observe_tensor_fast(const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val,
-                         double averaging, int64_t qmin, int64_t qmax, bool symmetric,
-                         bool is_signed, bool power_of_two, double eps, bool compute,
-                         std::tuple<at::Tensor, at::Tensor, int64_t>* out) {
-  if (!x.is_contiguous() || min_val.dim() != 0 || max_val.dim() != 0 ||
-      !max_val.device().is_cpu() || min_val.is_same(max_val))
-    return false;
+// x's range as BlockRange finds it, on all threads; false where x holds a NaN or a -0.0
+bool tensor_range_fast(const at::Tensor& x, float* lo_out, float* hi_out) {
   const int64_t n = x.numel();
   const int64_t chunks = thread_chunks(n);
   const float* xp = x.const_data_ptr<float>();
@@ -888,7 +950,22 @@ bool observe_tensor_fast(const at::Tensor& x, at::Tensor& min_val, at::Tensor& m
       all.hi = std::max(all.hi, r.hi);
     }
   }
-  const float lo = all.lo, hi = all.hi;
+  *lo_out = all.lo;
+  *hi_out = all.hi;
+  return true;
+}
+
+bool observer_state_plain(const at::Tensor& min_val, const at::Tensor& max_val) {
+  return min_val.dim() == 0 && max_val.dim() == 0 && max_val.device().is_cpu() &&
+         !min_val.is_same(max_val);
+}
+
+// the scalar part of observe_tensor_fast: the statistics updated with the batch range [lo, hi]
+// and the qparams; `like` gives the qparams' device
+bool observe_range_fast(float lo, float hi, at::Tensor& min_val, at::Tensor& max_val,
+                        double averaging, int64_t qmin, int64_t qmax, bool symmetric,
+                        bool is_signed, bool power_of_two, double eps, bool compute,
+                        const at::Tensor& like, std::tuple<at::Tensor, at::Tensor, int64_t>* out) {
   if (!std::isfinite(lo) || !std::isfinite(hi)) return false;
   float* mn = min_val.mutable_data_ptr<float>();
   float* mx = max_val.mutable_data_ptr<float>();
@@ -923,9 +1000,44 @@ bool observe_tensor_fast(const at::Tensor& x, at::Tensor& min_val, at::Tensor& m
     *out = {none, none, kObservedOnly};
     return true;
   }
-  *out = {at::scalar_tensor(s32, x.options()),
-          at::scalar_tensor(zp, x.options().dtype(at::kInt)), kDone};
+  *out = {at::scalar_tensor(s32, like.options()),
+          at::scalar_tensor(zp, like.options().dtype(at::kInt)), kDone};
   return true;
+}
+
+bool observe_tensor_fast(const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val,
+                         double averaging, int64_t qmin, int64_t qmax, bool symmetric,
+                         bool is_signed, bool power_of_two, double eps, bool compute,
+                         std::tuple<at::Tensor, at::Tensor, int64_t>* out) {
+  float lo, hi;
+  if (!x.is_contiguous() || !observer_state_plain(min_val, max_val) ||
+      !tensor_range_fast(x, &lo, &hi))
+    return false;
+  return observe_range_fast(lo, hi, min_val, max_val, averaging, qmin, qmax, symmetric,
+                            is_signed, power_of_two, eps, compute, x, out);
+}
+
+// observe_qparams (per tensor) of act(x) = clamp(x, lo, hi) (hardtanh; relu: hi = +inf) without
+// act(x): its range is act of x's range (a non-decreasing function), given that x holds no NaN
+// and no -0.0 (else nothing is touched: status 1)
+std::tuple<at::Tensor, at::Tensor, int64_t> observe_clamped(
+    const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, double lo, double hi,
+    double averaging, int64_t qmin, int64_t qmax, bool symmetric, bool is_signed,
+    bool power_of_two, double eps, bool compute) {
+  const at::Tensor none;
+  std::tuple<at::Tensor, at::Tensor, int64_t> got{none, none, kUntouched};
+  float xlo, xhi;
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.numel() == 0 ||
+      !x.is_contiguous() || min_val.scalar_type() != at::kFloat ||
+      max_val.scalar_type() != at::kFloat || !min_val.device().is_cpu() ||
+      !observer_state_plain(min_val, max_val) || !tensor_range_fast(x, &xlo, &xhi))
+    return got;
+  const float alo = static_cast<float>(lo), ahi = static_cast<float>(hi);
+  if (!observe_range_fast(clamp_nan(xlo, alo, ahi), clamp_nan(xhi, alo, ahi), min_val, max_val,
+                          averaging, qmin, qmax, symmetric, is_signed, power_of_two, eps,
+                          compute, x, &got))
+    return {none, none, kUntouched};
+  return got;
 }
 
 std::tuple<at::Tensor, at::Tensor, int64_t> observe_qparams(
@@ -1245,6 +1357,142 @@ at::Tensor fake_quant_ste_autograd(const at::Tensor& x, const at::Tensor& scale,
   return FakeQuantSTE::apply(x, scale, zero_point, qmin, qmax, inner, reciprocal);
 }
 
+// -- an activation and the fake quantization of its output in one pass ------------------------
+// act(x) = clamp(x, lo, hi): hardtanh (relu6: lo 0, hi 6) or, with hi = +inf, relu.  The
+// gradient of fq(act(x)) is the activation's backward of the quantizer's: grad * mask where the
+// activation passes its gradient -- x neither <= lo nor (gate_hi) >= hi, NaN included, as
+// hardtanh_backward / threshold_backward decide --, +0.0 where it does not.  One byte per element
+// says which: 0 (+0.0), 1 (grad * 0.0: the quantizer clips) or 2 (grad * 1.0).
+// A NaN in x: hardtanh_backward passes the gradient in its scalar loop and zeroes it in its
+// vector loop (torch 2.13), so which one a NaN meets decides; act_fq_row reports NaNs and the
+// autograd operator hands such an x to the ATen operations themselves.
+template <bool kRecip, bool kCode>
+bool act_fq_row(const float* __restrict x, float* __restrict out, uint8_t* __restrict code,
+                int64_t n, float s, float inv, float qlo, float qhi, float alo, float ahi,
+                float gate) {
+  uint32_t nan = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float a = clamp_nan(v, alo, ahi);  // torch.clamp's value for all but -0.0, whose
+    const float t = kRecip ? a * inv : a / s;  // zero sign no quantized value keeps
+    const float r = round_half_even(t);
+    const float c = clamp_nan(r, qlo, qhi);
+    out[i] = c * s + 0.0f;
+    if (kCode) {
+      const uint8_t pass = !(v <= alo) & !(v >= gate);
+      code[i] = static_cast<uint8_t>(pass * (1 + (r == c)));
+    }
+    nan |= static_cast<uint32_t>(v != v);
+  }
+  return nan != 0;
+}
+
+thread_local bool t_act_saw_nan = false;  // set by act_fake_quant, read by its autograd form
+
+std::tuple<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x, const at::Tensor& scale,
+                                                  const at::Tensor& zero_point, int64_t qmin,
+                                                  int64_t qmax, double lo, double hi,
+                                                  bool gate_hi, bool reciprocal, bool with_code) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  scale.numel() == 1 && zero_point.numel() == 1 && scale.device().is_cpu() &&
+                  zero_point.device().is_cpu(),
+              "fxquant::act_fake_quant: a contiguous float32 CPU tensor, per tensor");
+  TORCH_CHECK(gate_hi || (lo == 0.0 && std::isinf(hi) && hi > 0),
+              "fxquant::act_fake_quant: without gate_hi, the activation is relu: (0, inf)");
+  const float s = scale.item<float>();
+  const float zp = static_cast<float>(zero_point.item<double>());  // an integer: exact
+  const float qlo = static_cast<float>(qmin) - zp, qhi = static_cast<float>(qmax) - zp;
+  const float alo = static_cast<float>(lo), ahi = static_cast<float>(hi);
+  const float gate = gate_hi ? ahi : std::numeric_limits<float>::quiet_NaN();  // NaN: never
+  const float inv = 1.0f / s;
+  at::Tensor out = at::empty_like(x);
+  at::Tensor code = with_code ? at::empty_like(x, x.options().dtype(at::kByte))
+                              : at::empty({0}, x.options().dtype(at::kByte));
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* cp = with_code ? code.mutable_data_ptr<uint8_t>() : nullptr;
+  std::atomic<bool> nan{false};
+  at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+    uint8_t* c = cp ? cp + b : nullptr;
+    const int64_t m = e - b;
+    bool seen;
+    if (c)
+      seen = reciprocal ? act_fq_row<true, true>(xp + b, op + b, c, m, s, inv, qlo, qhi, alo, ahi,
+                                                 gate)
+                        : act_fq_row<false, true>(xp + b, op + b, c, m, s, inv, qlo, qhi, alo,
+                                                  ahi, gate);
+    else
+      seen = reciprocal ? act_fq_row<true, false>(xp + b, op + b, c, m, s, inv, qlo, qhi, alo,
+                                                  ahi, gate)
+                        : act_fq_row<false, false>(xp + b, op + b, c, m, s, inv, qlo, qhi, alo,
+                                                   ahi, gate);
+    if (seen) nan.store(true, std::memory_order_relaxed);
+  });
+  t_act_saw_nan = nan.load();
+  return {out, code};
+}
+
+void act_code_grad_row(const float* __restrict g, const uint8_t* __restrict code,
+                       float* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t c = code[i];
+    const float prod = g[i] * static_cast<float>(c >> 1);
+    out[i] = c != 0 ? prod : 0.0f;
+  }
+}
+
+at::Tensor act_code_grad(const at::Tensor& grad, const at::Tensor& code) {
+  if (grad.requires_grad() || !grad.is_contiguous() || grad.scalar_type() != at::kFloat ||
+      !grad.device().is_cpu() || grad.sizes() != code.sizes()) {  // differentiable ATen ops
+    return at::where(code > 0, grad * (code == 2), at::zeros({}, grad.options()));
+  }
+  at::Tensor out = at::empty_like(grad);
+  const float* gp = grad.const_data_ptr<float>();
+  const uint8_t* cp = code.const_data_ptr<uint8_t>();
+  float* op = out.mutable_data_ptr<float>();
+  at::parallel_for(0, grad.numel(), kGrain, [&](int64_t b, int64_t e) {
+    act_code_grad_row(gp + b, cp + b, op + b, e - b);
+  });
+  return out;
+}
+
+class ActFakeQuantSTE : public torch::autograd::Function<ActFakeQuantSTE> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t qmin, int64_t qmax, double lo,
+                            double hi, bool gate_hi, bool reciprocal) {
+    auto result = act_fake_quant(x, scale, zero_point, qmin, qmax, lo, hi, gate_hi, reciprocal,
+                                 true);
+    ctx->saved_data["code"] = std::get<1>(result);
+    return std::get<0>(result);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor code = ctx->saved_data["code"].toTensor();
+    at::Tensor gx = grads[0].defined() ? act_code_grad(grads[0], code) : at::Tensor();
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor act_fake_quant_ste_autograd(const at::Tensor& x, const at::Tensor& scale,
+                                       const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                                       double lo, double hi, bool gate_hi, bool reciprocal) {
+  at::Tensor out =
+      ActFakeQuantSTE::apply(x, scale, zero_point, qmin, qmax, lo, hi, gate_hi, reciprocal);
+  if (!t_act_saw_nan) return out;
+  // a NaN: the activation and the quantizer as the ATen / fake_quant_ste operators they are
+  const at::Tensor y = gate_hi ? at::hardtanh(x, at::Scalar(lo), at::Scalar(hi)) : at::relu(x);
+  return FakeQuantSTE::apply(y, scale, zero_point, qmin, qmax, 1, reciprocal);
+}
+
+at::Tensor act_fake_quant_ste_cpu(const at::Tensor& x, const at::Tensor& scale,
+                                  const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
+                                  double lo, double hi, bool gate_hi, bool reciprocal) {
+  return std::get<0>(act_fake_quant(x, scale, zero_point, qmin, qmax, lo, hi, gate_hi,
+                                    reciprocal, false));
+}
+
 at::Tensor fake_quant_ste_cpu(const at::Tensor& x, const at::Tensor& scale,
                               const at::Tensor& zero_point, int64_t qmin, int64_t qmax,
                               int64_t inner, bool reciprocal) {
@@ -1277,8 +1525,7 @@ class ChannelDivide : public torch::autograd::Function<ChannelDivide> {
         g.sizes() == out.sizes() && g.dim() >= 3 && g.scalar_type() == at::kFloat &&
         out.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat &&
         d.numel() == g.size(1) && g.numel() > 0 &&
-        static_cast<int64_t>(dims.size()) == g.dim() - 1 && g.size(1) > 1 &&
-        g.numel() / (g.size(0) * g.size(1)) >= kMinSumRow) {
+        static_cast<int64_t>(dims.size()) == g.dim() - 1 && g.size(1) > 1) {
       // every dimension but C is summed: the sum in at::sum's order, without a product tensor
       at::Tensor gd;
       std::tie(gy, gd) = div_channel_backward_sum(g, out, d.reshape({-1}).contiguous(),
@@ -1309,10 +1556,42 @@ at::Tensor channel_divide_autograd(const at::Tensor& y, const at::Tensor& d) {
 
 // the same division written over y (a conv output nothing else reads: no second buffer of the
 // conv output's size); y / d with out in y's memory has the same bits as at::div
+// y.div_(d) for a contiguous float32 [N, C, ...] y with rows shorter than kShortRow and d of C
+// elements: the same divisions over runs of rows, each element's divisor spelled out, where
+// at::div_'s broadcast splits such rows into short inner loops (64 x 384 x 2 x 2: 88 us against
+// 65; longer rows: the same time)
+void channel_div_(at::Tensor& y, const at::Tensor& d) {
+  constexpr int64_t kShortRow = 16;
+  if (!(y.device().is_cpu() && y.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat &&
+        d.device().is_cpu() && y.is_contiguous() && y.dim() >= 2 && d.dim() == y.dim() &&
+        y.numel() > 0 && d.numel() == y.size(1) && d.size(1) == y.size(1) &&
+        y.numel() / (y.size(0) * y.size(1)) < kShortRow)) {
+    y.div_(d);
+    return;
+  }
+  const at::Tensor dc = d.contiguous();
+  const float* dp = dc.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  const int64_t n_channels = y.size(1);
+  const int64_t inner = y.numel() / (y.size(0) * n_channels);
+  at::parallel_for(0, y.numel() / inner, kGrain / inner, [&](int64_t b, int64_t e) {
+    std::vector<float> dexp(static_cast<size_t>(n_channels * inner));
+    for (int64_t ch = 0; ch < n_channels; ++ch)
+      std::fill_n(dexp.data() + ch * inner, inner, dp[ch]);
+    for (int64_t r = b, c = b % n_channels; r < e; c = 0) {
+      const int64_t run = std::min(e - r, n_channels - c);
+      float* block = yp + r * inner;
+      const float* dx = dexp.data() + c * inner;
+      for (int64_t k = 0; k < run * inner; ++k) block[k] = block[k] / dx[k];
+      r += run;
+    }
+  });
+}
+
 class ChannelDivideInPlace : public torch::autograd::Function<ChannelDivideInPlace> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::Tensor y, const at::Tensor& d) {
-    y.div_(d);
+    channel_div_(y, d);
     ctx->mark_dirty({y});
     ctx->save_for_backward({y, d});
     return y;
@@ -1328,9 +1607,105 @@ at::Tensor& channel_divide_inplace_autograd(at::Tensor& y, const at::Tensor& d) 
   return y;
 }
 
-at::Tensor& channel_divide_inplace_cpu(at::Tensor& y, const at::Tensor& d) { return y.div_(d); }
+at::Tensor& channel_divide_inplace_cpu(at::Tensor& y, const at::Tensor& d) {
+  channel_div_(y, d);
+  return y;
+}
 
 at::Tensor channel_divide_cpu(const at::Tensor& y, const at::Tensor& d) { return at::div(y, d); }
+
+// bn_fold_scale: the weight side of a fold-aware conv + BN in training, as the Python module
+// writes it -- std = sqrt(var + eps); sf = gamma / std (1 / std without gamma);
+// w_scaled = w * sf.reshape(C, 1, ...) -- and the smallest |sf| (NaN if one is NaN), as ATen
+// operations called from one C++ operator: one autograd node instead of four (mul, two views,
+// div) and no Python in between.  Backward as autograd computes it: w gets grad * sf; sf gets
+// its own incoming gradient (from the output division) plus sum_to(grad * w) (the engine's
+// reduction of a broadcast operand), and gamma gets that total / std.
+std::vector<int64_t> channel_view(const at::Tensor& w) {
+  std::vector<int64_t> shape(static_cast<size_t>(w.dim()), 1);
+  shape[0] = -1;
+  return shape;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fold_scale_values(const at::Tensor& weight,
+                                                                const at::Tensor& var,
+                                                                const at::Tensor& gamma,
+                                                                double eps) {
+  const at::Tensor std_ = at::sqrt(at::add(var, eps));
+  const at::Tensor sf = gamma.defined() ? at::div(gamma, std_) : at::reciprocal(std_);
+  return {at::mul(weight, sf.reshape(channel_view(weight))), sf, std_};
+}
+
+class BnFoldScale : public torch::autograd::Function<BnFoldScale> {
+ public:
+  // gamma: the BN's weight, or (has_gamma false, affine=False) any tensor without a gradient
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight,
+                               const at::Tensor& var, const at::Tensor& gamma, bool has_gamma,
+                               double eps) {
+    at::Tensor w_scaled, sf, std_;
+    std::tie(w_scaled, sf, std_) =
+        fold_scale_values(weight, var, has_gamma ? gamma : at::Tensor(), eps);
+    ctx->save_for_backward({weight, sf});
+    ctx->saved_data["std"] = std_;
+    if (!has_gamma || !gamma.requires_grad()) ctx->mark_non_differentiable({sf});
+    return {w_scaled, sf};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& weight = saved[0];
+    const at::Tensor& sf = saved[1];
+    const at::Tensor std_ = ctx->saved_data["std"].toTensor();
+    const at::Tensor& g_ws = grads[0];
+    const at::Tensor& g_sf = grads[1];
+    const at::Tensor sf_view = sf.reshape(channel_view(weight));
+    at::Tensor grad_w, grad_gamma;
+    if (ctx->needs_input_grad(0) && g_ws.defined()) grad_w = at::mul(g_ws, sf_view);
+    if (ctx->needs_input_grad(2)) {
+      at::Tensor total = g_sf;
+      if (g_ws.defined()) {
+        const at::Tensor from_mul = at::sum_to(at::mul(g_ws, weight), sf_view.sizes())
+                                        .reshape(sf.sizes());
+        total = total.defined() ? at::add(total, from_mul) : from_mul;
+      }
+      if (total.defined()) grad_gamma = at::div(total, std_);
+    }
+    return {grad_w, at::Tensor(), grad_gamma, at::Tensor(), at::Tensor()};
+  }
+};
+
+// amin(abs(sf)) as a double, NaN where one is NaN (amin propagates it)
+double min_abs(const at::Tensor& sf) {
+  if (sf.numel() == 0) return 0.0;
+  if (!sf.is_contiguous() || sf.scalar_type() != at::kFloat)
+    return at::amin(at::abs(sf.detach())).item<double>();
+  const float* p = sf.const_data_ptr<float>();
+  float low = std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < sf.numel(); ++i) {
+    if (std::isnan(p[i])) return std::numeric_limits<double>::quiet_NaN();
+    low = std::min(low, std::fabs(p[i]));
+  }
+  return low;
+}
+
+std::tuple<at::Tensor, at::Tensor, double> bn_fold_scale_autograd(const at::Tensor& weight,
+                                                                  const at::Tensor& var,
+                                                                  const c10::optional<at::Tensor>& gamma,
+                                                                  double eps) {
+  const bool has_gamma = gamma.has_value() && gamma->defined();
+  variable_list out = BnFoldScale::apply(weight, var, has_gamma ? *gamma : var, has_gamma, eps);
+  return {out[0], out[1], min_abs(out[1])};
+}
+
+std::tuple<at::Tensor, at::Tensor, double> bn_fold_scale_cpu(const at::Tensor& weight,
+                                                             const at::Tensor& var,
+                                                             const c10::optional<at::Tensor>& gamma,
+                                                             double eps) {
+  at::Tensor w_scaled, sf, std_;
+  std::tie(w_scaled, sf, std_) =
+      fold_scale_values(weight, var, gamma.has_value() ? *gamma : at::Tensor(), eps);  // maybe undefined
+  return {w_scaled, sf, min_abs(sf)};
+}
 
 // mlas_logistic: MLAS's logistic (Eigen's rational approximation, FMA3 kernel) of every element,
 // times the element with times_x (SiLU exported as Mul(x, Sigmoid(x))).
@@ -1494,6 +1869,13 @@ TORCH_LIBRARY(fxquant_native, m) {
   m.def("histogram_observe(Tensor x, Tensor(a!) hist, Tensor range_exp, Tensor(b!) min_val, "
         "Tensor(c!) max_val) -> int");
   m.def("ort_layer_norm(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def("observe_clamped(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float lo, float hi, "
+        "float averaging, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
+        "float eps, bool compute) -> (Tensor, Tensor, int)");
+  m.def("act_fake_quant_ste(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, "
+        "float lo, float hi, bool gate_hi, bool reciprocal) -> Tensor");
+  m.def("bn_fold_scale(Tensor weight, Tensor var, Tensor? gamma, float eps) -> "
+        "(Tensor, Tensor, float)");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -1512,6 +1894,9 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("mlas_logistic", &mlas_logistic);
   m.impl("histogram_observe", &histogram_observe);
   m.impl("ort_layer_norm", &ort_layer_norm);
+  m.impl("observe_clamped", &observe_clamped);
+  m.impl("act_fake_quant_ste", &act_fake_quant_ste_cpu);
+  m.impl("bn_fold_scale", &bn_fold_scale_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {
@@ -1522,4 +1907,6 @@ TORCH_LIBRARY_IMPL(fxquant_native, Autograd, m) {
   m.impl("fake_quant_ste", &fake_quant_ste_autograd);
   m.impl("channel_divide", &channel_divide_autograd);
   m.impl("channel_divide_", &channel_divide_inplace_autograd);
+  m.impl("act_fake_quant_ste", &act_fake_quant_ste_autograd);
+  m.impl("bn_fold_scale", &bn_fold_scale_autograd);
 }

@@ -214,6 +214,103 @@ def _check_autograd_ops(fq_ste, divide, divide_, gen) -> str | None:
     return None
 
 
+_ACTIVATIONS = (("relu6", (0.0, 6.0), True), ("relu", (0.0, math.inf), False))
+"""(torch function name, clamp bounds, whether hardtanh's upper gate applies)"""
+
+
+def _check_act_fake_quant(act_fq_ste, gen) -> str | None:
+    """act_fake_quant_ste against torch's relu6 / relu followed by the literal fake quantization,
+    values and gradients (the activation's own autograd backward of ``g * mask``)."""
+    for name, bounds, gate_hi in _ACTIVATIONS:
+        act = getattr(torch.nn.functional, name)
+        for qmin, qmax, zp, scale in ((0, 255, 0, 6 / 255), (-128, 127, 0, 0.05),
+                                      (0, 255, 3, 0.0123), (-8, 7, 0, 0.4)):
+            x = _inputs(torch.float32, scale, gen)
+            x = torch.cat([x, torch.tensor([6.0, 5.99999, 6.00001, 1e-45, -1e-45])])
+            s, z = torch.tensor(scale), torch.tensor(zp, dtype=torch.int32)
+            g = torch.randn(x.shape, generator=gen)
+            g[::5] = -g[::5].abs()
+            for reciprocal in (False, True):
+                with torch.enable_grad():
+                    xa = x.clone().requires_grad_(True)
+                    ya = act(xa)
+                    ref, mask = _reference_fq(ya.detach(), s, z.float(), qmin, qmax, reciprocal)
+                    ya.backward(g * mask.float())
+                    xb = x.clone().requires_grad_(True)
+                    out = act_fq_ste(xb, s, z, qmin, qmax, bounds[0], bounds[1], gate_hi,
+                                     reciprocal)
+                    out.backward(g)
+                if not (_same_bits(out.detach(), ref) and _same_bits(xb.grad, xa.grad)):
+                    return f"act_fake_quant_ste {name} [{qmin}, {qmax}] recip {reciprocal}"
+                plain = act_fq_ste(x, s, z, qmin, qmax, bounds[0], bounds[1], gate_hi,
+                                   reciprocal)
+                if not _same_bits(plain, ref):
+                    return f"act_fake_quant_ste {name} without autograd"
+    return None
+
+
+def _check_observe_clamped(observe_clamped, observe, gen) -> str | None:
+    """observe_clamped(x) against observe_qparams(act(x)): statistics and qparams, several
+    steps of each observer; a NaN or a -0.0 in x is declined with nothing touched."""
+    for name, bounds, _ in _ACTIVATIONS:
+        act = getattr(torch.nn.functional, name)
+        for averaging in (-1.0, 0.01):
+            mn, mx = torch.tensor(float("inf")), torch.tensor(float("-inf"))
+            ref_mn, ref_mx = mn.clone(), mx.clone()
+            for step in range(5):
+                x = torch.randn(70001 if step % 2 else 999, generator=gen) * (2 + 3 * step) - 1
+                if step == 3:
+                    x = x.abs() + 0.5  # no clamping at the bottom
+                args = (averaging, -128, 127, False, True, False, 2.0**-23)
+                got = observe_clamped(x, mn, mx, *bounds, *args, True)
+                want = observe(act(x), ref_mn, ref_mx, averaging, -1, -128, 127, False, True,
+                               False, 2.0**-23, 8, True)
+                if got[2] != want[2] or not (
+                        _same_bits(mn, ref_mn) and _same_bits(mx, ref_mx)
+                        and _same_bits(got[0], want[0]) and torch.equal(got[1], want[1])):
+                    return f"observe_clamped {name} averaging={averaging} step {step}"
+            for bad in (float("nan"), -0.0):
+                y = torch.randn(1000, generator=gen)
+                y[500] = bad
+                before = (mn.clone(), mx.clone())
+                if observe_clamped(y, mn, mx, *bounds, *args, True)[2] != 1 or not (
+                        _same_bits(mn, before[0]) and _same_bits(mx, before[1])):
+                    return f"observe_clamped {name} did not decline {bad}"
+    return None
+
+
+def _check_fold_scale(fold_scale, gen) -> str | None:
+    """bn_fold_scale against the formula in torch autograd: values, min |sf|, and the gradients
+    of the weight and gamma when sf also feeds a division of a conv output (two uses)."""
+    for dtype in (torch.float32, torch.float64):
+        for affine in (True, False):
+            w = torch.randn(6, 3, 3, 3, generator=gen, dtype=torch.float64).to(dtype)
+            var = (torch.rand(6, generator=gen, dtype=torch.float64) * 4).to(dtype)
+            gamma = torch.randn(6, generator=gen, dtype=torch.float64).to(dtype)
+            y = torch.randn(2, 6, 5, 5, generator=gen, dtype=torch.float64).to(dtype)
+            g_w = torch.randn(w.shape, generator=gen, dtype=torch.float64).to(dtype)
+            g_y = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+            results = []
+            for fused in (True, False):
+                wa, ya = w.clone().requires_grad_(True), y.clone().requires_grad_(True)
+                ga = gamma.clone().requires_grad_(True) if affine else None
+                with torch.enable_grad():
+                    if fused:
+                        ws, sf, low = fold_scale(wa, var, ga, 1e-5)
+                    else:
+                        std = torch.sqrt(var + 1e-5)
+                        sf = std.reciprocal() if ga is None else ga / std
+                        ws = wa * sf.reshape(-1, 1, 1, 1)
+                        low = float(sf.detach().abs().amin())
+                    out = ya / sf.reshape(1, -1, 1, 1)
+                    torch.autograd.backward([ws, out], [g_w, g_y])
+                results.append([ws.detach(), sf.detach(), torch.tensor(low), wa.grad, ya.grad]
+                               + ([ga.grad] if affine else []))
+            if not all(_same_bits(a, b) for a, b in zip(*results, strict=True)):
+                return f"bn_fold_scale {dtype} affine={affine}"
+    return None
+
+
 def _reference_qparams(lo, hi, qmin, qmax, symmetric):
     """The float64 arithmetic of ``choose_qparams`` (signed grids) on one range."""
     lo64, hi64 = lo.double().clamp(max=0.0), hi.double().clamp(min=0.0)
@@ -467,7 +564,7 @@ def _check_same_bytes(same, gen) -> str | None:
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
     (fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same,
-     logistic, hist_observe, divide_, layer_norm) = ops
+     logistic, hist_observe, divide_, layer_norm, observe_clamped, act_fq_ste, fold_scale) = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
@@ -478,4 +575,6 @@ def run(ops) -> str | None:
         problem = problem or _check_layer_norm(layer_norm, gen)
         problem = problem or _check_logistic(logistic, gen)
         problem = problem or _check_histogram_observe(hist_observe, gen)
-    return problem or _check_autograd_ops(fq_ste, divide, divide_, gen)
+        problem = problem or _check_observe_clamped(observe_clamped, observe, gen)
+    return (problem or _check_autograd_ops(fq_ste, divide, divide_, gen)
+            or _check_act_fake_quant(act_fq_ste, gen) or _check_fold_scale(fold_scale, gen))
