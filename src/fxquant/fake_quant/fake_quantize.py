@@ -398,20 +398,49 @@ class FakeQuantize(LazyShapeBuffers, WithArgs):
     def forward_activated(self, x: torch.Tensor, act: ClampActivation) -> torch.Tensor:
         """``self(act.apply(x))``: the quantizer of an activation's output, given the input.
 
-        In QAT, for a per-tensor quantizer with a min-max observer (or a frozen scale) and a
-        contiguous float32 input that requires grad, this is one native pass: the observer
+        For a per-tensor quantizer with a min-max observer (or a frozen scale) and a contiguous
+        float32 input, this is one native pass in QAT (input requiring grad) -- the observer
         takes the clamped range of ``x``, and the activation, the fake quantization and both
-        backward rules run together -- the activation's output and its backward pass are never
-        made.  Bit for bit ``self(act.apply(x))``, gradients included; everywhere else (another
-        state or observer, hooks on this quantizer, NaN in ``x``) it is that call.
+        backward rules run together: the activation's output and its backward pass are never
+        made -- and in CALIBRATION (an activation's quantizer, no gradient) -- the activation's
+        output is observed as it is written.  Bit for bit ``self(act.apply(x))``, gradients
+        included; everywhere else (another state or observer, hooks on this quantizer, NaN in
+        ``x``) it is that call.
         """
-        if (type(self) is FakeQuantize and self._state is FakeQuantState.QAT
-                and self.ch_axis is None and x.requires_grad and x.dtype == torch.float32
+        if (type(self) is FakeQuantize and self.ch_axis is None and x.dtype == torch.float32
                 and not has_hooks(self)):
-            out = self._activated_qat(x, act)
+            state = self._state
+            out = None
+            if state is FakeQuantState.QAT and x.requires_grad:
+                out = self._activated_qat(x, act)
+            elif state is FakeQuantState.CALIBRATION and not self.is_weight and not (
+                    x.requires_grad and torch.is_grad_enabled()):
+                out = self._activated_calibration(x, act)
             if out is not None:
                 return out
         return self(act.apply(x))
+
+    def _activated_calibration(self, x: torch.Tensor,
+                               act: ClampActivation) -> torch.Tensor | None:
+        """:meth:`forward_activated` in CALIBRATION: the activation's output, observed as it is
+        written (one pass); None (nothing done) where the native pass does not apply."""
+        if self._frozen and self._is_calibrated():
+            return act.apply(x)
+        applies, averaging = self._native_averaging()
+        if not applies or x.numel() == 0:
+            return None
+        bufs = self._modules["observer"]._buffers
+        got = native.act_observe(x.detach(), act.bounds, bufs["min_val"], bufs["max_val"],
+                                 averaging, self.dtype, self.symmetric, self.power_of_two,
+                                 self.eps)
+        if got is None:
+            return None
+        y, observed = got
+        if observed:
+            self.__dict__["_dirty"] = True  # a plain attribute (Module.__setattr__ is slower)
+        else:  # a NaN or a -0.0: the observer's own path (its error, its order of zeros)
+            self._observe_calibration(y)
+        return y
 
     def _activated_qat(self, x: torch.Tensor, act: ClampActivation) -> torch.Tensor | None:
         """:meth:`forward_activated`'s native pass; None (nothing done) where it declines."""

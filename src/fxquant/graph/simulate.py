@@ -77,13 +77,13 @@ from ..runtime_math.kernels import (
     FloatFunctionKernel,
     LayerNormKernel,
 )
+from .act_fusion import NOT_FUSED, fused_forward
 from .export_layout import changed_before, shared_ops
 from .meta import value_info
 from .naming import quantized_tensor_name
 from .ops import canonical_name, clip_bounds
 from .patterns import classify_function, classify_method, classify_module
 from .report import REPORT_KEY, get_report
-from .train_fusion import NOT_FUSED, training_forward
 
 __all__ = [
     "Simulation",
@@ -304,20 +304,20 @@ class _SimulationCodeGen(CodeGen):
         call = ", ".join(["self", *names])
         return (head + "\n    if not self.training and (_fxquant_out := "
                 f"fxquant_runtime_forward({call})) is not fxquant_float: return _fxquant_out"
-                "\n    if self.training and (_fxquant_out := "
-                f"fxquant_training_forward({call})) is not fxquant_not_fused: return _fxquant_out")
+                "\n    if (_fxquant_out := "
+                f"fxquant_fused_forward({call})) is not fxquant_not_fused: return _fxquant_out")
 
     def additional_globals(self) -> list[tuple[str, Any]]:
         return [("fxquant_runtime_forward", _runtime_forward), ("fxquant_float", _FLOAT),
-                ("fxquant_training_forward", training_forward),
+                ("fxquant_fused_forward", fused_forward),
                 ("fxquant_not_fused", NOT_FUSED)]
 
 
 def install(gm: fx.GraphModule) -> fx.GraphModule:
     """Give a prepared ``GraphModule`` the eval-mode runtime-simulation prologue (its forward
-    asks :func:`_runtime_forward` first; the float graph runs when that says so) and the
-    train-mode one (:func:`fxquant.graph.train_fusion.training_forward`: activations fused
-    with their quantizers)."""
+    asks :func:`_runtime_forward` first; the float graph runs when that says so), whose second
+    line runs that float graph with activations fused with their quantizers
+    (:func:`fxquant.graph.act_fusion.fused_forward`)."""
     gm.graph.set_codegen(_SimulationCodeGen())
     gm.recompile()
     return gm

@@ -92,6 +92,7 @@ __all__ = [
     "observe_clamped",
     "act_fake_quant_ste",
     "bn_fold_scale",
+    "act_observe",
     "scale_round",
     "grid_lookup",
     "qlinear_add",
@@ -314,7 +315,7 @@ def _ops():
             ns.grid_lookup.default, ns.qlinear_add.default, ns.same_bytes.default,
             ns.mlas_logistic.default, ns.histogram_observe.default, ns.channel_divide_.default,
             ns.ort_layer_norm.default, ns.observe_clamped.default, ns.act_fake_quant_ste.default,
-            ns.bn_fold_scale.default)
+            ns.bn_fold_scale.default, ns.act_observe.default)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -523,9 +524,14 @@ def observe_qparams(
         return None
     ax = -1 if axis is None else axis % x.dim()
     avg = -1.0 if averaging is None else float(averaging)
-    scale, zp, status = _State.ops[6](x, min_val, max_val, avg, ax, dtype.qmin, dtype.qmax,
-                                      bool(symmetric), dtype.signed, bool(power_of_two),
-                                      float(eps), dtype.bits, bool(compute))
+    return _observed(*_State.ops[6](x, min_val, max_val, avg, ax, dtype.qmin, dtype.qmax,
+                                     bool(symmetric), dtype.signed, bool(power_of_two),
+                                     float(eps), dtype.bits, bool(compute)))
+
+
+def _observed(scale: torch.Tensor | None, zp: torch.Tensor | None,
+              status: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int] | None:
+    """An observation kernel's (scale, zero point, status) as the wrappers return it."""
     if status == 1:
         return None
     return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)
@@ -549,12 +555,35 @@ def observe_clamped(
     if not _ready() or x.dtype != torch.float32 or not _plain(x, min_val, max_val):
         return None
     avg = -1.0 if averaging is None else float(averaging)
-    scale, zp, status = _State.ops[15](x, min_val, max_val, float(bounds[0]), float(bounds[1]),
-                                       avg, dtype.qmin, dtype.qmax, bool(symmetric), dtype.signed,
-                                       bool(power_of_two), float(eps), True)
-    if status == 1:
+    return _observed(*_State.ops[15](x, min_val, max_val, float(bounds[0]), float(bounds[1]),
+                                      avg, dtype.qmin, dtype.qmax, bool(symmetric), dtype.signed,
+                                      bool(power_of_two), float(eps), True))
+
+
+def act_observe(
+    x: torch.Tensor,
+    bounds: tuple[float, float],
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    averaging: float | None,
+    dtype: QDType,
+    symmetric: bool,
+    power_of_two: bool,
+    eps: float,
+) -> tuple[torch.Tensor, bool] | None:
+    """``(y, observed)``: ``y = x.clamp(*bounds)`` (the values of ``torch.relu`` / ``F.relu6``
+    for ``(0, inf)`` / ``(0, 6)``, records no autograd graph) and, if ``observed``,
+    :func:`observe_qparams` of ``y`` (statistics only) taken in the same pass; where not
+    ``observed`` (a NaN or a -0.0 in ``y``) nothing was touched.  None where it does not apply
+    (a contiguous float32 CPU ``x``)."""
+    if (not _ready() or x.dtype != torch.float32 or not x.is_contiguous()
+            or not _plain(x, min_val, max_val)):
         return None
-    return (scale, zp, 0) if status == 0 else (None, None, OBSERVED_ONLY)
+    avg = -1.0 if averaging is None else float(averaging)
+    y, status = _State.ops[18](x, min_val, max_val, float(bounds[0]), float(bounds[1]), avg,
+                               dtype.qmin, dtype.qmax, bool(symmetric), dtype.signed,
+                               bool(power_of_two), float(eps))
+    return y, status == OBSERVED_ONLY
 
 
 def act_fake_quant_ste(

@@ -76,6 +76,8 @@
 //
 //   observe_clamped(x, min_val!, max_val!, lo, hi, averaging, ...) -> (scale, zero_point, status)
 //       observe_qparams (per tensor) of clamp(x, lo, hi) from x's own range
+//   act_observe(x, min_val!, max_val!, lo, hi, averaging, ...) -> (clamp(x, lo, hi), status)
+//       the activation's output and its observation (statistics only) in one pass
 //
 // Some come as autograd operators whose backward runs in C++ (no Python function call per
 // quantizer and step):
@@ -1017,6 +1019,49 @@ bool observe_tensor_fast(const at::Tensor& x, at::Tensor& min_val, at::Tensor& m
                             is_signed, power_of_two, eps, compute, x, out);
 }
 
+// act(x) = clamp(x, lo, hi) written to a new tensor (torch.relu / F.relu6's values, -0.0 and NaN
+// included: a value neither below lo nor above hi is kept as it is) and observe_qparams (per
+// tensor, statistics only) of it, its range taken block by block right after each block is
+// written (still in cache).  Status 1 (nothing observed; the caller observes y itself) where y
+// holds a NaN or a -0.0 or the observer's state is not plain.
+std::tuple<at::Tensor, int64_t> act_observe(const at::Tensor& x, at::Tensor& min_val,
+                                            at::Tensor& max_val, double lo, double hi,
+                                            double averaging, int64_t qmin, int64_t qmax,
+                                            bool symmetric, bool is_signed, bool power_of_two,
+                                            double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "fxquant::act_observe: a contiguous float32 CPU tensor");
+  at::Tensor y = at::empty_like(x);
+  const int64_t n = x.numel();
+  const float alo = static_cast<float>(lo), ahi = static_cast<float>(hi);
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  const int64_t chunks = thread_chunks(n);
+  std::vector<BlockRange> ranges(static_cast<size_t>(chunks));
+  constexpr int64_t kBlock = 8192;
+  run_chunks(n, chunks, [&](int64_t c, int64_t b, int64_t e) {
+    for (int64_t s0 = b; s0 < e; s0 += kBlock) {
+      const int64_t s1 = std::min(e, s0 + kBlock);
+      for (int64_t i = s0; i < s1; ++i) yp[i] = clamp_nan(xp[i], alo, ahi);
+      ranges[c].add(yp + s0, s1 - s0);
+    }
+  });
+  if (n == 0 || min_val.scalar_type() != at::kFloat || max_val.scalar_type() != at::kFloat ||
+      !min_val.device().is_cpu() || !observer_state_plain(min_val, max_val))
+    return {y, kUntouched};
+  BlockRange all;
+  for (const BlockRange& r : ranges) {
+    if (r.nan || r.neg_zero) return {y, kUntouched};
+    all.lo = std::min(all.lo, r.lo);
+    all.hi = std::max(all.hi, r.hi);
+  }
+  std::tuple<at::Tensor, at::Tensor, int64_t> got;
+  if (!observe_range_fast(all.lo, all.hi, min_val, max_val, averaging, qmin, qmax, symmetric,
+                          is_signed, power_of_two, eps, false, x, &got))
+    return {y, kUntouched};
+  return {y, kObservedOnly};
+}
+
 // observe_qparams (per tensor) of act(x) = clamp(x, lo, hi) (hardtanh; relu: hi = +inf) without
 // act(x): its range is act of x's range (a non-decreasing function), given that x holds no NaN
 // and no -0.0 (else nothing is touched: status 1)
@@ -1876,6 +1921,9 @@ TORCH_LIBRARY(fxquant_native, m) {
         "float lo, float hi, bool gate_hi, bool reciprocal) -> Tensor");
   m.def("bn_fold_scale(Tensor weight, Tensor var, Tensor? gamma, float eps) -> "
         "(Tensor, Tensor, float)");
+  m.def("act_observe(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, float lo, float hi, "
+        "float averaging, int qmin, int qmax, bool symmetric, bool is_signed, bool power_of_two, "
+        "float eps) -> (Tensor, int)");
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
@@ -1897,6 +1945,7 @@ TORCH_LIBRARY_IMPL(fxquant_native, CPU, m) {
   m.impl("observe_clamped", &observe_clamped);
   m.impl("act_fake_quant_ste", &act_fake_quant_ste_cpu);
   m.impl("bn_fold_scale", &bn_fold_scale_cpu);
+  m.impl("act_observe", &act_observe);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_native, CompositeImplicitAutograd, m) {

@@ -5,6 +5,10 @@ mask or not) on small tensors full of the cases where an implementation could di
 rounding ties and their neighbours one ulp away, +-0, values that saturate, +-inf, NaN, huge and
 tiny magnitudes.  The references below are written with torch ops only (the literal formulas),
 so this module imports nothing else of fxquant.  Costs a few milliseconds.
+
+Size (~600 lines): one reference check per kernel of ``kernels.cpp``, kept together because
+they are one contract -- the whole library is used only if every check passes, in one call at
+load -- and each reference must stay independent of the code it checks.
 """
 
 from __future__ import annotations
@@ -249,33 +253,53 @@ def _check_act_fake_quant(act_fq_ste, gen) -> str | None:
     return None
 
 
-def _check_observe_clamped(observe_clamped, observe, gen) -> str | None:
-    """observe_clamped(x) against observe_qparams(act(x)): statistics and qparams, several
-    steps of each observer; a NaN or a -0.0 in x is declined with nothing touched."""
+def _clamped_batches(gen):
+    """(activation name and function, bounds, averaging, step, x): several batches per
+    observer, some long enough for several chunks, one with nothing clamped at the bottom."""
     for name, bounds, _ in _ACTIVATIONS:
-        act = getattr(torch.nn.functional, name)
         for averaging in (-1.0, 0.01):
-            mn, mx = torch.tensor(float("inf")), torch.tensor(float("-inf"))
-            ref_mn, ref_mx = mn.clone(), mx.clone()
             for step in range(5):
                 x = torch.randn(70001 if step % 2 else 999, generator=gen) * (2 + 3 * step) - 1
                 if step == 3:
-                    x = x.abs() + 0.5  # no clamping at the bottom
-                args = (averaging, -128, 127, False, True, False, 2.0**-23)
-                got = observe_clamped(x, mn, mx, *bounds, *args, True)
-                want = observe(act(x), ref_mn, ref_mx, averaging, -1, -128, 127, False, True,
-                               False, 2.0**-23, 8, True)
-                if got[2] != want[2] or not (
-                        _same_bits(mn, ref_mn) and _same_bits(mx, ref_mx)
-                        and _same_bits(got[0], want[0]) and torch.equal(got[1], want[1])):
-                    return f"observe_clamped {name} averaging={averaging} step {step}"
-            for bad in (float("nan"), -0.0):
-                y = torch.randn(1000, generator=gen)
-                y[500] = bad
-                before = (mn.clone(), mx.clone())
-                if observe_clamped(y, mn, mx, *bounds, *args, True)[2] != 1 or not (
-                        _same_bits(mn, before[0]) and _same_bits(mx, before[1])):
-                    return f"observe_clamped {name} did not decline {bad}"
+                    x = x.abs() + 0.5
+                yield name, getattr(torch.nn.functional, name), bounds, averaging, step, x
+
+
+_OBSERVER_ARGS = (-128, 127, False, True, False, 2.0**-23)
+"""qmin, qmax, symmetric, is_signed, power_of_two, eps of the checks below."""
+
+
+def _check_clamped_observers(observe_clamped, act_observe, observe, gen) -> str | None:
+    """observe_clamped(x) and act_observe(x) against observe_qparams(act(x)): statistics (and
+    qparams), several steps of each observer from fresh statistics; act_observe's output against
+    torch's activation.  A NaN or a -0.0 is declined with nothing touched (act_observe: in its
+    output, which is still the activation's)."""
+    state: dict = {}
+    for name, act, bounds, averaging, step, x in _clamped_batches(gen):
+        if step == 0:
+            state = {k: (torch.tensor(float("inf")), torch.tensor(float("-inf")))
+                     for k in ("clamped", "act", "ref")}
+        (cm, cx), (am, ax), (rm, rx) = state["clamped"], state["act"], state["ref"]
+        got = observe_clamped(x, cm, cx, *bounds, averaging, *_OBSERVER_ARGS, True)
+        y, status = act_observe(x, am, ax, *bounds, averaging, *_OBSERVER_ARGS)
+        want = observe(act(x), rm, rx, averaging, -1, *_OBSERVER_ARGS, 8, True)
+        rs, rz = want[0], want[1]
+        if got[2] != want[2] or not (_same_bits(cm, rm) and _same_bits(cx, rx)
+                                     and _same_bits(got[0], rs) and torch.equal(got[1], rz)):
+            return f"observe_clamped {name} averaging={averaging} step {step}"
+        if status != 2 or not (_same_bits(y, act(x)) and _same_bits(am, rm)
+                               and _same_bits(ax, rx)):
+            return f"act_observe {name} averaging={averaging} step {step}"
+        if step == 4:  # then the specials, declined
+            special = _inputs(torch.float32, 0.05, gen)  # -0.0 and NaN among them
+            if observe_clamped(special, cm, cx, *bounds, averaging, *_OBSERVER_ARGS, True)[2] != 1:
+                return f"observe_clamped {name} did not decline NaN / -0.0"
+            y, status = act_observe(special, am, ax, *bounds, averaging, *_OBSERVER_ARGS)
+            if status != 1 or not _same_bits(y, act(special)):
+                return f"act_observe {name} with NaN / -0.0"
+            for t, r in zip((cm, cx, am, ax), (rm, rx, rm, rx), strict=True):
+                if not _same_bits(t, r):
+                    return f"{name}: a declined batch touched the statistics"
     return None
 
 
@@ -564,7 +588,8 @@ def _check_same_bytes(same, gen) -> str | None:
 def run(ops) -> str | None:
     """None if every kernel matches its reference, else what differed."""
     (fq, masked_grad, hist, divb, fq_ste, divide, observe, scale_round, lookup, qadd, same,
-     logistic, hist_observe, divide_, layer_norm, observe_clamped, act_fq_ste, fold_scale) = ops
+     logistic, hist_observe, divide_, layer_norm, observe_clamped, act_fq_ste, fold_scale,
+     act_observe) = ops
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         problem = (_check_fake_quant(fq, masked_grad, gen) or _check_histogram(hist, gen)
@@ -575,6 +600,6 @@ def run(ops) -> str | None:
         problem = problem or _check_layer_norm(layer_norm, gen)
         problem = problem or _check_logistic(logistic, gen)
         problem = problem or _check_histogram_observe(hist_observe, gen)
-        problem = problem or _check_observe_clamped(observe_clamped, observe, gen)
+        problem = problem or _check_clamped_observers(observe_clamped, act_observe, observe, gen)
     return (problem or _check_autograd_ops(fq_ste, divide, divide_, gen)
             or _check_act_fake_quant(act_fq_ste, gen) or _check_fold_scale(fold_scale, gen))

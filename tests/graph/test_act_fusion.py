@@ -1,11 +1,13 @@
-"""The train-mode forward of a prepared model (:mod:`fxquant.graph.train_fusion`): relu / relu6
-fused with their quantizers give the prepared graph's bits -- outputs, every gradient, every
-parameter and buffer after optimizer steps -- for functions and modules, in place or not, with
-and without BN folding, observing or frozen scales; and the prepared graph runs wherever the
-fused one would not be it (tracing, a changed graph, hooks, NaN inputs)."""
+"""A prepared model's forward with activations fused with their quantizers
+(:mod:`fxquant.graph.act_fusion`): relu / relu6 fused give the prepared graph's bits -- outputs,
+every gradient, every parameter and buffer after optimizer steps, the statistics a calibration
+collects -- for functions and modules, in place or not, with and without BN folding, observing
+or frozen scales; and the prepared graph runs wherever the fused one would not be it (tracing,
+a changed graph, hooks, NaN inputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -13,11 +15,13 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import profile
 
 import fxquant
 from fxquant.fake_quant import FakeQuantize
-from fxquant.graph.train_fusion import fused_activations, unfused
+from fxquant.graph.act_fusion import fused_activations, unfused
 from fxquant.numerics import native
+from fxquant.observers import MinMaxObserver
 
 from .models import ConvNetA, EagerStyleB
 
@@ -155,3 +159,28 @@ def test_a_recompiled_graph_is_followed_and_tracing_sees_the_prepared_graph():
 class _QuantizersAsLeaves(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, FakeQuantize) or super().is_leaf_module(m, qualname)
+
+
+@pytest.mark.parametrize("observer", ["minmax", "default template"])
+def test_fused_calibration_collects_the_prepared_graphs_statistics(observer):
+    """Calibration (eval mode, no_grad): the fused graph's activations observed as they are
+    written give every statistic and scale bit for bit, and evaluation the same outputs."""
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    torch.manual_seed(0)
+    setter = (fxquant.get_qconfig(observer=MinMaxObserver) if observer == "minmax"
+              else fxquant.default_calibration_qconfig_setter)
+    prepared = fxquant.prepare(Mixed(), torch.randn(2, 3, 16, 16), setter)
+    gen = torch.Generator().manual_seed(2)
+    data = [torch.randn(8, 3, 16, 16, generator=gen) * (1 + i) for i in range(3)]
+    models = []
+    for fused in (True, False):
+        m = copy.deepcopy(prepared)
+        with contextlib.nullcontext() if fused else unfused(), profile() as prof:
+            fxquant.calibrate(m, data, progress=False)
+            out = m.eval()(data[0])
+        models.append((m.state_dict(), out))
+        ran = any("act_observe" in e.key for e in prof.key_averages())
+        assert ran == (fused and observer == "minmax")  # histograms: the observer's own pass
+    (sa, oa), (sb, ob) = models
+    _assert_identical([sa[k] for k in sa] + [oa], [sb[k] for k in sa] + [ob], observer)

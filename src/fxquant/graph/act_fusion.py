@@ -1,19 +1,20 @@
-"""The training forward of a prepared model: each ``relu`` / ``relu6`` (function or module) whose
-only reader is its output quantizer runs together with it, as one native pass.
+"""The float simulation of a prepared model with each ``relu`` / ``relu6`` (function or module)
+whose only reader is its output quantizer run together with that quantizer, as one native pass.
 
-In train mode a prepared model spends a memory pass on the activation, another on its
-quantizer, and the same again in backward.  The prologue of a prepared ``GraphModule``
-(:func:`fxquant.graph.simulate.install`) asks :func:`training_forward` first in train mode: it
-runs a copy of the prepared graph in which ``act(x)`` followed by its quantizer ``fq`` is
-``fq.forward_activated(x, act)`` (:meth:`fxquant.FakeQuantize.forward_activated`: the same
-bits, gradients included, or the two calls themselves where the fused pass does not apply).
-The copy reads the model's modules through ``self`` like the prepared code, so it follows
-every module the model holds; it is rebuilt when the prepared graph is recompiled.  Tracing,
-scripting, exporting and ``torch.compile`` see the prepared graph itself, as does eval mode,
-and so does everything inside :func:`unfused`.
+A prepared model spends a memory pass on an activation and another on its quantizer, and in
+training the same again in backward.  The prologue of a prepared ``GraphModule``
+(:func:`fxquant.graph.simulate.install`) asks :func:`fused_forward` whenever the float
+simulation runs (train mode; eval mode where no runtime simulation answers): it runs a copy of
+the prepared graph in which ``act(x)`` followed by its quantizer ``fq`` is
+``fq.forward_activated(x, act)`` (:meth:`fxquant.FakeQuantize.forward_activated`: fused in QAT
+and CALIBRATION -- the same bits, gradients included --, the two calls themselves in every
+other case).  The copy reads the model's modules through ``self`` like the prepared code, so it
+follows every module the model holds; it is rebuilt when the prepared graph is recompiled.
+Tracing, scripting, exporting and ``torch.compile`` see the prepared graph itself, and so does
+everything inside :func:`unfused`.
 
 >>> import torch, fxquant
->>> from fxquant.graph.train_fusion import fused_activations, unfused
+>>> from fxquant.graph.act_fusion import fused_activations, unfused
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
 >>> qat = fxquant.prepare(model, torch.randn(2, 3, 8, 8))
 >>> fused_activations(qat)
@@ -41,17 +42,17 @@ from .._utils import has_hooks
 from ..fake_quant import FakeQuantize
 from ..fake_quant.activation import RELU, RELU6, ClampActivation
 
-__all__ = ["fused_activations", "training_forward", "unfused", "NOT_FUSED"]
+__all__ = ["fused_activations", "fused_forward", "unfused", "NOT_FUSED"]
 
 NOT_FUSED = object()
-""":func:`training_forward`'s answer where the prepared graph itself must run."""
+""":func:`fused_forward`'s answer where the prepared graph itself must run."""
 
 _UNFUSED = contextvars.ContextVar("fxquant_unfused", default=0)
 
 
 @contextlib.contextmanager
 def unfused() -> Iterator[None]:
-    """Inside the block, train mode runs the prepared graph op by op (debugging, or a
+    """Inside the block, prepared models run their prepared graph op by op (debugging, or a
     reference for the fused pass)."""
     token = _UNFUSED.set(_UNFUSED.get() + 1)
     try:
@@ -85,13 +86,13 @@ _FUSED = {RELU: _relu_fake_quant, RELU6: _relu6_fake_quant}
 
 
 @dataclass
-class _Training:
+class _Fused:
     code: str  # the prepared code it was built from
     forward: Callable[..., Any] | None  # None: nothing to fuse
     fused: list[str]  # the activation nodes fused
 
 
-_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, _Training] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[fx.GraphModule, _Fused] = weakref.WeakKeyDictionary()
 
 
 def _fusible(gm: fx.GraphModule, n: fx.Node) -> bool:
@@ -124,7 +125,7 @@ def _submodule(gm: fx.GraphModule, n: fx.Node) -> nn.Module | None:
         return None
 
 
-def _build(gm: fx.GraphModule) -> _Training:
+def _build(gm: fx.GraphModule) -> _Fused:
     graph = fx.Graph()
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
@@ -145,14 +146,14 @@ def _build(gm: fx.GraphModule) -> _Training:
         graph.erase_node(n)
         fused.append(n.name)
     if not fused:
-        return _Training(gm.code, None, [])
+        return _Fused(gm.code, None, [])
     code = graph.python_code(root_module="self")
     scope = dict(code.globals)
-    exec(compile(code.src, f"<fxquant training forward of {type(gm).__name__}>", "exec"), scope)
-    return _Training(gm.code, scope["forward"], fused)
+    exec(compile(code.src, f"<fxquant fused forward of {type(gm).__name__}>", "exec"), scope)
+    return _Fused(gm.code, scope["forward"], fused)
 
 
-def _training(gm: fx.GraphModule) -> _Training:
+def _fused(gm: fx.GraphModule) -> _Fused:
     entry = _CACHE.get(gm)
     if entry is None or entry.code is not gm.code:
         entry = _build(gm)
@@ -160,17 +161,17 @@ def _training(gm: fx.GraphModule) -> _Training:
     return entry
 
 
-def training_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
-    """The prologue's question in train mode: the fused graph's result, or :data:`NOT_FUSED`."""
-    if (_UNFUSED.get() or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
+def fused_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+    """The prologue's question: the fused graph's result, or :data:`NOT_FUSED`."""
+    if (_UNFUSED.get() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export()
             or any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))):
         return NOT_FUSED
-    forward = _training(gm).forward
+    forward = _fused(gm).forward
     return NOT_FUSED if forward is None else forward(gm, *args, **kwargs)
 
 
 def fused_activations(gm: fx.GraphModule) -> list[str]:
-    """The names of the prepared graph's activation nodes that train mode runs fused with
-    their quantizers."""
-    return list(_training(gm).fused)
+    """The names of the prepared graph's activation nodes run fused with their quantizers."""
+    return list(_fused(gm).fused)
