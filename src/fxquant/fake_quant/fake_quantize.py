@@ -1,7 +1,7 @@
 """FakeQuantize = observer (statistics) + numerics (fake quantization with an STE), and the
 :class:`QuantizerSpec` it is built from (frozen, validated, JSON round trip).
 
-Size (~700 lines): the quantizer is one concept -- the module (:class:`FakeQuantize`, its
+Size (~730 lines): the quantizer is one concept -- the module (:class:`FakeQuantize`, its
 learnable variant) and :class:`QuantizerSpec`, the serialisable recipe that builds it and is
 its checkpoint format -- kept together so that a constructor argument is added, validated and
 serialised in one file.

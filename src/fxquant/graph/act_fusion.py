@@ -103,10 +103,9 @@ def _fusible(gm: fx.GraphModule, n: fx.Node) -> bool:
             return False
         inplace = n.kwargs.get("inplace", False)
     elif n.op == "call_module":
-        act = _submodule(gm, n)
-        if type(act) not in _MODULES or n.kwargs:
+        if type(_submodule(gm, n)) not in _MODULES or n.kwargs:
             return False
-        inplace = getattr(act, "inplace", False)
+        inplace = True  # the module's `inplace` may be switched on later: as if it were
     else:
         return False
     if len(n.args) != 1 or not isinstance(n.args[0], fx.Node) or len(n.users) != 1:

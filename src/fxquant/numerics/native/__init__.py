@@ -49,7 +49,7 @@ default; :func:`enable_native_kernels` / :func:`native_kernels` turn them off (e
 Only plain CPU tensors use them: subclasses (fake tensors of ``torch.export`` / ``torch.compile``)
 and ``torch.jit`` tracing take the pure-torch path, which traces into ordinary operators.
 
-Size (~700 lines): the build, the load with its self-check and one thin wrapper per kernel (the
+Size (~740 lines): the build, the load with its self-check and one thin wrapper per kernel (the
 conditions under which it applies, else ``None`` for the pure-torch path) are one contract
 around one compiled library; the kernels themselves are in ``kernels.cpp``, the self-check's
 references in ``selfcheck.py``.
