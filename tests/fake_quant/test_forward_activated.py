@@ -11,11 +11,13 @@ to the ATen operations, whose vector and scalar loops treat it differently).
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from tests.numerics.test_fast_paths import assert_same
 
-from fxquant.fake_quant import FakeQuantize, LearnableFakeQuantize
+from fxquant.fake_quant import FakeQuantize, LearnableFakeQuantize, activation
 from fxquant.fake_quant.activation import RELU, RELU6
 from fxquant.fake_quant.state import FakeQuantState
 from fxquant.numerics import native, quint8
@@ -126,3 +128,7 @@ def test_hooks_and_other_states_run_the_composition():
         plain = FakeQuantize()
         plain.set_state(state)
         assert_same(plain.forward_activated(x, RELU).detach(), torch.relu(x).detach(), state.name)
+
+
+def test_doctests():
+    assert doctest.testmod(activation, raise_on_error=True).attempted > 0

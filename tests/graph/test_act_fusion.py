@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import doctest
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from torch.profiler import profile
 
 import fxquant
 from fxquant.fake_quant import FakeQuantize
+from fxquant.graph import act_fusion
 from fxquant.graph.act_fusion import fused_activations, unfused
 from fxquant.numerics import native
 from fxquant.observers import MinMaxObserver
@@ -184,3 +186,7 @@ def test_fused_calibration_collects_the_prepared_graphs_statistics(observer):
         assert ran == (fused and observer == "minmax")  # histograms: the observer's own pass
     (sa, oa), (sb, ob) = models
     _assert_identical([sa[k] for k in sa] + [oa], [sb[k] for k in sa] + [ob], observer)
+
+
+def test_doctests():
+    assert doctest.testmod(act_fusion, raise_on_error=True).attempted > 0
